@@ -1,0 +1,57 @@
+"""femur_fe: finite-element bone strength for femur and vertebra.
+
+Units everywhere: mm, N, MPa, density in g/cm^3.
+
+The public API is re-exported here lazily (modules are imported on first use so that
+``import femur_fe`` stays cheap). To add a public name, add it to ``_EXPORTS``.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> submodule that defines it
+_EXPORTS: dict[str, str] = {
+    # mesh and I/O
+    "Mesh": "mesh",
+    "MeshReport": "mesh",
+    "validate_mesh": "mesh",
+    "remove_orphan_nodes": "mesh",
+    "read_mesh": "io.mesh_io",
+    "write_mesh": "io.mesh_io",
+    "mesh_from_meshio": "io.mesh_io",
+    "meshio_from_mesh": "io.mesh_io",
+    # elements
+    "quadrature": "elements",
+    "shape_functions": "elements",
+    "shape_gradients": "elements",
+    # errors
+    "FemurFeError": "errors",
+    "MeshError": "errors",
+    "SurfaceError": "errors",
+    "CTError": "errors",
+    "MaterialError": "errors",
+    "LoadCaseError": "errors",
+    "RegionError": "errors",
+    "SolverError": "errors",
+    "UnderConstrainedError": "errors",
+    "ScenarioError": "errors",
+    "SweepError": "errors",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    mod = _EXPORTS.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'femur_fe' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{mod}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

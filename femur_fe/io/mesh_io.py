@@ -1,0 +1,142 @@
+"""Volume mesh reading and writing through meshio (VTU, Gmsh MSH, Abaqus INP, Nastran, Medit...)."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..elements import CELL_TYPES
+from ..errors import MeshError
+from ..mesh import Mesh
+from .atomic import atomic_path
+
+log = logging.getLogger(__name__)
+
+_PREFERENCE = ("tetra10", "tetra", "hexahedron")
+_SURFACE_TYPES = {"triangle", "triangle6", "quad", "quad8", "polygon"}
+
+
+def mesh_from_meshio(m, *, path: str = "<meshio.Mesh>") -> Mesh:
+    """Convert a ``meshio.Mesh`` to a :class:`Mesh`, keeping the preferred volume cell type.
+
+    Blocks of the chosen type are concatenated; point sets, cell sets and cell data of
+    those blocks are carried over.
+    """
+    types = [b.type for b in m.cells]
+    chosen = next((t for t in _PREFERENCE if t in types), None)
+    if chosen is None:
+        if any(t in _SURFACE_TYPES for t in types):
+            raise MeshError(
+                f"{path}: holds only surface cells ({', '.join(sorted(set(types)))}); mesh it to tetrahedra "
+                "with femur_fe.tetmesh_from_surface or `femur-fe mesh SURFACE -o OUT.vtu`"
+            )
+        raise MeshError(f"{path}: no supported volume cells (found {sorted(set(types))}; "
+                        f"supported: {', '.join(CELL_TYPES)})")
+    other = sorted({t for t in types if t in CELL_TYPES and t != chosen})
+    if other:
+        log.warning("%s: mixed volume cell types; keeping %s and ignoring %s", path, chosen, other)
+    blocks = [i for i, b in enumerate(m.cells) if b.type == chosen]
+    cells = np.vstack([m.cells[i].data for i in blocks])
+    offsets = np.cumsum([0] + [len(m.cells[i].data) for i in blocks])
+    cell_data = {}
+    for name, per_block in (m.cell_data or {}).items():
+        try:
+            arrs = [np.asarray(per_block[i]) for i in blocks]
+            cell_data[name] = np.concatenate(arrs) if len(arrs) > 1 else arrs[0]
+        except (IndexError, ValueError):
+            log.warning("%s: cell data %r skipped (inconsistent blocks)", path, name)
+    cell_sets = {}
+    for name, per_block in (m.cell_sets or {}).items():
+        ids = []
+        for j, i in enumerate(blocks):
+            if i < len(per_block) and per_block[i] is not None and len(per_block[i]):
+                ids.append(np.asarray(per_block[i], dtype=np.int64) + offsets[j])
+        if ids:
+            cell_sets[name] = np.concatenate(ids)
+    node_sets = {k: np.asarray(v, dtype=np.int64).ravel() for k, v in (m.point_sets or {}).items()}
+    point_data = {k: np.asarray(v) for k, v in (m.point_data or {}).items()
+                  if np.asarray(v).shape[:1] == (len(m.points),)}
+    pts = np.asarray(m.points, dtype=np.float64)
+    if pts.shape[1] == 2:
+        raise MeshError(f"{path}: 2-D points; femur_fe needs 3-D volume meshes")
+    return Mesh(pts, cells, chosen, node_sets, cell_sets, cell_data, point_data)
+
+
+def meshio_from_mesh(mesh: Mesh):
+    """Convert a :class:`Mesh` to a ``meshio.Mesh`` (cell data, point data and sets carried)."""
+    import meshio
+
+    cell_data = {k: [np.asarray(v)] for k, v in mesh.cell_data.items()}
+    cell_sets = {k: [np.asarray(v)] for k, v in mesh.cell_sets.items()}
+    return meshio.Mesh(
+        mesh.points,
+        [(mesh.cell_type, mesh.cells)],
+        point_data={k: np.asarray(v) for k, v in mesh.point_data.items()},
+        cell_data=cell_data,
+        point_sets={k: np.asarray(v) for k, v in mesh.node_sets.items()},
+        cell_sets=cell_sets,
+    )
+
+
+def read_mesh(path: str | os.PathLike, *, units: str = "auto") -> Mesh:
+    """Read a volume mesh (any format meshio reads: .vtu, .vtk, .msh, .inp, .bdf/.nas, .mesh...).
+
+    Parameters
+    ----------
+    path : file name
+    units : ``"mm"`` (take as is), ``"m"`` (multiply by 1000) or ``"auto"`` (convert to mm
+        with a warning when the largest extent is under 1, i.e. the file is in metres).
+    """
+    import meshio
+
+    path = Path(path)
+    if not path.exists():
+        raise MeshError(f"{path}: no such file")
+    try:
+        m = meshio.read(path)
+    except meshio.ReadError as exc:
+        raise MeshError(f"{path}: meshio cannot read it ({exc}); use .vtu, .vtk, .msh, .inp, .bdf or .mesh") from exc
+    except Exception as exc:  # meshio raises assorted errors on malformed files
+        raise MeshError(f"{path}: could not be parsed as a mesh ({type(exc).__name__}: {exc})") from exc
+    mesh = mesh_from_meshio(m, path=str(path))
+    return _apply_units(mesh, units, str(path))
+
+
+def _apply_units(mesh: Mesh, units: str, where: str) -> Mesh:
+    if units == "mm":
+        return mesh
+    if units == "m":
+        return mesh.scaled(1000.0)
+    if units != "auto":
+        raise MeshError(f"units must be 'mm', 'm' or 'auto', got {units!r}")
+    pts = mesh.points[np.isfinite(mesh.points).all(axis=1)]
+    if len(pts):
+        extent = float((pts.max(axis=0) - pts.min(axis=0)).max())
+        if 0.0 < extent < 1.0:
+            log.warning("%s: largest extent %.4g < 1, taking coordinates as metres and converting to mm "
+                        "(pass units='mm' to keep them)", where, extent)
+            return mesh.scaled(1000.0)
+    return mesh
+
+
+def write_mesh(path: str | os.PathLike, mesh: Mesh, *, file_format: str | None = None) -> Path:
+    """Write ``mesh`` (with its sets and data) atomically; the format follows the suffix."""
+    import meshio
+
+    path = Path(path)
+    m = meshio_from_mesh(mesh)
+    if path.suffix.lower() in (".inp", ".bdf", ".nas", ".mesh", ".msh"):
+        # these formats keep no arbitrary float fields; write geometry and sets only
+        m.cell_data = {}
+        m.point_data = {}
+        if path.suffix.lower() != ".inp":
+            m.point_sets = {}
+            m.cell_sets = {}
+    with atomic_path(path) as tmp:
+        fmt = file_format
+        if fmt is None and path.suffix.lower() == ".msh":
+            fmt = "gmsh22"
+        meshio.write(tmp, m, file_format=fmt) if fmt else meshio.write(tmp, m)
+    return path
