@@ -1,0 +1,1 @@
+"""Subcommands of the ``femur-fe`` CLI; each module defines ``register(subparsers)``."""
