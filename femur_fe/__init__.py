@@ -27,6 +27,14 @@ _EXPORTS: dict[str, str] = {
     "quadrature": "elements",
     "shape_functions": "elements",
     "shape_gradients": "elements",
+    # solvers and constraints
+    "LinearSolver": "solvers",
+    "Solution": "solvers",
+    "SolveReport": "solvers",
+    "solve": "solvers",
+    "rigid_body_modes": "constraints",
+    "RigidTie": "constraints",
+    "TieResult": "constraints",
     # errors
     "FemurFeError": "errors",
     "MeshError": "errors",
