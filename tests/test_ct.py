@@ -270,3 +270,62 @@ def test_mask_with_shifted_origin_names_the_difference(tmp_path):
     with pytest.raises(CTError, match="origin") as exc:
         ff.read_mask(tmp_path / "lab.nrrd", reference=ct)
     assert "shape" not in str(exc.value) and "spacing" not in str(exc.value)
+
+
+# ------------------------------------------------------------------ femur-fe info
+def _info(argv, capsys):
+    import argparse
+
+    from femur_fe.commands import info
+
+    parser = argparse.ArgumentParser(prog="femur-fe")
+    info.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["info", *map(str, argv)])
+    rc = args.func(args)
+    return rc, capsys.readouterr().out
+
+
+def test_info_ct(tmp_path, capsys):
+    a = _hu_volume((6, 5, 4))
+    a[1, 1, 1] = np.nan
+    ct = ff.CTImage.from_array(a, spacing=(0.5, 0.5, 2.0), direction=np.diag([-1.0, 1.0, 1.0]))
+    ff.write_ct(tmp_path / "v.nrrd", ct)
+    rc, out = _info([tmp_path / "v.nrrd"], capsys)
+    assert rc == 0
+    assert "6 x 5 x 4" in out and "(0.5, 0.5, 2) mm" in out and "RPS" in out and "NaN voxels:  1" in out
+    rc, out = _info([tmp_path / "v.nrrd", "--json"], capsys)
+    import json
+
+    d = json.loads(out)
+    assert d["kind"] == "ct" and d["unit"] == "HU" and d["n_nan"] == 1
+    assert d["value_min"] == pytest.approx(np.nanmin(a)) and d["value_max"] == pytest.approx(np.nanmax(a))
+    np.save(tmp_path / "v.npy", a)
+    rc, out = _info([tmp_path / "v.npy", "--spacing", 1, 1, 1, "--json"], capsys)
+    assert json.loads(out)["spacing_mm"] == [1.0, 1.0, 1.0]
+
+
+def test_info_surface_and_mesh(tmp_path, capsys):
+    import json
+
+    import pyvista as pv
+
+    pv.Sphere(radius=20.0).save(tmp_path / "ball.stl")
+    rc, out = _info([tmp_path / "ball.stl", "--json"], capsys)
+    d = json.loads(out)
+    assert d["kind"] == "surface" and d["watertight"] is True and d["n_triangles"] == pv.Sphere().n_cells
+    assert d["units_guess"].startswith("mm")
+    pv.Sphere(radius=0.02).clip("z").save(tmp_path / "cup.stl")  # open, and in metres
+    rc, out = _info([tmp_path / "cup.stl"], capsys)
+    assert "watertight:  no" in out and "metres?" in out
+
+    ct = ff.CTImage.from_array(_hu_volume((6, 6, 6)), spacing=(1.0, 1.0, 1.0))
+    mask = np.zeros(ct.shape, dtype=bool)
+    mask[1:5, 1:4, 2:5] = True
+    ff.write_mesh(tmp_path / "vox.vtu", ff.hexmesh_from_mask(mask, ct))
+    rc, out = _info([tmp_path / "vox.vtu"], capsys)
+    assert rc == 0
+    assert "hexahedron" in out and "36 cells" in out and "status:      OK" in out and "hu" in out
+    d = json.loads(_info([tmp_path / "vox.vtu", "--json"], capsys)[1])
+    assert d["volume"] == pytest.approx(36.0) and d["min_scaled_jacobian"] == pytest.approx(1.0)
+    with pytest.raises(FileNotFoundError):
+        _info([tmp_path / "none.vtu"], capsys)
