@@ -27,6 +27,18 @@ _EXPORTS: dict[str, str] = {
     "quadrature": "elements",
     "shape_functions": "elements",
     "shape_gradients": "elements",
+    # compiled kernels: assembly, loads, recovery, threads
+    "assemble_stiffness": "assembly",
+    "StiffnessAssembler": "assembly",
+    "element_stiffness": "assembly",
+    "assemble_body_force": "loads",
+    "assemble_traction": "loads",
+    "assemble_pressure": "loads",
+    "strain": "recovery",
+    "stress": "recovery",
+    "node_average": "recovery",
+    "openmp_enabled": "_parallel",
+    "effective_n_threads": "_parallel",
     # solvers and constraints
     "LinearSolver": "solvers",
     "Solution": "solvers",
