@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import scipy.sparse as sp
 
 from .errors import FemurFeError
 from .mesh import Mesh
@@ -126,16 +125,6 @@ def effective_strain(sed, young) -> np.ndarray:
     return np.sqrt(np.clip(2.0 * sed / young, 0.0, None))
 
 
-def _node_cell_matrix(mesh: Mesh) -> sp.csr_matrix:
-    """(n, m) incidence matrix with 1 where node i belongs to cell e."""
-    m, k = mesh.cells.shape
-    rows = mesh.cells.ravel()
-    cols = np.repeat(np.arange(m), k)
-    a = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(mesh.n_points, m))
-    a.data[:] = 1.0  # duplicate node ids inside a cell (degenerate) count once
-    return a
-
-
 def nodal_average(mesh: Mesh, values, volumes=None) -> np.ndarray:
     """Volume-weighted average of element values at the nodes.
 
@@ -143,26 +132,23 @@ def nodal_average(mesh: Mesh, values, volumes=None) -> np.ndarray:
     ----------
     mesh : the mesh (its cells define node-element incidence; tet10 mid-edge nodes included)
     values : (m, ...) per-element values (e.g. (m,3,3) strain tensors)
-    volumes : optional (m,) element volumes, mm^3 (default ``mesh.cell_volumes()``)
+    volumes : optional (m,) element volumes, mm^3 (default ``mesh.cell_volumes()``); zero
+        weights leave elements out
 
     Returns
     -------
-    (n, ...) nodal values; NaN at nodes used by no element.
+    (n, ...) nodal values; NaN at nodes used by no (weighted) element.
     """
+    from .recovery import node_average
+
     vals = np.asarray(values, dtype=np.float64)
     if vals.shape[:1] != (mesh.n_cells,):
         raise FemurFeError(f"values must have first dimension n_cells={mesh.n_cells}, got {vals.shape}")
-    vol = mesh.cell_volumes() if volumes is None else np.asarray(volumes, dtype=np.float64)
-    if vol.shape != (mesh.n_cells,):
-        raise FemurFeError(f"volumes must have shape ({mesh.n_cells},), got {vol.shape}")
-    a = _node_cell_matrix(mesh)
-    wsum = a @ vol
-    flat = vals.reshape(mesh.n_cells, -1)
-    num = a @ (flat * vol[:, None])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = num / wsum[:, None]
-    out[wsum == 0] = np.nan
-    return out.reshape((mesh.n_points,) + vals.shape[1:])
+    if volumes is not None:
+        volumes = np.asarray(volumes, dtype=np.float64)
+        if volumes.shape != (mesh.n_cells,):
+            raise FemurFeError(f"volumes must have shape ({mesh.n_cells},), got {volumes.shape}")
+    return node_average(mesh, vals, volumes)
 
 
 def element_fields(strain, stress, young) -> dict[str, np.ndarray]:
