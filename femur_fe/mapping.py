@@ -175,18 +175,17 @@ def _det3(j: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # trilinear sampling in index space
 # ---------------------------------------------------------------------------------------------
-def _sample_index(ct: CTImage, ijk: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Trilinear values at continuous indices (n, 3); returns (values, outside, nan) flags.
+def _sample_index(ct: CTImage, coords: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Trilinear values at continuous indices ``coords`` (3, n); returns (values, outside, nan).
 
     Outside points get the value at their position clamped onto the voxel-centre box (the
-    nearest border value); NaN samples hold NaN.
+    nearest border value); NaN samples hold NaN. ``coords`` is not modified.
     """
-    shape = np.asarray(ct.shape, dtype=np.float64)
-    outside = np.any((ijk < -0.5) | (ijk > shape - 0.5), axis=1)
-    coords = np.clip(ijk, 0.0, shape - 1.0)
-    vals = map_coordinates(ct.array, coords.T, order=1, mode="nearest", prefilter=False, output=np.float64)
-    nan = np.isnan(vals)
-    return vals, outside, nan
+    hi = np.asarray(ct.shape, dtype=np.float64)[:, None] - 1.0
+    outside = ((coords < -0.5) | (coords > hi + 0.5)).any(axis=0)
+    clipped = np.clip(coords, 0.0, hi)
+    vals = map_coordinates(ct.array, clipped, order=1, mode="nearest", prefilter=False, output=np.float64)
+    return vals, outside, np.isnan(vals)
 
 
 def _renormalised_trilinear(ct: CTImage, ijk: np.ndarray) -> np.ndarray:
@@ -252,7 +251,7 @@ def sample_ct(ct: CTImage, points, *, outside: str = "error", fill_value: float 
     elif frame != "LPS":
         raise CTError(f"frame must be 'LPS' or 'RAS', got {frame!r}")
     ijk = ct.index_from_world(pts)
-    vals, out, nan = _sample_index(ct, ijk)
+    vals, out, nan = _sample_index(ct, np.ascontiguousarray(ijk.T))
     nan &= ~out
     if out.any() or nan.any():
         msg = f"{int(out.sum())} points outside the CT, {int(nan.sum())} on NaN voxels"
@@ -331,7 +330,9 @@ def _map(mesh: Mesh, ct: CTImage, *, method: str, n_steps: int, outside: str, fi
     if mesh.n_cells == 0:
         raise CTError("the mesh has no cells to map")
     pts = _mesh_points_lps(mesh, frame)
-    _check_overlap(pts[np.unique(mesh.cells)], ct)
+    used = np.zeros(mesh.n_points, dtype=bool)
+    used[mesh.cells.ravel()] = True
+    _check_overlap(pts[used], ct)
 
     ct_type = mesh.cell_type
     if method == "centroid":
@@ -342,23 +343,28 @@ def _map(mesh: Mesh, ct: CTImage, *, method: str, n_steps: int, outside: str, fi
     else:
         xi, w = integration_rule(ct_type, n_steps)
     n_s = len(xi)
-    nfun = shape_functions(ct_type, xi)  # (s, k)
-    dn = shape_gradients(ct_type, xi) if w is not None else None  # (s, k, 3)
+    nfun_t = np.ascontiguousarray(shape_functions(ct_type, xi).T)  # (k, s)
+    # weights: det J is constant on tet4 elements, so it cancels in the element mean
+    need_det = w is not None and ct_type != "tetra"
+    dn = shape_gradients(ct_type, xi) if need_det else None  # (s, k, 3)
     m = mesh.n_cells
     out_vals = np.empty((m, n_s)) if method == "quadrature" else np.empty(m)
     report = MappingReport(method, m, n_s, policy=outside, fill_value=fill_value, frame=frame)
     el_out, el_nan = [], []
     chunk = max(1, _SAMPLES_PER_CHUNK // n_s)
-    # affine part of index_from_world folded into one matrix: ijk = X @ A + b
-    a_mat = ct.direction / ct.spacing[None, :]
-    b_vec = -(ct.origin @ ct.direction) / ct.spacing
+    # the index-from-world map is affine, so interpolating node indices with the shape functions
+    # gives the sample indices exactly; det J in index space is det J in mm times a constant,
+    # which cancels in the weighted mean
+    node_ijk = np.ascontiguousarray(ct.index_from_world(pts).T)  # (3, n)
     n_clamped = 0
     for start in range(0, m, chunk):
         stop = min(m, start + chunk)
-        xe = pts[mesh.cells[start:stop]]  # (c, k, 3)
-        x = np.einsum("sk,ckd->csd", nfun, xe, optimize=True)  # (c, s, 3)
-        ijk = x.reshape(-1, 3) @ a_mat + b_vec
-        vals, out, nan = _sample_index(ct, ijk)
+        cells = mesh.cells[start:stop]
+        c = stop - start
+        coords = np.empty((3, c * n_s))
+        for d in range(3):
+            coords[d] = (node_ijk[d][cells] @ nfun_t).ravel()  # (c, k) @ (k, s)
+        vals, out, nan = _sample_index(ct, coords)
         nan &= ~out
         if out.any() or nan.any():
             ids = np.arange(start, stop).repeat(n_s)
@@ -367,17 +373,20 @@ def _map(mesh: Mesh, ct: CTImage, *, method: str, n_steps: int, outside: str, fi
             report.n_samples_outside += int(out.sum())
             report.n_samples_nan += int(nan.sum())
             if outside != "error":
-                vals = _apply_policy(ct, ijk, vals, out, nan, outside, fill_value)
+                vals = _apply_policy(ct, coords.T, vals, out, nan, outside, fill_value)
         if outside == "error" and (report.n_samples_outside or report.n_samples_nan):
             continue  # keep counting, raise below
-        vals = vals.reshape(stop - start, n_s)
+        vals = vals.reshape(c, n_s)
         if transform is not None:
             vals, n_c = transform(vals)
             n_clamped += n_c
         if w is None:
             out_vals[start:stop] = vals if method == "quadrature" else vals[:, 0]
+        elif not need_det:
+            out_vals[start:stop] = vals @ (w / w.sum())
         else:
-            jac = np.einsum("ska,ckb->csab", dn, xe, optimize=True)
+            ie = np.stack([node_ijk[d][cells] for d in range(3)], axis=-1)  # (c, k, 3)
+            jac = np.einsum("ska,ckb->csab", dn, ie, optimize=True)
             wdet = _det3(jac) * w[None, :]
             out_vals[start:stop] = np.einsum("cs,cs->c", wdet, vals) / wdet.sum(axis=1)
     report.elements_outside = np.unique(np.concatenate(el_out)) if el_out else np.zeros(0, dtype=np.int64)
