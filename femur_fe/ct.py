@@ -356,8 +356,10 @@ def _image_from_sitk(img, *, source: str) -> tuple[np.ndarray, np.ndarray, np.nd
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise CTError(f"{source}: image has {img.GetNumberOfComponentsPerPixel()} components per voxel "
                       "(colour/vector image); a CT needs one scalar per voxel")
-    arr = sitk.GetArrayViewFromImage(img)  # [k, j, i]
-    arr = np.array(arr, copy=True).transpose(2, 1, 0)  # [i, j, k] view (Fortran-ordered)
+    view = sitk.GetArrayViewFromImage(img)  # [k, j, i], memory owned by the image
+    # one copy into C order along [i, j, k]: trilinear sampling is ~1.6x faster than on a
+    # transposed (Fortran-ordered) view
+    arr = np.ascontiguousarray(view.transpose(2, 1, 0))
     return (arr, np.array(img.GetSpacing(), dtype=np.float64), np.array(img.GetOrigin(), dtype=np.float64),
             np.array(img.GetDirection(), dtype=np.float64).reshape(3, 3))
 
