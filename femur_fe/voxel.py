@@ -77,7 +77,14 @@ def hexmesh_from_mask(mask, ct: CTImage, *, coarsen: int = 1, rule: str = "major
     if not inside.any():
         raise CTError("the mask is empty: no voxel to mesh")
 
-    vals = ct.array
+    # crop to the mask's bounding box (start aligned to the block grid) to bound memory
+    lo = np.array([np.flatnonzero(inside.any(axis=tuple(b for b in range(3) if b != a)))[0] for a in range(3)])
+    hi = np.array([np.flatnonzero(inside.any(axis=tuple(b for b in range(3) if b != a)))[-1] + 1 for a in range(3)])
+    lo = (lo // c) * c
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    inside = inside[box]
+    mask = mask[box]
+    vals = ct.array[box]
     if c == 1:
         keep = inside
         idx = np.argwhere(keep)  # (m, 3) voxel indices, C order
@@ -86,7 +93,8 @@ def hexmesh_from_mask(mask, ct: CTImage, *, coarsen: int = 1, rule: str = "major
         labels = mask[keep].astype(np.int64) if is_labels else None
         n_nan_cells = int(np.count_nonzero(np.isnan(cell_vals)))
         if n_nan_cells:
-            raise CTError(f"{n_nan_cells} masked voxels are NaN in the CT (e.g. voxel {idx[np.isnan(cell_vals)][0].tolist()}); "
+            raise CTError(f"{n_nan_cells} masked voxels are NaN in the CT (e.g. voxel "
+                          f"{(idx[np.isnan(cell_vals)][0] + lo).tolist()}); "
                           "repair the CT or remove them from the mask")
     else:
         blk_in = _blocks(inside, c, False)
@@ -104,7 +112,8 @@ def hexmesh_from_mask(mask, ct: CTImage, *, coarsen: int = 1, rule: str = "major
             cell_vals = np.where(good, blk_v, 0.0).sum(axis=1) / np.maximum(n_good, 1)
         if np.any(n_good == 0):
             bad = np.flatnonzero(n_good == 0)
-            raise CTError(f"{bad.size} elements have only NaN CT voxels (e.g. block {idx[bad[0]].tolist()}); repair "
+            raise CTError(f"{bad.size} elements have only NaN CT voxels (e.g. voxels from "
+                          f"{(idx[bad[0]] * c + lo).tolist()}); repair "
                           "the CT or remove them from the mask")
         n_nan_vox = int(np.count_nonzero(blk_m & np.isnan(blk_v)))
         if n_nan_vox:
@@ -125,7 +134,7 @@ def hexmesh_from_mask(mask, ct: CTImage, *, coarsen: int = 1, rule: str = "major
     used, inverse = np.unique(flat, return_inverse=True)
     cells = inverse.reshape(-1, 8).astype(np.int64)
     node_ijk = np.stack(np.unravel_index(used, grid_shape), axis=1).astype(np.float64)
-    points = ct.world_from_index(node_ijk * c - 0.5)
+    points = ct.world_from_index(node_ijk * c + lo - 0.5)
     if np.linalg.det(ct.direction) < 0:
         cells = cells[:, [4, 5, 6, 7, 0, 1, 2, 3]]  # mirrored grid: swap layers to keep det J > 0
 
