@@ -73,7 +73,8 @@ Basis: z = body axis pointing superiorly, y = anterior, x = y cross z (patient r
    within 25 deg of +u and of -u (the two nearly parallel endplates), searched over a
    Fibonacci sphere of directions and refined; the largest connected patch of faces with
    normals within 35 deg of +u (-u) is the superior (inferior) endplate candidate; each is
-   fitted with an area-weighted plane (centre, normal).
+   fitted with an area-weighted plane (centre, normal) and must be a plate (RMS distance
+   from its plane <= 7 % of its disc radius; lumbar endplates measure 1-4 %).
 2. Body: points whose projection on the endplate plane lies within the endplate outlines
    (plus 15 %); the rest are posterior elements when their area exceeds 10 % of the total.
 3. Anterior: away from the posterior elements when present; otherwise from the outline of
@@ -705,17 +706,19 @@ def _fibonacci_sphere(n: int) -> np.ndarray:
 
 def _paired_flat_direction(normals: np.ndarray, w: np.ndarray, cos_tol: float) -> np.ndarray:
     """Direction u maximising min(area with n.u > cos_tol, area with n.u < -cos_tol)."""
-    dirs = _fibonacci_sphere(2000)
-    dirs = dirs[dirs[:, 2] >= 0]
-    best, best_u = -1.0, dirs[0]
-    for chunk in np.array_split(dirs, 8):
-        d = normals.astype(np.float32) @ chunk.T.astype(np.float32)
-        up = (w[:, None] * (d > cos_tol)).sum(0)
-        dn = (w[:, None] * (d < -cos_tol)).sum(0)
-        score = np.minimum(up, dn)
-        i = int(np.argmax(score))
-        if score[i] > best:
-            best, best_u = float(score[i]), chunk[i]
+    from scipy.spatial import cKDTree
+
+    # area histogram of the normals on 4000 near-uniform directions, then the paired score
+    # of each direction from the histogram (4000 x 4000) instead of from every face
+    dirs = _fibonacci_sphere(4000)
+    _, nearest = cKDTree(dirs).query(normals)
+    hist = np.bincount(nearest, weights=w, minlength=len(dirs))
+    occupied = hist > 0
+    cosm = (dirs @ dirs[occupied].T).astype(np.float32)
+    up = (cosm > cos_tol) @ hist[occupied]
+    dn = (cosm < -cos_tol) @ hist[occupied]
+    score = np.minimum(up, dn)
+    best_u = dirs[int(np.argmax(score))]
     u = best_u
     for _ in range(5):  # refine: mean normals of the two clusters
         d = normals @ u
@@ -838,6 +841,13 @@ def vertebra_frame(geometry: Any, *, anterior: Sequence[float] | None = None,
                 f"vertebra, in mm? {_EXPLICIT_HINT}")
     c_up, n_up, rms_up = _fit_plane(p[patch_up], w[patch_up], u)
     c_dn, n_dn, rms_dn = _fit_plane(p[patch_dn], w[patch_dn], -u)
+    for name, patch, rms in (("one endplate", patch_up, rms_up), ("the other endplate", patch_dn, rms_dn)):
+        size = float(np.sqrt(w[patch].sum() / np.pi))  # radius of a disc of the patch's area
+        if rms > 0.07 * size:
+            raise RegionError(
+                f"vertebra frame: {name} not found in {cloud.source}: the patch facing along the body axis is "
+                f"curved, not a plate (RMS {rms:.2f} mm off its plane over a {size:.0f} mm radius; a lumbar "
+                f"endplate is within about 4 %). Is this a vertebra? {_EXPLICIT_HINT}")
     axis = _unit(n_up - n_dn)
     # body: inside the endplate outlines (2-D, perpendicular to the axis), between the plates
     from matplotlib.path import Path as _MplPath
@@ -921,6 +931,10 @@ def vertebra_frame(geometry: Any, *, anterior: Sequence[float] | None = None,
     depth = float(np.ptp(loc_sec[:, 1]))
     width = float(np.ptp(loc_sec[:, 0]))
     height = float((sc - si) @ z)
+    if height > 1.2 * max(depth, width):
+        raise RegionError(f"vertebra frame: the body of {cloud.source} is taller ({height:.0f} mm) than wide "
+                          f"({max(depth, width):.0f} mm); the endplates found are not those of a vertebral body. "
+                          f"{_EXPLICIT_HINT}")
     if height <= 0:
         raise RegionError(f"vertebra frame: endplates of {cloud.source} are not on opposite sides of the body "
                           f"(height {height:.1f} mm). {_EXPLICIT_HINT}")
