@@ -26,6 +26,7 @@ only. No two threads write the same entry and the summation order of every entry
 by the mesh, so the matrix is bitwise identical for any number of threads.
 """
 from cython.parallel cimport prange
+from libc.math cimport sqrt
 from libc.stdint cimport int8_t, int32_t, int64_t
 
 import numpy as np
@@ -59,6 +60,7 @@ cdef enum:
 MODE_TET4 = 0     # closed-form linear tetrahedron
 MODE_ISO = 1      # isoparametric element with reference gradients at quadrature points
 MODE_TEMPLATE = 2  # every element is a translate of one template (voxels): precomputed matrices
+MODE_CACHED = 3   # isoparametric element with cached scaled gradients sqrt(w det J) dN/dX
 
 
 def openmp_enabled():
@@ -86,6 +88,7 @@ cdef struct Ctx:
     double lam
     double mu
     const double* tmpl    # (qe, 3k, 3k) template matrices (mode 2)
+    const double* geo     # (m, nq, k, 3) cached sqrt(w det J) * dN/dX (mode 3)
 
 
 cdef inline double _tet4_grads(const Ctx* c, Py_ssize_t e, double* g) noexcept nogil:
@@ -168,47 +171,42 @@ cdef inline int _element_grads(const Ctx* c, Py_ssize_t e, double* g, double* wd
     return bad
 
 
-cdef inline void _row_block(const double* g, int k, int a, double s, double lam, double mu,
-                            double* acc) noexcept nogil:
-    """acc[b*9 + c*3 + d] += s * (lam ga_c gb_d + mu (ga_d gb_c + delta_cd ga.gb)) for all b.
-
-    The products are grouped so that block (a, b)[c, d] and block (b, a)[d, c] are computed
-    with bitwise identical operations: the assembled matrix is exactly symmetric.
-    """
-    cdef double ga0 = g[3 * a], ga1 = g[3 * a + 1], ga2 = g[3 * a + 2]
-    cdef double gb0, gb1, gb2, dot
-    cdef int b
-    cdef double* o
-    for b in range(k):
-        gb0 = g[3 * b]; gb1 = g[3 * b + 1]; gb2 = g[3 * b + 2]
-        dot = mu * (ga0 * gb0 + ga1 * gb1 + ga2 * gb2)
-        o = acc + 9 * b
-        o[0] += s * ((lam * (ga0 * gb0) + mu * (ga0 * gb0)) + dot)
-        o[1] += s * (lam * (ga0 * gb1) + mu * (ga1 * gb0))
-        o[2] += s * (lam * (ga0 * gb2) + mu * (ga2 * gb0))
-        o[3] += s * (lam * (ga1 * gb0) + mu * (ga0 * gb1))
-        o[4] += s * ((lam * (ga1 * gb1) + mu * (ga1 * gb1)) + dot)
-        o[5] += s * (lam * (ga1 * gb2) + mu * (ga2 * gb1))
-        o[6] += s * (lam * (ga2 * gb0) + mu * (ga0 * gb2))
-        o[7] += s * (lam * (ga2 * gb1) + mu * (ga1 * gb2))
-        o[8] += s * ((lam * (ga2 * gb2) + mu * (ga2 * gb2)) + dot)
+cdef inline int _scaled_grads(const Ctx* c, Py_ssize_t e, double* h) noexcept nogil:
+    """h[q*k*3] = sqrt(w_q det J_q) * dN/dX at every quadrature point; returns the bad flag."""
+    cdef double wdet[MAXQ]
+    cdef double r
+    cdef int q, t, n3 = 3 * c.k
+    cdef int bad = _element_grads(c, e, h, wdet)
+    for q in range(c.nq):
+        r = sqrt(wdet[q])
+        for t in range(n3):
+            h[n3 * q + t] = r * h[n3 * q + t]
+    return bad
 
 
 cdef inline int _element_row(const Ctx* c, Py_ssize_t e, int a, double* acc) noexcept nogil:
     """Row block a of the modulus-weighted element matrix into acc[k*9] (index 9b + 3c + d).
 
-    Returns the bad-Jacobian flag (always 0 for templates, which are checked once).
+    With h_q = sqrt(E_q w_q det J_q) dN/dX and M_ab = sum_q h_qa (x) h_qb (outer product),
+    K_ab[c, d] = lam M_ab[c, d] + mu (M_ab[d, c] + delta_cd tr M_ab) (per-element E_e is
+    factored out of M). M_ba[d, c] is built from the same products in the same order as
+    M_ab[c, d], so the element and global matrices are bitwise symmetric.
+    Returns the bad-Jacobian flag (0 for templates and cached geometry, checked once).
     """
     cdef double g[MAXQ * MAXK * 3]
-    cdef double wdet[MAXQ]
-    cdef int q, b, cc, d, bad, k = c.k, qe = c.qe, n3 = 3 * c.k
-    cdef double s, ev
+    cdef double m9[MAXK * 9]
+    cdef int q, b, cc, d, t, bad = 0, k = c.k, qe = c.qe, n3 = 3 * c.k, nq = c.nq
+    cdef double ev, tr, lam = c.lam, mu = c.mu
+    cdef double ha0, ha1, ha2, hb0, hb1, hb2, r
     cdef const double* young = c.young + qe * e
     cdef const double* trow
-    for b in range(9 * k):
-        acc[b] = 0.0
+    cdef const double* h
+    cdef const double* hq
+    cdef double* o
     if c.mode == 2:
         # template: K_e = sum_q E_q * T_q (or E_e * T_0)
+        for b in range(9 * k):
+            acc[b] = 0.0
         for q in range(qe):
             ev = young[q]
             for cc in range(3):
@@ -217,21 +215,46 @@ cdef inline int _element_row(const Ctx* c, Py_ssize_t e, int a, double* acc) noe
                     for d in range(3):
                         acc[9 * b + 3 * cc + d] += ev * trow[3 * b + d]
         return 0
-    bad = _element_grads(c, e, g, wdet)
-    for q in range(c.nq):
-        s = wdet[q] if qe == 1 else young[q] * wdet[q]
-        _row_block(g + 3 * k * q, k, a, s, c.lam, c.mu, acc)
-    if qe == 1:
-        ev = young[0]
-        for b in range(9 * k):
-            acc[b] = ev * acc[b]
+    if c.mode == 3:
+        h = c.geo + nq * n3 * e
+    else:
+        bad = _scaled_grads(c, e, g)
+        h = g
+    if qe != 1:
+        # per-point moduli: h_q <- sqrt(E_q) h_q (same operation order cached or not)
+        for q in range(nq):
+            r = sqrt(young[q])
+            for t in range(n3):
+                g[n3 * q + t] = r * h[n3 * q + t]
+        h = g
+    for b in range(9 * k):
+        m9[b] = 0.0
+    for q in range(nq):
+        hq = h + n3 * q
+        ha0 = hq[3 * a]; ha1 = hq[3 * a + 1]; ha2 = hq[3 * a + 2]
+        for b in range(k):
+            hb0 = hq[3 * b]; hb1 = hq[3 * b + 1]; hb2 = hq[3 * b + 2]
+            o = m9 + 9 * b
+            o[0] += ha0 * hb0; o[1] += ha0 * hb1; o[2] += ha0 * hb2
+            o[3] += ha1 * hb0; o[4] += ha1 * hb1; o[5] += ha1 * hb2
+            o[6] += ha2 * hb0; o[7] += ha2 * hb1; o[8] += ha2 * hb2
+    ev = young[0] if qe == 1 else 1.0
+    for b in range(k):
+        o = m9 + 9 * b
+        tr = mu * ((o[0] + o[4]) + o[8])
+        for cc in range(3):
+            for d in range(3):
+                if cc == d:
+                    acc[9 * b + 3 * cc + d] = ev * ((lam * o[3 * cc + d] + mu * o[3 * d + cc]) + tr)
+                else:
+                    acc[9 * b + 3 * cc + d] = ev * (lam * o[3 * cc + d] + mu * o[3 * d + cc])
     return bad
 
 
 cdef Ctx _make_ctx(int mode, const double[:, ::1] points, const int64_t[:, ::1] cells,
                    const double[:, :, ::1] dnref, const double[::1] wq,
                    const double[:, ::1] young, double lam, double mu,
-                   const double[:, :, ::1] tmpl):
+                   const double[:, :, ::1] tmpl, const double[:, :, :, ::1] geo):
     cdef Ctx c
     if cells.shape[1] > MAXK or wq.shape[0] > MAXQ or dnref.shape[0] != wq.shape[0] \
             or dnref.shape[1] != cells.shape[1] or young.shape[0] != cells.shape[0]:
@@ -248,8 +271,12 @@ cdef Ctx _make_ctx(int mode, const double[:, ::1] points, const int64_t[:, ::1] 
     c.lam = lam
     c.mu = mu
     c.tmpl = &tmpl[0, 0, 0]
+    c.geo = &geo[0, 0, 0, 0]
     if mode == 2 and (tmpl.shape[0] != c.qe or tmpl.shape[1] != 3 * c.k or tmpl.shape[2] != 3 * c.k):
         raise ValueError("template matrices have the wrong shape")
+    if mode == 3 and (geo.shape[0] != cells.shape[0] or geo.shape[1] != c.nq
+                      or geo.shape[2] != c.k or geo.shape[3] != 3):
+        raise ValueError("cached geometry has the wrong shape")
     return c
 
 
@@ -257,13 +284,13 @@ cdef Ctx _make_ctx(int mode, const double[:, ::1] points, const int64_t[:, ::1] 
 def element_matrices(int mode, const double[:, ::1] points, const int64_t[:, ::1] cells,
                      const double[:, :, ::1] dnref, const double[::1] wq,
                      const double[:, ::1] young, double lam, double mu,
-                     const double[:, :, ::1] tmpl, double[:, :, ::1] out,
-                     int8_t[::1] bad, int n_threads):
+                     const double[:, :, ::1] tmpl, const double[:, :, :, ::1] geo,
+                     double[:, :, ::1] out, int8_t[::1] bad, int n_threads):
     """Element stiffness matrices out[e] (3k, 3k) for all elements, in parallel."""
     cdef Py_ssize_t m = cells.shape[0], e
     if m == 0:
         return
-    cdef Ctx c = _make_ctx(mode, points, cells, dnref, wq, young, lam, mu, tmpl)
+    cdef Ctx c = _make_ctx(mode, points, cells, dnref, wq, young, lam, mu, tmpl, geo)
     if out.shape[0] != m or out.shape[1] != 3 * c.k or out.shape[2] != 3 * c.k or bad.shape[0] != m:
         raise ValueError("output arrays have the wrong shape")
     with nogil:
@@ -281,6 +308,23 @@ cdef int8_t _element_full(const Ctx* c, Py_ssize_t e, double* out) noexcept nogi
                 for d in range(3):
                     out[(3 * a + cc) * 3 * k + 3 * b + d] = acc[9 * b + 3 * cc + d]
     return <int8_t>bad
+
+
+def geometry_cache(int mode, const double[:, ::1] points, const int64_t[:, ::1] cells,
+                   const double[:, :, ::1] dnref, const double[::1] wq,
+                   double[:, :, :, ::1] out, int8_t[::1] bad, int n_threads):
+    """out[e, q] = sqrt(w_q det J_q) dN/dX (m, q, k, 3) for MODE_CACHED; bad[e] flags det J <= 0."""
+    cdef Py_ssize_t m = cells.shape[0], e
+    if m == 0:
+        return
+    cdef double[:, ::1] ydummy = np.ones((m, 1))
+    cdef double[:, :, ::1] tdummy = np.zeros((1, 1, 1))
+    cdef Ctx c = _make_ctx(mode, points, cells, dnref, wq, ydummy, 0.0, 0.0, tdummy, out)
+    if out.shape[0] != m or out.shape[1] != c.nq or out.shape[2] != c.k or bad.shape[0] != m:
+        raise ValueError("output arrays have the wrong shape")
+    with nogil:
+        for e in prange(m, num_threads=n_threads, schedule="static"):
+            bad[e] = <int8_t>_scaled_grads(&c, e, &out[e, 0, 0, 0])
 
 
 # ----------------------------------------------------------------------------- sparsity pattern
@@ -431,8 +475,8 @@ cdef void _assemble_node(const Ctx* c, Py_ssize_t i, const int64_t* ptr, const i
 def assemble_values(int mode, const double[:, ::1] points, const int64_t[:, ::1] cells,
                     const double[:, :, ::1] dnref, const double[::1] wq,
                     const double[:, ::1] young, double lam, double mu,
-                    const double[:, :, ::1] tmpl, const int64_t[::1] ptr,
-                    const int32_t[::1] elem, const int8_t[::1] loc,
+                    const double[:, :, ::1] tmpl, const double[:, :, :, ::1] geo,
+                    const int64_t[::1] ptr, const int32_t[::1] elem, const int8_t[::1] loc,
                     const int64_t[::1] bptr, const int32_t[:, ::1] bmap,
                     double[::1] data, int8_t[::1] bad, int n_threads):
     """Global stiffness values ``data`` (9 nnzb) on the interleaved node-row CSR layout.
@@ -441,7 +485,7 @@ def assemble_values(int mode, const double[:, ::1] points, const int64_t[:, ::1]
     on ``n_threads``. ``bad[e]`` is set to 1 for elements with det J <= 0 somewhere.
     """
     cdef Py_ssize_t n = bptr.shape[0] - 1, i
-    cdef Ctx c = _make_ctx(mode, points, cells, dnref, wq, young, lam, mu, tmpl)
+    cdef Ctx c = _make_ctx(mode, points, cells, dnref, wq, young, lam, mu, tmpl, geo)
     cdef Py_ssize_t m = cells.shape[0], k = cells.shape[1]
     if (ptr.shape[0] != n + 1 or elem.shape[0] != m * k or loc.shape[0] != m * k
             or bmap.shape[0] != m * k or bmap.shape[1] != k or data.shape[0] != 9 * bptr[n]
@@ -528,7 +572,8 @@ def strain_at(int mode, const double[:, ::1] points, const int64_t[:, ::1] cells
     cdef double[::1] wdummy = np.ones(dnref.shape[0])
     cdef double[:, ::1] ydummy = np.ones((m, 1))
     cdef double[:, :, ::1] tdummy = np.zeros((1, 1, 1))
-    cdef Ctx c = _make_ctx(mode, points, cells, dnref, wdummy, ydummy, 0.0, 0.0, tdummy)
+    cdef double[:, :, :, ::1] gdummy = np.zeros((1, 1, 1, 1))
+    cdef Ctx c = _make_ctx(mode, points, cells, dnref, wdummy, ydummy, 0.0, 0.0, tdummy, gdummy)
     if (u.shape[0] != points.shape[0] or u.shape[1] != 3 or out.shape[0] != m
             or out.shape[1] != dnref.shape[0] or out.shape[2] != 3 or out.shape[3] != 3
             or bad.shape[0] != m):

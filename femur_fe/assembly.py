@@ -27,7 +27,7 @@ import scipy.sparse as sp
 from . import _kernels
 from ._parallel import effective_n_threads
 from .elements import NODES_PER_CELL, quadrature, shape_gradients
-from .errors import MaterialError, MeshError
+from .errors import FemurFeError, MaterialError, MeshError
 from .mesh import Mesh
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 _INT32_MAX = np.iinfo(np.int32).max
 _MODES = {"tetra": _kernels.MODE_TET4, "tetra10": _kernels.MODE_ISO, "hexahedron": _kernels.MODE_ISO}
 _NO_TEMPLATE = np.zeros((1, 1, 1))
+_NO_GEOMETRY = np.zeros((1, 1, 1, 1))
+#: cache scaled element gradients when they take at most this fraction of the CSR matrix
+_CACHE_FRACTION = 0.6
 
 
 # ----------------------------------------------------------------------------- argument checks
@@ -158,7 +161,7 @@ def element_stiffness(mesh: Mesh, young=None, poisson: float = 0.3, *,
     out = np.empty((mesh.n_cells, 3 * k, 3 * k))
     bad = np.zeros(mesh.n_cells, dtype=np.int8)
     _kernels.element_matrices(_MODES[mesh.cell_type], mesh.points, mesh.cells, dn, wq, e, lam, mu,
-                              _NO_TEMPLATE, out, bad, nt)
+                              _NO_TEMPLATE, _NO_GEOMETRY, out, bad, nt)
     if bad.any():
         _raise_bad_elements(bad, "element_stiffness")
     return out
@@ -171,13 +174,17 @@ class StiffnessAssembler:
     The node-row CSR pattern (int32 where possible), the node->element incidence and a
     compact scatter map (one int32 per element node pair) are built once in the
     constructor; :meth:`assemble` only computes values. The assembler keeps a private
-    copy of the node coordinates and cells.
+    copy of the node coordinates and cells. For tet10/hex8 it also caches the scaled
+    shape-function gradients ``sqrt(w det J) dN/dX`` at the quadrature points when they
+    take at most 60% of the size of the assembled matrix (tet4 gradients are recomputed
+    in closed form; voxel meshes use one template matrix).
 
     Parameters
     ----------
     mesh : Mesh (tet4, tet10 or hex8)
     poisson : Poisson ratio in (-1, 0.5), constant over the mesh
     n_threads : threads (None = all cores, negative counts back from all cores)
+    cache_geometry : None (automatic, see above), True (always cache) or False (never)
 
     Attributes
     ----------
@@ -185,9 +192,11 @@ class StiffnessAssembler:
     nnz : number of stored entries of the assembled matrix
     pattern_seconds : wall time spent building the pattern, s
     uses_template : True when all elements are translates of one (voxel fast path)
+    caches_geometry : True when scaled element gradients are cached
     """
 
-    def __init__(self, mesh: Mesh, poisson: float = 0.3, *, n_threads: int | None = None) -> None:
+    def __init__(self, mesh: Mesh, poisson: float = 0.3, *, n_threads: int | None = None,
+                 cache_geometry: bool | None = None) -> None:
         check_mesh(mesh)
         self.poisson = check_poisson(poisson)
         self.n_threads = effective_n_threads(n_threads)
@@ -204,11 +213,16 @@ class StiffnessAssembler:
         self._templates: dict[int, np.ndarray] = {}
         self.uses_template = mesh.cell_type == "hexahedron" and self._all_translates()
         self._build_pattern()
+        self._geometry = self._cache_geometry(cache_geometry)
         self.pattern_seconds = time.perf_counter() - t0
         log.debug("stiffness pattern: %d dofs, %d nonzeros, %.3f s%s", self.n_dofs, self.nnz,
                   self.pattern_seconds, " (voxel template)" if self.uses_template else "")
 
     # -------------------------------------------------------------- properties
+    @property
+    def caches_geometry(self) -> bool:
+        return self._geometry is not None
+
     @property
     def n_dofs(self) -> int:
         return 3 * self.n_points
@@ -225,9 +239,11 @@ class StiffnessAssembler:
     @property
     def pattern_nbytes(self) -> int:
         """Bytes held by the cached pattern, scatter map and geometry copy."""
-        arrs = (self._points, self._cells, self._ptr, self._elem, self._loc, self._bptr,
-                self._bcols, self._bmap)
-        return int(sum(a.nbytes for a in arrs) + sum(t.nbytes for t in self._templates.values()))
+        arrs = [self._points, self._cells, self._ptr, self._elem, self._loc, self._bptr,
+                self._bcols, self._bmap] + list(self._templates.values())
+        if self._geometry is not None:
+            arrs.append(self._geometry)
+        return int(sum(a.nbytes for a in arrs))
 
     # -------------------------------------------------------------- construction
     def _all_translates(self) -> bool:
@@ -269,6 +285,27 @@ class StiffnessAssembler:
         self._ptr, self._elem, self._loc = ptr, elem, loc
         self._bptr, self._bcols, self._bmap = bptr, bcols, bmap
 
+    def _cache_geometry(self, request: bool | None) -> np.ndarray | None:
+        """Scaled gradients (m, q, k, 3) for MODE_CACHED, or None when not worth/allowed."""
+        if request is not None and not isinstance(request, (bool, np.bool_)):
+            raise MeshError(f"cache_geometry must be None, True or False, got {request!r}")
+        if self.uses_template or request is False:
+            return None
+        m, k = self._cells.shape
+        nq = len(self._wq)
+        nbytes = m * nq * k * 3 * 8
+        csr_bytes = self.nnz * (8 + np.dtype(self.index_dtype).itemsize)
+        if request is None and (self.cell_type == "tetra" or nbytes > _CACHE_FRACTION * csr_bytes):
+            return None
+        geo = np.empty((m, nq, k, 3))
+        bad = np.zeros(m, dtype=np.int8)
+        _kernels.geometry_cache(_MODES[self.cell_type], self._points, self._cells, self._dn, self._wq,
+                                geo, bad, self.n_threads)
+        if bad.any():
+            _raise_bad_elements(bad, "StiffnessAssembler")
+        geo.flags.writeable = False
+        return geo
+
     def _template(self, qe: int) -> np.ndarray:
         """Unit-modulus element matrices (qe, 3k, 3k) of element 0: one per quadrature point
         (qe = q) or the whole element (qe = 1)."""
@@ -281,7 +318,8 @@ class StiffnessAssembler:
             for q in range(qe):
                 e = np.ones((1, 1)) if qe == 1 else np.eye(qe)[q:q + 1].copy()
                 _kernels.element_matrices(_MODES[self.cell_type], pts, one, self._dn, self._wq, e,
-                                          self._lam, self._mu, _NO_TEMPLATE, out[q:q + 1], bad, 1)
+                                          self._lam, self._mu, _NO_TEMPLATE, _NO_GEOMETRY,
+                                          out[q:q + 1], bad, 1)
             self._templates[qe] = out
         return self._templates[qe]
 
@@ -295,20 +333,26 @@ class StiffnessAssembler:
 
     # -------------------------------------------------------------- assembly
     def assemble_data(self, young, out: np.ndarray | None = None) -> np.ndarray:
-        """Values (nnz,) of the global matrix in the order of :meth:`csr_structure`."""
+        """Values (nnz,) of the global matrix in the order of :meth:`csr_structure`.
+
+        ``out``: optional float64 (nnz,) array to fill, e.g. ``K.data`` of a matrix returned by
+        :meth:`assemble` (untouched since), for re-assembly without any allocation:
+        ``asm.assemble_data(new_young, out=K.data)``.
+        """
         e = check_young(young, _MeshShape(self))
         if out is None:
             out = np.empty(self.nnz)
         elif out.shape != (self.nnz,) or out.dtype != np.float64 or not out.flags.c_contiguous:
-            raise MaterialError(f"out must be a C-contiguous float64 array of shape ({self.nnz},), "
+            raise FemurFeError(f"out must be a C-contiguous float64 array of shape ({self.nnz},), "
                                 f"got {out.dtype} {out.shape}")
         bad = np.zeros(self.n_cells, dtype=np.int8)
+        mode, tmpl, geo = _MODES[self.cell_type], _NO_TEMPLATE, _NO_GEOMETRY
         if self.uses_template:
             mode, tmpl = _kernels.MODE_TEMPLATE, self._template(e.shape[1])
-        else:
-            mode, tmpl = _MODES[self.cell_type], _NO_TEMPLATE
+        elif self._geometry is not None:
+            mode, geo = _kernels.MODE_CACHED, self._geometry
         _kernels.assemble_values(mode, self._points, self._cells, self._dn, self._wq, e, self._lam,
-                                 self._mu, tmpl, self._ptr, self._elem, self._loc, self._bptr,
+                                 self._mu, tmpl, geo, self._ptr, self._elem, self._loc, self._bptr,
                                  self._bmap, out, bad, self.n_threads)
         if bad.any():
             _raise_bad_elements(bad, "StiffnessAssembler.assemble")

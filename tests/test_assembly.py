@@ -464,3 +464,28 @@ def test_bad_load_and_recovery_arguments():
         stress(mesh, np.zeros(mesh.n_dofs), np.ones(3))
     with pytest.raises(FemurFeError, match="n_threads"):
         StiffnessAssembler(mesh, n_threads=0)
+
+
+@pytest.mark.parametrize("cell_type", CELL_TYPES)
+def test_cached_geometry_gives_bitwise_identical_matrix(cell_type):
+    mesh = distorted(cell_type)
+    rng = np.random.default_rng(12)
+    cached = StiffnessAssembler(mesh, cache_geometry=True)
+    plain = StiffnessAssembler(mesh, cache_geometry=False)
+    assert cached.caches_geometry and not plain.caches_geometry
+    for young in (rng.uniform(1, 9, mesh.n_cells), rng.uniform(1, 9, (mesh.n_cells, NQ[cell_type]))):
+        assert np.array_equal(cached.assemble(young).data, plain.assemble(young).data)
+    with pytest.raises(MeshError, match="cache_geometry"):
+        StiffnessAssembler(mesh, cache_geometry="yes")
+
+
+def test_assemble_data_in_place_matches_assemble():
+    mesh = distorted("tetra")
+    asm = StiffnessAssembler(mesh)
+    rng = np.random.default_rng(13)
+    k = asm.assemble(rng.uniform(1, 9, mesh.n_cells))
+    young = rng.uniform(1, 9, mesh.n_cells)
+    asm.assemble_data(young, out=k.data)
+    assert np.array_equal(k.data, asm.assemble(young).data)
+    with pytest.raises(FemurFeError, match="out must be"):
+        asm.assemble_data(young, out=np.empty(3))
