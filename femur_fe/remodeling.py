@@ -13,7 +13,12 @@ Rate law per element (time in months, density rho in g/cm^3)::
 * k: reference stimulus, a number (J/g) or ``"initial"`` = each element's own stimulus at
   t = 0 (site-specific homeostasis: the untreated mechanics are in equilibrium and only
   changes of the state drive mechanical adaptation). s: lazy-zone half width (Huiskes).
-* B_f, B_r: formation/resorption slopes, (g/cm^3)/month per J/g.
+* B_f, B_r: formation/resorption slopes, (g/cm^3)/month per J/g (``stimulus_error =
+  "absolute"``, the Weinans form above). With ``stimulus_error = "relative"`` the
+  mechanical terms are ``B rho (S - (1 +- s) k)/k`` with B in 1/month: scale-free (no
+  dependence on load magnitude or units), so rates fitted on one model transfer to
+  another; for a uniform density change x, dx/dt = -B (b + 1) x near equilibrium under
+  force control with E ~ rho^b (time constant 1 / (B (b + 1))).
 * r0 = ``basal_turnover_per_year`` / 12: fraction of density resorbed per month by
   non-mechanical (basal) remodeling; f0 = r0 - lambda is the matching formation, with
   lambda = -ln(1 - p)/12 the continuous monthly rate of a net annual loss fraction p =
@@ -159,9 +164,10 @@ class ElementMatrices:
     (with :func:`femur_fe.assembly.element_stiffness`).
     """
 
-    def __init__(self, mesh: Mesh, poisson: float) -> None:
+    def __init__(self, mesh: Mesh, poisson: float, *, n_threads: int | None = None) -> None:
         self.mesh = mesh
         self.poisson = float(poisson)
+        self.n_threads = n_threads
         k = 3 * mesh.nodes_per_cell
         self._per_elem = k * k * 8
         self._dofs = (3 * mesh.cells[:, :, None] + np.arange(3)).reshape(mesh.n_cells, k)
@@ -173,7 +179,7 @@ class ElementMatrices:
         from .assembly import element_stiffness
 
         sub = Mesh(self.mesh.points, self.mesh.cells[ids], self.mesh.cell_type)
-        return element_stiffness(sub, None, self.poisson)
+        return element_stiffness(sub, None, self.poisson, n_threads=self.n_threads)
 
     def chunks(self):
         """Yield (element ids, K̂ (c, 3k, 3k))."""
@@ -393,6 +399,7 @@ class RemodelingParameters:
     smoothing : ``"node"`` (default, no checkerboard) or ``"element"``
     basal_turnover_per_year : r0 * 12, fraction of density turned over per year (>= 0)
     baseline_loss_per_year : net annual loss fraction p in [0, 0.5) (needs turnover >= -ln(1-p))
+    stimulus_error : ``"absolute"`` (S - k, Weinans) or ``"relative"`` (rho (S - k)/k, B in 1/month)
     """
 
     reference_stimulus: float | str = "initial"
@@ -404,8 +411,11 @@ class RemodelingParameters:
     smoothing: str = "node"
     basal_turnover_per_year: float = 0.0
     baseline_loss_per_year: float = 0.0
+    stimulus_error: str = "absolute"
 
     def __post_init__(self) -> None:
+        if self.stimulus_error not in ("absolute", "relative"):
+            raise ScenarioError(f"stimulus_error must be 'absolute' or 'relative', got {self.stimulus_error!r}")
         k = self.reference_stimulus
         if isinstance(k, str):
             if k != "initial":
@@ -507,6 +517,11 @@ def density_rate(params: RemodelingParameters, rho: np.ndarray, stimulus: np.nda
     s = params.lazy_zone
     up = np.maximum(stimulus - (1.0 + s) * k_ref, 0.0)
     down = np.maximum((1.0 - s) * k_ref - stimulus, 0.0)
+    if params.stimulus_error == "relative":
+        # elements with no reference stimulus (k = 0, unloaded at t = 0) get no mechanical term
+        pos = k_ref > 0
+        scale = np.where(pos, rho / np.where(pos, k_ref, 1.0), 0.0)
+        up, down = up * scale, down * scale
     mech = f_act * params.formation_rate * up - r_act * params.resorption_rate * down
     basal = (f_act * params.formation_per_month - r_act * params.resorption_per_month) * rho
     return mech + basal
@@ -564,11 +579,13 @@ class RemodelingModel:
     poisson : Poisson ratio (default ``law.poisson`` if present, else 0.3)
     solver_method : LinearSolver method ("auto", "direct", "amg")
     rebuild_every, max_pcg_iterations : see :class:`ReusingSolver`
+    n_threads : assembly threads (None = all cores; 1 is fastest for tiny models, where
+        thread start-up dominates)
     """
 
     def __init__(self, mesh: Mesh, law, bc: BoundaryConditions, params: RemodelingParameters, *,
                  poisson: float | None = None, solver_method: str = "auto", rebuild_every: int = 10,
-                 max_pcg_iterations: int = 30) -> None:
+                 max_pcg_iterations: int = 30, n_threads: int | None = None) -> None:
         from .assembly import StiffnessAssembler
 
         self.mesh = mesh
@@ -576,9 +593,9 @@ class RemodelingModel:
         self.bc = bc
         self.params = params
         self.poisson = float(poisson if poisson is not None else getattr(law, "poisson", 0.3))
-        self.assembler = StiffnessAssembler(mesh, self.poisson)
+        self.assembler = StiffnessAssembler(mesh, self.poisson, n_threads=n_threads)
         self.volumes = mesh.cell_volumes()
-        self.elements = ElementMatrices(mesh, self.poisson)
+        self.elements = ElementMatrices(mesh, self.poisson, n_threads=n_threads)
         self.smoother = NodeSmoother(mesh, self.volumes) if params.smoothing == "node" else None
         self.solver = ReusingSolver(self.assembler, bc.fixed_dofs, mesh, method=solver_method,
                                     rebuild_every=rebuild_every, max_pcg_iterations=max_pcg_iterations)

@@ -167,17 +167,18 @@ class StrengthSensitivity:
     """Evaluate a :class:`StrengthProblem` and its adjoint gradients for many densities.
 
     The sparsity pattern, centroid gradients and unit element matrices are built once.
+    ``n_threads``: assembly threads (None = all cores; 1 is fastest for tiny models).
     """
 
-    def __init__(self, problem: StrengthProblem) -> None:
+    def __init__(self, problem: StrengthProblem, *, n_threads: int | None = None) -> None:
         from .assembly import StiffnessAssembler
 
         pr = problem
         self.problem = pr
         mesh = pr.mesh
         self.poisson = float(pr.poisson if pr.poisson is not None else getattr(pr.law, "poisson", 0.3))
-        self.assembler = StiffnessAssembler(mesh, self.poisson)
-        self.elements = ElementMatrices(mesh, self.poisson)
+        self.assembler = StiffnessAssembler(mesh, self.poisson, n_threads=n_threads)
+        self.elements = ElementMatrices(mesh, self.poisson, n_threads=n_threads)
         self.grad = centroid_gradients(mesh)
         self.volumes = mesh.cell_volumes()
         self._f, self._g = pr.bc.rhs(mesh.n_dofs)

@@ -32,7 +32,7 @@ def _column(control: str = "displacement", p: float = 6.0):
         f[3 * top + 2] = -500.0 / top.size
         f[3 * top] = 60.0 / top.size
         bc = BoundaryConditions(fixed, forces=f)
-    return mesh, rho, StrengthSensitivity(StrengthProblem(mesh, LAW, bc, top, (0, 0, -1), p=p))
+    return mesh, rho, StrengthSensitivity(StrengthProblem(mesh, LAW, bc, top, (0, 0, -1), p=p), n_threads=1)
 
 
 def _fd(sens, rho, e, attr, rel_step=1e-5):
