@@ -259,6 +259,8 @@ cdef Ctx _make_ctx(int mode, const double[:, ::1] points, const int64_t[:, ::1] 
     if cells.shape[1] > MAXK or wq.shape[0] > MAXQ or dnref.shape[0] != wq.shape[0] \
             or dnref.shape[1] != cells.shape[1] or young.shape[0] != cells.shape[0]:
         raise ValueError("kernel arguments have inconsistent shapes")
+    if mode == 0 and cells.shape[1] != 4:
+        raise ValueError("the closed-form tet4 kernel needs 4 nodes per cell")
     c.mode = mode
     c.X = &points[0, 0]
     c.cells = &cells[0, 0]
@@ -337,6 +339,8 @@ def node_incidence(const int64_t[:, ::1] cells, const int64_t[::1] ptr,
     cdef Py_ssize_t m = cells.shape[0], e, n = ptr.shape[0] - 1, i
     cdef int k = cells.shape[1], a
     cdef int64_t t
+    if elem.shape[0] != m * k or loc.shape[0] != m * k or (m and ptr[n] != m * k):
+        raise ValueError("incidence arrays have inconsistent shapes")
     cursor = np.array(ptr[:n], dtype=np.int64)
     cdef int64_t[::1] cur = cursor
     with nogil:
@@ -376,6 +380,8 @@ def count_neighbours(const int64_t[:, ::1] cells, const int64_t[::1] ptr,
     ``marks`` (n_threads, n) int32 scratch, filled with -1 by the caller.
     """
     cdef Py_ssize_t n = deg.shape[0], i
+    if marks.shape[0] < n_threads or marks.shape[1] != n or ptr.shape[0] != n + 1:
+        raise ValueError("scratch arrays have inconsistent shapes")
     with nogil:
         for i in prange(n, num_threads=n_threads, schedule="dynamic", chunksize=512):
             deg[i] = _gather_row(i, cells, ptr, elem, &marks[femur_omp_thread_num(), 0], NULL)
@@ -412,6 +418,10 @@ def fill_pattern(const int64_t[:, ::1] cells, const int64_t[::1] ptr, const int3
     ``bmap[t, b]`` = position of node cells[e, b] in the neighbour list of i (0-based, local)."""
     cdef Py_ssize_t n = bptr.shape[0] - 1, i
     cdef int tid
+    if (marks.shape[0] < n_threads or pos.shape[0] < n_threads or marks.shape[1] != n
+            or pos.shape[1] != n or ptr.shape[0] != n + 1 or bcols.shape[0] != bptr[n]
+            or bmap.shape[0] != elem.shape[0] or bmap.shape[1] != cells.shape[1]):
+        raise ValueError("pattern arrays have inconsistent shapes")
     with nogil:
         for i in prange(n, num_threads=n_threads, schedule="dynamic", chunksize=512):
             tid = femur_omp_thread_num()
@@ -422,6 +432,8 @@ def csr_structure(const int64_t[::1] bptr, const int32_t[::1] bcols,
                   index_t[::1] indptr, index_t[::1] indices, int n_threads):
     """Interleaved-DOF CSR ``indptr`` (3n+1) and ``indices`` (9 nnzb) from the node pattern."""
     cdef Py_ssize_t n = bptr.shape[0] - 1, i
+    if indptr.shape[0] != 3 * n + 1 or indices.shape[0] != 9 * bptr[n] or bcols.shape[0] != bptr[n]:
+        raise ValueError("CSR arrays have inconsistent shapes")
     with nogil:
         for i in prange(n, num_threads=n_threads, schedule="static"):
             _csr_row(i, bptr, bcols, indptr, indices)

@@ -178,3 +178,23 @@ def test_effective_n_threads_semantics():
     for bad in (0, 1.5, "2", True):
         with pytest.raises(FemurFeError, match="n_threads"):
             femur_fe.effective_n_threads(bad)
+
+
+@pytest.mark.parametrize("cell_type", CELL_TYPES)
+def test_geometry_cache_matches_twin(cell_type):
+    mesh = random_elements(cell_type, 20, seed=13)
+    rule = quadrature(cell_type)
+    asm = StiffnessAssembler(mesh, cache_geometry=True)
+    grad, det = reference.physical_gradients(cell_type, mesh.points, mesh.cells, rule.points)
+    expected = np.sqrt(det * rule.weights)[:, :, None, None] * grad
+    assert rel_err(asm._geometry.reshape(len(expected), -1), expected.reshape(len(expected), -1)) < RTOL
+
+
+def test_csr_structure_int64_matches_int32():
+    # the int64 variant is what meshes with nnz >= 2**31 use; check it on a small mesh
+    asm = StiffnessAssembler(box_mesh("tetra10", 2, 2, 1, distortion=0.1))
+    ip32, ix32 = asm.csr_structure()
+    ip64 = np.empty(asm.n_dofs + 1, dtype=np.int64)
+    ix64 = np.empty(asm.nnz, dtype=np.int64)
+    _kernels.csr_structure(asm._bptr, asm._bcols, ip64, ix64, 2)
+    assert np.array_equal(ip32, ip64) and np.array_equal(ix32, ix64)
