@@ -265,3 +265,43 @@ def test_match_added_mass(cube):
     with pytest.raises(ScenarioError, match="cannot add"):
         match_added_mass(lambda g: LocalInjection(center_mm=(5, 5, 5), radius_mm=0.6, shape="ellipsoid",
                                                   peak_gain_g_cm3=g), rho, mesh, 1.0)
+
+
+# ------------------------------------------------------------------------------ comparison
+def test_comparison_rows_json_csv(tmp_path, cube):
+    import csv
+    import json
+
+    from femur_fe.comparison import ScenarioRecord, comparison_rows, format_table, write_comparison
+
+    mesh, rho = cube
+    outcome = Scenario("injection", (LocalInjection(center_mm=(5, 5, 5), radius_mm=2.0, peak_gain_g_cm3=0.2),),
+                       months=12).apply(rho, mesh)
+    base = ScenarioRecord("baseline", 4000.0, 2000.0, float(rho.mean()))
+    care = ScenarioRecord.from_summary("standard_care", {"strength_linear_N": 4200.0, "stiffness_N_per_mm": 2050.0},
+                                       Scenario("standard_care", (UniformChange(3.0),)).apply(rho, mesh))
+    inj = ScenarioRecord.from_summary("injection", {"strength_linear_N": 4400.0, "stiffness_N_per_mm": 2100.0}, outcome)
+    rows = comparison_rows(base, [care, inj], reference="standard_care")
+    assert [r["scenario"] for r in rows] == ["baseline", "standard_care", "injection"]
+    r = rows[2]
+    assert r["strength_change_percent"] == pytest.approx(10.0)
+    assert r["stiffness_change_percent"] == pytest.approx(5.0)
+    assert r["added_mass_g"] == pytest.approx(outcome.added_mass_g)
+    assert r["strength_gain_per_gram_N_per_g"] == pytest.approx(400.0 / outcome.added_mass_g)
+    assert r["strength_vs_reference_percent"] == pytest.approx(100 * (4400 / 4200 - 1))
+    assert r["better_than_reference"] is True and rows[1]["better_than_reference"] is None
+    assert r["vbmd_mg_cm3"] == pytest.approx(1000 * outcome.vbmd_after_g_cm3)
+    assert rows[0]["strength_gain_per_gram_N_per_g"] is None
+    jp, cp = write_comparison(rows, tmp_path, meta={"reference": "standard_care"})
+    data = json.loads(jp.read_text())
+    assert data["reference"] == "standard_care" and data["rows"][2]["strength_N"] == 4400.0
+    with open(cp) as fh:
+        table = list(csv.DictReader(fh))
+    assert float(table[2]["strength_change_percent"]) == pytest.approx(10.0)
+    assert table[1]["strength_vs_reference_percent"] == ""  # the reference itself
+    assert float(table[0]["strength_vs_reference_percent"]) == pytest.approx(100 * (4000 / 4200 - 1))
+    assert "injection" in format_table(rows)
+    with pytest.raises(ScenarioError, match="strength_linear_N"):
+        ScenarioRecord.from_summary("x", {"stiffness_N_per_mm": 1.0})
+    with pytest.raises(ScenarioError, match="unique"):
+        comparison_rows(base, [care, care])
