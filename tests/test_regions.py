@@ -231,3 +231,40 @@ def test_regions_mesh_and_cli(synth_mesh, tmp_path):
     lm = meshio.read(tmp_path / "out" / "regions_landmarks.vtu")
     assert len(lm.points) == len(info["landmark_names"])
     assert np.allclose(lm.points[info["landmark_names"].index("head_centre")], info["frame"]["head_centre"])
+
+
+# --------------------------------------------------------------------------- bundled parametric bones
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_parametric_femur(side):
+    bones = pytest.importorskip("femur_fe.bones")
+    bone = bones.make_femur(side=side, element_size=4.0)
+    frame = frame_for(bone.mesh, FALL)
+    assert frame.side == side
+    assert np.linalg.norm(frame.head_centre - bone.landmarks["head_centre"]) < 0.5
+    assert abs(frame.head_radius - float(bone.landmarks["head_radius"])) < 0.5
+    assert frame.shaft_axis @ bone.landmarks["shaft_axis"] > np.cos(np.radians(2.0))
+    regs = select_regions(bone.mesh, FALL, frame)
+    # the automatic distal cut covers the generator's cut nodes and stays at the distal end
+    distal = regs["distal_cut"]
+    assert set(bone.mesh.node_sets["distal_cut"].tolist()) <= set(distal.nodes.tolist())
+    s = frame.axial(bone.mesh.points)
+    s_faces = frame.axial(bone.mesh.points[distal.faces].mean(axis=1))
+    # (the slab is measured from the lowest face centroid, a fraction of an element above the lowest node)
+    assert s_faces.max() <= s.min() + FALL.regions["distal_cut"].depth_mm + 1.0
+    assert np.linalg.norm(regs["trochanter_contact"].centroid - bone.landmarks["greater_trochanter"]) < 30
+
+
+def test_parametric_vertebra():
+    bones = pytest.importorskip("femur_fe.bones")
+    bone = bones.make_vertebra(element_size=3.0)
+    frame = frame_for(bone.mesh, COMPRESSION)
+    # generator frame is LPS: superior +z, anterior -y
+    assert frame.axis[2] > 0.99 and frame.anterior[1] < -0.99
+    regs = select_regions(bone.mesh, COMPRESSION, frame)
+    h = frame.to_local(bone.mesh.points)[:, 2]
+    sup, inf = regs["superior_endplate"], regs["inferior_endplate"]
+    assert h[sup.nodes].min() > 0.3 * frame.height_mm and h[inf.nodes].max() < -0.3 * frame.height_mm
+    assert sup.normal[2] > 0.95 and inf.normal[2] < -0.95
+    # most of the body's cross-section (an ellipse of the frame's width and depth) is covered
+    ellipse = np.pi * frame.width_mm * frame.depth_mm / 4
+    assert sup.area > 0.5 * ellipse and inf.area > 0.5 * ellipse
