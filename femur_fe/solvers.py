@@ -57,7 +57,8 @@ AUTO_DIRECT_MEMORY_FRACTION = 0.5
 #: strength 'symmetric' with theta=0 keeps every node-node coupling (elasticity matrices
 #: have positive off-diagonal entries that a classical strength test would drop), one
 #: Jacobi prolongation smoothing step, symmetric Gauss-Seidel smoothing, a direct coarse
-#: solve of at most ``max_coarse`` DOFs, and the tentative prolongator/aggregates
+#: solve of at most ``max_coarse`` DOFs (sparse LU: pyamg's default dense pinv costs an SVD
+#: of the coarse matrix, seconds at 1000 DOFs), and the tentative prolongator/aggregates
 #: discarded (keep=False) to save memory.
 AMG_OPTIONS: dict[str, Any] = dict(
     strength=("symmetric", {"theta": 0.0}),
@@ -65,6 +66,7 @@ AMG_OPTIONS: dict[str, Any] = dict(
     presmoother=("gauss_seidel", {"sweep": "symmetric", "iterations": 1}),
     postsmoother=("gauss_seidel", {"sweep": "symmetric", "iterations": 1}),
     max_coarse=1000,
+    coarse_solver="splu",
     keep=False,
 )
 DEFAULT_MAXITER = 2000
@@ -446,6 +448,7 @@ class LinearSolver:
             b = self.red.near_null_space(self.points)[self._free]
             self.ml = pyamg.smoothed_aggregation_solver(a, B=b, **AMG_OPTIONS)
             self._precond = self.ml.aspreconditioner(cycle="V")
+            self._precond.matvec(np.zeros(self.n_free))  # pyamg factorises the coarse level lazily
             mem = 0
             for lvl in self.ml.levels:
                 for name in ("A", "P", "R"):
