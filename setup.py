@@ -19,6 +19,7 @@ import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 DEBUG = os.environ.get("FEMUR_FE_DEBUG_CYTHON", "0") == "1"
 
@@ -73,6 +74,37 @@ class BuildExt(build_ext):
         super().build_extensions()
 
 
+# top-level data folders shipped inside the package: (source folder, package sub-folder)
+DATA_FOLDERS = [("meshes", "_meshes"), ("loadcases", "_loadcases")]
+
+
+class BuildPy(build_py):
+    """Copy the top-level ``meshes/`` and ``loadcases/`` into the built package.
+
+    The project layout keeps them at the top level; an installed (non-editable) package
+    finds them as ``femur_fe/_meshes`` and ``femur_fe/_loadcases``. Editable installs and
+    checkouts use the top-level folders directly (see ``femur_fe.bones.meshes_dir`` and
+    ``femur_fe.presets.loadcases_dir``).
+    """
+
+    def run(self):
+        super().run()
+        here = os.path.dirname(os.path.abspath(__file__))
+        for src, dst in DATA_FOLDERS:
+            src_dir = os.path.join(here, src)
+            if not os.path.isdir(src_dir):
+                continue
+            target = os.path.join(self.build_lib, "femur_fe", dst)
+            for root, _dirs, files in os.walk(src_dir):
+                rel = os.path.relpath(root, src_dir)
+                for name in files:
+                    if name.endswith((".pyc", ".part")) or name.startswith("."):
+                        continue
+                    out_dir = os.path.normpath(os.path.join(target, rel))
+                    os.makedirs(out_dir, exist_ok=True)
+                    self.copy_file(os.path.join(root, name), os.path.join(out_dir, name))
+
+
 def _extensions() -> list[Extension]:
     exts = []
     for pyx in sorted(glob.glob(os.path.join("ext", "*.pyx"))):
@@ -101,5 +133,5 @@ setup(
         },
         include_path=["ext"],
     ),
-    cmdclass={"build_ext": BuildExt},
+    cmdclass={"build_ext": BuildExt, "build_py": BuildPy},
 )

@@ -325,6 +325,7 @@ class Result:
     nonlinear: Any = None  # femur_fe.nonlinear.NonlinearResult
     strength_summary: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+    subject: Any = None  # femur_fe.subject.Subject
     _strain_nodal: np.ndarray | None = None
 
     @classmethod
@@ -367,7 +368,7 @@ class Result:
     def _update_summary(self, *, impact=None) -> None:
         from .risk import summary_fields
 
-        subj = self.case.extensions.get("subject") if hasattr(self.case, "extensions") else None
+        subj = self.subject
         site = "hip" if self.case.bone == "femur" else "spine"
         sex = getattr(subj, "sex", None)
         if impact is None and subj is not None and site == "hip":
@@ -421,6 +422,8 @@ class Result:
         s.update(self.strength_summary)
         if self.linear is not None:
             s["strength_linear_detail"] = self.linear.to_dict()
+        if self.subject is not None:
+            s["subject"] = self.subject.to_dict()
         if self.nonlinear is not None:
             s["nonlinear_curve"] = {"displacement_mm": list(map(float, self.nonlinear.curve_displacement_mm)),
                                     "force_N": list(map(float, self.nonlinear.curve_force_N))}
@@ -448,7 +451,7 @@ class Result:
 
 
 def run_case(case, model: Model, *, out=None, strength: bool = True, nonlinear: bool = False,
-             frame=None, regions=None) -> Result:
+             frame=None, regions=None, subject=None) -> Result:
     """Prepare and solve ``case`` on ``model``; optionally write ``out/result.vtu`` and ``summary.json``.
 
     ``case`` is a :class:`femur_fe.LoadCase` or a path/dict for :func:`femur_fe.load_case`.
@@ -458,7 +461,10 @@ def run_case(case, model: Model, *, out=None, strength: bool = True, nonlinear: 
     if not isinstance(case, LoadCase):
         case = load_case(case)
     an = prepare(case, model, frame=frame, regions=regions)
-    res = an.solve(strength=strength)
+    res = an.solve(strength=False)
+    res.subject = subject
+    if strength:
+        res.evaluate_strength()
     if nonlinear:
         run_nonlinear(an, res)
     if out is not None:

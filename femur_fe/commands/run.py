@@ -1,0 +1,127 @@
+"""``femur-fe run CASE.toml --mesh M [--ct CT] [--mask MASK] --out DIR``: one load case, results on disk."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+SURFACE_SUFFIXES = (".stl", ".obj", ".ply", ".vtp")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="run a load case on a bone (mesh or surface, optionally a CT)",
+                       description="Run a load case: writes DIR/result.vtu and DIR/summary.json.")
+    p.add_argument("case", help="load-case TOML file or preset name (e.g. sideways_fall)")
+    p.add_argument("--mesh", help="volume mesh (.vtu/.msh/.inp...) or closed surface (.stl/.obj/.ply/.vtp)")
+    p.add_argument("--ct", help="CT volume (NIfTI/NRRD/MHA/DICOM folder) for the material")
+    p.add_argument("--mask", help="mask/label image: mesh the bone from it when --mesh is not given")
+    p.add_argument("--label", type=int, action="append", help="label value(s) of --mask (default: any > 0)")
+    p.add_argument("--mask-mesh", choices=("tet", "hex"), default="tet",
+                   help="mesh built from --mask: tetrahedra from its surface or hex voxels (default %(default)s)")
+    p.add_argument("--size", type=float, default=3.0, help="element size in mm when meshing (default %(default)s)")
+    p.add_argument("--out", "-o", required=True, help="output folder")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a case value by TOML key path, e.g. loading.adduction_deg=20")
+    p.add_argument("--nonlinear", action="store_true", help="also run the nonlinear strength analysis")
+    p.add_argument("--sex", choices=("female", "male"), help="subject sex (fragility classification)")
+    p.add_argument("--mass", type=float, help="body mass in kg (fall impact force, factor of risk)")
+    p.add_argument("--height", type=float, help="height in cm (fall impact force, factor of risk)")
+    p.set_defaults(func=run)
+
+
+def _parse_value(text: str):
+    import tomllib
+
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def load_bone_mesh(args, case):
+    """The bone mesh from --mesh (volume or surface) or from --mask (+ --ct)."""
+    from ..errors import LoadCaseError
+    from ..io import read_mesh
+
+    if args.mesh:
+        path = Path(args.mesh)
+        if path.suffix.lower() in SURFACE_SUFFIXES:
+            from ..surface import read_surface, repair_surface, tetmesh_from_surface
+
+            surf, report = repair_surface(read_surface(path))
+            return tetmesh_from_surface(surf, element_size=args.size)
+        return read_mesh(path)
+    if not args.mask:
+        raise LoadCaseError("give the bone as --mesh FILE, or as --mask MASK (with --ct CT)")
+    from ..ct import read_ct, read_mask
+
+    ref = read_ct(args.ct) if args.ct else None
+    label = args.label if args.label else None
+    mask = read_mask(args.mask, label=label if label is None or len(label) > 1 else label[0], reference=ref)
+    if args.mask_mesh == "hex":
+        from ..voxel import hexmesh_from_mask
+
+        geom = ref if ref is not None else read_ct(args.mask, unit="mg/cm3", check_unit=False)
+        spacing = float(min(geom.spacing))
+        return hexmesh_from_mask(mask, geom, coarsen=max(1, int(round(args.size / spacing))))
+    from ..surface import surface_from_mask, tetmesh_from_surface
+
+    geom = ref if ref is not None else read_ct(args.mask, unit="mg/cm3", check_unit=False)
+    return tetmesh_from_surface(surface_from_mask(mask, geom.affine), element_size=args.size)
+
+
+def run(args) -> int:
+    from ..errors import LoadCaseError
+    from ..loadcase import load_case
+    from ..model import Model, sha256_of
+    from ..pipeline import prepare, run_nonlinear
+    from ..presets import resolve_case_path
+    from ..subject import Subject
+
+    case = load_case(resolve_case_path(args.case))
+    if args.set:
+        values = {}
+        for item in args.set:
+            if "=" not in item:
+                raise LoadCaseError(f"--set {item!r}: use KEY=VALUE, e.g. loading.adduction_deg=20")
+            k, v = item.split("=", 1)
+            values[k.strip()] = _parse_value(v.strip())
+        case = case.with_values(values)
+    mesh = load_bone_mesh(args, case)
+    if args.ct:
+        from ..ct import read_ct
+
+        model = Model.from_ct(mesh, read_ct(args.ct), case.material, ct_path=args.ct)
+    elif "density" in mesh.cell_data:
+        model = Model.from_density(mesh, mesh.cell_data["density"], case.material.build())
+    else:
+        raise LoadCaseError("the material needs a CT (--ct CT) or a mesh with cell data 'density' (g/cm^3 of the "
+                            "law's density type)")
+    if args.mesh:
+        model = Model(**{**model.__dict__, "inputs": {**model.inputs, args.mesh: sha256_of(args.mesh)}})
+    subject = Subject(args.sex, args.mass, args.height) if args.sex else None
+    if (args.mass or args.height) and not args.sex:
+        raise LoadCaseError("--mass/--height need --sex as well (female or male)")
+    an = prepare(case, model)
+    res = an.solve(strength=False)
+    res.subject = subject
+    res.evaluate_strength()
+    if args.nonlinear:
+        run_nonlinear(an, res)
+    out = res.write(args.out)
+    s = res.summary()
+    print(f"{case.name}: {mesh.n_cells} elements, {s['n_dofs']} DOFs, solver {s['solver']['method']} "
+          f"({s['solver']['setup_seconds'] + s['solver']['solve_seconds']:.1f} s)")
+    if res.stiffness_N_per_mm is not None:
+        print(f"  stiffness           {res.stiffness_N_per_mm:10.1f} N/mm")
+    for reg, f in s["reaction_forces_N"].items():
+        print(f"  reaction {reg:<18s} [{f[0]:9.1f} {f[1]:9.1f} {f[2]:9.1f}] N")
+    crit = s.get("criterion") or {}
+    print(f"  linear strength     {s['strength_linear_N']:10.1f} N  ({crit.get('name')}: {crit.get('parameters')})")
+    if s.get("strength_nonlinear_N") is not None:
+        print(f"  nonlinear strength  {s['strength_nonlinear_N']:10.1f} N")
+    if s.get("factor_of_risk") is not None:
+        print(f"  factor of risk      {s['factor_of_risk']:10.2f}")
+    if s.get("classification"):
+        print(f"  classification      {s['classification']}")
+    print(f"  written: {out / 'result.vtu'}, {out / 'summary.json'}", file=sys.stdout)
+    return 0

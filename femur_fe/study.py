@@ -1,0 +1,285 @@
+"""Baseline-versus-therapy comparisons on one bone: the question femur_fe exists to answer.
+
+A comparison file (TOML) names a load case, a bone (bundled or mesh + CT), the subject,
+and ``[[scenario]]`` tables (:mod:`femur_fe.scenarios`)::
+
+    schema_version = 1
+    case = "sideways_fall"                 # preset name or path (relative to this file)
+    [bone]
+    bundled = "femur"                      # or: mesh = "femur.vtu", ct = "femur_qct.nii.gz"
+    state = "osteoporotic"
+    [subject]
+    sex = "female"
+    body_mass_kg = 65.0
+    height_cm = 162.0
+    [comparison]
+    reference = "standard_care"
+    time_points_months = [0, 3, 6, 9, 12]  # strength against time for time-dependent scenarios
+    [[scenario]]
+    name = "standard_care"
+    ...
+
+:func:`compare` solves the baseline and every scenario on the same prepared analysis
+(regions, caps, sparsity pattern reused; only the moduli change), writes one result folder
+per run, ``comparison.json``/``comparison.csv``, ``timecourse.csv`` and PNG plots.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from .errors import LoadCaseError, ScenarioError
+
+log = logging.getLogger(__name__)
+
+_TOP_KEYS = {"schema_version", "case", "bone", "subject", "comparison", "scenario", "case_values"}
+_BONE_KEYS = {"bundled", "state", "side", "mesh", "ct", "units"}
+_CMP_KEYS = {"reference", "time_points_months", "nonlinear", "outside"}
+
+
+@dataclass
+class ComparisonSpec:
+    """A parsed comparison file (see the module docstring)."""
+
+    case: Any
+    mesh_path: Path
+    ct_path: Path | None
+    scenarios: list
+    subject: Any = None
+    reference: str | None = "standard_care"
+    time_points_months: tuple[float, ...] = ()
+    nonlinear: bool = False
+    outside: str = "nearest"
+    source: str = "<dict>"
+    bone_label: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"case": self.case.to_dict(), "mesh": str(self.mesh_path),
+                "ct": None if self.ct_path is None else str(self.ct_path),
+                "subject": None if self.subject is None else self.subject.to_dict(),
+                "reference": self.reference, "time_points_months": list(self.time_points_months),
+                "nonlinear": self.nonlinear, "scenarios": [s.to_dict() for s in self.scenarios],
+                "bone": self.bone_label}
+
+
+def load_comparison(path_or_dict, *, base: Path | None = None) -> ComparisonSpec:
+    """Read a comparison TOML (or dict); unknown keys are rejected with the allowed list."""
+    from .loadcase import LoadCase, load_case
+    from .presets import resolve_case_path
+    from .scenarios import scenarios_from_dict
+    from .subject import Subject
+
+    if isinstance(path_or_dict, Mapping):
+        data, src = dict(path_or_dict), "<dict>"
+        base = base or Path.cwd()
+    else:
+        import tomllib
+
+        p = Path(path_or_dict)
+        if not p.is_file():
+            raise LoadCaseError(f"{p}: no such comparison file")
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise LoadCaseError(f"{p}: not valid TOML: {exc}") from None
+        src, base = str(p), p.parent
+    unknown = sorted(set(data) - _TOP_KEYS)
+    if unknown:
+        raise LoadCaseError(f"{src}: unknown top-level key(s) {unknown}; allowed: {sorted(_TOP_KEYS)}")
+    if data.get("schema_version", 1) != 1:
+        raise LoadCaseError(f"{src}: schema_version {data.get('schema_version')} not supported (1)")
+    case_ref = data.get("case")
+    if case_ref is None:
+        raise LoadCaseError(f"{src}: 'case' is required (a preset name such as 'sideways_fall' or a TOML path)")
+    case = case_ref if isinstance(case_ref, LoadCase) else load_case(resolve_case_path(case_ref, base))
+    if data.get("case_values"):
+        case = case.with_values(dict(data["case_values"]))
+    bone = dict(data.get("bone", {}))
+    unknown = sorted(set(bone) - _BONE_KEYS)
+    if unknown:
+        raise LoadCaseError(f"{src}: [bone] unknown key(s) {unknown}; allowed: {sorted(_BONE_KEYS)}")
+    if "bundled" in bone:
+        from .bones import bundled_bone
+
+        if "mesh" in bone or "ct" in bone:
+            raise LoadCaseError(f"{src}: [bone] give either bundled = ... or mesh/ct, not both")
+        files = bundled_bone(bone["bundled"], state=bone.get("state", "osteoporotic"))
+        mesh_path, ct_path = Path(files["mesh"]), Path(files["ct"])
+        label = f"bundled {bone['bundled']} ({bone.get('state', 'osteoporotic')})"
+    elif "mesh" in bone:
+        mesh_path = Path(bone["mesh"]) if Path(bone["mesh"]).is_absolute() else base / bone["mesh"]
+        ct_path = None
+        if "ct" in bone:
+            ct_path = Path(bone["ct"]) if Path(bone["ct"]).is_absolute() else base / bone["ct"]
+        label = str(mesh_path)
+    else:
+        raise LoadCaseError(f"{src}: [bone] needs bundled = 'femur'|'vertebra' (with state) or mesh = PATH "
+                            "(and ct = PATH)")
+    cmp = dict(data.get("comparison", {}))
+    unknown = sorted(set(cmp) - _CMP_KEYS)
+    if unknown:
+        raise LoadCaseError(f"{src}: [comparison] unknown key(s) {unknown}; allowed: {sorted(_CMP_KEYS)}")
+    times = tuple(float(t) for t in cmp.get("time_points_months", ()))
+    if any(t < 0 for t in times) or list(times) != sorted(times):
+        raise LoadCaseError(f"{src}: time_points_months must be increasing and >= 0, got {list(times)}")
+    scenarios = scenarios_from_dict({"scenario": data.get("scenario", [])}) if data.get("scenario") else []
+    if not scenarios:
+        raise ScenarioError(f"{src}: no [[scenario]] tables; add at least one scenario to compare with the baseline")
+    return ComparisonSpec(case, mesh_path, ct_path, scenarios, Subject.from_dict(data.get("subject")),
+                          cmp.get("reference", "standard_care"), times, bool(cmp.get("nonlinear", False)),
+                          str(cmp.get("outside", "nearest")), src, label)
+
+
+@dataclass
+class ComparisonResult:
+    """What :func:`compare` produced."""
+
+    rows: list
+    baseline: Any
+    results: dict
+    outcomes: dict
+    timecourse: list = field(default_factory=list)
+    files: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def table(self) -> str:
+        from .comparison import format_table
+
+        return format_table(self.rows)
+
+
+def _strength(res, nonlinear: bool) -> float:
+    if nonlinear and res.nonlinear is not None and res.strength_summary.get("strength_nonlinear_N"):
+        return float(res.strength_summary["strength_nonlinear_N"])
+    return float(res.linear.strength_N)
+
+
+def _vbmd_g(model) -> float | None:
+    v = model.integral_vbmd_mg_cm3()
+    return None if v is None else v / 1000.0
+
+
+def compare(spec: ComparisonSpec | str | os.PathLike, out: str | os.PathLike, *,
+            progress: Callable[[str], None] | None = None) -> ComparisonResult:
+    """Run baseline and scenarios; write result folders, comparison files and plots into ``out``."""
+    from .ct import read_ct
+    from .comparison import ScenarioRecord, comparison_rows, write_comparison
+    from .io import read_mesh, write_json_atomic, write_text_atomic
+    from .model import Model, sha256_of
+    from .pipeline import prepare, run_nonlinear
+
+    t_start = time.perf_counter()
+    if not isinstance(spec, ComparisonSpec):
+        spec = load_comparison(spec)
+    say = progress or (lambda msg: log.info("%s", msg))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    n_steps = 2 + len(spec.scenarios) + sum(len(spec.time_points_months) for s in spec.scenarios
+                                            if s.time_dependent)
+    step = [0]
+
+    def tick(msg: str) -> None:
+        step[0] += 1
+        say(f"[{step[0]}/{n_steps}] {msg} ({time.perf_counter() - t_start:.1f} s)")
+
+    case = spec.case
+    mesh = read_mesh(spec.mesh_path)
+    if spec.ct_path is not None:
+        model = Model.from_ct(mesh, read_ct(spec.ct_path), case.material, outside=spec.outside,
+                              ct_path=spec.ct_path)
+    elif "density" in mesh.cell_data:
+        law = case.material.build()
+        model = Model.from_density(mesh, mesh.cell_data["density"], law)
+    else:
+        raise LoadCaseError(f"{spec.mesh_path}: no CT given and the mesh has no cell data 'density'; add "
+                            "ct = PATH to [bone]")
+    model = Model(**{**model.__dict__, "inputs": {**model.inputs, str(spec.mesh_path): sha256_of(spec.mesh_path)}})
+    for sc in spec.scenarios:
+        if sc.density_type != model.density_type:
+            raise ScenarioError(f"scenario {sc.name!r} is written for {sc.density_type} density but the material "
+                                f"law {case.material.law!r} works on {model.density_type} density; set "
+                                f"density_type = {model.density_type!r} in the scenario")
+    tick(f"model: {mesh.n_cells} elements, {spec.bone_label}")
+    an = prepare(case, model)
+
+    def solve(m, name: str, months=None):
+        res = an.solve(model=m, strength=False)
+        res.subject = spec.subject
+        res.evaluate_strength()
+        if spec.nonlinear:
+            run_nonlinear(an, res)
+        res.extra["scenario"] = name
+        if months is not None:
+            res.extra["months"] = months
+        return res
+
+    base = solve(model, "baseline")
+    base.write(out / "baseline")
+    tick(f"baseline: strength {_strength(base, spec.nonlinear):.0f} N, stiffness {base.stiffness_N_per_mm:.0f} N/mm")
+    records = []
+    results, outcomes = {"baseline": base}, {}
+    vol = mesh.cell_volumes()
+    timecourse = [{"scenario": "baseline", "months": 0.0, "strength_N": _strength(base, spec.nonlinear),
+                   "stiffness_N_per_mm": base.stiffness_N_per_mm, "added_mass_g": 0.0}]
+    for sc in spec.scenarios:
+        oc = sc.apply(model.density, mesh, an.frame, volumes_mm3=vol)
+        m2 = model.with_density(oc.density)
+        res = solve(m2, sc.name, oc.t_months)
+        res.extra["scenario_outcome"] = oc.to_dict()
+        res.write(out / sc.name)
+        results[sc.name], outcomes[sc.name] = res, oc
+        records.append(ScenarioRecord(sc.name, _strength(res, spec.nonlinear), res.stiffness_N_per_mm,
+                                      _vbmd_g(m2), oc.added_mass_g, oc.t_months))
+        tick(f"{sc.name}: strength {_strength(res, spec.nonlinear):.0f} N, bone added {oc.added_mass_g:+.2f} g")
+        if sc.time_dependent:
+            for t in spec.time_points_months:
+                oct_ = sc.apply(model.density, mesh, an.frame, t_months=t, volumes_mm3=vol, warn_capped=False)
+                r_t = solve(model.with_density(oct_.density), sc.name, t)
+                timecourse.append({"scenario": sc.name, "months": t, "strength_N": _strength(r_t, spec.nonlinear),
+                                   "stiffness_N_per_mm": r_t.stiffness_N_per_mm, "added_mass_g": oct_.added_mass_g})
+                tick(f"{sc.name} at {t:g} months: strength {_strength(r_t, spec.nonlinear):.0f} N")
+    base_rec = ScenarioRecord("baseline", _strength(base, spec.nonlinear), base.stiffness_N_per_mm, _vbmd_g(model),
+                              0.0, 0.0)
+    ref = spec.reference if any(s.name == spec.reference for s in spec.scenarios) else None
+    rows = comparison_rows(base_rec, records, reference=ref)
+    for row in rows:  # factor of risk and classification per run
+        summ = results[row["scenario"]].strength_summary
+        row["factor_of_risk"] = summ.get("factor_of_risk")
+        cls = summ.get("classification") or {}
+        row["classification"] = cls.get("category") or cls.get("label") or cls.get("class")
+    meta = {"spec": spec.to_dict(), "strength_definition": "nonlinear" if spec.nonlinear else "linear",
+            "criterion": base.strength_summary.get("criterion"), "source": spec.source}
+    jpath, cpath = write_comparison(rows, out, meta=meta)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["scenario", "months", "strength_N", "stiffness_N_per_mm", "added_mass_g"],
+                       lineterminator="\n")
+    w.writeheader()
+    w.writerows(timecourse)
+    tpath = write_text_atomic(out / "timecourse.csv", buf.getvalue())
+    files = {"comparison_json": jpath, "comparison_csv": cpath, "timecourse_csv": tpath}
+    files.update(_plots(out, rows, timecourse))
+    result = ComparisonResult(rows, base, results, outcomes, timecourse, files, time.perf_counter() - t_start)
+    write_json_atomic(out / "run_info.json", {"seconds": result.seconds, "files": {k: str(v) for k, v in files.items()}})
+    tick("comparison written")
+    return result
+
+
+def _plots(out: Path, rows: Sequence[Mapping], timecourse: Sequence[Mapping]) -> dict:
+    """PNG plots of the comparison (strength gain per scenario, strength against time)."""
+    from . import plots
+
+    files = {"strength_gain_png": plots.plot_strength_gain(rows, out / "strength_gain.png")}
+    series: dict[str, list] = {}
+    for r in timecourse:
+        series.setdefault(r["scenario"], []).append((r["months"], r["strength_N"]))
+    if any(len(v) > 1 for k, v in series.items() if k != "baseline"):
+        files["strength_vs_time_png"] = plots.plot_strength_vs_time(series, out / "strength_vs_time.png")
+    return files
