@@ -128,6 +128,10 @@ def test_mechanical_feedback_slows_loss_and_solver_reuse_is_exact():
     assert reuse.solver["n_setups"] == 1 and ref.solver["n_setups"] == 25
     assert reuse.solver["pcg_iterations"] <= 10 * reuse.solver["n_pcg_solves"]
     np.testing.assert_allclose(reuse.final_density, ref.final_density, rtol=1e-9)
+    # AMG: the first hierarchy's V-cycle preconditions CG on later matrices (CG rtol 1e-10)
+    amg = RemodelingModel(mesh, law, bc, p_on, solver_method="amg", rebuild_every=1000, n_threads=1).run(rho0, months=24.0)
+    assert amg.solver["n_setups"] == 1 and amg.solver["method"] == "amg-cg"
+    np.testing.assert_allclose(amg.final_density, ref.final_density, rtol=1e-8)
 
 
 def test_unstable_run_stops_with_last_good_state():
