@@ -193,7 +193,8 @@ def compare(spec: ComparisonSpec | str | os.PathLike, out: str | os.PathLike, *,
     case = spec.case
     mesh = read_mesh(spec.mesh_path)
     if spec.ct_path is not None:
-        model = Model.from_ct(mesh, read_ct(spec.ct_path), case.material, outside=spec.outside,
+        ct = read_ct(spec.ct_path, unit=case.material.calibration.ct_unit)
+        model = Model.from_ct(mesh, ct, case.material, outside=spec.outside,
                               ct_path=spec.ct_path)
     elif "density" in mesh.cell_data:
         law = case.material.build()

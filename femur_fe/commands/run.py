@@ -13,6 +13,8 @@ def register(sub) -> None:
     p.add_argument("case", help="load-case TOML file or preset name (e.g. sideways_fall)")
     p.add_argument("--mesh", help="volume mesh (.vtu/.msh/.inp...) or closed surface (.stl/.obj/.ply/.vtp)")
     p.add_argument("--ct", help="CT volume (NIfTI/NRRD/MHA/DICOM folder) for the material")
+    p.add_argument("--ct-unit", choices=("HU", "mg/cm3", "g/cm3"),
+                   help="unit of --ct (default: [material.calibration] ct_unit of the case)")
     p.add_argument("--mask", help="mask/label image: mesh the bone from it when --mesh is not given")
     p.add_argument("--label", type=int, action="append", help="label value(s) of --mask (default: any > 0)")
     p.add_argument("--mask-mesh", choices=("tet", "hex"), default="tet",
@@ -54,7 +56,7 @@ def load_bone_mesh(args, case):
         raise LoadCaseError("give the bone as --mesh FILE, or as --mask MASK (with --ct CT)")
     from ..ct import read_ct, read_mask
 
-    ref = read_ct(args.ct) if args.ct else None
+    ref = read_ct(args.ct, unit=args.ct_unit or case.material.calibration.ct_unit) if args.ct else None
     label = args.label if args.label else None
     mask = read_mask(args.mask, label=label if label is None or len(label) > 1 else label[0], reference=ref)
     if args.mask_mesh == "hex":
@@ -90,7 +92,8 @@ def run(args) -> int:
     if args.ct:
         from ..ct import read_ct
 
-        model = Model.from_ct(mesh, read_ct(args.ct), case.material, ct_path=args.ct)
+        ct = read_ct(args.ct, unit=args.ct_unit or case.material.calibration.ct_unit)
+        model = Model.from_ct(mesh, ct, case.material, ct_path=args.ct)
     elif "density" in mesh.cell_data:
         model = Model.from_density(mesh, mesh.cell_data["density"], case.material.build())
     else:
@@ -121,7 +124,9 @@ def run(args) -> int:
         print(f"  nonlinear strength  {s['strength_nonlinear_N']:10.1f} N")
     if s.get("factor_of_risk") is not None:
         print(f"  factor of risk      {s['factor_of_risk']:10.2f}")
-    if s.get("classification"):
-        print(f"  classification      {s['classification']}")
+    c = s.get("classification")
+    if c:
+        print(f"  classification      {c['label']} (threshold {c['threshold_N']:.0f} N, {c['site']}, {c['sex']}; "
+              f"{c['source'].split(';')[0]})")
     print(f"  written: {out / 'result.vtu'}, {out / 'summary.json'}", file=sys.stdout)
     return 0
