@@ -277,10 +277,9 @@ def _plots(out: Path, rows: Sequence[Mapping], timecourse: Sequence[Mapping]) ->
     """PNG plots of the comparison (strength gain per scenario, strength against time)."""
     from . import plots
 
-    files = {"strength_gain_png": plots.plot_strength_gain(rows, out / "strength_gain.png")}
-    series: dict[str, list] = {}
-    for r in timecourse:
-        series.setdefault(r["scenario"], []).append((r["months"], r["strength_N"]))
-    if any(len(v) > 1 for k, v in series.items() if k != "baseline"):
-        files["strength_vs_time_png"] = plots.plot_strength_vs_time(series, out / "strength_vs_time.png")
+    files = {"strength_gain_png": plots.plot_strength_gain(list(rows), out / "strength_gain.png")}
+    scen = [r for r in timecourse if r["scenario"] != "baseline"]
+    if len({r["scenario"] for r in scen}) and len(scen) > len({r["scenario"] for r in scen}):
+        base = next(r["strength_N"] for r in timecourse if r["scenario"] == "baseline")
+        files["strength_vs_time_png"] = plots.plot_strength_time(scen, out / "strength_vs_time.png", baseline=base)
     return files
