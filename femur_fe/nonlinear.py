@@ -281,11 +281,11 @@ def nonlinear_strength(
     density=None,
     elastic_elements=None,
     n_steps: int = 12,
-    auto_displacement_factor: float = 8.0,
+    auto_displacement_factor: float = 25.0,
     rtol: float = 1e-3,
     max_iterations: int = 40,
     max_inner: int = 25,
-    inner_rtol: float = 0.1,
+    inner_rtol: float = 0.3,
     max_cutbacks: int = 3,
     plateau_ratio: float = 0.02,
     stop_at_peak: bool = True,
@@ -316,7 +316,8 @@ def nonlinear_strength(
     load_tie : name of a tie in ``ties`` whose translations ux, uy, uz (must be
         prescribed) are set to ``delta * load_direction``; ``load_nodes`` defaults to its nodes
     max_displacement_mm : final displacement delta (mm). None: ``auto_displacement_factor``
-        times the displacement at first yield. In the explicit mode (neither rule above:
+        times the displacement at first yield, extended by up to ``n_steps`` more steps of
+        the same size when the peak has not been reached by then. In the explicit mode (neither rule above:
         loaded DOFs are in ``fixed_dofs``/``fixed_values``) the given BCs are the final
         state and this must be None.
     yield_model : :class:`SecantYield`, a :class:`femur_fe.MaxPrincipalStrain` (its limits),
@@ -578,6 +579,8 @@ def nonlinear_strength(
         log.warning("nonlinear: no element yields up to the final displacement (first yield at %.4g x the "
                     "final load); the curve stays linear", lam_fy / lam_max)
     k_step, idx, cut, dlam_cut = 0, 0, 0, None
+    auto = mode != "explicit" and max_displacement_mm is None
+    n_extended = 0
     with _quiet("femur_fe.solvers"):
         while idx < len(targets):
             if time_limit_s is not None and time.perf_counter() - t_start > time_limit_s:
@@ -620,6 +623,10 @@ def nonlinear_strength(
             u_prev, lam_prev, es_last = u, lam, es
             if lam >= targets[idx] * (1 - 1e-12):
                 idx, cut, dlam_cut = idx + 1, 0, None
+                if (idx == len(targets) and auto and not peak_reached and n_extended < int(n_steps)
+                        and len(targets) >= 2):
+                    targets.append(targets[-1] + (targets[-1] - targets[-2]))
+                    n_extended += 1
             if peak_reached and stop_at_peak:
                 stop_reason = "peak reached"
                 break
@@ -630,7 +637,8 @@ def nonlinear_strength(
         "yield": ym.to_dict(), "mode": mode, "n_dofs": ndof, "n_cells": m, "cell_type": mesh.cell_type,
         "solver": solver.method, "setup_seconds": setup_s, "seconds": total_s, "stop_reason": stop_reason,
         "preconditioner_solves": n_prec[0], "rtol": rtol, "n_elastic_elements": int(elastic.sum()),
-        "final_load_factor": lam_max, "density_given": density is not None,
+        "final_load_factor": float(targets[-1]) if targets else lam_max, "density_given": density is not None,
+        "auto_extension_steps": n_extended, "inner_rtol": inner_rtol,
     }
     log.info("nonlinear strength: peak %.5g N at %.4g mm (%s; peak reached: %s; %d steps, %d preconditioner "
              "solves, %.1f s)", curve_f_a[kpk], curve_d_a[kpk], stop_reason, peak_reached, k_step, n_prec[0],
