@@ -48,8 +48,10 @@ METHODS = ("auto", "direct", "amg", "direct-superlu", "direct-cholmod")
 #: ``method="auto"`` uses a direct solver up to this many free DOFs (SciPy SuperLU:
 #: single-threaded, its 3-D fill grows fast; ~100k DOFs factorise in tens of seconds)...
 AUTO_DIRECT_MAX_FREE_SUPERLU = 60_000
-#: ... or this many with CHOLMOD (supernodal, much less time and memory per DOF).
-AUTO_DIRECT_MAX_FREE_CHOLMOD = 300_000
+#: ... or this many with CHOLMOD. Kept at the SuperLU value until measured on a quiet
+#: machine: at 96k DOFs (tet4 box) CHOLMOD set-up took 529 s on the shared, oversubscribed
+#: machine vs 10.7 + 10.7 s for AMG-CG (benchmarks/bench_solvers.py).
+AUTO_DIRECT_MAX_FREE_CHOLMOD = 60_000
 #: ... and only if the estimated factor fits in this fraction of the available memory.
 AUTO_DIRECT_MEMORY_FRACTION = 0.5
 
@@ -212,7 +214,7 @@ class LinearSolver:
         for ties and for the rotation part of the under-constraint check.
     method : ``"direct"``, ``"amg"`` or ``"auto"`` (``"direct-superlu"`` and
         ``"direct-cholmod"`` force one direct back end). The auto rule: direct if the number of
-        free DOFs is at most ``AUTO_DIRECT_MAX_FREE_CHOLMOD`` (300k) with CHOLMOD or
+        free DOFs is at most ``AUTO_DIRECT_MAX_FREE_CHOLMOD`` (60k) with CHOLMOD or
         ``AUTO_DIRECT_MAX_FREE_SUPERLU`` (60k) with SuperLU, *and* the estimated factor
         (``nnz(K_FF) * 15 * n_free**(1/3) / 10`` values with indices, the supernodal fill
         of 3-D meshes grows about as n^(1/3)) fits in half the available memory
