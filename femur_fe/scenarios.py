@@ -36,9 +36,12 @@ tissue mass.
 
 Density bounds
 --------------
-Densities are kept in ``[0, upper]`` after every operator (capped values are counted and
-logged, and reported in :class:`ScenarioOutcome`), and parameters that would ask for more
-(e.g. a defect-fill target above ``upper``) are rejected. ``upper`` is the density of
+After every operator, densities are kept >= 0 and no element is raised above ``upper``
+(capped values are counted and logged, and reported in :class:`ScenarioOutcome`);
+parameters that would ask for more (e.g. a defect-fill target above ``upper``) are
+rejected. Input densities that already exceed ``upper`` (CT calibration chains can give
+ash densities of 1.3-1.4 g/cm^3 in dense cortex) are kept as they are and never raised
+further: a scenario does not rewrite the measured state. ``upper`` is the density of
 fully dense cortical bone:
 
 * apparent: **2.0 g/cm^3** (Beaupré, Orr & Carter 1990 use rho_max ≈ 2.0 g/cm^3;
@@ -934,15 +937,22 @@ class Scenario:
         per_op = []
         n_capped = 0
         upper = self.upper_bound
+        n_above = int(np.count_nonzero(rho0 > upper))
+        if n_above:
+            log.info("scenario %r: %d input densities already exceed the %s bound %.3g g/cm^3 (max %.4g); they are "
+                     "kept, and no operator raises them further", self.name, n_above, self.density_type, upper,
+                     rho0.max())
         for op in self.operators:
             new = op.apply(rho, mesh, frame, t)
-            over = new > upper
+            # never above the bound, and never above an input value that already exceeds it
+            cap = np.maximum(upper, rho)
+            over = new > cap
             k = int(np.count_nonzero(over))
             if k:
                 log.log(logging.WARNING if warn_capped else logging.DEBUG,
-                        "scenario %r, %s: %d element densities above the %s bound %.3g g/cm^3 were capped at it",
+                        "scenario %r, %s: %d element densities would exceed the %s bound %.3g g/cm^3 and were capped",
                         self.name, op.owner, k, self.density_type, upper)
-                new = np.where(over, upper, new)
+                new = np.where(over, cap, new)
             n_capped += k
             per_op.append({"type": op.kind, "added_mass_g": added_mass_g(rho, new, vol), "n_capped": k})
             rho = new

@@ -200,6 +200,12 @@ def test_bounds_and_parameter_errors(cube):
     out = Scenario("cap", (UniformChange(200.0),), density_type="ash").apply(rho, mesh)
     assert out.density.max() == DENSITY_UPPER_BOUND["ash"]
     assert out.n_capped == int(np.count_nonzero(3 * rho > 1.2)) > 0
+    # input values already above the bound (CT chains) are kept, never lowered nor raised
+    rho_hi = rho.copy()
+    rho_hi[:5] = 1.4
+    out = Scenario("cap2", (UniformChange(10.0),), density_type="ash").apply(rho_hi, mesh)
+    np.testing.assert_array_equal(out.density[:5], 1.4)
+    assert out.added_mass_g > 0 and out.n_capped == 5
 
 
 TOML = """
