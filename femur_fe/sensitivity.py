@@ -71,6 +71,42 @@ def centroid_gradients(mesh: Mesh) -> np.ndarray:
     return grad[:, 0]
 
 
+def centroid_strains(cells: np.ndarray, grad: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Small strains (m, 3, 3) at the centroids from displacements u (3n,) and gradients (m, k, 3)."""
+    ue = u.reshape(-1, 3)[cells]  # (m, k, 3)
+    gu = np.einsum("mai,maj->mij", ue, grad)  # du_i/dX_j
+    return 0.5 * (gu + gu.transpose(0, 2, 1))
+
+
+def pnorm_risk(eps: np.ndarray, include: np.ndarray, tension: float, compression: float,
+               p: float) -> tuple[float, float, np.ndarray]:
+    """(R_p, max RF, dR_p/deps (m, 3, 3)) of the asymmetric principal-strain risk (module doc)."""
+    w, v = np.linalg.eigh(eps)  # ascending
+    r1 = np.maximum(w[:, 2], 0.0) / tension
+    r3 = np.maximum(-w[:, 0], 0.0) / compression
+    rmax = float(max(r1[include].max(), r3[include].max()))
+    if rmax == 0.0:
+        return 0.0, 0.0, np.zeros_like(eps)
+    # scaled p-norm for overflow safety: R = rmax (sum (r/rmax)^p)^(1/p)
+    ssum = float(((r1[include] / rmax) ** p).sum() + ((r3[include] / rmax) ** p).sum())
+    big_r = rmax * ssum ** (1.0 / p)
+    # dR/dr_k = (r_k / R)^(p-1)
+    c1 = np.where(include, (r1 / big_r) ** (p - 1), 0.0) / tension
+    c3 = np.where(include, (r3 / big_r) ** (p - 1), 0.0) / compression
+    n1 = v[:, :, 2]
+    n3 = v[:, :, 0]
+    t = c1[:, None, None] * np.einsum("mi,mj->mij", n1, n1) - c3[:, None, None] * np.einsum("mi,mj->mij", n3, n3)
+    return big_r, rmax, t
+
+
+def adjoint_load(cells: np.ndarray, grad: np.ndarray, t: np.ndarray, n_points: int) -> np.ndarray:
+    """h (3 n_points,) with h_a = sum_e T_e G_{e,a} (dR/du for strain sensitivities T)."""
+    he = np.einsum("mij,maj->mai", t, grad)  # (m, k, 3)
+    h = np.zeros((n_points, 3))
+    np.add.at(h, cells.ravel(), he.reshape(-1, 3))
+    return h.ravel()
+
+
 @dataclass(frozen=True)
 class StrengthProblem:
     """One load case for strength sensitivities.
@@ -134,6 +170,8 @@ class SensitivityResult:
     d_reaction, d_risk, d_strength, d_compliance : (m,) gradients (per g/cm^3), or None
     d_strength_per_gram : (m,) strength gain per gram of bone added in each element, N/g
     displacement : (3n,) mm
+    stiffness_N_per_mm, d_stiffness : whole-bone stiffness and its gradient (pipeline
+        analyses, :class:`AnalysisSensitivity`), else None
     """
 
     reaction_N: float
@@ -148,11 +186,13 @@ class SensitivityResult:
     d_strength: np.ndarray | None = None
     d_compliance: np.ndarray | None = None
     d_strength_per_gram: np.ndarray | None = None
+    stiffness_N_per_mm: float | None = None
+    d_stiffness: np.ndarray | None = None
 
     def fields(self) -> dict[str, np.ndarray]:
         """Per-element arrays for the result file (cell data)."""
         out = {}
-        for name in ("d_strength", "d_strength_per_gram", "d_reaction", "d_risk", "d_compliance"):
+        for name in ("d_strength", "d_strength_per_gram", "d_reaction", "d_risk", "d_compliance", "d_stiffness"):
             v = getattr(self, name)
             if v is not None:
                 out[f"sensitivity_{name[2:]}"] = v
@@ -207,40 +247,14 @@ class StrengthSensitivity:
 
     # ------------------------------------------------------------------ pieces
     def _strains(self, u: np.ndarray) -> np.ndarray:
-        ue = u.reshape(-1, 3)[self.problem.mesh.cells]  # (m, k, 3)
-        gu = np.einsum("mai,maj->mij", ue, self.grad)  # du_i/dX_j
-        return 0.5 * (gu + gu.transpose(0, 2, 1))
+        return centroid_strains(self.problem.mesh.cells, self.grad, u)
 
     def _risk(self, eps: np.ndarray) -> tuple[float, float, np.ndarray]:
-        """(R_p, max RF, T (m,3,3) = dR_p/deps)."""
         pr = self.problem
-        w, v = np.linalg.eigh(eps)  # ascending
-        r1 = np.maximum(w[:, 2], 0.0) / pr.tension
-        r3 = np.maximum(-w[:, 0], 0.0) / pr.compression
-        inc = self.include
-        rmax = float(max(r1[inc].max(), r3[inc].max()))
-        p = pr.p
-        if rmax == 0.0:
-            return 0.0, 0.0, np.zeros_like(eps)
-        # scaled p-norm for overflow safety: R = rmax (sum (r/rmax)^p)^(1/p)
-        a1, a3 = r1 / rmax, r3 / rmax
-        ssum = float((a1[inc] ** p).sum() + (a3[inc] ** p).sum())
-        big_r = rmax * ssum ** (1.0 / p)
-        # dR/dr_k = (r_k / R)^(p-1)
-        c1 = np.where(inc, (r1 / big_r) ** (p - 1), 0.0) / pr.tension
-        c3 = np.where(inc, (r3 / big_r) ** (p - 1), 0.0) / pr.compression
-        n1 = v[:, :, 2]
-        n3 = v[:, :, 0]
-        t = c1[:, None, None] * np.einsum("mi,mj->mij", n1, n1) - c3[:, None, None] * np.einsum("mi,mj->mij", n3, n3)
-        return big_r, rmax, t
+        return pnorm_risk(eps, self.include, pr.tension, pr.compression, pr.p)
 
     def _adjoint_load(self, t: np.ndarray) -> np.ndarray:
-        """h (3n,) with h_a = sum_e T_e G_{e,a} (dR/du)."""
-        mesh = self.problem.mesh
-        he = np.einsum("mij,maj->mai", t, self.grad)  # (m, k, 3)
-        h = np.zeros((mesh.n_points, 3))
-        np.add.at(h, mesh.cells.ravel(), he.reshape(-1, 3))
-        return h.ravel()
+        return adjoint_load(self.problem.mesh.cells, self.grad, t, self.problem.mesh.n_points)
 
     # ------------------------------------------------------------------ main
     def evaluate(self, density, *, gradient: bool = True) -> SensitivityResult:
@@ -291,6 +305,81 @@ class StrengthSensitivity:
         return res
 
 
+# ============================================================================ pipeline analyses
+class AnalysisSensitivity:
+    """Adjoint strength and stiffness sensitivities of a prepared pipeline analysis.
+
+    Works on :func:`femur_fe.pipeline.prepare`'s ``Analysis`` (bone + PMMA caps, rigid
+    loading plate tied to the loaded region, supports), with the case's own load
+    direction: the plate is loaded by a unit force (the model is linear, so the strength
+    F / R_p does not depend on the magnitude, whatever the case's loading mode). The
+    adjoint solves reuse the analysis' solver (ties included: the adjoint of the tied system
+    is the tied system). Only bone densities vary; caps keep their modulus.
+
+    Measures: ``strength_N`` = 1 N / R_p (p-norm of the Schileo risk over bone elements not
+    touching a boundary-condition node, as the pipeline's criteria exclude BC artefacts),
+    ``stiffness_N_per_mm`` = 1 / C with the compliance C = plate displacement per N.
+    E'(rho) is the derivative of ``model.with_density(rho).young`` (law, floor and the CT
+    heterogeneity factor included), by central differences (module doc).
+
+    Same interface as :class:`StrengthSensitivity` (``evaluate``, ``volumes``), so
+    :func:`optimal_placement` works on it.
+    """
+
+    def __init__(self, analysis, model=None, *, p: float = 8.0, tension: float = 0.0073,
+                 compression: float = 0.0104, include_elements: np.ndarray | None = None) -> None:
+        an = analysis
+        self.analysis = an
+        self.model = model or an.model
+        nb = an.n_bone_cells
+        self.bone = Mesh(an.fe_mesh.points, an.fe_mesh.cells[:nb], an.fe_mesh.cell_type)
+        self.elements = ElementMatrices(self.bone, self.model.poisson)
+        self.grad = centroid_gradients(self.bone)
+        self.volumes = self.model.mesh.cell_volumes()
+        self.p, self.tension, self.compression = float(p), float(tension), float(compression)
+        if include_elements is None:
+            bcn = np.zeros(an.n_bone_nodes, dtype=bool)
+            bcn[np.asarray(an.bc_bone_nodes, dtype=np.int64)] = True
+            inc = ~bcn[self.model.mesh.cells].any(axis=1)
+        else:
+            inc = np.asarray(include_elements, dtype=bool)
+        if inc.shape != (nb,) or not inc.any():
+            raise FemurFeError(f"include_elements must be a ({nb},) bool mask selecting at least one bone element")
+        self.include = inc
+
+    def _young(self, rho: np.ndarray) -> np.ndarray:
+        return self.model.with_density(np.maximum(rho, 0.0)).young
+
+    def evaluate(self, density, *, gradient: bool = True) -> SensitivityResult:
+        an = self.analysis
+        rho = np.asarray(density, dtype=np.float64)
+        m = self.model.with_density(rho)
+        solver = an.solver_for(m)
+        n = solver.n_dofs
+        d_prime = an.rotation @ an.direction
+        load = {an.tie.name: np.concatenate([d_prime, np.zeros(3)])}
+        sol = solver.solve(np.zeros(n), tie_loads=load)
+        u = np.asarray(sol.u)
+        compliance = float(sol.ties[an.tie.name].displacement @ d_prime)  # mm per N
+        eps = centroid_strains(self.bone.cells, self.grad, u)  # bone cells on all FE points
+        big_r, rmax, t = pnorm_risk(eps, self.include, self.tension, self.compression, self.p)
+        res = SensitivityResult(1.0, big_r, rmax, 1.0 / big_r if big_r > 0 else np.inf,
+                                1.0 / rmax if rmax > 0 else np.inf, compliance, u,
+                                stiffness_N_per_mm=1.0 / compliance if compliance > 0 else None)
+        if not gradient:
+            return res
+        _, de = young_and_derivative(self._young, rho)
+        h = adjoint_load(self.bone.cells, self.grad, t, self.bone.n_points)
+        lam = np.asarray(solver.solve(h).u)
+        res.d_risk = -de * self.elements.bilinear(lam, u)
+        res.d_reaction = np.zeros(rho.size)
+        res.d_compliance = -de * self.elements.bilinear(u, u)
+        res.d_strength = -res.d_risk / big_r ** 2 if big_r > 0 else np.zeros(rho.size)
+        res.d_stiffness = -res.d_compliance / compliance ** 2
+        res.d_strength_per_gram = res.d_strength * 1000.0 / self.volumes
+        return res
+
+
 # ============================================================================ placement
 @dataclass
 class PlacementResult:
@@ -332,7 +421,6 @@ def optimal_placement(sens: StrengthSensitivity, density, added_mass_g: float, *
     ------
     ScenarioError : if the mass cannot be placed (no element with positive gain and room).
     """
-    mesh = sens.problem.mesh
     vol = sens.volumes
     rho0 = np.asarray(density, dtype=np.float64).copy()
     if not (added_mass_g > 0):
@@ -373,5 +461,6 @@ def optimal_placement(sens: StrengthSensitivity, density, added_mass_g: float, *
     return PlacementResult(rho, rho0, float((rho - rho0) @ vol) / 1000.0, np.array(strengths), np.array(smax))
 
 
-__all__ = ["StrengthProblem", "StrengthSensitivity", "SensitivityResult", "optimal_placement", "PlacementResult",
-           "young_and_derivative", "centroid_gradients"]
+__all__ = ["StrengthProblem", "StrengthSensitivity", "AnalysisSensitivity", "SensitivityResult", "optimal_placement",
+           "PlacementResult", "young_and_derivative", "centroid_gradients", "centroid_strains", "pnorm_risk",
+           "adjoint_load"]
