@@ -15,12 +15,12 @@ Approach
   duplicate faces, keep the largest connected component, then pymeshfix (MeshFix, Attene
   2010) fills holes and removes non-manifold / self-intersecting parts; normals are
   made outward. A :class:`RepairReport` says what changed.
-* **Remeshing** (:func:`remesh_surface`): quadric decimation (VTK ``vtkQuadricDecimation``
-  with volume preservation) down to the triangle count of an equilateral tiling with the
-  target edge length, or linear subdivision (each triangle into four) when the surface is
-  coarser than the target. TetGen's quality refinement (radius-edge ratio and
-  minimum dihedral angle) then splits the remaining poor surface triangles, and its
-  ``maxvolume`` switch sets the interior element size. (pyacvd is not a dependency.)
+* **Remeshing** (:func:`remesh_surface`): isotropic remeshing through a voxel grid
+  (voxelise at 0.8 x the target edge, surface nets ``vtkSurfaceNets3D``, project every
+  vertex to the closest point of the input surface), with quadric decimation as the
+  fallback. TetGen's quality refinement (radius-edge ratio and minimum dihedral angle)
+  then splits what is left of poor triangles, and its ``maxvolume`` switch sets the
+  interior element size. (pyacvd is not a dependency.)
 * **Tet meshing** (:func:`tetmesh_from_surface`): TetGen ``-pq<ratio>/<angle>a<vol>``;
   tet10 meshes get straight mid-edge nodes in VTK/meshio order (edges (0,1), (1,2),
   (0,2), (0,3), (1,3), (2,3)), generated here rather than taken from TetGen (whose
@@ -523,19 +523,89 @@ def repair_surface(surface: Surface, *, merge_tol: float | None = None, keep_lar
 
 
 # --------------------------------------------------------------------------- remeshing
-def remesh_surface(surface: Surface, edge_length: float) -> Surface:
-    """Bring the mean edge length of a closed surface near ``edge_length`` (mm).
+def remesh_surface(surface: Surface, edge_length: float, *, method: str = "auto") -> Surface:
+    """Remesh a closed surface to near-equilateral triangles of about ``edge_length`` mm.
 
-    Finer surfaces are coarsened with volume-preserving quadric decimation to the
-    triangle count of an equilateral tiling (``area / (sqrt(3)/4 h^2)``); surfaces whose
-    mean edge exceeds 1.25 ``edge_length`` are split by linear subdivision (each triangle
-    into four similar ones) until the mean edge is at most ``edge_length``. The result is
-    repaired if needed (and checked watertight). Triangle shape is then improved by TetGen's quality
-    refinement inside :func:`tetmesh_from_surface`.
+    Methods
+    -------
+    ``"voxel"`` (isotropic remeshing through a voxel grid): the surface is voxelised on a
+    grid of spacing ``0.8 * edge_length`` (``vtkPolyDataToImageStencil``), contoured with
+    surface nets (``vtkSurfaceNets3D``, Frisken 2022: one vertex per boundary cell, quads
+    split into two triangles, constrained smoothing) and every vertex is moved to the closest
+    point of the input surface. This gives well-shaped triangles (quality typically > 0.4,
+    most > 0.8) and keeps the geometry within the projection accuracy. Features thinner than
+    about one grid cell can be lost, so the result is checked: it must be watertight and
+    enclose the input volume within 3 %.
+    ``"decimate"``: volume-preserving quadric decimation to the triangle count of an
+    equilateral tiling (``area / (sqrt(3)/4 h^2)``), or linear subdivision (each triangle into
+    four) when the surface is coarser than the target. Keeps thin features but can leave
+    poorly shaped triangles.
+    ``"auto"`` (default): ``"voxel"``, falling back to ``"decimate"`` when its checks fail.
     """
     h = float(edge_length)
     if not np.isfinite(h) or h <= 0:
         raise SurfaceError(f"edge_length must be a positive length in mm, got {edge_length!r}")
+    if method not in ("auto", "voxel", "decimate"):
+        raise SurfaceError(f"method must be 'auto', 'voxel' or 'decimate', got {method!r}")
+    if method in ("auto", "voxel"):
+        try:
+            out = _remesh_voxel(surface, h)
+            return out
+        except SurfaceError as exc:
+            if method == "voxel":
+                raise
+            log.warning("%s: voxel remeshing failed (%s); using quadric decimation instead", surface.source, exc)
+    return _remesh_decimate(surface, h)
+
+
+def _surface_nets(mask: np.ndarray, spacing: float | Sequence[float], origin: Sequence[float],
+                  smoothing_iterations: int = 16) -> Surface:
+    """Surface-nets contour of a boolean [i, j, k] mask on an axis-aligned grid (mm)."""
+    import pyvista as pv
+
+    grid = pv.ImageData(dimensions=mask.shape, spacing=tuple(np.broadcast_to(spacing, 3).astype(float)),
+                        origin=tuple(float(o) for o in origin))
+    grid.point_data["label"] = np.asarray(mask, dtype=np.uint8).ravel(order="F")
+    poly = grid.contour_labels(output_mesh_type="triangles", smoothing=smoothing_iterations > 0,
+                               smoothing_iterations=max(int(smoothing_iterations), 1), pad_background=True)
+    return Surface.from_pyvista(poly.clean(), "<surface nets>")
+
+
+def _remesh_voxel(surface: Surface, h: float) -> Surface:
+    import pyvista as pv
+
+    spacing = 0.8 * h
+    ref = surface.to_pyvista()
+    lo, hi = surface.bounds
+    lo = np.floor(lo / spacing - 2) * spacing
+    dims = np.ceil((hi - lo) / spacing).astype(int) + 3
+    ref_img = pv.ImageData(dimensions=tuple(int(d) for d in dims), spacing=(spacing,) * 3, origin=tuple(lo))
+    mask_img = ref.voxelize_binary_mask(reference_volume=ref_img)
+    mask = np.asarray(mask_img.point_data[mask_img.point_data.keys()[0]]).reshape(tuple(dims), order="F") > 0
+    if not mask.any():
+        raise SurfaceError("the voxelised surface is empty (is it closed?)")
+    from scipy.ndimage import label
+
+    lab, nlab = label(mask)
+    if nlab > 1:
+        sizes = np.bincount(lab.ravel())[1:]
+        mask = lab == (1 + int(np.argmax(sizes)))
+    nets = _surface_nets(mask, spacing, lo)
+    _, closest = ref.find_closest_cell(nets.points, return_closest_point=True)
+    out = Surface(np.asarray(closest, dtype=float), nets.faces, surface.source)
+    topo = out.topology()
+    if not topo.watertight:
+        out, _ = repair_surface(out)
+    if out.volume < 0:
+        out = Surface(out.points, out.faces[:, [0, 2, 1]], out.source)
+    v0 = abs(surface.volume)
+    if v0 > 0 and abs(out.volume - v0) > 0.03 * v0:
+        raise SurfaceError(f"voxel remeshing changed the volume by {100 * (out.volume / v0 - 1):+.1f} % "
+                           "(thin features lost); use a smaller edge length")
+    return out
+
+
+def _remesh_decimate(surface: Surface, h: float) -> Surface:
     poly = surface.to_pyvista()
     target = max(int(surface.area / (np.sqrt(3) / 4 * h * h)), 200)
     mean_edge = float(surface.edge_lengths().mean())
@@ -610,19 +680,35 @@ def tetmesh_from_surface(surface: Surface, *, element_size: float | None = None,
                   optmaxdihedral=165.0, opt_iterations=10)
     if element_size is not None:
         kwargs["maxvolume"] = _regular_tet_volume(float(element_size))
-    try:
-        nodes, elems = _run_tetgen(surface, kwargs)
-    except RuntimeError as exc:
-        # decimation can leave a few self-intersections; MeshFix removes them
-        log.warning("%s: TetGen failed (%s); removing self-intersections with MeshFix and retrying",
-                    surface.source, exc)
-        surface, _ = repair_surface(surface, fix_intersections=True)
-        try:
-            nodes, elems = _run_tetgen(surface, kwargs)
-        except RuntimeError as exc2:
-            raise SurfaceError(f"{surface.source}: TetGen failed ({exc2}) even after MeshFix. Remesh the "
-                               "surface with a larger element size, or rebuild it from the mask with "
-                               "femur_fe.surface_from_mask") from exc2
+    # TetGen's minimum-dihedral refinement occasionally hits an internal error on decimated
+    # surfaces; fall back to radius-edge refinement only, then to MeshFix (which removes
+    # self-intersections) before giving up. Each fallback is logged.
+    attempts = [kwargs, dict(kwargs, mindihedral=0.0), dict(kwargs, mindihedral=0.0, minratio=max(ratio, 2.0))]
+    nodes = elems = None
+    errors = []
+    for fixed in (False, True):
+        if fixed:
+            log.warning("%s: TetGen failed (%s); removing self-intersections with MeshFix and retrying",
+                        surface.source, errors[-1])
+            surface, _ = repair_surface(surface, fix_intersections=True)
+        for i, kw in enumerate(attempts):
+            try:
+                nodes, elems = _run_tetgen(surface, kw)
+                break
+            except RuntimeError as exc:
+                errors.append(str(exc))
+                if i + 1 < len(attempts):
+                    log.info("%s: TetGen failed with %s (%s); relaxing the quality bound", surface.source,
+                             {k: kw[k] for k in ("minratio", "mindihedral")}, exc)
+        if nodes is not None:
+            if errors:
+                log.warning("%s: meshed with relaxed TetGen quality bounds (radius-edge %.2f, min dihedral %.0f deg) "
+                            "after: %s", surface.source, kw["minratio"], kw["mindihedral"], "; ".join(errors))
+            break
+    if nodes is None:
+        raise SurfaceError(f"{surface.source}: TetGen failed ({'; '.join(errors)}) even after MeshFix. Remesh "
+                           "the surface with a larger element size, or rebuild it from the mask with "
+                           "femur_fe.surface_from_mask")
     nodes = np.asarray(nodes, dtype=np.float64)
     elems = np.asarray(elems, dtype=np.int64)
     if len(elems) == 0:
@@ -1021,15 +1107,7 @@ def cut_proximal_femur(surface_or_mesh: Surface | Mesh, distance_below_lesser_tr
     surf = surface_from_mesh(surface_or_mesh) if is_mesh else surface_or_mesh
     if not surf.is_watertight:
         surf, _ = repair_surface(surf)
-    lm = landmarks or femur_landmarks(surf)
-    axis = lm.shaft_axis
-    z_lt = lm.axial(lm.lesser_trochanter)
-    z_cut = z_lt - d
-    origin = lm.head_centre + z_cut * axis
-    zmin = float(lm.axial(surf.points).min())
-    if z_cut <= zmin + 1.0:
-        raise SurfaceError(f"{surf.source}: the cut {d:.1f} mm below the lesser trochanter lies below the bone "
-                           f"(only {z_lt - zmin:.1f} mm of bone below it); use a smaller distance")
+    origin, axis = proximal_cut_plane(surf, d, landmarks=landmarks)
     poly = surf.to_pyvista()
     # keep the side the normal points to
     clipped = poly.clip_closed_surface(normal=tuple(axis), origin=tuple(origin))
@@ -1038,12 +1116,32 @@ def cut_proximal_femur(surface_or_mesh: Surface | Mesh, distance_below_lesser_tr
         out, _ = repair_surface(out)
     if out.volume < 0:
         out = Surface(out.points, out.faces[:, [0, 2, 1]], out.source)
-    log.info("%s: cut %.1f mm below the lesser trochanter (%.1f mm below the head centre)", surf.source, d, -z_cut)
+    log.info("%s: cut %.1f mm below the lesser trochanter", surf.source, d)
     if not is_mesh:
         return out
     h = element_size or float(surf.edge_lengths().mean())
     order = 2 if surface_or_mesh.cell_type == "tetra10" else 1
     mesh = tetmesh_from_surface(out, element_size=h, order=order)
-    zz = (mesh.points - origin) @ axis
-    return mesh.with_node_set("distal_cut", np.flatnonzero(np.abs(zz) < 1e-6 * max(1.0, float(surf.extent.max()))
-                                                           + 1e-6))
+    return mesh.with_node_set("distal_cut", nodes_on_plane(mesh, origin, axis))
+
+
+def nodes_on_plane(mesh: Mesh, origin, normal, tol_mm: float = 1e-3) -> np.ndarray:
+    """Ids of mesh nodes within ``tol_mm`` of the plane through ``origin`` with ``normal``."""
+    n = np.asarray(normal, dtype=float)
+    n = n / np.linalg.norm(n)
+    return np.flatnonzero(np.abs((mesh.points - np.asarray(origin, dtype=float)) @ n) < tol_mm)
+
+
+def proximal_cut_plane(surface: Surface, distance_below_lesser_trochanter_mm: float, *,
+                       landmarks: FemurLandmarks | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Plane of :func:`cut_proximal_femur`: (point on the plane, unit normal pointing proximally)."""
+    d = float(distance_below_lesser_trochanter_mm)
+    lm = landmarks or femur_landmarks(surface)
+    axis = lm.shaft_axis
+    z_lt = lm.axial(lm.lesser_trochanter)
+    z_cut = z_lt - d
+    zmin = float(lm.axial(surface.points).min())
+    if z_cut <= zmin + 1.0:
+        raise SurfaceError(f"{surface.source}: the cut {d:.1f} mm below the lesser trochanter lies below the bone "
+                           f"(only {z_lt - zmin:.1f} mm of bone below it); use a smaller distance")
+    return lm.head_centre + z_cut * axis, axis
