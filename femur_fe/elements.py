@@ -155,6 +155,6 @@ def shape_gradients_physical(
     det = np.linalg.det(jac)
     inv = np.linalg.inv(jac)  # dxi/dX
     dn = shape_gradients(cell_type, xi)  # (q, k, 3)
-    # dN/dX_b = sum_a dN/dxi_a * dxi_a/dX_b
-    grad = np.einsum("qka,mqab->mqkb", dn, inv, optimize=True)
+    # dN/dxi_a = sum_b J[a, b] dN/dX_b  =>  dN/dX_b = sum_a inv(J)[b, a] dN/dxi_a
+    grad = np.einsum("qka,mqba->mqkb", dn, inv, optimize=True)
     return grad, det

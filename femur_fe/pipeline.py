@@ -110,7 +110,13 @@ class Analysis:
         return np.concatenate([m.young, np.full(n_cap, float(self.case.caps.young_mpa))])
 
     def solver_for(self, model: Model | None = None):
-        """The :class:`femur_fe.LinearSolver` for ``model``'s moduli (cached for the last one)."""
+        """The :class:`femur_fe.LinearSolver` for ``model``'s moduli.
+
+        The analysis's own model gets a full set-up (factorisation or AMG hierarchy), kept
+        for the life of the analysis. Another model on the same mesh (a density change) is
+        solved by CG preconditioned with that set-up: no new factorisation, a few
+        iterations for moderate changes, same ``rtol`` on the new matrix.
+        """
         from .solvers import LinearSolver
 
         m = model or self.model
@@ -120,12 +126,16 @@ class Analysis:
             from .assembly import StiffnessAssembler
 
             self.assembler = StiffnessAssembler(self.fe_mesh, m.poisson)
-        K = self.assembler.assemble(self.fe_young(m))
         s = self.case.solver
-        self._solver = LinearSolver(K, self.fixed_dofs, points=self.fe_mesh, method=s.method, rtol=s.rtol,
-                                    maxiter=s.maxiter, constraints=[self.tie])
-        self._solver_young_id = id(m.young)
-        return self._solver
+        base = None
+        if m is not self.model:
+            base = self.solver_for(self.model)
+        K = self.assembler.assemble(self.fe_young(m))
+        solver = LinearSolver(K, self.fixed_dofs, points=self.fe_mesh, method=s.method, rtol=s.rtol,
+                              maxiter=s.maxiter, constraints=[self.tie], preconditioner=base)
+        if m is self.model:
+            self._solver, self._solver_young_id = solver, id(m.young)
+        return solver
 
     # ------------------------------------------------------------------ solving
     def _plate_force_solution(self, solver, direction_prime: np.ndarray):

@@ -222,6 +222,11 @@ class LinearSolver:
     rtol : relative residual target of CG, ``||b - A x|| <= rtol ||b||``.
     maxiter : CG iteration limit (default 2000).
     constraints : list of :class:`femur_fe.RigidTie`.
+    preconditioner : another :class:`LinearSolver` set up for the same constraints (same
+        fixed DOFs and ties) on a *nearby* matrix, e.g. the same bone before a density change.
+        Its factorisation or AMG hierarchy is reused as the preconditioner of CG on ``K``
+        (method ``"cg-reuse"``): no new set-up, and few iterations when the moduli changed
+        moderately. The answer still meets ``rtol`` on ``K`` itself.
 
     Raises
     ------
@@ -239,7 +244,8 @@ class LinearSolver:
     """
 
     def __init__(self, K, fixed_dofs, *, points=None, method: str = "auto", rtol: float = 1e-8,
-                 maxiter: int | None = None, constraints: Sequence[RigidTie] | None = None):
+                 maxiter: int | None = None, constraints: Sequence[RigidTie] | None = None,
+                 preconditioner: "LinearSolver | None" = None):
         t0 = time.perf_counter()
         if method not in METHODS:
             raise SolverError(f"method must be one of {METHODS}, got {method!r}")
@@ -301,11 +307,33 @@ class LinearSolver:
         self._kfp = rows[:, self._presc].tocsr()
         del rows, kz
         self.n_free = int(self._free.size)
-        self.method = self._choose(method)
-        self._setup()
+        if preconditioner is not None:
+            self._reuse(preconditioner)
+        else:
+            self.method = self._choose(method)
+            self._setup()
         self.setup_seconds = time.perf_counter() - t0
         log.info("solver set up: %s, %d DOFs (%d free), %.2f s", self.method, self.n_dofs, self.n_free,
                  self.setup_seconds)
+
+    def _reuse(self, other: "LinearSolver") -> None:
+        """Use ``other``'s set-up as the CG preconditioner for this matrix."""
+        if not isinstance(other, LinearSolver):
+            raise SolverError(f"preconditioner must be a LinearSolver, got {type(other).__name__}")
+        if other.n_free != self.n_free or not np.array_equal(other._free, self._free) \
+                or other.tie_names != self.tie_names:
+            raise SolverError("preconditioner was set up for other constraints (free DOFs or ties differ); "
+                              "it can only be reused for the same fixed DOFs and ties")
+        if other.method.startswith("direct"):
+            fn = other._solve_fn
+        elif other.method == "amg-cg":
+            fn = other._precond.matvec
+        else:  # a reuse of a reuse: go to the original set-up
+            fn = other._precond.matvec
+        n = self.n_free
+        self._precond = spla.LinearOperator((n, n), matvec=lambda v: np.asarray(fn(v)).reshape(-1), dtype=float)
+        self.method = "cg-reuse"
+        self.memory_estimate_bytes = int(getattr(other, "memory_estimate_bytes", 0))
 
     # ------------------------------------------------------------------ constraint check
     def _check_constraints(self, mesh: Mesh | None) -> None:
@@ -537,7 +565,7 @@ class LinearSolver:
             if info != 0:
                 res = np.linalg.norm(bj - self.A @ xj) / nb
                 raise SolverError(
-                    f"AMG-preconditioned CG did not converge: {count[0]} iterations, relative residual {res:.3e} "
+                    f"{self.method} preconditioned CG did not converge: {count[0]} iterations, relative residual {res:.3e} "
                     f"> rtol {self.rtol:.1e}. Try method='direct' (if memory allows), check the constraints "
                     "(nearly free rigid modes, parts hanging on a few nodes) and the material (E spanning many "
                     "orders of magnitude, nu close to 0.5), or raise maxiter"

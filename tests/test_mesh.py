@@ -121,3 +121,16 @@ def test_read_mesh_rejects_surface(tmp_path):
     meshio.write(tmp_path / "s.vtu", meshio.Mesh(np.eye(3), [("triangle", [[0, 1, 2]])]))
     with pytest.raises(ff.MeshError, match="surface cells"):
         ff.read_mesh(tmp_path / "s.vtu")
+
+
+@pytest.mark.parametrize("ct", ["tetra", "tetra10", "hexahedron"])
+def test_physical_gradients_reproduce_linear_field(ct, rng):
+    from femur_fe.elements import shape_gradients_physical
+
+    a = np.array([[2.0, 0.3, 0.1], [0.2, 1.5, 0.4], [0.1, 0.2, 3.0]])
+    x = reference_nodes(ct) @ a + 1.0  # distorted (sheared) element
+    g = rng.normal(size=(3, 3))
+    grad, det = shape_gradients_physical(ct, x, np.arange(len(x))[None], quadrature(ct).points)
+    du = np.einsum("mqkb,ki->mqib", grad, x @ g.T)
+    np.testing.assert_allclose(du, np.broadcast_to(g, du.shape), atol=1e-12)
+    assert (det > 0).all()

@@ -169,3 +169,24 @@ def test_many_fall_directions_reuse_one_setup(proximal_femur):
     assert len(set(np.round(ks, 6))) == len(ks)  # directions differ
     for r in res:
         assert np.linalg.norm(sum(np.asarray(v) for v in r.reaction_forces.values())) <= 1e-6 * r.load_force_N
+
+
+def test_density_change_reuses_setup_and_matches_fresh_solve(proximal_femur):
+    """A scenario solved with CG preconditioned by the baseline set-up equals a fresh solve.
+
+    Tolerance 1e-6: both solves meet rtol = 1e-8 on their own matrix; the stiffness is a
+    ratio of solution components, so its error is of the order of rtol times the condition
+    of the load/displacement map, far below 1e-6 here.
+    """
+    mesh, rho = proximal_femur
+    law = ff.material_law("keller1994_combined")
+    case = ff.load_case("loadcases/sideways_fall.toml")
+    model = Model.from_density(mesh, rho, law)
+    an = prepare(case, model)
+    an.solve()
+    new = model.with_density(rho * 1.1)
+    reused = an.solve(model=new)
+    assert reused.solver.method == "cg-reuse"
+    fresh = run_case(case, new)
+    assert reused.stiffness_N_per_mm == pytest.approx(fresh.stiffness_N_per_mm, rel=1e-6)
+    assert reused.linear.strength_N == pytest.approx(fresh.linear.strength_N, rel=1e-6)
