@@ -414,7 +414,8 @@ def optimal_placement(sens: StrengthSensitivity, density, added_mass_g: float, *
     ``added_mass_g / n_rounds`` grams go to the elements with the largest strength gain
     per gram (``d_strength_per_gram`` > 0), each taking at most ``max_step_g_cm3`` per
     round (a trust region: the gradient is only locally valid) and never exceeding
-    ``upper`` (g/cm^3, e.g. :data:`femur_fe.scenarios.DENSITY_UPPER_BOUND`). Gradients are
+    ``upper`` (g/cm^3, e.g. :data:`femur_fe.scenarios.DENSITY_UPPER_BOUND`; elements already
+    above it get nothing, as in :meth:`femur_fe.scenarios.Scenario.apply`). Gradients are
     recomputed after every round.
 
     Raises
@@ -425,8 +426,8 @@ def optimal_placement(sens: StrengthSensitivity, density, added_mass_g: float, *
     rho0 = np.asarray(density, dtype=np.float64).copy()
     if not (added_mass_g > 0):
         raise ScenarioError(f"added_mass_g must be > 0, got {added_mass_g!r}")
-    if not (upper > 0) or np.any(rho0 > upper + 1e-12):
-        raise ScenarioError(f"upper must be >= every density (g/cm^3), got {upper!r} with max density {rho0.max():.4g}")
+    if not (upper > 0):
+        raise ScenarioError(f"upper must be a density bound > 0 g/cm^3, got {upper!r}")
     if n_rounds < 1 or not (max_step_g_cm3 > 0):
         raise ScenarioError("n_rounds must be >= 1 and max_step_g_cm3 > 0")
     rho = rho0.copy()
@@ -437,7 +438,7 @@ def optimal_placement(sens: StrengthSensitivity, density, added_mass_g: float, *
         strengths.append(res.strength_N)
         smax.append(res.strength_max_N)
         eff = res.d_strength_per_gram
-        room = np.minimum(upper - rho, max_step_g_cm3)
+        room = np.clip(upper - rho, 0.0, max_step_g_cm3)  # inputs above the bound get no more
         cand = np.flatnonzero((eff > 0) & (room > 1e-12))
         if cand.size == 0:
             raise ScenarioError(f"optimal_placement: round {rnd + 1}: no element with positive strength gain and room "

@@ -117,7 +117,11 @@ def test_placement_errors():
     with pytest.raises(ScenarioError, match="added_mass_g"):
         optimal_placement(sens, rho, -1.0, upper=2.0)
     with pytest.raises(ScenarioError, match="upper"):
-        optimal_placement(sens, rho, 0.01, upper=0.5)
+        optimal_placement(sens, rho, 0.01, upper=-1.0)
+    # a bound below some densities: those elements get nothing
+    opt = optimal_placement(sens, rho, 0.01, upper=0.6, n_rounds=2)
+    above = rho >= 0.6
+    assert above.any() and np.all(opt.delta[above] == 0) and opt.density[~above].max() <= 0.6 + 1e-12
 
 
 def test_pipeline_analysis_adjoint_matches_finite_differences():
