@@ -346,15 +346,34 @@ class AnalysisSensitivity:
         if inc.shape != (nb,) or not inc.any():
             raise FemurFeError(f"include_elements must be a ({nb},) bool mask selecting at least one bone element")
         self.include = inc
+        self._assembler = None
 
     def _young(self, rho: np.ndarray) -> np.ndarray:
         return self.model.with_density(np.maximum(rho, 0.0)).young
+
+    def _solver(self, m):
+        """A fresh solver for model ``m`` (the analysis' own solver settings and plate tie).
+
+        Not ``Analysis.solver_for``: its cache is keyed on ``id(model.young)``, and a freed
+        array's id can be reused by the next density's array, which would return the solver
+        of an earlier density.
+        """
+        from .assembly import StiffnessAssembler
+        from .solvers import LinearSolver
+
+        an = self.analysis
+        if self._assembler is None:
+            self._assembler = StiffnessAssembler(an.fe_mesh, m.poisson)
+        k = self._assembler.assemble(an.fe_young(m))
+        s = an.case.solver
+        return LinearSolver(k, an.fixed_dofs, points=an.fe_mesh, method=s.method, rtol=s.rtol, maxiter=s.maxiter,
+                            constraints=[an.tie])
 
     def evaluate(self, density, *, gradient: bool = True) -> SensitivityResult:
         an = self.analysis
         rho = np.asarray(density, dtype=np.float64)
         m = self.model.with_density(rho)
-        solver = an.solver_for(m)
+        solver = self._solver(m)
         n = solver.n_dofs
         d_prime = an.rotation @ an.direction
         load = {an.tie.name: np.concatenate([d_prime, np.zeros(3)])}

@@ -156,6 +156,11 @@ def test_pipeline_analysis_adjoint_matches_finite_differences():
         for e in ELEMS:
             # measured agreement <= 2e-7 (same FD error budget as above)
             assert g[e] == pytest.approx(_fd(sens, rho, e, attr), rel=1e-6), (attr, e)
+    # every evaluation solves for its own density (no stale solver reused between densities)
+    for k in range(4):
+        rk = rho * (1.0 + 0.1 * k)
+        assert sens.evaluate(rk, gradient=False).strength_N == pytest.approx(
+            AnalysisSensitivity(an, model).evaluate(rk, gradient=False).strength_N, rel=1e-12)
     # optimal placement works on it too
     opt = optimal_placement(sens, rho, 0.02, upper=2.0, n_rounds=3, max_step_g_cm3=0.1)
     assert opt.strength_N[-1] > opt.strength_N[0]
