@@ -210,8 +210,9 @@ def surface_topology(surface: Surface) -> SurfaceTopology:
     f = surface.faces
     degenerate = int(np.count_nonzero((f[:, 0] == f[:, 1]) | (f[:, 1] == f[:, 2]) | (f[:, 0] == f[:, 2])))
     directed = np.vstack([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
-    key = np.sort(directed, axis=1)
-    _, inv, counts = np.unique(key, axis=0, return_inverse=True, return_counts=True)
+    srt = np.sort(directed, axis=1)
+    n = np.int64(max(surface.n_points, 1))
+    _, inv, counts = np.unique(srt[:, 0] * n + srt[:, 1], return_inverse=True, return_counts=True)
     inv = inv.ravel()
     boundary = int(np.count_nonzero(counts == 1))
     nonmanifold = int(np.count_nonzero(counts > 2))
@@ -722,9 +723,7 @@ def tetmesh_from_surface(surface: Surface, *, element_size: float | None = None,
     mesh = remove_orphan_nodes(mesh)
     if order == 2:
         mesh = tet10_from_tet4(mesh)
-    from .topology import boundary_nodes
-
-    mesh = mesh.with_node_set("surface", boundary_nodes(mesh))
+    mesh = mesh.with_node_set("surface", np.unique(_tet_boundary(mesh.cells[:, :4])[0]))
     rep = mesh.validate()
     if not rep.ok:
         raise SurfaceError(f"{surface.source}: the tet mesh failed validation: {rep}")
@@ -777,18 +776,39 @@ def dihedral_angles(points: np.ndarray, tets: np.ndarray) -> tuple[np.ndarray, n
     return ang.min(axis=1), ang.max(axis=1)
 
 
-def _boundary_face_count(tets: np.ndarray) -> np.ndarray:
+def _tet_boundary(tets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Boundary faces of a tet4 connectivity: (faces (f, 3) outward, owning tet ids (f,)).
+
+    Faces are matched by an int64 key of their sorted node ids (1-D sort, much faster than
+    ``np.unique(axis=0)``).
+    """
     f = tets[:, _TET_FACES].reshape(-1, 3)
-    _, inv, cnt = np.unique(np.sort(f, axis=1), axis=0, return_inverse=True, return_counts=True)
-    return (cnt[inv.ravel()] == 1).reshape(-1, 4).sum(axis=1)
+    srt = np.sort(f, axis=1)
+    n = np.int64(int(tets.max()) + 1)
+    key = (srt[:, 0] * n + srt[:, 1]) * n + srt[:, 2]
+    order = np.argsort(key, kind="stable")
+    ks = key[order]
+    single = np.ones(len(ks), dtype=bool)
+    dup = ks[1:] == ks[:-1]
+    single[1:] &= ~dup
+    single[:-1] &= ~dup
+    idx = order[single]
+    return f[idx], idx // 4
+
+
+def _boundary_face_count(tets: np.ndarray) -> np.ndarray:
+    _, owner = _tet_boundary(tets)
+    return np.bincount(owner, minlength=len(tets))
 
 
 def _boundary_is_manifold(tets: np.ndarray) -> bool:
-    f = tets[:, _TET_FACES].reshape(-1, 3)
-    key = np.sort(f, axis=1)
-    _, inv, cnt = np.unique(key, axis=0, return_inverse=True, return_counts=True)
-    bf = f[cnt[inv.ravel()] == 1]
-    return surface_topology(Surface(np.zeros((int(tets.max()) + 1, 3)), bf)).nonmanifold_edges == 0 if len(bf) else False
+    bf, _ = _tet_boundary(tets)
+    if not len(bf):
+        return False
+    e = np.sort(np.vstack([bf[:, [0, 1]], bf[:, [1, 2]], bf[:, [2, 0]]]), axis=1)
+    n = np.int64(int(tets.max()) + 1)
+    _, cnt = np.unique(e[:, 0] * n + e[:, 1], return_counts=True)
+    return bool(np.all(cnt == 2))
 
 
 def _peel_boundary_slivers(nodes: np.ndarray, tets: np.ndarray, min_dihedral_deg: float = 5.0,
@@ -801,15 +821,19 @@ def _peel_boundary_slivers(nodes: np.ndarray, tets: np.ndarray, min_dihedral_deg
     """
     out = tets
     for _ in range(max_rounds):
-        mn, _ = dihedral_angles(nodes, out)
-        bad = (mn < min_dihedral_deg) & (_boundary_face_count(out) == 2)
-        if not bad.any():
+        cand = np.flatnonzero(_boundary_face_count(out) == 2)
+        if not len(cand):
             break
-        cand = out[~bad]
-        if not _boundary_is_manifold(cand):
+        mn, _ = dihedral_angles(nodes, out[cand])
+        bad = cand[mn < min_dihedral_deg]
+        if not len(bad):
             break
-        log.debug("peeled %d boundary sliver caps", int(bad.sum()))
-        out = cand
+        keep = np.ones(len(out), dtype=bool)
+        keep[bad] = False
+        if not _boundary_is_manifold(out[keep]):
+            break
+        log.debug("peeled %d boundary sliver caps", len(bad))
+        out = out[keep]
     return out
 
 
@@ -823,8 +847,10 @@ def tet10_from_tet4(mesh: Mesh) -> Mesh:
         raise SurfaceError(f"tet10_from_tet4 needs a tet4 mesh, got {mesh.cell_type!r}")
     c = mesh.cells
     e = c[:, _TET10_EDGES].reshape(-1, 2)
-    key = np.sort(e, axis=1)
-    uniq, inv = np.unique(key, axis=0, return_inverse=True)
+    srt = np.sort(e, axis=1)
+    n = np.int64(mesh.n_points)
+    _, first, inv = np.unique(srt[:, 0] * n + srt[:, 1], return_index=True, return_inverse=True)
+    uniq = srt[first]                      # sorted by (low id, high id): deterministic numbering
     mids = 0.5 * (mesh.points[uniq[:, 0]] + mesh.points[uniq[:, 1]])
     mid_ids = mesh.n_points + inv.ravel().reshape(-1, 6)
     cells = np.hstack([c, mid_ids])
