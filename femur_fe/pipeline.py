@@ -88,8 +88,7 @@ class Analysis:
     region_fe_nodes: dict  # region -> node ids in fe_mesh where its support/plate acts
     bc_bone_nodes: np.ndarray
     assembler: Any = None
-    _solver: Any = None
-    _solver_young_id: int | None = None
+    _solver: Any = None  # full set-up for self.model (factorisation or AMG hierarchy)
     prepare_seconds: float = 0.0
 
     @property
@@ -120,7 +119,7 @@ class Analysis:
         from .solvers import LinearSolver
 
         m = model or self.model
-        if self._solver is not None and self._solver_young_id == id(m.young):
+        if m is self.model and self._solver is not None:
             return self._solver
         if self.assembler is None:
             from .assembly import StiffnessAssembler
@@ -134,7 +133,7 @@ class Analysis:
         solver = LinearSolver(K, self.fixed_dofs, points=self.fe_mesh, method=s.method, rtol=s.rtol,
                               maxiter=s.maxiter, constraints=[self.tie], preconditioner=base)
         if m is self.model:
-            self._solver, self._solver_young_id = solver, id(m.young)
+            self._solver = solver
         return solver
 
     # ------------------------------------------------------------------ solving

@@ -112,8 +112,9 @@ def load_comparison(path_or_dict, *, base: Path | None = None) -> ComparisonSpec
         if "mesh" in bone or "ct" in bone:
             raise LoadCaseError(f"{src}: [bone] give either bundled = ... or mesh/ct, not both")
         files = bundled_bone(bone["bundled"], state=bone.get("state", "osteoporotic"))
-        mesh_path, ct_path = Path(files["mesh"]), Path(files["ct"])
+        mesh_path, ct_path = Path(files.mesh), Path(files.ct)
         label = f"bundled {bone['bundled']} ({bone.get('state', 'osteoporotic')})"
+        case = with_ct_calibration(case, files.calibration)
     elif "mesh" in bone:
         mesh_path = Path(bone["mesh"]) if Path(bone["mesh"]).is_absolute() else base / bone["mesh"]
         ct_path = None
@@ -136,6 +137,26 @@ def load_comparison(path_or_dict, *, base: Path | None = None) -> ComparisonSpec
     return ComparisonSpec(case, mesh_path, ct_path, scenarios, Subject.from_dict(data.get("subject")),
                           cmp.get("reference", "standard_care"), times, bool(cmp.get("nonlinear", False)),
                           str(cmp.get("outside", "nearest")), src, label)
+
+
+def with_ct_calibration(case, calibration_json: str | os.PathLike):
+    """``case`` with ``[material.calibration]`` set from a calibration JSON (HU -> mineral density).
+
+    The JSON is the :meth:`femur_fe.DensityCalibration.to_dict` of the scanner/phantom (the
+    bundled bones ship one next to their synthetic QCT).
+    """
+    import json
+
+    from .calibration import DensityCalibration
+
+    cal = DensityCalibration.from_dict(json.loads(Path(calibration_json).read_text(encoding="utf-8")))
+    d = cal.to_dict()
+    values = {"material.calibration.ct_unit": "HU", "material.calibration.slope": float(d["slope"]),
+              "material.calibration.intercept": float(d["intercept"]), "material.calibration.unit": d["unit"]}
+    if d.get("mineral"):
+        values["material.calibration.mineral"] = d["mineral"]
+    values["material.calibration.source"] = str(d.get("source") or Path(calibration_json).name)
+    return case.with_values(values)
 
 
 @dataclass
@@ -182,8 +203,9 @@ def compare(spec: ComparisonSpec | str | os.PathLike, out: str | os.PathLike, *,
     say = progress or (lambda msg: log.info("%s", msg))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    n_steps = 2 + len(spec.scenarios) + sum(len(spec.time_points_months) for s in spec.scenarios
-                                            if s.time_dependent)
+    n_steps = 3 + len(spec.scenarios) + sum(len([t for t in spec.time_points_months if s.months is None
+                                                 or abs(t - s.months) > 1e-9])
+                                            for s in spec.scenarios if s.time_dependent)
     step = [0]
 
     def tick(msg: str) -> None:
@@ -242,11 +264,14 @@ def compare(spec: ComparisonSpec | str | os.PathLike, out: str | os.PathLike, *,
         tick(f"{sc.name}: strength {_strength(res, spec.nonlinear):.0f} N, bone added {oc.added_mass_g:+.2f} g")
         if sc.time_dependent:
             for t in spec.time_points_months:
-                oct_ = sc.apply(model.density, mesh, an.frame, t_months=t, volumes_mm3=vol, warn_capped=False)
-                r_t = solve(model.with_density(oct_.density), sc.name, t)
+                if oc.t_months is not None and abs(t - oc.t_months) < 1e-9:  # already solved above
+                    oct_, r_t = oc, res
+                else:
+                    oct_ = sc.apply(model.density, mesh, an.frame, t_months=t, volumes_mm3=vol, warn_capped=False)
+                    r_t = solve(model.with_density(oct_.density), sc.name, t)
+                    tick(f"{sc.name} at {t:g} months: strength {_strength(r_t, spec.nonlinear):.0f} N")
                 timecourse.append({"scenario": sc.name, "months": t, "strength_N": _strength(r_t, spec.nonlinear),
                                    "stiffness_N_per_mm": r_t.stiffness_N_per_mm, "added_mass_g": oct_.added_mass_g})
-                tick(f"{sc.name} at {t:g} months: strength {_strength(r_t, spec.nonlinear):.0f} N")
     base_rec = ScenarioRecord("baseline", _strength(base, spec.nonlinear), base.stiffness_N_per_mm, _vbmd_g(model),
                               0.0, 0.0)
     ref = spec.reference if any(s.name == spec.reference for s in spec.scenarios) else None
