@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
 
-from .errors import FemurFeError, SurfaceError
+from .errors import FemurFeError
 from .mesh import Mesh
 from .surface import Surface, repair_surface, tetmesh_from_surface
 
@@ -272,8 +272,8 @@ class BoneModel:
     side : ``"right"``/``"left"`` (femur) or ``"none"``
     params : FemurParams or VertebraParams
     surface : closed outward Surface, mm (LPS frame, see the module docstring)
-    mesh : tet Mesh with node set ``"surface"`` (and ``"distal_cut"`` for the femur,
-        ``"superior_endplate"``/``"inferior_endplate"`` for the vertebra)
+    mesh : tet Mesh with node set ``"surface"`` (and ``"distal_cut"`` for the femur; the
+        endplate regions of the vertebra are found at run time by ``femur_fe.regions``)
     landmarks : name -> (3,) point or unit vector, mm, LPS frame
     """
 

@@ -323,3 +323,23 @@ def test_cli_make_bone(tmp_path):
     assert mesh.validate().ok
     # height between the rims (rounded by the 3 mm endplate fillet; default height 28)
     assert mesh.bounds[1, 2] - mesh.bounds[0, 2] == pytest.approx(30.0, abs=1.0)
+
+
+def test_meshes_dir_lookup_order(tmp_path, monkeypatch):
+    import shutil
+
+    from femur_fe.bones import bundled_file_names, meshes_dir
+
+    src = ff.bundled_bone("vertebra", "healthy")
+    for p in src:
+        shutil.copy(p, tmp_path / p.name)
+    monkeypatch.setenv("FEMUR_FE_MESHES", str(tmp_path))
+    assert meshes_dir() == tmp_path
+    assert ff.bundled_bone("vertebra", "healthy").mesh == tmp_path / bundled_file_names("vertebra", "healthy")["mesh"]
+    with pytest.raises(FemurFeError, match="bundled files missing"):
+        ff.bundled_bone("femur", "healthy")            # not copied
+    # an environment folder without the bundle falls back to the package / source tree
+    monkeypatch.setenv("FEMUR_FE_MESHES", str(tmp_path / "empty"))
+    assert meshes_dir() != tmp_path and ff.bundled_bone("femur", "healthy").mesh.exists()
+    with pytest.raises(FemurFeError, match="name"):
+        ff.bundled_bone("tibia")
