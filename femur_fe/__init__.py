@@ -225,6 +225,13 @@ _EXPORTS: dict[str, str] = {
     "run_case": "pipeline",
     "run_nonlinear": "pipeline",
     "add_cap": "caps",
+    # comparisons (lead)
+    "compare": "study",
+    "load_comparison": "study",
+    "with_ct_calibration": "study",
+    "fit_annual_rate": "study",
+    "Subject": "subject",
+    "loadcases_dir": "presets",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
