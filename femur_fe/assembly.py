@@ -174,10 +174,11 @@ class StiffnessAssembler:
     The node-row CSR pattern (int32 where possible), the node->element incidence and a
     compact scatter map (one int32 per element node pair) are built once in the
     constructor; :meth:`assemble` only computes values. The assembler keeps a private
-    copy of the node coordinates and cells. For tet10/hex8 it also caches the scaled
-    shape-function gradients ``sqrt(w det J) dN/dX`` at the quadrature points when they
-    take at most 60% of the size of the assembled matrix (tet4 gradients are recomputed
-    in closed form; voxel meshes use one template matrix).
+    copy of the node coordinates and cells, or, instead, the scaled shape-function
+    gradients ``sqrt(w det J) dN/dX`` at the quadrature points when these take at most
+    60% of the size of the assembled matrix (otherwise they are recomputed at every
+    assembly: closed form for tet4, precomputed reference gradients for tet10/hex8).
+    Voxel meshes use one template element matrix.
 
     Parameters
     ----------
@@ -202,10 +203,7 @@ class StiffnessAssembler:
         self.n_threads = effective_n_threads(n_threads)
         t0 = time.perf_counter()
         self.cell_type = mesh.cell_type
-        self._points = mesh.points.copy()
-        self._cells = mesh.cells.copy()
-        self._points.flags.writeable = False
-        self._cells.flags.writeable = False
+        self._points, self._cells = mesh.points, mesh.cells
         self._lam, self._mu = unit_lame(self.poisson)
         self._dn, self._wq = _rule(mesh.cell_type)
         self.n_points = mesh.n_points
@@ -214,6 +212,13 @@ class StiffnessAssembler:
         self.uses_template = mesh.cell_type == "hexahedron" and self._all_translates()
         self._build_pattern()
         self._geometry = self._cache_geometry(cache_geometry)
+        self._owns_geometry_arrays = self._geometry is None
+        if self._owns_geometry_arrays:
+            # the kernels read coordinates and cells at every assembly: keep private copies
+            # so that later in-place edits of the mesh arrays cannot corrupt the assembly
+            self._points, self._cells = self._points.copy(), self._cells.copy()
+            self._points.flags.writeable = False
+            self._cells.flags.writeable = False
         self.pattern_seconds = time.perf_counter() - t0
         log.debug("stiffness pattern: %d dofs, %d nonzeros, %.3f s%s", self.n_dofs, self.nnz,
                   self.pattern_seconds, " (voxel template)" if self.uses_template else "")
@@ -239,8 +244,10 @@ class StiffnessAssembler:
     @property
     def pattern_nbytes(self) -> int:
         """Bytes held by the cached pattern, scatter map and geometry copy."""
-        arrs = [self._points, self._cells, self._ptr, self._elem, self._loc, self._bptr,
-                self._bcols, self._bmap] + list(self._templates.values())
+        arrs = [self._ptr, self._elem, self._loc, self._bptr, self._bcols, self._bmap]
+        arrs += list(self._templates.values())
+        if self._owns_geometry_arrays:
+            arrs += [self._points, self._cells]
         if self._geometry is not None:
             arrs.append(self._geometry)
         return int(sum(a.nbytes for a in arrs))
@@ -295,7 +302,7 @@ class StiffnessAssembler:
         nq = len(self._wq)
         nbytes = m * nq * k * 3 * 8
         csr_bytes = self.nnz * (8 + np.dtype(self.index_dtype).itemsize)
-        if request is None and (self.cell_type == "tetra" or nbytes > _CACHE_FRACTION * csr_bytes):
+        if request is None and nbytes > _CACHE_FRACTION * csr_bytes:
             return None
         geo = np.empty((m, nq, k, 3))
         bad = np.zeros(m, dtype=np.int8)
