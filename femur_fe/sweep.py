@@ -58,7 +58,7 @@ from .io.atomic import atomic_path, write_json_atomic
 log = logging.getLogger(__name__)
 
 #: sweep-level inputs that are not key paths of the load case
-SPECIAL_KEYS = ("mesh", "state")
+SPECIAL_KEYS = ("mesh", "state", "scenario")
 #: ways to expand the parameters into tasks
 METHODS = ("grid", "random", "lhs", "list")
 #: keys that make a parameter table a distribution rather than a nested key path
@@ -66,10 +66,12 @@ DISTRIBUTION_KEYS = ("values", "choice", "linspace", "logspace", "uniform", "log
 #: status values in the results table
 STATUSES = ("ok", "failed", "timeout")
 #: the default task: one FE case through the run pipeline
-DEFAULT_TASK = "femur_fe.sweep:column_task"
+DEFAULT_TASK = "femur_fe.sweep:pipeline_task"
 
 _TOP_LEVEL_KEYS = ("name", "base", "parameters", "method", "samples", "seed", "cases", "task",
-                   "timeout_s", "retries", "description")
+                   "timeout_s", "retries", "description", "scenario")
+#: value of the ``scenario`` parameter meaning "no scenario" (the bone as it is)
+BASELINE = "baseline"
 _EVENT_TOPIC = "femur-fe-sweep"
 _MAX_ERROR_CHARS = 4000
 
@@ -208,6 +210,8 @@ def make_parameter(key: str, spec: Any, *, root: Path | None = None) -> Paramete
         values = [spec]
     if len(values) == 0:
         raise SweepError(f"parameter {key!r}: empty list of values; give at least one value")
+    if key in ("scenario", "state") and not all(isinstance(v, str) for v in values):
+        raise SweepError(f"parameter {key!r}: values must be names (strings), got {list(values)!r}")
     if key == "mesh":
         out: list = []
         for v in values:
@@ -376,6 +380,12 @@ class SweepSpec:
     retries : extra attempts for a task that failed, timed out or crashed its worker
     name : sweep name (manifest and logs)
     root : folder that relative paths (base, mesh files, globs) are relative to
+    scenarios : therapy scenarios (``[[scenario]]`` tables as in comparison files, see
+        :mod:`femur_fe.scenarios`): the ``scenario`` parameter picks one by name (or
+        ``"baseline"`` for none); ``scenario.<key>`` parameters set a key of the picked
+        scenario (``scenario.months``) or of its operator (``scenario.percent`` when it has
+        one operator, else ``scenario.operator.<i>.<key>``). One scenario and no
+        ``scenario`` parameter: every task uses it.
     """
 
     base: Any = None
@@ -390,10 +400,20 @@ class SweepSpec:
     name: str = "sweep"
     root: Path | None = None
     description: str = ""
+    scenarios: Any = None
 
     def __post_init__(self) -> None:
         if self.root is not None:
             self.root = Path(self.root)
+        if isinstance(self.scenarios, Mapping):
+            self.scenarios = [self.scenarios]
+        self.scenarios = [dict(sc.to_dict() if hasattr(sc, "to_dict") else sc) for sc in (self.scenarios or [])]
+        for i, sc in enumerate(self.scenarios):
+            if "name" not in sc:
+                raise SweepError(f"scenario #{i + 1} needs a name")
+        names = [sc["name"] for sc in self.scenarios]
+        if len(set(names)) != len(names) or BASELINE in names:
+            raise SweepError(f"scenario names must be unique and not {BASELINE!r}, got {names}")
         if self.method not in METHODS:
             raise SweepError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if isinstance(self.parameters, Mapping):
@@ -457,6 +477,8 @@ class SweepSpec:
         if unknown:
             raise SweepError(f"unknown sweep key(s) {', '.join(unknown)}; allowed: {', '.join(_TOP_LEVEL_KEYS)}")
         kw = dict(data)
+        if "scenario" in kw:
+            kw["scenarios"] = kw.pop("scenario")
         return cls(root=Path(root) if root is not None else None, **kw)
 
     @classmethod
@@ -504,6 +526,7 @@ class SweepSpec:
             "task": self.task_name,
             "timeout_s": self.timeout_s,
             "retries": self.retries,
+            "scenarios": self.scenarios or None,
             "root": str(self.root) if self.root else None,
         }
 
@@ -539,19 +562,27 @@ class SweepSpec:
         """
         base = _load_base(self.base, self.root)
         task_name = self.task_name
+        fn = resolve_task(self.task)
+        extra_identity = getattr(fn, "identity", None)
         tasks: list[SweepTask] = []
         seen: dict[str, int] = {}
         digests: dict[Any, str] = {}
         for i, point in enumerate(self.points()):
             special = {k: point[k] for k in SPECIAL_KEYS if k in point}
-            values = {k: v for k, v in point.items() if k not in SPECIAL_KEYS}
+            sc_values = {k: v for k, v in point.items() if k.startswith("scenario.")}
+            values = {k: v for k, v in point.items() if k not in SPECIAL_KEYS and k not in sc_values}
             case, resolved = _apply(base, values)
+            scenario = self._resolve_scenario(special.get("scenario"), sc_values)
             mesh = special.get("mesh")
             mesh_id = None
             if mesh is not None:
                 mesh = self._resolve_mesh(mesh)
                 mesh_id = _mesh_identity(mesh, digests)
             ident = {"task": task_name, "case": resolved, "mesh": mesh_id, "state": special.get("state")}
+            if scenario is not None:
+                ident["scenario"] = scenario
+            if extra_identity is not None:   # inputs the task uses beyond its own case (e.g. the base's)
+                ident["extra"] = extra_identity(base, case)
             task_id = _digest(ident)
             if task_id in seen:
                 log.info("sweep %s: task %d repeats task %d (same resolved inputs), kept once",
@@ -559,12 +590,68 @@ class SweepSpec:
                 continue
             seen[task_id] = i
             params = dict(point)
+            if scenario is None:
+                for k in sc_values:
+                    params.pop(k)
             if mesh is not None:
                 params["mesh"] = mesh if _is_mesh(mesh) else str(mesh)
             tasks.append(SweepTask(task_id=task_id, index=len(tasks), params=params, case=case,
                                    case_dict=resolved, mesh=mesh, state=special.get("state"),
-                                   seed=self.seed))
+                                   seed=self.seed, scenario=scenario, base_case=base))
         return tasks
+
+    def _resolve_scenario(self, name: Any, values: Mapping[str, Any]) -> dict | None:
+        """The resolved scenario table of a task (None: baseline)."""
+        known = [sc["name"] for sc in self.scenarios]
+        if name is None:
+            if len(known) > 1:
+                raise SweepError(f"{len(known)} scenarios are defined ({', '.join(known)}); sweep over them with "
+                                 f"parameter 'scenario' (names or {BASELINE!r})")
+            name = known[0] if known else BASELINE
+        if name == BASELINE:   # scenario.* values do not apply (the expansion drops them)
+            if values and not known:
+                raise SweepError(f"parameter {next(iter(values))!r} sets a scenario value but no scenario is "
+                                 "defined; add a [[scenario]] table")
+            return None
+        if name not in known:
+            raise SweepError(f"parameter 'scenario': no scenario named {name!r}; defined: "
+                             f"{', '.join(known) or 'none'} (or {BASELINE!r})")
+        table = copy.deepcopy(self.scenarios[known.index(name)])
+        for key, value in values.items():
+            parts = key.split(".")[1:]
+            ops = table.get("operator", [])
+            ops = [ops] if isinstance(ops, Mapping) else ops
+            table["operator"] = ops
+            if len(parts) == 1 and parts[0] not in table and len(ops) == 1:
+                parts = ["operator", "0", parts[0]]      # scenario.percent -> its single operator
+            node: Any = table
+            for j, part in enumerate(parts):
+                last = j == len(parts) - 1
+                if isinstance(node, list):
+                    if not part.isdigit() or int(part) >= len(node):
+                        raise SweepError(f"parameter {key!r}: scenario {name!r} has {len(node)} operator(s); "
+                                         f"use an index 0..{len(node) - 1}")
+                    if last:
+                        raise SweepError(f"parameter {key!r}: cannot replace a whole operator; set one of its keys")
+                    node = node[int(part)]
+                    continue
+                if last:
+                    if part not in node:
+                        raise SweepError(f"parameter {key!r}: scenario {name!r} has no key {part!r} there (known: "
+                                         f"{', '.join(sorted(node))}); set an existing key")
+                    node[part] = value
+                else:
+                    if part not in node:
+                        raise SweepError(f"parameter {key!r}: scenario {name!r} has no table {part!r}")
+                    node = node[part]
+        from .scenarios import scenarios_from_dict
+
+        try:
+            sc = scenarios_from_dict({"scenario": [table]})[0]
+        except FemurFeError as exc:
+            where = ", ".join(repr(k) for k in values) or "'scenario'"
+            raise SweepError(f"parameter {where}: scenario {name!r}: {exc}") from exc
+        return sc.to_dict()
 
     def _resolve_mesh(self, mesh: Any) -> Any:
         if _is_mesh(mesh):
@@ -603,11 +690,14 @@ class SweepTask:
     mesh: Any = None
     state: Any = None
     seed: int | None = None
+    scenario: dict | None = None
+    base_case: Any = None
 
     def inputs(self, mesh: Any = None) -> "TaskInputs":
         return TaskInputs(task_id=self.task_id, index=self.index, params=dict(self.params), case=self.case,
                           mesh=self.mesh if mesh is None else mesh, state=self.state,
-                          seed=_task_seed(self.seed, self.task_id))
+                          seed=_task_seed(self.seed, self.task_id), scenario=self.scenario,
+                          base_case=self.base_case)
 
 
 @dataclass
@@ -624,6 +714,9 @@ class TaskInputs:
     state : bone state or None
     seed : per-task integer seed (derived from the sweep seed and the task id) for
         stochastic tasks
+    scenario : the resolved scenario table (:mod:`femur_fe.scenarios` TOML layout) or
+        None for the baseline
+    base_case : the sweep's base case before any parameter was applied
     """
 
     task_id: str
@@ -633,6 +726,8 @@ class TaskInputs:
     mesh: Any = None
     state: Any = None
     seed: int = 0
+    scenario: dict | None = None
+    base_case: Any = None
 
 
 def _task_seed(seed: int | None, task_id: str) -> int:
@@ -784,52 +879,66 @@ def _flatten_outputs(out: Any) -> dict[str, Any]:
 
 
 # ============================================================================ worker cache
+#: cache entries holding a solver set-up (factorisation or AMG hierarchy) kept per worker;
+#: the engine sends the tasks of one density field to one worker in a row, so two suffice
+SOLVER_CACHE_SIZE = int(os.environ.get("FEMUR_FE_SWEEP_SOLVERS", "2"))
+
+
 class _LRU:
     def __init__(self, maxsize: int) -> None:
         self.maxsize = maxsize
         self.data: OrderedDict = OrderedDict()
-        self.lock = threading.RLock()
-        self.hits = 0
-        self.misses = 0
 
 
-_CACHE = _LRU(int(os.environ.get("FEMUR_FE_SWEEP_CACHE", "6")))
+_CACHE_LOCK = threading.RLock()
+_CACHES: dict[str, _LRU] = {}
+_STATS = [0, 0]   # hits, misses
 
 
-def worker_cache(key: Any, factory: Callable[[], Any]) -> Any:
+def _bucket(name: str) -> _LRU:
+    if name not in _CACHES:
+        size = SOLVER_CACHE_SIZE if name == "solver" else int(os.environ.get("FEMUR_FE_SWEEP_CACHE", "8"))
+        _CACHES[name] = _LRU(size)
+    return _CACHES[name]
+
+
+def worker_cache(key: Any, factory: Callable[[], Any], *, bucket: str = "default") -> Any:
     """Value for ``key`` from this process's LRU cache, built with ``factory()`` on a miss.
 
     Each Dask worker is a process with its own cache, so what a task function puts here
     (a mesh read from disk, a stiffness assembler, a factorised/AMG solver for one density
-    field) is built once per worker and reused by later tasks with the same key. The size
-    (entries) is ``FEMUR_FE_SWEEP_CACHE`` (default 6). Hits and misses are counted into the
+    field) is built once per worker and reused by later tasks with the same key. Entries
+    live in named buckets with their own sizes: ``"default"`` (``FEMUR_FE_SWEEP_CACHE``
+    entries, 8) and ``"solver"`` for entries holding a factorisation or AMG hierarchy
+    (``FEMUR_FE_SWEEP_SOLVERS``, 2: memory heavy). Hits and misses are counted into the
     ``cache_hits`` / ``cache_misses`` columns of the results.
     """
-    with _CACHE.lock:
-        if key in _CACHE.data:
-            _CACHE.data.move_to_end(key)
-            _CACHE.hits += 1
-            return _CACHE.data[key]
+    with _CACHE_LOCK:
+        lru = _bucket(bucket)
+        if key in lru.data:
+            lru.data.move_to_end(key)
+            _STATS[0] += 1
+            return lru.data[key]
     value = factory()
-    with _CACHE.lock:
-        _CACHE.misses += 1
-        _CACHE.data[key] = value
-        _CACHE.data.move_to_end(key)
-        while len(_CACHE.data) > max(_CACHE.maxsize, 1):
-            _CACHE.data.popitem(last=False)
+    with _CACHE_LOCK:
+        _STATS[1] += 1
+        lru.data[key] = value
+        lru.data.move_to_end(key)
+        while len(lru.data) > max(lru.maxsize, 1):
+            lru.data.popitem(last=False)
     return value
 
 
 def clear_worker_cache() -> None:
-    """Empty this process's sweep cache (counters reset too)."""
-    with _CACHE.lock:
-        _CACHE.data.clear()
-        _CACHE.hits = _CACHE.misses = 0
+    """Empty this process's sweep caches (counters reset too)."""
+    with _CACHE_LOCK:
+        _CACHES.clear()
+        _STATS[0] = _STATS[1] = 0
 
 
 def cache_stats() -> tuple[int, int]:
-    """(hits, misses) of this process's sweep cache since start or the last clear."""
-    return _CACHE.hits, _CACHE.misses
+    """(hits, misses) of this process's sweep caches since start or the last clear."""
+    return _STATS[0], _STATS[1]
 
 
 def cached_mesh(mesh: Any):
@@ -873,7 +982,7 @@ def execute_task(fn: Any, inputs: TaskInputs, mesh: Any = None, record: Mapping 
                                             "worker": address, "pid": os.getpid(), "host": socket.gethostname(),
                                             "attempt_id": (record or {}).get("attempt_id")})
     hits0, misses0 = cache_stats()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     meta: dict[str, Any] = {"status": "ok", "error": ""}
     outputs: dict[str, Any] = {}
     try:
@@ -883,10 +992,11 @@ def execute_task(fn: Any, inputs: TaskInputs, mesh: Any = None, record: Mapping 
         tb = traceback.format_exc(limit=-4)
         meta["status"] = "failed"
         meta["error"] = f"{type(exc).__name__}: {exc}\n{tb}"[:_MAX_ERROR_CHARS]
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     hits1, misses1 = cache_stats()
     meta.update({
         "seconds": seconds,
+        "cpu_s": cpu,
         "started_at": started,
         "finished_at": time.time(),
         "worker": address,
@@ -1013,7 +1123,8 @@ def column_task(inputs: TaskInputs) -> dict[str, Any]:
                            lambda: StiffnessAssembler(mesh, law.poisson))
         return LinearSolver(asm.assemble(young), fixed, points=mesh, method=method)
 
-    solver = worker_cache(("column-solver", _column_share(case, mesh_key, inputs.state)), build_solver)
+    solver = worker_cache(("column-solver", _column_share(case, mesh_key, inputs.state)), build_solver,
+                          bucket="solver")
     a, p = math.radians(float(load["angle_deg"])), math.radians(float(load.get("azimuth_deg", 0.0)))
     d = np.array([math.sin(a) * math.cos(p), math.sin(a) * math.sin(p), -math.cos(a)])
     delta = float(load["displacement_mm"])
@@ -1042,10 +1153,165 @@ def _column_share_key(inputs: TaskInputs) -> str:
 column_task.share_key = _column_share_key  # type: ignore[attr-defined]
 
 
+# ============================================================================ pipeline task
+def _angle_keys(case: Any) -> dict[str, float]:
+    return {k: float(v) for k, v in dict(case.loading.angles).items() if _is_num(v)}
+
+
+def _support_case(base: Any, case: Any) -> Any:
+    """The case whose direction places the supports, caps and regions of a task.
+
+    When the task keeps the base's load-direction kind (e.g. ``sideways_fall``) and only its
+    angles differ, the supports are those of the base angles and the task's angles only turn
+    the load (:meth:`femur_fe.pipeline.Analysis.solve_directions`: "the cap does not move
+    with the load, as in an experiment"), so all directions on one density field share the
+    stiffness matrix and its factorisation. Otherwise the task's own case is used.
+    """
+    if base is None or not hasattr(base, "loading") or base.loading.direction != case.loading.direction:
+        return case
+    own, ref = _angle_keys(case), _angle_keys(base)
+    if own == ref or set(own) != set(ref):
+        return case
+    return case.with_values({f"loading.{k}": v for k, v in ref.items()})
+
+
+def _pipeline_identity(base: Any, case: Any) -> Any:
+    """What a pipeline task depends on beyond its own case: the angles that place its supports."""
+    if not hasattr(case, "loading"):
+        return None
+    return _angle_keys(_support_case(base, case))
+
+
+def _bone_source(inputs: TaskInputs, case: Any) -> tuple[Any, dict]:
+    """(case with the CT calibration when needed, description of the bone: mesh, ct, state)."""
+    bone_name = case.bone
+    if inputs.mesh is None:
+        from .bones import bundled_bone
+        from .study import with_ct_calibration
+
+        state = inputs.state or "osteoporotic"
+        files = bundled_bone(bone_name, state=state)
+        return with_ct_calibration(case, files.calibration), {"mesh": str(files.mesh), "ct": str(files.ct),
+                                                             "state": state}
+    return case, {"mesh": inputs.mesh, "ct": None, "state": inputs.state}
+
+
+def _pipeline_model(case: Any, src: dict):
+    """The bone model of a task (cached per worker): mesh + CT, or mesh + cell density."""
+    from .model import Model
+
+    mesh_obj = src["mesh"]
+    mesh_key = _mesh_digest(mesh_obj) if _is_mesh(mesh_obj) else str(mesh_obj)
+    material = case.to_dict()["material"]
+    key = ("model", mesh_key, src["ct"], src["state"], _digest(material))
+
+    def build():
+        mesh = cached_mesh(mesh_obj)
+        if src["ct"] is not None:
+            from .ct import read_ct
+
+            ct = read_ct(src["ct"], unit=case.material.calibration.ct_unit)
+            return Model.from_ct(mesh, ct, case.material, ct_path=src["ct"])
+        name = f"density_{src['state']}" if src["state"] else "density"
+        if name not in mesh.cell_data:
+            have = sorted(k for k in mesh.cell_data if k.startswith("density"))
+            raise SweepError(f"mesh {mesh_key if not _is_mesh(mesh_obj) else '<Mesh>'} has no cell data {name!r} "
+                             f"(has: {', '.join(have) or 'none'}); store the element densities (g/cm^3 of the "
+                             f"material law's density type) as cell data {name!r}, or leave 'mesh' out to use "
+                             "the bundled bone of the case")
+        law = case.material.build()
+        return Model.from_density(mesh, np.asarray(mesh.cell_data[name], dtype=float), law)
+
+    return key, worker_cache(key, build)
+
+
+def pipeline_task(inputs: TaskInputs) -> dict[str, Any]:
+    """One load case through the run pipeline (:mod:`femur_fe.pipeline`): the default task.
+
+    Bone: ``inputs.mesh`` None -> the bundled bone of ``case.bone`` in ``inputs.state``
+    (mesh + synthetic QCT + its calibration); a mesh file or Mesh -> element densities from
+    its cell data ``density_<state>`` (or ``density`` without a state). The scenario, if
+    any, changes the densities (:meth:`femur_fe.scenarios.Scenario.apply`) before the solve.
+    Load directions that differ from the base case only by their angles share the prepared
+    analysis and the solver set-up of their density field (see :func:`_support_case`).
+
+    Returns stiffness_N_per_mm, load_force_N, strength_linear_N (the case's failure
+    criterion), criterion, bone_mass_g, integral_vbmd_mg_cm3, added_mass_g, load_direction
+    (x, y, z), n_dofs and the solver's method, iterations and seconds.
+    """
+    import dataclasses as _dc
+
+    from .loadcase import LoadCase
+    from .pipeline import prepare
+
+    case = inputs.case
+    if not isinstance(case, LoadCase):
+        raise SweepError("pipeline_task needs a load case as base (a TOML path or a LoadCase); for a plain dict "
+                         "use another task, e.g. femur_fe.sweep:column_task")
+    case, src = _bone_source(inputs, case)
+    support = _support_case(inputs.base_case if inputs.base_case is not None else case, case)
+    model_key, model = _pipeline_model(case, src)
+    an_key = ("analysis", model_key, _digest(support.to_dict()))
+    an = worker_cache(an_key, lambda: prepare(support, model), bucket="solver")
+    outcome = None
+    if inputs.scenario is not None:
+        from .scenarios import scenarios_from_dict
+
+        sc = scenarios_from_dict({"scenario": [inputs.scenario]})[0]
+        sc_key = ("analysis-scenario", an_key, _digest(inputs.scenario))
+
+        def build_scenario():
+            oc = sc.apply(model.density, model.mesh, an.frame, volumes_mm3=model.volumes_mm3)
+            m2 = model.with_density(oc.density)
+            # same regions, caps, assembler (pattern); its own solver set-up for the new moduli
+            # (every cached solver field of the analysis is reset)
+            reset = {f.name: None for f in _dc.fields(an) if f.name.startswith("_solver") and f.init}
+            return _dc.replace(an, model=m2, **reset), oc
+
+        an, outcome = worker_cache(sc_key, build_scenario, bucket="solver")
+    angles = _angle_keys(case)
+    if support is case or not angles:
+        res = an.solve(strength=False)
+    else:
+        res = an.solve_directions([angles], strength=False)[0]
+    res.evaluate_strength()
+    m = res.model
+    rep = res.solver
+    return {
+        "stiffness_N_per_mm": res.stiffness_N_per_mm,
+        "load_force_N": res.load_force_N,
+        "strength_linear_N": float(res.linear.strength_N),
+        "criterion": res.linear.criterion,
+        "bone_mass_g": m.bone_mass_g(),
+        "integral_vbmd_mg_cm3": m.integral_vbmd_mg_cm3(),
+        "added_mass_g": outcome.added_mass_g if outcome is not None else 0.0,
+        "scenario_name": inputs.scenario["name"] if inputs.scenario else BASELINE,
+        "load_direction": np.asarray(res.load_direction, dtype=float),
+        "n_dofs": int(rep.n_dofs),
+        "solver": rep.method,
+        "iterations": int(rep.iterations),
+        "setup_s": float(rep.setup_seconds),
+        "solve_s": float(rep.solve_seconds),
+    }
+
+
+def _pipeline_share_key(inputs: TaskInputs) -> str:
+    case = inputs.case
+    support = _support_case(inputs.base_case if inputs.base_case is not None else case, case)
+    mesh = inputs.mesh
+    return _digest({"mesh": _mesh_digest(mesh) if _is_mesh(mesh) else mesh, "state": inputs.state,
+                    "material": case.to_dict()["material"], "support": support.to_dict(),
+                    "scenario": inputs.scenario})
+
+
+pipeline_task.share_key = _pipeline_share_key  # type: ignore[attr-defined]
+pipeline_task.identity = _pipeline_identity  # type: ignore[attr-defined]
+
+
 # ============================================================================ results store
-_META_COLUMNS = ("task_id", "index", "status", "error", "attempts", "run", "attempt_id", "seconds", "started_at",
-                 "finished_at", "worker", "host", "pid", "cache_hits", "cache_misses", "sweep_seed",
-                 "task_seed")
+_META_COLUMNS = ("task_id", "index", "status", "error", "attempts", "run", "attempt_id", "seconds", "cpu_s",
+                 "started_at", "finished_at", "worker", "host", "pid", "cache_hits", "cache_misses",
+                 "sweep_seed", "task_seed")
 
 
 class ResultStore:
@@ -1333,7 +1599,8 @@ def run_sweep(spec: Any, out: str | os.PathLike, *, scheduler: str | None = None
     -------
     pandas.DataFrame with the parameter columns, the task outputs and ``task_id``,
     ``index``, ``status`` ("ok", "failed", "timeout"), ``error``, ``attempts``, ``run``,
-    ``seconds`` (task wall time on the worker), ``started_at``/``finished_at`` (epoch s),
+    ``seconds`` (task wall time on the worker), ``cpu_s`` (CPU time of the worker process
+    during the task, all its threads), ``started_at``/``finished_at`` (epoch s),
     ``worker``, ``host``, ``pid``, ``cache_hits``, ``cache_misses``, ``sweep_seed``,
     ``task_seed``. The same table is in ``out/results.parquet`` and ``out/results.csv``.
     """

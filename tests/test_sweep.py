@@ -420,6 +420,54 @@ def test_killed_client_loses_nothing_and_resume_completes(tmp_path, cluster):
     assert set(df.loc[df["run"] == 1, "task_id"]) == set(before)
 
 
+# ----------------------------------------------------------------------------- the pipeline task
+def test_pipeline_task_matches_run_case_and_applies_scenarios(tmp_path):
+    """Default task on the bundled L3 vertebra (osteoporotic): the baseline row equals a direct
+    femur_fe.run_case; a uniform +5 % ash-density scenario adds exactly 5 % of the bone mass
+    (no element reaches the 1.2 g/cm^3 cap) and stiffens the bone."""
+    from femur_fe.study import with_ct_calibration
+
+    case_path = ROOT / "loadcases" / "vertebral_compression.toml"
+    spec = SweepSpec(base=case_path, parameters={"state": ["osteoporotic"], "scenario": ["baseline", "gain"]},
+                     scenarios=[{"name": "gain", "density_type": "ash",
+                                 "operator": [{"type": "uniform", "percent": 5.0}]}])
+    df = run_sweep(spec, tmp_path, scheduler="serial")
+    assert list(df["status"]) == ["ok", "ok"], df["error"].tolist()
+    base, gain = df.iloc[0], df.iloc[1]
+    files = femur_fe.bundled_bone("vertebra", "osteoporotic")
+    case = with_ct_calibration(femur_fe.load_case(case_path), files.calibration)
+    ct = femur_fe.read_ct(files.ct, unit=case.material.calibration.ct_unit)
+    model = femur_fe.Model.from_ct(femur_fe.read_mesh(files.mesh), ct, case.material)
+    ref = femur_fe.run_case(case, model)
+    # same operations in the same order: equal to round-off
+    assert base["stiffness_N_per_mm"] == pytest.approx(ref.stiffness_N_per_mm, rel=1e-9)
+    assert base["strength_linear_N"] == pytest.approx(ref.linear.strength_N, rel=1e-9)
+    assert gain["added_mass_g"] == pytest.approx(0.05 * base["bone_mass_g"], rel=1e-9)
+    assert gain["bone_mass_g"] == pytest.approx(1.05 * base["bone_mass_g"], rel=1e-9)
+    assert gain["stiffness_N_per_mm"] > base["stiffness_N_per_mm"]
+    assert gain["scenario_name"] == "gain" and base["scenario_name"] == "baseline"
+
+
+def test_pipeline_task_errors_are_rows(tmp_path):
+    from femur_fe.sweep import _box_mesh
+
+    mesh_file = tmp_path / "box.vtu"
+    femur_fe.write_mesh(mesh_file, _box_mesh([10.0, 10.0, 20.0], [2, 2, 4]))
+    spec = SweepSpec(base=ROOT / "loadcases" / "vertebral_compression.toml",
+                     parameters={"mesh": [str(mesh_file)], "state": ["healthy"]}, retries=0)
+    df = run_sweep(spec, tmp_path / "out", scheduler="serial")
+    assert df["status"].iloc[0] == "failed"
+    assert "has no cell data 'density_healthy'" in df["error"].iloc[0]
+    with pytest.raises(SweepError, match=r"'loading\.adductoin_deg'.*did you mean 'adduction_deg'"):
+        SweepSpec(base=ROOT / "loadcases" / "sideways_fall.toml",
+                  parameters={"loading.adductoin_deg": [5.0]}).expand()
+    with pytest.raises(SweepError, match=r"'scenario': no scenario named 'magic'"):
+        SweepSpec(base=ROOT / "loadcases" / "sideways_fall.toml", parameters={"scenario": ["magic"]}).expand()
+    with pytest.raises(SweepError, match=r"'scenario\.percent'.*percent"):
+        SweepSpec(base=ROOT / "loadcases" / "sideways_fall.toml", parameters={"scenario.percent": [-150.0]},
+                  scenarios=[{"name": "u", "operator": [{"type": "uniform", "percent": 1.0}]}]).expand()
+
+
 # ----------------------------------------------------------------------------- CLI
 def test_cli_dry_run_and_run(tmp_path, capsys):
     from femur_fe.cli import main
