@@ -23,8 +23,10 @@ Approach
   interior element size. (pyacvd is not a dependency.)
 * **Tet meshing** (:func:`tetmesh_from_surface`): TetGen ``-pq<ratio>/<angle>a<vol>``;
   tet10 meshes get straight mid-edge nodes in VTK/meshio order (edges (0,1), (1,2),
-  (0,2), (0,3), (1,3), (2,3)), generated here rather than taken from TetGen (whose
-  second-order node order differs), so every element has a positive Jacobian.
+  (0,2), (0,3), (1,3), (2,3)), generated here from the linear mesh (after sliver peeling)
+  rather than taken from TetGen: TetGen 1.6's ``-o2`` output puts its mid-edge nodes on
+  edges (2,3), (0,3), (0,1), (1,2), (1,3), (0,2), i.e. VTK order = TetGen columns
+  [0, 1, 2, 3, 6, 7, 9, 5, 8, 4] (checked with tetgen 0.8.4).
 * **Proximal femur cut** (:func:`cut_proximal_femur`): landmarks from
   :func:`femur_landmarks` (a geometric approach: shaft axis through cross-section
   centroids, head by an iterated sphere fit, lesser trochanter as the distal end of the
@@ -643,14 +645,22 @@ def tetmesh_from_surface(surface: Surface, *, element_size: float | None = None,
     order : 1 (tet4, ``"tetra"``) or 2 (tet10, ``"tetra10"``, straight mid-edge nodes)
     quality : (max radius-edge ratio, min dihedral angle in degrees) for TetGen's quality
         refinement (``-q``); (1.5, 12) is reliable on bone surfaces
-    remesh : remesh the surface to ``element_size`` first (default: when ``element_size``
-        is given and the mean surface edge differs from it by more than 30 %)
+    remesh : when ``element_size`` is given, first remesh the surface to that edge length
+        with :func:`remesh_surface` (default True); ``False`` keeps the input triangles (the
+        boundary of the mesh is then exactly the input surface)
     repair : run :func:`repair_surface` first; ``None`` (default) repairs only when the
         surface is not watertight (with a warning), ``False`` raises instead
 
     Returns
     -------
-    Mesh with node set ``"surface"`` (boundary nodes)
+    Mesh with node set ``"surface"`` (boundary nodes). All Jacobians are positive (checked
+    with :meth:`Mesh.validate`); flat boundary slivers (two faces on the surface, minimum
+    dihedral < 5 deg) are removed after TetGen.
+
+    Raises
+    ------
+    SurfaceError when the surface cannot be repaired or TetGen fails even with relaxed
+    quality bounds and after MeshFix.
     """
     if order not in (1, 2):
         raise SurfaceError(f"order must be 1 (tet4) or 2 (tet10), got {order!r}")
