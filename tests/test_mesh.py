@@ -106,6 +106,9 @@ def test_meshio_round_trip(tmp_path, suffix):
     np.testing.assert_array_equal(back.cells, m.cells)
     if suffix == ".vtu":
         np.testing.assert_allclose(back.cell_data["E"], np.arange(8.0))
+        np.testing.assert_array_equal(back.node_sets["bottom"], [0, 1, 2])  # stored as a 0/1 point array
+    if suffix in (".vtu", ".inp"):
+        assert set(back.node_sets) == {"bottom"}
 
 
 def test_read_mesh_converts_metres_with_warning(tmp_path, caplog):
@@ -134,3 +137,15 @@ def test_physical_gradients_reproduce_linear_field(ct, rng):
     du = np.einsum("mqkb,ki->mqib", grad, x @ g.T)
     np.testing.assert_allclose(du, np.broadcast_to(g, du.shape), atol=1e-12)
     assert (det > 0).all()
+
+
+def test_atomic_write_gives_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from femur_fe.io import write_text_atomic
+
+    p = write_text_atomic(tmp_path / "a.txt", "x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~umask

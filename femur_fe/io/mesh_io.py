@@ -15,6 +15,8 @@ from .atomic import atomic_path
 log = logging.getLogger(__name__)
 
 _PREFERENCE = ("tetra10", "tetra", "hexahedron")
+#: formats without point sets (VTU/VTK) store node set ``name`` as a 0/1 point array with this prefix
+NODE_SET_PREFIX = "node_set:"
 _SURFACE_TYPES = {"triangle", "triangle6", "quad", "quad8", "polygon"}
 
 
@@ -56,8 +58,15 @@ def mesh_from_meshio(m, *, path: str = "<meshio.Mesh>") -> Mesh:
         if ids:
             cell_sets[name] = np.concatenate(ids)
     node_sets = {k: np.asarray(v, dtype=np.int64).ravel() for k, v in (m.point_sets or {}).items()}
-    point_data = {k: np.asarray(v) for k, v in (m.point_data or {}).items()
-                  if np.asarray(v).shape[:1] == (len(m.points),)}
+    point_data = {}
+    for k, v in (m.point_data or {}).items():
+        v = np.asarray(v)
+        if v.shape[:1] != (len(m.points),):
+            continue
+        if k.startswith(NODE_SET_PREFIX) and v.ndim == 1:  # node set stored as a 0/1 array (VTU)
+            node_sets.setdefault(k[len(NODE_SET_PREFIX):], np.flatnonzero(v))
+        else:
+            point_data[k] = v
     pts = np.asarray(m.points, dtype=np.float64)
     if pts.shape[1] == 2:
         raise MeshError(f"{path}: 2-D points; femur_fe needs 3-D volume meshes")
@@ -134,6 +143,12 @@ def write_mesh(path: str | os.PathLike, mesh: Mesh, *, file_format: str | None =
         if path.suffix.lower() != ".inp":
             m.point_sets = {}
             m.cell_sets = {}
+    if path.suffix.lower() in (".vtu", ".vtk", ".xdmf", ".xmf"):
+        for name, ids in mesh.node_sets.items():
+            flag = np.zeros(mesh.n_points, dtype=np.uint8)
+            flag[ids] = 1
+            m.point_data[NODE_SET_PREFIX + name] = flag
+        m.point_sets = {}
     with atomic_path(path) as tmp:
         fmt = file_format
         if fmt is None and path.suffix.lower() == ".msh":
