@@ -71,6 +71,8 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="folder for the result sets (default: a temp folder)")
     ap.add_argument("--keep", action="store_true", help="keep the result folders")
     args = ap.parse_args()
+    import distributed  # noqa: F401  (sets its logger levels on import: override after it)
+
     for name in ("distributed", "femur_fe.mapping", "femur_fe.scenarios"):
         logging.getLogger(name).setLevel(logging.ERROR)
     from femur_fe.sweep import clear_worker_cache, run_sweep

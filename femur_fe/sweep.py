@@ -48,7 +48,7 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -1454,7 +1454,7 @@ class _Progress:
         self._last = 0.0
         self._last_done = -1
         self.tty = enabled and sys.stderr.isatty()
-        self.step = max(1, total // 10)
+        self.step = max(1, math.ceil(total / 10))
 
     def update(self, status: str) -> None:
         self.done += 1

@@ -257,6 +257,10 @@ def test_serial_run_resume_and_reorder(tmp_path):
     new = df2.set_index("task_id")["stiffness_N_per_mm"]
     assert np.array_equal(old.values, new.loc[old.index].values)
     assert len(json.loads((tmp_path / "sweep.json").read_text())["runs"]) == 2
+    stored = femur_fe.read_results(tmp_path)
+    assert list(stored["task_id"]) == list(df2["task_id"]) and (stored["status"] == "ok").all()
+    with pytest.raises(SweepError, match="run the sweep first"):
+        femur_fe.read_results(tmp_path / "nothing")
 
 
 def test_failed_tasks_are_recorded_and_retried_on_resume(tmp_path):

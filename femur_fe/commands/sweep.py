@@ -47,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
     from ..sweep import expand_sweep, load_sweep, run_sweep
 
     if getattr(args, "verbose", 0) < 2:   # Dask's own INFO chatter only with -vv
+        import distributed  # noqa: F401  (sets its logger levels on import: override after it)
+
         for name in ("distributed", "bokeh", "tornado"):
             logging.getLogger(name).setLevel(logging.WARNING)
 
