@@ -45,13 +45,16 @@ log = logging.getLogger(__name__)
 
 METHODS = ("auto", "direct", "amg", "direct-superlu", "direct-cholmod")
 
-#: ``method="auto"`` uses a direct solver up to this many free DOFs (SciPy SuperLU:
-#: single-threaded, its 3-D fill grows fast; ~100k DOFs factorise in tens of seconds)...
-AUTO_DIRECT_MAX_FREE_SUPERLU = 60_000
-#: ... or this many with CHOLMOD. Kept at the SuperLU value until measured on a quiet
-#: machine: at 96k DOFs (tet4 box) CHOLMOD set-up took 529 s on the shared, oversubscribed
-#: machine vs 10.7 + 10.7 s for AMG-CG (benchmarks/bench_solvers.py).
-AUTO_DIRECT_MAX_FREE_CHOLMOD = 60_000
+#: ``method="auto"`` uses a direct solver up to this many free DOFs. Measured on the bundled
+#: femur in a sideways fall (73,605 free DOFs, tet4 + PMMA caps + a rigid plate): SciPy SuperLU
+#: factorises in 7.3 s with 566 MB, and every further right-hand side or density change
+#: (CG preconditioned by that factor) takes 1-1.6 s; AMG-CG needs 83 iterations, ~30 s per
+#: solve on the same (loaded) machine. A 96k-DOF tet4 *box* fills much more (bench_solvers.py),
+#: which the memory test below guards against.
+AUTO_DIRECT_MAX_FREE_SUPERLU = 150_000
+#: ... or this many with CHOLMOD (supernodal, faster than SuperLU when its BLAS is not
+#: oversubscribed).
+AUTO_DIRECT_MAX_FREE_CHOLMOD = 150_000
 #: ... and only if the estimated factor fits in this fraction of the available memory.
 AUTO_DIRECT_MEMORY_FRACTION = 0.5
 
@@ -214,8 +217,8 @@ class LinearSolver:
         for ties and for the rotation part of the under-constraint check.
     method : ``"direct"``, ``"amg"`` or ``"auto"`` (``"direct-superlu"`` and
         ``"direct-cholmod"`` force one direct back end). The auto rule: direct if the number of
-        free DOFs is at most ``AUTO_DIRECT_MAX_FREE_CHOLMOD`` (60k) with CHOLMOD or
-        ``AUTO_DIRECT_MAX_FREE_SUPERLU`` (60k) with SuperLU, *and* the estimated factor
+        free DOFs is at most ``AUTO_DIRECT_MAX_FREE_CHOLMOD`` (150k) with CHOLMOD or
+        ``AUTO_DIRECT_MAX_FREE_SUPERLU`` (150k) with SuperLU, *and* the estimated factor
         (``nnz(K_FF) * 15 * n_free**(1/3) / 10`` values with indices, the supernodal fill
         of 3-D meshes grows about as n^(1/3)) fits in half the available memory
         (psutil); otherwise AMG-CG.
