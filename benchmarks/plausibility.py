@@ -1,0 +1,42 @@
+"""Strength of the bundled femur (sideways fall) and vertebra (compression) in three bone states.
+
+Prints a table to compare with published ranges (biomechanics.md 2.3, 3): sideways-fall femur
+roughly 1.5-6 kN (Eckstein: 3951 +/- 1659 N, 54 pairs aged 79 +/- 11), vertebral compression
+roughly 2-8 kN (Farahmand 2013 T12 5.07 +/- 2.33 kN). Run: ``python benchmarks/plausibility.py``.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import femur_fe as ff
+from femur_fe.model import Model
+from femur_fe.pipeline import prepare
+from femur_fe.study import with_ct_calibration
+
+CASES = {"femur": "sideways_fall.toml", "vertebra": "vertebral_compression.toml"}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--margin", type=float, default=0.0, help="failure.params.exclude_margin_mm (default 0)")
+    args = ap.parse_args(argv)
+    print(f"{'bone':9s} {'state':13s} {'vBMD mg/cm3':>11s} {'stiffness N/mm':>15s} {'strength N':>11s}  criterion"
+          f"  (s)")
+    for bone, case_file in CASES.items():
+        case = ff.load_case(ff.loadcases_dir() / case_file)
+        if args.margin:
+            case = case.with_values({"failure.params.exclude_margin_mm": args.margin})
+        for state in ("healthy", "osteopenic", "osteoporotic"):
+            t0 = time.perf_counter()
+            files = ff.bundled_bone(bone, state)
+            c = with_ct_calibration(case, files.calibration)
+            model = Model.from_ct(ff.read_mesh(files.mesh), ff.read_ct(files.ct, unit="HU"), c.material,
+                                  outside="nearest")
+            res = prepare(c, model).solve()
+            print(f"{bone:9s} {state:13s} {model.integral_vbmd_mg_cm3():11.0f} {res.stiffness_N_per_mm:15.0f} "
+                  f"{res.linear.strength_N:11.0f}  {res.linear.criterion}  ({time.perf_counter() - t0:.0f})")
+
+
+if __name__ == "__main__":
+    main()
