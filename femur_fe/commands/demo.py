@@ -48,9 +48,14 @@ def run(args) -> int:
     print()
     print(f"{spec.bone_label}, {spec.case.name}: strength by {crit.get('name')} {crit.get('parameters')}")
     print(res.table())
-    cls = res.baseline.strength_summary.get("classification")
-    if cls:
-        print(f"baseline classification: {cls}")
+    c = res.baseline.strength_summary.get("classification")
+    if c:
+        band = f", band {c['band']}" if c.get("band") else ""
+        print(f"baseline classification: {c['label']} (threshold {c['threshold_N']:.0f} N, {c['site']}, {c['sex']}; "
+              f"{c['source'].split(' fragile')[0]}){band}")
+    phi = res.baseline.strength_summary.get("factor_of_risk")
+    if phi is not None:
+        print(f"baseline factor of risk (fall impact / strength): {phi:.2f}")
     print(f"\nwritten to {out}/: " + ", ".join(sorted(Path(str(p)).name for p in res.files.values())))
     print(f"total {time.perf_counter() - t0:.1f} s")
     return 0
