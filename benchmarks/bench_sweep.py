@@ -18,8 +18,10 @@ on one worker. The Dask time includes starting and stopping the cluster. The ser
 runs with the process's default BLAS/OpenMP threads; Dask workers have one thread each.
 
 Prints one table row per round: tasks, serial s, dask s, speedup, cache hits, solver
-set-ups, the summed task CPU time of each run and the machine's load average (the
-speedup is only meaningful on an otherwise idle machine), and checks that both runs give
+set-ups, the summed task CPU time of each run (and of the busiest worker), the Dask
+overhead outside tasks (cluster start/stop), an idle-machine estimate of the speedup from
+those CPU times, and the machine's load average (the measured speedup is only meaningful
+on an otherwise idle machine), and checks that both runs give
 the same stiffness and strength (rtol 1e-6: the direct solves are the same operations,
 only the BLAS thread count may differ). ``OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1`` makes
 the serial loop single-threaded like the workers.
@@ -105,18 +107,28 @@ def main() -> int:
             if not np.allclose(s[col], p[col], rtol=1e-6):
                 raise SystemExit(f"serial and dask differ in {col}: max rel "
                                  f"{np.max(np.abs(s[col] / p[col] - 1)):.3g}")
-        rows.append({"tasks": n, "serial_s": t_serial, "dask_s": t_dask, "speedup": t_serial / t_dask,
+        # what an idle machine would give: each task's CPU time is its wall time there (one
+        # thread per worker; run the serial loop with OMP_NUM_THREADS=1 for the same), the
+        # workers run their task lists in parallel, and the non-task overheads (cluster start
+        # and stop, expansion, writing parts) are taken as measured
+        worker_cpu = par.groupby("worker")["cpu_s"].sum()
+        dask_over = t_dask - (par["finished_at"].max() - par["started_at"].min())
+        ser_over = t_serial - float(ser["seconds"].sum())
+        est = (float(ser["cpu_s"].sum()) + ser_over) / (float(worker_cpu.max()) + dask_over)
+        rows.append({"tasks": n, "serial_s": t_serial, "dask_s": t_dask, "speedup": t_serial / t_dask, "est": est,
+                     "busiest_worker_cpu_s": float(worker_cpu.max()), "dask_overhead_s": dask_over,
                      "hits": int(p["cache_hits"].sum()), "setups": p.groupby(["scenario.percent", "worker"]).ngroups,
                      "fields": p["scenario.percent"].nunique(), "serial_cpu_s": float(ser["cpu_s"].sum()),
                      "dask_cpu_s": float(par["cpu_s"].sum()), "load": (load0 + load1 + load2) / 3})
     print()
     print(f"| tasks | serial s | dask s ({args.workers} workers) | speedup | cache hits (dask) | solver set-ups "
-          "(dask) | task CPU s serial / dask | load avg (1 min) |")
-    print("|---|---|---|---|---|---|---|---|")
+          "(dask) | task CPU s serial / dask (busiest worker) | dask overhead s | idle-machine estimate | "
+          "load avg (1 min) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['tasks']} | {r['serial_s']:.1f} | {r['dask_s']:.1f} | {r['speedup']:.2f}x | {r['hits']} | "
-              f"{r['setups']} (of {r['fields']} density fields) | {r['serial_cpu_s']:.0f} / {r['dask_cpu_s']:.0f} | "
-              f"{r['load']:.1f} |")
+              f"{r['setups']} (of {r['fields']} density fields) | {r['serial_cpu_s']:.0f} / {r['dask_cpu_s']:.0f} "
+              f"({r['busiest_worker_cpu_s']:.0f}) | {r['dask_overhead_s']:.1f} | {r['est']:.2f}x | {r['load']:.1f} |")
     if len(rows) > 1:
         print(f"\nmedian speedup over {len(rows)} rounds: {np.median([r['speedup'] for r in rows]):.2f}x")
     if not args.keep and not args.out:

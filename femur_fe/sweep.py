@@ -1552,7 +1552,12 @@ def _client(scheduler: str | None, n_workers: int | None, connect_timeout_s: flo
     from distributed import Client, LocalCluster
 
     n = n_workers or os.cpu_count() or 1
+    # allowed-failures 0: a task that kills its worker fails at once (the engine retries it);
+    # no work stealing: tasks stay on the worker holding their density field's solver set-up
+    # (a stolen task would pay a whole factorisation for one cheap solve); a dead worker's
+    # tasks still move (the restrictions are loose)
     with dask.config.set({"distributed.scheduler.allowed-failures": 0,
+                          "distributed.scheduler.work-stealing": False,
                           "distributed.worker.daemon": False}):
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
                                silence_logs=logging.ERROR)
