@@ -189,6 +189,21 @@ def test_bad_specs_name_the_parameter(params, kw, match):
         spec_for(params, **kw).expand()
 
 
+def test_example_sweep_files_expand():
+    """The shipped examples parse and expand (the femur one with [[scenario]] tables)."""
+    col = load_sweep(ROOT / "examples" / "sweeps" / "column_density_direction.toml").expand()
+    assert len(col) == 16
+    spec = load_sweep(ROOT / "examples" / "sweeps" / "femur_density_direction.toml")
+    tasks = spec.expand()
+    assert len(tasks) == 48 and spec.task_name == "femur_fe.sweep:pipeline_task"
+    assert {t.scenario["operator"][0]["percent"] for t in tasks} == {-15.0, -10.0, -5.0, 5.0, 10.0, 15.0}
+    assert all(t.case.solver.method == "direct" for t in tasks)
+    from femur_fe.sweep import _pipeline_share_key
+
+    keys = {_pipeline_share_key(t.inputs()) for t in tasks}
+    assert len(keys) == 6          # one solver set-up per density field, shared by its 8 directions
+
+
 def test_bad_top_level_and_method_errors(tmp_path):
     with pytest.raises(SweepError, match="unknown sweep key.*paramters"):
         SweepSpec.from_dict({"paramters": {}})
@@ -294,6 +309,15 @@ def test_dask_matches_serial_and_groups_by_density(tmp_path, cluster):
     setups = par.groupby(["density.scale", "worker"])["setup_s"].nunique()
     assert (setups == 1).all() and len(setups) <= 5
     assert (par["cache_misses"] == 0).sum() >= 12 - 5
+    # an in-memory Mesh is broadcast to the workers once and gives the same numbers as the box
+    from femur_fe.sweep import _box_mesh
+
+    mesh = _box_mesh(SMALL["geometry"]["size_mm"], SMALL["geometry"]["divisions"])
+    spec_m = spec_for({"mesh": mesh, "density.scale": [0.8, 1.2], "loading.angle_deg": [10.0]})
+    mem = run_sweep(spec_m, tmp_path / "mesh", scheduler=lc.scheduler_address)
+    assert (mem["status"] == "ok").all() and mem["mesh"].str.startswith("<Mesh ").all()
+    ref = ser[ser["loading.angle_deg"] == 10.0].set_index("density.scale")["stiffness_N_per_mm"]
+    assert np.allclose(mem.set_index("density.scale")["stiffness_N_per_mm"], ref.loc[[0.8, 1.2]], rtol=1e-9)
 
 
 def test_group_assignment_balances_and_keeps_groups_together():
