@@ -13,6 +13,12 @@ def register(sub) -> None:
     p.add_argument("case", help="load-case TOML file or preset name (e.g. sideways_fall)")
     p.add_argument("--mesh", help="volume mesh (.vtu/.msh/.inp...) or closed surface (.stl/.obj/.ply/.vtp)")
     p.add_argument("--ct", help="CT volume (NIfTI/NRRD/MHA/DICOM folder) for the material")
+    p.add_argument("--bundled", choices=("femur", "vertebra"),
+                   help="use a bundled bone (mesh + synthetic QCT + its calibration) instead of --mesh/--ct")
+    p.add_argument("--state", choices=("healthy", "osteopenic", "osteoporotic"), default="osteoporotic",
+                   help="bone state of --bundled (default %(default)s)")
+    p.add_argument("--calibration", help="HU -> mineral density calibration JSON (slope, intercept, unit); "
+                                         "sets the case's [material.calibration] for an HU CT")
     p.add_argument("--ct-unit", choices=("HU", "mg/cm3", "g/cm3"),
                    help="unit of --ct (default: [material.calibration] ct_unit of the case)")
     p.add_argument("--mask", help="mask/label image: mesh the bone from it when --mesh is not given")
@@ -88,6 +94,18 @@ def run(args) -> int:
             k, v = item.split("=", 1)
             values[k.strip()] = _parse_value(v.strip())
         case = case.with_values(values)
+    if args.bundled:
+        from ..bones import bundled_bone
+
+        if args.mesh or args.ct or args.mask:
+            raise LoadCaseError("--bundled replaces --mesh/--ct/--mask: give one or the other")
+        files = bundled_bone(args.bundled, args.state)
+        args.mesh, args.ct = str(files.mesh), str(files.ct)
+        args.calibration = args.calibration or str(files.calibration)
+    if args.calibration:
+        from ..study import with_ct_calibration
+
+        case = with_ct_calibration(case, args.calibration)
     mesh = load_bone_mesh(args, case)
     if args.ct:
         from ..ct import read_ct

@@ -1,0 +1,51 @@
+"""The command line end to end: real bundled bone, real files, clean one-line errors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from femur_fe.cli import main
+
+
+def test_run_bundled_vertebra_writes_results(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["run", "vertebral_compression", "--bundled", "vertebra", "--state", "osteoporotic",
+               "--sex", "female", "-o", str(out)])
+    assert rc == 0
+    s = json.loads((out / "summary.json").read_text())
+    for key in ("stiffness_N_per_mm", "reaction_forces_N", "n_dofs", "solver", "case", "inputs",
+                "femur_fe_version", "strength_linear_N", "criterion", "classification"):
+        assert key in s, key
+    # the case that ran carries the bundled scanner calibration (HU CT)
+    assert s["case"]["material"]["calibration"]["ct_unit"] == "HU"
+    assert len(s["inputs"]) == 2 and all(len(h) == 64 for h in s["inputs"].values())  # mesh + CT sha256
+    forces = s["reaction_forces_N"]
+    total = [sum(f[i] for f in forces.values()) for i in range(3)]
+    assert max(abs(t) for t in total) <= 1e-6 * abs(s["load_force_N"])
+    assert (out / "result.vtu").stat().st_size > 0
+    assert "linear strength" in capsys.readouterr().out
+
+
+def test_unknown_key_is_one_clean_line(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('schema_version = 1\nbone = "femur"\n[material]\nlaw = "keller1994_combined"\nmodulus = 3\n')
+    rc = main(["check", str(bad)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "modulus" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_run_without_material_source_names_the_fix(tmp_path, capsys):
+    from femur_fe.bones import bundled_bone
+
+    rc = main(["run", "vertebral_compression", "--mesh", str(bundled_bone("vertebra").mesh), "-o", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--ct" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["demo", "--help"], ["compare", "--help"]])
+def test_help_works(args, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 0
