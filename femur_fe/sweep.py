@@ -67,12 +67,21 @@ DISTRIBUTION_KEYS = ("values", "choice", "linspace", "logspace", "uniform", "log
 STATUSES = ("ok", "failed", "timeout")
 #: the default task: one FE case through the run pipeline
 DEFAULT_TASK = "femur_fe.sweep:pipeline_task"
+#: the default task for a base in the :data:`COLUMN_CASE` layout
+COLUMN_TASK = "femur_fe.sweep:column_task"
 
 _TOP_LEVEL_KEYS = ("name", "base", "parameters", "method", "samples", "seed", "cases", "task",
                    "timeout_s", "retries", "description", "scenario")
 #: value of the ``scenario`` parameter meaning "no scenario" (the bone as it is)
 BASELINE = "baseline"
 _EVENT_TOPIC = "femur-fe-sweep"
+_UNSET = object()
+
+
+def _is_column_case(base: Any) -> bool:
+    """True for a dict in the :data:`COLUMN_CASE` layout (the built-in column task's case)."""
+    return (isinstance(base, Mapping) and {"geometry", "material", "density", "loading"} <= set(base)
+            and isinstance(base.get("geometry"), Mapping) and "size_mm" in base["geometry"])
 _MAX_ERROR_CHARS = 4000
 
 
@@ -375,7 +384,9 @@ class SweepSpec:
     seed : random seed for ``random`` and ``lhs``; drawn and recorded when None
     cases : for ``method="list"``: list of ``{key path: value}`` dicts
     task : the task function (callable or ``"package.module:function"``); it gets a
-        :class:`TaskInputs` and returns a flat dict of scalar outputs
+        :class:`TaskInputs` and returns a flat dict of scalar outputs. Default: the run
+        pipeline (:func:`pipeline_task`; a dict base is then validated as a load case), or
+        :func:`column_task` for a dict base in the :data:`COLUMN_CASE` layout
     timeout_s : per-task wall-clock limit in s (None: no limit)
     retries : extra attempts for a task that failed, timed out or crashed its worker
     name : sweep name (manifest and logs)
@@ -394,7 +405,7 @@ class SweepSpec:
     samples: int | None = None
     seed: int | None = None
     cases: list | None = None
-    task: Any = DEFAULT_TASK
+    task: Any = None
     timeout_s: float | None = None
     retries: int = 1
     name: str = "sweep"
@@ -464,7 +475,7 @@ class SweepSpec:
             self.timeout_s = t
         if isinstance(self.retries, bool) or not isinstance(self.retries, (int, np.integer)) or self.retries < 0:
             raise SweepError(f"retries must be a non-negative integer, got {self.retries!r}")
-        if not (callable(self.task) or isinstance(self.task, str)):
+        if self.task is not None and not (callable(self.task) or isinstance(self.task, str)):
             raise SweepError(f"task must be a callable or 'module:function', got {self.task!r}")
 
     # ------------------------------------------------------------------ constructors
@@ -500,7 +511,16 @@ class SweepSpec:
     # ------------------------------------------------------------------ description
     @property
     def task_name(self) -> str:
-        return _task_name(self.task)
+        return _task_name(self.resolved_task())
+
+    def resolved_task(self, base: Any = _UNSET) -> Any:
+        """The task: as given, else :data:`DEFAULT_TASK` (the run pipeline), or
+        :data:`COLUMN_TASK` when the base is a dict in the :data:`COLUMN_CASE` layout."""
+        if self.task is not None:
+            return self.task
+        if base is _UNSET:
+            base = self.base if isinstance(self.base, Mapping) else None
+        return COLUMN_TASK if _is_column_case(base) else DEFAULT_TASK
 
     def to_dict(self) -> dict:
         """JSON-able description (for ``sweep.json``)."""
@@ -561,8 +581,16 @@ class SweepSpec:
         not have, a value the case rejects, or a missing mesh file.
         """
         base = _load_base(self.base, self.root)
-        task_name = self.task_name
-        fn = resolve_task(self.task)
+        task = self.resolved_task(base)
+        task_name = _task_name(task)
+        fn = resolve_task(task)
+        if isinstance(base, Mapping) and fn is pipeline_task:
+            from .loadcase import load_case
+
+            try:   # the pipeline runs load cases: validate the dict as one (errors name the key)
+                base = load_case(base)
+            except FemurFeError as exc:
+                raise SweepError(f"base case: {exc}") from exc
         extra_identity = getattr(fn, "identity", None)
         tasks: list[SweepTask] = []
         seen: dict[str, int] = {}
@@ -1616,7 +1644,8 @@ def run_sweep(spec: Any, out: str | os.PathLike, *, scheduler: str | None = None
                                    retries=spec.retries if retries is None else retries)
     if n_workers is not None and (isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1):
         raise SweepError(f"n_workers must be a positive integer or None, got {n_workers!r}")
-    fn = resolve_task(spec.task)
+    task_ref = spec.resolved_task(_load_base(spec.base, spec.root))
+    fn = resolve_task(task_ref)
     tasks = spec.expand()
     store = ResultStore(out)
     old = store.read_manifest() or {}
@@ -1646,7 +1675,8 @@ def run_sweep(spec: Any, out: str | os.PathLike, *, scheduler: str | None = None
             if scheduler == "serial":
                 _run_serial(fn, spec, todo, store, run, bar)
             else:
-                _run_dask(fn, spec, todo, store, run, bar, scheduler, n_workers, connect_timeout_s, on_dashboard)
+                _run_dask(fn, spec, todo, store, run, bar, scheduler, n_workers, connect_timeout_s, on_dashboard,
+                          task_ref)
     finally:
         bar.close()
         table = store.consolidate(tasks)
@@ -1687,7 +1717,7 @@ def _run_serial(fn, spec: SweepSpec, todo: list[SweepTask], store: ResultStore, 
 
 def _run_dask(fn, spec: SweepSpec, todo: list[SweepTask], store: ResultStore, run: int, bar: _Progress,
               scheduler: str | None, n_workers: int | None, connect_timeout_s: float,
-              on_dashboard: Callable[[str], None] | None) -> None:
+              on_dashboard: Callable[[str], None] | None, task_ref: Any = None) -> None:
     from distributed import wait
 
     with _client(scheduler, n_workers, connect_timeout_s) as (client, _cluster):
@@ -1726,7 +1756,7 @@ def _run_dask(fn, spec: SweepSpec, todo: list[SweepTask], store: ResultStore, ru
         token = uuid.uuid4().hex[:8]
         attempts: dict[str, int] = {}
         future_task: dict[Any, tuple[SweepTask, str]] = {}
-        fn_ref = spec.task if isinstance(spec.task, str) else fn
+        fn_ref = task_ref if isinstance(task_ref, str) else fn
         n = len(ordered)
 
         serial = iter(range(1, 1 << 62))

@@ -204,6 +204,17 @@ def test_example_sweep_files_expand():
     assert len(keys) == 6          # one solver set-up per density field, shared by its 8 directions
 
 
+def test_default_task_follows_the_base():
+    assert SweepSpec(base=COLUMN_CASE).task_name == "femur_fe.sweep:column_task"
+    assert SweepSpec(base=ROOT / "loadcases" / "stance.toml").task_name == "femur_fe.sweep:pipeline_task"
+    case = femur_fe.load_case(ROOT / "loadcases" / "stance.toml").to_dict()
+    tasks = SweepSpec(base=case, parameters={"loading.frontal_deg": [5.0, 20.0]}).expand()
+    assert [t.case.loading.frontal_deg for t in tasks] == [5.0, 20.0]     # a dict base became a LoadCase
+    case["loading"]["frontl_deg"] = case["loading"].pop("frontal_deg")
+    with pytest.raises(SweepError, match="base case: .*frontl_deg"):
+        SweepSpec(base=case).expand()
+
+
 def test_bad_top_level_and_method_errors(tmp_path):
     with pytest.raises(SweepError, match="unknown sweep key.*paramters"):
         SweepSpec.from_dict({"paramters": {}})
