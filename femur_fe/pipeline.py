@@ -335,6 +335,7 @@ class Result:
     strength_summary: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
     subject: Any = None  # femur_fe.subject.Subject
+    cell_fields: dict = field(default_factory=dict)  # extra (m,) arrays written to result.vtu
     _strain_nodal: np.ndarray | None = None
 
     @classmethod
@@ -394,6 +395,7 @@ class Result:
         f["density"] = self.model.density
         if self.linear is not None:
             f["risk"] = np.nan_to_num(self.linear.risk.element, nan=0.0)
+        f.update(self.cell_fields)
         return f
 
     def summary(self) -> dict[str, Any]:

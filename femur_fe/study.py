@@ -177,6 +177,51 @@ class ComparisonResult:
         return format_table(self.rows)
 
 
+def anatomical_zones(frame, mesh, bone: str) -> tuple[list[str], np.ndarray]:
+    """Zone names and a zone index per element: nearest anatomical landmark (Voronoi).
+
+    Femur: head (head centre), neck (neck centre), trochanteric (intertrochanteric point),
+    shaft (shaft point). Vertebra: anterior body, central body, posterior (posterior elements
+    side, one body depth behind the centre).
+    """
+    from .scenarios import resolve_landmark
+
+    if bone == "femur":
+        pts = {"head": resolve_landmark(frame, "femoral_head_centre"),
+               "neck": resolve_landmark(frame, "femoral_neck_centre"),
+               "trochanteric": resolve_landmark(frame, "intertrochanteric"),
+               "shaft": np.asarray(frame.shaft_point, dtype=float)}
+    else:
+        c, a = np.asarray(frame.body_centre, dtype=float), np.asarray(frame.anterior, dtype=float)
+        pts = {"anterior_body": c + 0.35 * frame.depth_mm * a, "central_body": c,
+               "posterior": c - 1.0 * frame.depth_mm * a}
+    names = list(pts)
+    cen = mesh.cell_centroids()
+    d = np.stack([np.linalg.norm(cen - pts[n], axis=1) for n in names], axis=1)
+    return names, np.argmin(d, axis=1)
+
+
+def region_contributions(delta_rho, d_strength, strength_scale: float, volumes_mm3, zones, zone_of,
+                         compartment) -> dict[str, Any]:
+    """First-order (adjoint) contribution of each zone and compartment to a strength change.
+
+    ``d_strength`` is the adjoint gradient of the smooth strength measure (N per g/cm^3);
+    ``strength_scale`` rescales it to the linear strength of the result (ratio of the two
+    measures at the baseline). Contributions are ``sum_e scale * dS/drho_e * delta_rho_e``
+    over the elements of a zone; their total is a first-order estimate to compare with the FE
+    change.
+    """
+    contrib = strength_scale * d_strength * delta_rho
+    mass = delta_rho * volumes_mm3 / 1000.0
+    out: dict[str, Any] = {"zones": {}, "compartments": {}, "first_order_total_N": float(contrib.sum())}
+    for k, name in enumerate(zones):
+        sel = zone_of == k
+        out["zones"][name] = {"strength_N": float(contrib[sel].sum()), "added_mass_g": float(mass[sel].sum())}
+    for name, sel in (("trabecular", ~compartment), ("cortical", compartment)):
+        out["compartments"][name] = {"strength_N": float(contrib[sel].sum()), "added_mass_g": float(mass[sel].sum())}
+    return out
+
+
 def _strength(res, nonlinear: bool) -> float:
     if nonlinear and res.nonlinear is not None and res.strength_summary.get("strength_nonlinear_N"):
         return float(res.strength_summary["strength_nonlinear_N"])
@@ -245,9 +290,18 @@ def compare(spec: ComparisonSpec | str | os.PathLike, out: str | os.PathLike, *,
         return res
 
     base = solve(model, "baseline")
+    from .sensitivity import AnalysisSensitivity
+
+    sens = AnalysisSensitivity(an, model).evaluate(model.density)
+    base.cell_fields.update(sens.fields())
+    # the smooth p-norm strength and the criterion's strength differ; scale the gradient to the latter
+    s_scale = _strength(base, False) / sens.strength_N if sens.strength_N > 0 else 0.0
+    zones, zone_of = anatomical_zones(an.frame, mesh, case.bone)
+    cortical = (model.qct_density if model.qct_density is not None else model.density) >= 0.35
     base.write(out / "baseline")
     tick(f"baseline: strength {_strength(base, spec.nonlinear):.0f} N, stiffness {base.stiffness_N_per_mm:.0f} N/mm")
     records = []
+    extras: dict[str, dict] = {"baseline": {"trabecular_vbmd_mg_cm3": model.trabecular_vbmd_mg_cm3()}}
     results, outcomes = {"baseline": base}, {}
     vol = mesh.cell_volumes()
     timecourse = [{"scenario": "baseline", "months": 0.0, "strength_N": _strength(base, spec.nonlinear),
@@ -257,10 +311,16 @@ def compare(spec: ComparisonSpec | str | os.PathLike, out: str | os.PathLike, *,
         m2 = model.with_density(oc.density)
         res = solve(m2, sc.name, oc.t_months)
         res.extra["scenario_outcome"] = oc.to_dict()
+        contrib = region_contributions(oc.density - model.density, sens.d_strength, s_scale, vol, zones, zone_of,
+                                       cortical)
+        contrib["fe_change_N"] = _strength(res, False) - _strength(base, False)
+        res.extra["strength_contributions"] = contrib
+        res.cell_fields["density_change"] = oc.density - model.density
         res.write(out / sc.name)
         results[sc.name], outcomes[sc.name] = res, oc
         records.append(ScenarioRecord(sc.name, _strength(res, spec.nonlinear), res.stiffness_N_per_mm,
                                       _vbmd_g(m2), oc.added_mass_g, oc.t_months))
+        extras[sc.name] = {"trabecular_vbmd_mg_cm3": m2.trabecular_vbmd_mg_cm3(), "contributions": contrib}
         tick(f"{sc.name}: strength {_strength(res, spec.nonlinear):.0f} N, bone added {oc.added_mass_g:+.2f} g")
         if sc.time_dependent:
             for t in spec.time_points_months:
@@ -280,8 +340,12 @@ def compare(spec: ComparisonSpec | str | os.PathLike, out: str | os.PathLike, *,
         summ = results[row["scenario"]].strength_summary
         row["factor_of_risk"] = summ.get("factor_of_risk")
         cls = summ.get("classification") or {}
-        row["classification"] = cls.get("category") or cls.get("label") or cls.get("class")
+        row["classification"] = cls.get("label")
+        row["trabecular_vbmd_mg_cm3"] = extras[row["scenario"]]["trabecular_vbmd_mg_cm3"]
+        if "contributions" in extras[row["scenario"]]:
+            row["strength_contributions"] = extras[row["scenario"]]["contributions"]
     meta = {"spec": spec.to_dict(), "strength_definition": "nonlinear" if spec.nonlinear else "linear",
+            "zones": zones, "contribution_method": region_contributions.__doc__.split("\n\n")[1].strip(),
             "criterion": base.strength_summary.get("criterion"), "source": spec.source}
     jpath, cpath = write_comparison(rows, out, meta=meta)
     buf = io.StringIO()
