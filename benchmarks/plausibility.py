@@ -11,7 +11,7 @@ import time
 
 import femur_fe as ff
 from femur_fe.model import Model
-from femur_fe.pipeline import prepare
+from femur_fe.pipeline import prepare, run_nonlinear
 from femur_fe.study import with_ct_calibration
 
 CASES = {"femur": "sideways_fall.toml", "vertebra": "vertebral_compression.toml"}
@@ -20,9 +20,10 @@ CASES = {"femur": "sideways_fall.toml", "vertebra": "vertebral_compression.toml"
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--margin", type=float, default=0.0, help="failure.params.exclude_margin_mm (default 0)")
+    ap.add_argument("--nonlinear", action="store_true", help="also the nonlinear peak load (minutes per bone)")
     args = ap.parse_args(argv)
-    print(f"{'bone':9s} {'state':13s} {'vBMD mg/cm3':>11s} {'stiffness N/mm':>15s} {'strength N':>11s}  criterion"
-          f"  (s)")
+    print(f"{'bone':9s} {'state':13s} {'vBMD mg/cm3':>11s} {'stiffness N/mm':>15s} {'strength N':>11s} "
+          f"{'nonlinear N':>11s}  criterion  (s)")
     for bone, case_file in CASES.items():
         case = ff.load_case(ff.loadcases_dir() / case_file)
         if args.margin:
@@ -33,9 +34,14 @@ def main(argv=None) -> None:
             c = with_ct_calibration(case, files.calibration)
             model = Model.from_ct(ff.read_mesh(files.mesh), ff.read_ct(files.ct, unit="HU"), c.material,
                                   outside="nearest")
-            res = prepare(c, model).solve()
+            an = prepare(c, model)
+            res = an.solve()
+            nl = "-"
+            if args.nonlinear:
+                r = run_nonlinear(an, res)
+                nl = f"{r.peak_force_N:.0f}" if r.peak_reached else "no peak"
             print(f"{bone:9s} {state:13s} {model.integral_vbmd_mg_cm3():11.0f} {res.stiffness_N_per_mm:15.0f} "
-                  f"{res.linear.strength_N:11.0f}  {res.linear.criterion}  ({time.perf_counter() - t0:.0f})")
+                  f"{res.linear.strength_N:11.0f} {nl:>11s}  {res.linear.criterion}  ({time.perf_counter() - t0:.0f})")
 
 
 if __name__ == "__main__":
