@@ -2,15 +2,22 @@
 
 A sweep is a *base case* (a load-case TOML path, a :class:`~femur_fe.loadcase.LoadCase` or
 a plain dict) plus *parameters* addressed by their TOML key path (``material.a_mpa``,
-``loading.adduction_deg``...), and two sweep-level inputs that are not part of the case:
-``mesh`` (mesh files or a glob over a cohort folder) and ``state`` (bone state). The
+``loading.adduction_deg``...), and three sweep-level inputs that are not part of the case:
+``mesh`` (mesh files or a glob over a cohort folder), ``state`` (bone state) and
+``scenario`` (a therapy scenario by name, with ``scenario.<key>`` parameters). The
 parameters are expanded into tasks as a full ``grid``, ``random`` samples, a Latin
 hypercube (``lhs``, :class:`scipy.stats.qmc.LatinHypercube`) or an explicit ``list``.
 
 Every task has a stable id: a hash of its *resolved* inputs (the full case after the
-parameter values are applied, the content hash of the mesh file, the state and the task
-function name), so a re-run recognises finished work even if the spec is reordered or
-extended.
+parameter values are applied, the content hash of the mesh file, the state, the resolved
+scenario and the task function name), so a re-run recognises finished work even if the
+spec is reordered or extended.
+
+The default task (:func:`pipeline_task`) runs one load case through
+:mod:`femur_fe.pipeline`; tasks that share a density field (same bone, state, scenario,
+material) share the prepared analysis and its factorisation/AMG hierarchy in a per-worker
+cache (:func:`worker_cache`), and the engine places such tasks on one worker in a row.
+Any importable function ``f(TaskInputs) -> dict`` can be the task.
 
 Tasks run on a Dask ``LocalCluster`` (one single-threaded worker process per core) or on
 any running cluster (``scheduler="tcp://host:8786"``). Each finished task is written at
