@@ -20,8 +20,10 @@ runs with the process's default BLAS/OpenMP threads; Dask workers have one threa
 Prints one table row per round: tasks, serial s, dask s, speedup, cache hits, solver
 set-ups, the summed task CPU time of each run (and of the busiest worker), the Dask
 overhead outside tasks (cluster start/stop), an idle-machine estimate of the speedup from
-those CPU times, and the machine's load average (the measured speedup is only meaningful
-on an otherwise idle machine), and checks that both runs give
+those CPU times, the machine's load average and the speedup that an embarrassingly
+parallel reference job (independent matrix products on as many processes) gets at the same
+time: the measured sweep speedup is only meaningful when that reference is close to the
+worker count (an otherwise idle machine). It also checks that both runs give
 the same stiffness and strength (rtol 1e-6: the direct solves are the same operations,
 only the BLAS thread count may differ). ``OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1`` makes
 the serial loop single-threaded like the workers.
@@ -59,6 +61,33 @@ def make_spec():
     )
 
 
+def _matmul_work(_: int) -> float:
+    rng = np.random.default_rng(0)
+    a = rng.random((300, 300))
+    for _ in range(300):
+        a = a @ a
+        a /= np.abs(a).max()
+    return float(a[0, 0])
+
+
+def reference_speedup(workers: int, n_jobs: int = 4) -> float:
+    """Speedup of an embarrassingly parallel job (independent matrix products, no I/O) on
+    ``workers`` processes over one: what the machine can give right now (2.0 on an idle
+    2-core machine; less when other processes hold the cores)."""
+    import multiprocessing as mp
+
+    t0 = time.perf_counter()
+    for i in range(n_jobs):
+        _matmul_work(i)
+    t_serial = time.perf_counter() - t0
+    with mp.get_context("spawn").Pool(workers) as pool:
+        pool.map(_matmul_work, range(workers))          # start-up outside the timing
+        t0 = time.perf_counter()
+        pool.map(_matmul_work, range(n_jobs))
+        t_par = time.perf_counter() - t0
+    return t_serial / t_par
+
+
 def _load() -> float:
     try:
         return os.getloadavg()[0]
@@ -86,6 +115,7 @@ def main() -> int:
     for k in range(args.repeat):
         for sub in (f"serial{k}", f"dask{k}"):
             shutil.rmtree(out / sub, ignore_errors=True)
+        ref = reference_speedup(args.workers)
         clear_worker_cache()
         load0 = _load()
         t0 = time.perf_counter()
@@ -118,17 +148,18 @@ def main() -> int:
         rows.append({"tasks": n, "serial_s": t_serial, "dask_s": t_dask, "speedup": t_serial / t_dask, "est": est,
                      "busiest_worker_cpu_s": float(worker_cpu.max()), "dask_overhead_s": dask_over,
                      "hits": int(p["cache_hits"].sum()), "setups": p.groupby(["scenario.percent", "worker"]).ngroups,
-                     "fields": p["scenario.percent"].nunique(), "serial_cpu_s": float(ser["cpu_s"].sum()),
+                     "fields": p["scenario.percent"].nunique(), "ref": ref, "serial_cpu_s": float(ser["cpu_s"].sum()),
                      "dask_cpu_s": float(par["cpu_s"].sum()), "load": (load0 + load1 + load2) / 3})
     print()
     print(f"| tasks | serial s | dask s ({args.workers} workers) | speedup | cache hits (dask) | solver set-ups "
           "(dask) | task CPU s serial / dask (busiest worker) | dask overhead s | idle-machine estimate | "
-          "load avg (1 min) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "load avg (1 min) | reference speedup now |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['tasks']} | {r['serial_s']:.1f} | {r['dask_s']:.1f} | {r['speedup']:.2f}x | {r['hits']} | "
               f"{r['setups']} (of {r['fields']} density fields) | {r['serial_cpu_s']:.0f} / {r['dask_cpu_s']:.0f} "
-              f"({r['busiest_worker_cpu_s']:.0f}) | {r['dask_overhead_s']:.1f} | {r['est']:.2f}x | {r['load']:.1f} |")
+              f"({r['busiest_worker_cpu_s']:.0f}) | {r['dask_overhead_s']:.1f} | {r['est']:.2f}x | {r['load']:.1f} | "
+              f"{r['ref']:.2f}x |")
     if len(rows) > 1:
         print(f"\nmedian speedup over {len(rows)} rounds: {np.median([r['speedup'] for r in rows]):.2f}x")
     if not args.keep and not args.out:
