@@ -103,6 +103,15 @@ class Analysis:
     def loaded_region(self) -> str:
         return self.case.loaded_regions[0]
 
+    def with_model(self, model: Model) -> "Analysis":
+        """A copy for ``model`` (same mesh, new density) sharing regions, caps, supports and
+        the assembler (sparsity pattern), with its own full solver set-up for the new moduli."""
+        from dataclasses import replace
+
+        if model.mesh is not self.model.mesh and model.mesh.n_cells != self.model.mesh.n_cells:
+            raise LoadCaseError("with_model needs a model on the same mesh (only the density may change)")
+        return replace(self, model=model, _solver=None)
+
     def fe_young(self, model: Model | None = None) -> np.ndarray:
         m = model or self.model
         n_cap = self.fe_mesh.n_cells - self.n_bone_cells

@@ -1274,7 +1274,6 @@ def pipeline_task(inputs: TaskInputs) -> dict[str, Any]:
     criterion), criterion, bone_mass_g, integral_vbmd_mg_cm3, added_mass_g, load_direction
     (x, y, z), n_dofs and the solver's method, iterations and seconds.
     """
-    import dataclasses as _dc
 
     from .loadcase import LoadCase
     from .pipeline import prepare
@@ -1299,9 +1298,7 @@ def pipeline_task(inputs: TaskInputs) -> dict[str, Any]:
             oc = sc.apply(model.density, model.mesh, an.frame, volumes_mm3=model.volumes_mm3)
             m2 = model.with_density(oc.density)
             # same regions, caps, assembler (pattern); its own solver set-up for the new moduli
-            # (every cached solver field of the analysis is reset)
-            reset = {f.name: None for f in _dc.fields(an) if f.name.startswith("_solver") and f.init}
-            return _dc.replace(an, model=m2, **reset), oc
+            return an.with_model(m2), oc
 
         an, outcome = worker_cache(sc_key, build_scenario, bucket="solver")
     angles = _angle_keys(case)
