@@ -157,8 +157,9 @@ def test_auto_picks_direct_for_small_problems(column):
 
 
 def test_cg_nonconvergence_raises_with_advice():
-    # big enough (3159 DOFs) for a multilevel hierarchy; 2 CG iterations cannot reach 1e-12
-    pts, _, k = box(n=(8, 8, 12))
+    # big enough (2873 nodes > max_coarse = 1000 block rows: the AMG works on 3x3 node blocks) for a
+    # multilevel hierarchy; 2 CG iterations cannot reach 1e-12
+    pts, _, k = box(n=(12, 12, 16))
     bottom = np.flatnonzero(pts[:, 2] < 1e-9)
     f = np.zeros(k.shape[0])
     f[2::3] = -1.0
