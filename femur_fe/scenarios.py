@@ -1101,18 +1101,12 @@ def scenarios_from_dict(data: Mapping[str, Any], *, allow_other_keys: bool = Fal
 
 def load_scenarios(path: str | os.PathLike, *, allow_other_keys: bool = False) -> list[Scenario]:
     """Read ``[[scenario]]`` tables from a TOML file (see the module doc)."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python < 3.11
-        import tomli as tomllib  # type: ignore[no-redef]
+    from .io.toml_io import read_toml
 
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"scenario file not found: {p}")
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(f"{p}: invalid TOML ({exc})") from None
+    data = read_toml(p, ScenarioError, "scenario file")
     return scenarios_from_dict(data, allow_other_keys=allow_other_keys)
 
 

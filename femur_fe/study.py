@@ -81,15 +81,10 @@ def load_comparison(path_or_dict, *, base: Path | None = None) -> ComparisonSpec
         data, src = dict(path_or_dict), "<dict>"
         base = base or Path.cwd()
     else:
-        import tomllib
+        from .io.toml_io import read_toml
 
         p = Path(path_or_dict)
-        if not p.is_file():
-            raise LoadCaseError(f"{p}: no such comparison file")
-        try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise LoadCaseError(f"{p}: not valid TOML: {exc}") from None
+        data = read_toml(p, LoadCaseError, "comparison file")
         src, base = str(p), p.parent
     unknown = sorted(set(data) - _TOP_KEYS)
     if unknown:
