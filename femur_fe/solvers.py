@@ -487,6 +487,13 @@ class LinearSolver:
                 a = a.tobsr(blocksize=(3, 3))
                 self.A = a
             self.ml = pyamg.smoothed_aggregation_solver(a, B=b, **AMG_OPTIONS)
+            if sp.isspmatrix_bsr(self.ml.levels[0].A):
+                # after the set-up (its temporaries are freed): CSR matvec and point Gauss-Seidel on
+                # the finest level are faster in SciPy/pyamg than their 3x3-block versions
+                fine = self.ml.levels[0].A.tocsr()
+                self.ml.levels[0].A = fine
+                self.A = fine
+                del a
             self._precond = self.ml.aspreconditioner(cycle="V")
             self._precond.matvec(np.zeros(self.n_free))  # pyamg factorises the coarse level lazily
             mem = 0
