@@ -84,18 +84,12 @@ import inspect
 import logging
 import math
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
 from .errors import LoadCaseError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 log = logging.getLogger(__name__)
 
@@ -783,15 +777,11 @@ def load_case(path_or_dict: str | os.PathLike | Mapping[str, Any], *, source: st
         src = source or "<dict>"
         stem = "load_case"
     else:
+        from .io.toml_io import read_toml
+
         p = Path(path_or_dict)
         src = source or str(p)
-        if not p.exists():
-            raise LoadCaseError(f"{p}: no such load-case file (presets are in the loadcases/ folder)")
-        try:
-            with open(p, "rb") as fh:
-                raw = tomllib.load(fh)
-        except tomllib.TOMLDecodeError as exc:
-            raise LoadCaseError(f"{p}: not valid TOML: {exc}") from None
+        raw = read_toml(p, LoadCaseError, "load-case file (presets are in the loadcases/ folder)")
         stem = p.stem
     top = _Table(raw, "top level", src)
     version = top.get("schema_version", "int")

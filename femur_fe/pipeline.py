@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -452,8 +453,6 @@ class Result:
 
     def write(self, out_dir) -> "Path":
         """Write ``result.vtu`` and ``summary.json`` into ``out_dir`` (atomically); returns the folder."""
-        from pathlib import Path
-
         from .io import write_json_atomic, write_mesh
 
         out = Path(out_dir)

@@ -502,16 +502,10 @@ class SweepSpec:
     @classmethod
     def from_toml(cls, path: str | os.PathLike) -> "SweepSpec":
         """Read a sweep TOML file; relative paths in it are relative to its folder."""
-        import tomllib
+        from .io.toml_io import read_toml
 
         path = Path(path)
-        if not path.exists():
-            raise SweepError(f"sweep file {str(path)!r} does not exist")
-        try:
-            with open(path, "rb") as fh:
-                data = tomllib.load(fh)
-        except tomllib.TOMLDecodeError as exc:
-            raise SweepError(f"{path}: not valid TOML ({exc})") from exc
+        data = read_toml(path, SweepError, "sweep file (it does not exist)")
         data.setdefault("name", path.stem)
         return cls.from_dict(data, root=path.resolve().parent)
 
