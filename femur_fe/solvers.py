@@ -45,16 +45,17 @@ log = logging.getLogger(__name__)
 
 METHODS = ("auto", "direct", "amg", "direct-superlu", "direct-cholmod")
 
-#: ``method="auto"`` uses a direct solver up to this many free DOFs. Measured on the bundled
-#: femur in a sideways fall (73,605 free DOFs, tet4 + PMMA caps + a rigid plate): SciPy SuperLU
-#: factorises in 7.3 s with 566 MB, and every further right-hand side or density change
-#: (CG preconditioned by that factor) takes 1-1.6 s; AMG-CG needs 83 iterations, ~30 s per
-#: solve on the same (loaded) machine. A 96k-DOF tet4 *box* fills much more (bench_solvers.py),
-#: which the memory test below guards against.
-AUTO_DIRECT_MAX_FREE_SUPERLU = 150_000
-#: ... or this many with CHOLMOD (supernodal, faster than SuperLU when its BLAS is not
-#: oversubscribed).
-AUTO_DIRECT_MAX_FREE_CHOLMOD = 150_000
+#: ``method="auto"`` uses a direct solver up to this many free DOFs. Fill, and so the cost of a
+#: factorisation, depends on the shape, which the size alone does not tell (quiet machine,
+#: ``OPENBLAS_NUM_THREADS=1``): the bundled femur in a sideways fall (73,605 free DOFs, elongated)
+#: factorises with SciPy SuperLU in 7.3 s / 566 MB, after which every further right-hand side or
+#: density change costs ~1 s, while AMG-CG needs 83 iterations there; a compact tet4 box of
+#: 69,375 DOFs takes SuperLU 42.7 s / 3.1 GB (AMG-CG 2.3 s) and one of 144,384 DOFs 209 s / 9.5 GB
+#: (CHOLMOD 91 s / 1.7 GB, AMG-CG 4.5 s) (``benchmarks/bench_solvers.py``). 80k bounds the
+#: worst case near a minute and keeps clinical-resolution bones direct.
+AUTO_DIRECT_MAX_FREE_SUPERLU = 80_000
+#: ... or this many with CHOLMOD.
+AUTO_DIRECT_MAX_FREE_CHOLMOD = 80_000
 #: ... and only if the estimated factor fits in this fraction of the available memory.
 AUTO_DIRECT_MEMORY_FRACTION = 0.5
 
@@ -217,8 +218,8 @@ class LinearSolver:
         for ties and for the rotation part of the under-constraint check.
     method : ``"direct"``, ``"amg"`` or ``"auto"`` (``"direct-superlu"`` and
         ``"direct-cholmod"`` force one direct back end). The auto rule: direct if the number of
-        free DOFs is at most ``AUTO_DIRECT_MAX_FREE_CHOLMOD`` (150k) with CHOLMOD or
-        ``AUTO_DIRECT_MAX_FREE_SUPERLU`` (150k) with SuperLU, *and* the estimated factor
+        free DOFs is at most ``AUTO_DIRECT_MAX_FREE_CHOLMOD`` (80k) with CHOLMOD or
+        ``AUTO_DIRECT_MAX_FREE_SUPERLU`` (80k) with SuperLU, *and* the estimated factor
         (``nnz(K_FF) * 15 * n_free**(1/3) / 10`` values with indices, the supernodal fill
         of 3-D meshes grows about as n^(1/3)) fits in half the available memory
         (psutil); otherwise AMG-CG.
