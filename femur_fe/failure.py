@@ -51,7 +51,7 @@ import numpy as np
 from .errors import FemurFeError, LoadCaseError
 from .fields import (effective_strain, nodal_average, principal_values, strain_energy_density,
                      von_mises)
-from .mesh import Mesh
+from .mesh import Mesh, element_mask
 
 log = logging.getLogger(__name__)
 
@@ -302,17 +302,7 @@ class _Context:
         if include_elements is None:
             included = np.ones(m, dtype=bool)
         else:
-            inc = np.asarray(include_elements)
-            if inc.dtype == bool:
-                if inc.shape != (m,):
-                    raise FemurFeError(f"include_elements mask must have shape ({m},), got {inc.shape}")
-                included = inc.copy()
-            else:
-                inc = inc.astype(np.int64).ravel()
-                if inc.size and (inc.min() < 0 or inc.max() >= m):
-                    raise FemurFeError(f"include_elements ids must be in [0, {m})")
-                included = np.zeros(m, dtype=bool)
-                included[inc] = True
+            included = element_mask(include_elements, m, "include_elements")
             if not included.any():
                 raise FemurFeError("include_elements selects no element")
 

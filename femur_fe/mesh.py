@@ -13,7 +13,7 @@ from typing import Mapping
 import numpy as np
 
 from .elements import NODES_PER_CELL, check_cell_type, jacobians, quadrature
-from .errors import MeshError
+from .errors import FemurFeError, MeshError
 
 log = logging.getLogger(__name__)
 
@@ -361,3 +361,21 @@ def remove_orphan_nodes(mesh: Mesh) -> Mesh:
     ns = {k: new_id[v][new_id[v] >= 0] for k, v in mesh.node_sets.items()}
     pd = {k: v[used] for k, v in mesh.point_data.items()}
     return Mesh(mesh.points[used], new_id[mesh.cells], mesh.cell_type, ns, mesh.cell_sets, mesh.cell_data, pd)
+
+
+def element_mask(value, n_cells: int, name: str) -> np.ndarray:
+    """(n_cells,) bool mask from a bool mask or from element ids (ids are range-checked).
+
+    ``name`` is the argument named in the error messages.
+    """
+    arr = np.asarray(value)
+    if arr.dtype == bool:
+        if arr.shape != (n_cells,):
+            raise FemurFeError(f"{name} mask must have shape ({n_cells},), got {arr.shape}")
+        return arr.copy()
+    ids = arr.astype(np.int64).ravel()
+    if ids.size and (ids.min() < 0 or ids.max() >= n_cells):
+        raise FemurFeError(f"{name} ids must be in [0, {n_cells})")
+    mask = np.zeros(n_cells, dtype=bool)
+    mask[ids] = True
+    return mask

@@ -51,7 +51,7 @@ import scipy.sparse as sp
 
 from .errors import FemurFeError, LoadCaseError, SolverError
 from .failure import DensityYieldStress, MaxPrincipalStrain, check_strain_limit
-from .mesh import Mesh
+from .mesh import Mesh, element_mask
 
 log = logging.getLogger(__name__)
 
@@ -370,15 +370,8 @@ def nonlinear_strength(
         raise LoadCaseError(f"yield_model must be a SecantYield, a MaxPrincipalStrain or a dict, got "
                             f"{type(yield_model).__name__}")
     eps_t, eps_c = ym.per_element(m)
-    elastic = np.zeros(m, dtype=bool)
-    if elastic_elements is not None:
-        ee = np.asarray(elastic_elements)
-        if ee.dtype == bool:
-            if ee.shape != (m,):
-                raise FemurFeError(f"elastic_elements mask must have shape ({m},)")
-            elastic = ee.copy()
-        else:
-            elastic[np.asarray(ee, dtype=np.int64).ravel()] = True
+    elastic = (np.zeros(m, dtype=bool) if elastic_elements is None
+               else element_mask(elastic_elements, m, "elastic_elements"))
     if density is not None and np.asarray(density).shape != (m,):
         raise FemurFeError(f"density must have shape ({m},) g/cm^3")
 

@@ -149,3 +149,14 @@ def test_atomic_write_gives_normal_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~umask
+
+
+def test_element_mask_from_mask_or_ids():
+    from femur_fe.mesh import element_mask
+
+    np.testing.assert_array_equal(element_mask([0, 2], 4, "x"), [True, False, True, False])
+    np.testing.assert_array_equal(element_mask(np.array([False, True]), 2, "x"), [False, True])
+    with pytest.raises(ff.FemurFeError, match=r"elastic_elements ids must be in \[0, 4\)"):
+        element_mask([4], 4, "elastic_elements")
+    with pytest.raises(ff.FemurFeError, match=r"x mask must have shape \(3,\)"):
+        element_mask(np.ones(2, dtype=bool), 3, "x")
