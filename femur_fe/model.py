@@ -141,6 +141,33 @@ class Model:
         return cls(mesh, rho.values, e, law, law.density_type, law.poisson, qct, het, inputs,
                    rho.report.to_dict() | {"n_elements_affected": rho.report.n_elements_affected})
 
+    @classmethod
+    def from_inputs(cls, mesh: Mesh, material, *, ct_path: str | os.PathLike | None = None,
+                    ct_unit: str | None = None, mesh_path: str | os.PathLike | None = None,
+                    outside: str = "nearest", missing_hint: str = "give a CT") -> "Model":
+        """The model of a run: material from the CT at ``ct_path`` if given, else from the mesh's
+        cell data ``density`` (g/cm^3 of the law's density type).
+
+        ``ct_unit`` defaults to the case's ``[material.calibration] ct_unit``; the sha256 of the CT
+        and of ``mesh_path`` are recorded in ``inputs``. Neither source -> LoadCaseError ending in
+        ``missing_hint`` (how to give a CT in the caller's terms).
+        """
+        if ct_path is not None:
+            from .ct import read_ct
+
+            ct = read_ct(ct_path, unit=ct_unit or material.calibration.ct_unit)
+            model = cls.from_ct(mesh, ct, material, outside=outside, ct_path=ct_path)
+        elif "density" in mesh.cell_data:
+            model = cls.from_density(mesh, mesh.cell_data["density"], material.build())
+        else:
+            from .errors import LoadCaseError
+
+            raise LoadCaseError("the material needs a CT or a mesh with cell data 'density' (g/cm^3 of the law's "
+                                f"density type); {missing_hint}")
+        if mesh_path is not None:
+            model = replace(model, inputs={**model.inputs, str(mesh_path): sha256_of(mesh_path)})
+        return model
+
     # ------------------------------------------------------------------ derived
     def with_density(self, density) -> "Model":
         """Same mesh and law, new density (g/cm^3 of ``density_type``); moduli recomputed.

@@ -228,13 +228,19 @@ def _vbmd_g(model) -> float | None:
     return None if v is None else v / 1000.0
 
 
+def _spec_model(spec: ComparisonSpec, mesh):
+    """The baseline model of a comparison (CT of [bone], or the mesh's density cell data)."""
+    from .model import Model
+
+    return Model.from_inputs(mesh, spec.case.material, ct_path=spec.ct_path, mesh_path=spec.mesh_path,
+                             outside=spec.outside, missing_hint=f"{spec.mesh_path}: add ct = PATH to [bone]")
+
+
 def compare(spec: ComparisonSpec | str | os.PathLike, out: str | os.PathLike, *,
             progress: Callable[[str], None] | None = None) -> ComparisonResult:
     """Run baseline and scenarios; write result folders, comparison files and plots into ``out``."""
-    from .ct import read_ct
     from .comparison import ScenarioRecord, comparison_rows, write_comparison
     from .io import read_mesh, write_json_atomic, write_text_atomic
-    from .model import Model, sha256_of
     from .pipeline import prepare, run_nonlinear
 
     t_start = time.perf_counter()
@@ -254,17 +260,7 @@ def compare(spec: ComparisonSpec | str | os.PathLike, out: str | os.PathLike, *,
 
     case = spec.case
     mesh = read_mesh(spec.mesh_path)
-    if spec.ct_path is not None:
-        ct = read_ct(spec.ct_path, unit=case.material.calibration.ct_unit)
-        model = Model.from_ct(mesh, ct, case.material, outside=spec.outside,
-                              ct_path=spec.ct_path)
-    elif "density" in mesh.cell_data:
-        law = case.material.build()
-        model = Model.from_density(mesh, mesh.cell_data["density"], law)
-    else:
-        raise LoadCaseError(f"{spec.mesh_path}: no CT given and the mesh has no cell data 'density'; add "
-                            "ct = PATH to [bone]")
-    model = Model(**{**model.__dict__, "inputs": {**model.inputs, str(spec.mesh_path): sha256_of(spec.mesh_path)}})
+    model = _spec_model(spec, mesh)
     for sc in spec.scenarios:
         if sc.density_type != model.density_type:
             raise ScenarioError(f"scenario {sc.name!r} is written for {sc.density_type} density but the material "
@@ -381,9 +377,7 @@ def fit_annual_rate(spec: ComparisonSpec | str | os.PathLike, scenario: str, tar
     """
     from dataclasses import replace
 
-    from .ct import read_ct
     from .io import read_mesh
-    from .model import Model
     from .pipeline import prepare
     from .scenarios import AnnualChange, Scenario
 
@@ -393,8 +387,7 @@ def fit_annual_rate(spec: ComparisonSpec | str | os.PathLike, scenario: str, tar
     if sc is None or len(sc.operators) != 1 or not isinstance(sc.operators[0], AnnualChange):
         raise ScenarioError(f"scenario {scenario!r} must exist and have exactly one annual_change operator")
     mesh = read_mesh(spec.mesh_path)
-    model = Model.from_ct(mesh, read_ct(spec.ct_path, unit=spec.case.material.calibration.ct_unit),
-                          spec.case.material, outside=spec.outside)
+    model = _spec_model(spec, mesh)
     an = prepare(spec.case, model)
 
     def strength(m) -> float:

@@ -80,7 +80,7 @@ def load_bone_mesh(args, case):
 def run(args) -> int:
     from ..errors import LoadCaseError
     from ..loadcase import load_case
-    from ..model import Model, sha256_of
+    from ..model import Model
     from ..pipeline import prepare, run_nonlinear
     from ..presets import resolve_case_path
     from ..subject import Subject
@@ -107,18 +107,8 @@ def run(args) -> int:
 
         case = with_ct_calibration(case, args.calibration)
     mesh = load_bone_mesh(args, case)
-    if args.ct:
-        from ..ct import read_ct
-
-        ct = read_ct(args.ct, unit=args.ct_unit or case.material.calibration.ct_unit)
-        model = Model.from_ct(mesh, ct, case.material, ct_path=args.ct)
-    elif "density" in mesh.cell_data:
-        model = Model.from_density(mesh, mesh.cell_data["density"], case.material.build())
-    else:
-        raise LoadCaseError("the material needs a CT (--ct CT) or a mesh with cell data 'density' (g/cm^3 of the "
-                            "law's density type)")
-    if args.mesh:
-        model = Model(**{**model.__dict__, "inputs": {**model.inputs, args.mesh: sha256_of(args.mesh)}})
+    model = Model.from_inputs(mesh, case.material, ct_path=args.ct, ct_unit=args.ct_unit, mesh_path=args.mesh,
+                              missing_hint="give --ct CT (or --bundled)")
     subject = Subject(args.sex, args.mass, args.height) if args.sex else None
     if (args.mass or args.height) and not args.sex:
         raise LoadCaseError("--mass/--height need --sex as well (female or male)")
