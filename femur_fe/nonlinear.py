@@ -32,10 +32,18 @@ residual, ``sqrt(R . K0^-1 R / (u . R_int)) < rtol``. A step that does not conve
 in half (up to ``max_cutbacks`` times); if it still fails the analysis stops, the result
 is marked ``converged=False`` and only converged steps are returned.
 
-Strength = the peak of the force-displacement curve. The peak counts as *reached* when the
-force drops, or when the incremental stiffness of a step falls below ``plateau_ratio``
-times the elastic stiffness (the plateau of the perfectly plastic model). Without either,
-``peak_reached`` is False and :func:`femur_fe.summary_fields` reports no nonlinear strength.
+Two strength definitions:
+
+* ``peak`` (default here): the peak of the force-displacement curve. The peak counts as
+  *reached* when the force drops, or when the incremental stiffness of a step falls below
+  ``plateau_ratio`` times the elastic stiffness (the plateau of the perfectly plastic
+  model). Without either, ``peak_reached`` is False and :func:`femur_fe.summary_fields`
+  reports no nonlinear strength.
+* ``endpoint`` (``endpoint_mm``): the largest force reached up to a prescribed displacement
+  endpoint, as Ogo reports its nonlinear FAIM results (endpoint 4 % of a characteristic
+  length for the hip and the spine [V-code]). A perfectly plastic model has no force drop,
+  so its "peak" depends on how far the plateau is followed; the endpoint fixes that choice
+  to a stated, geometry-scaled deformation. The load-case presets use it (``[nonlinear]``).
 """
 from __future__ import annotations
 
@@ -210,11 +218,15 @@ class NonlinearResult:
     elastic_stiffness_N_per_mm: float
     displacement: np.ndarray = field(repr=False)
     young_secant: np.ndarray = field(repr=False)
+    strength_definition: str = "peak"
+    endpoint_mm: float | None = None
+    endpoint_reached: bool = False
 
     @property
     def strength_N(self) -> float | None:
-        """The peak force if a peak was reached, else None."""
-        return float(self.peak_force_N) if self.peak_reached else None
+        """The strength: the largest force on the curve once a peak was reached or, with an
+        endpoint definition, once the endpoint displacement was reached; else None."""
+        return float(self.peak_force_N) if (self.peak_reached or self.endpoint_reached) else None
 
     def to_dict(self) -> dict:
         """JSON-ready summary (curve included, no field arrays)."""
@@ -226,6 +238,9 @@ class NonlinearResult:
             "first_yield_force_N": float(self.first_yield_force_N),
             "first_yield_displacement_mm": float(self.first_yield_displacement_mm),
             "elastic_stiffness_N_per_mm": float(self.elastic_stiffness_N_per_mm),
+            "strength_definition": self.strength_definition,
+            "endpoint_mm": None if self.endpoint_mm is None else float(self.endpoint_mm),
+            "endpoint_reached": bool(self.endpoint_reached),
             "steps": [asdict(s) for s in self.steps], "report": self.report,
         }
 
@@ -277,6 +292,7 @@ def nonlinear_strength(
     load_direction=None,
     load_tie: str | None = None,
     max_displacement_mm: float | None = None,
+    endpoint_mm: float | None = None,
     yield_model: SecantYield | MaxPrincipalStrain | dict | None = None,
     density=None,
     elastic_elements=None,
@@ -320,6 +336,11 @@ def nonlinear_strength(
         the same size when the peak has not been reached by then. In the explicit mode (neither rule above:
         loaded DOFs are in ``fixed_dofs``/``fixed_values``) the given BCs are the final
         state and this must be None.
+    endpoint_mm : strength at a displacement endpoint (mm; load_tie/load_nodes modes, instead of
+        ``max_displacement_mm``): the analysis runs to this displacement and the strength is the
+        largest force reached up to it (an earlier force drop ends the analysis at that peak).
+        This is how Ogo reports nonlinear FAIM strength (4 % of a characteristic length, see
+        :func:`femur_fe.pipeline.run_nonlinear`). None: strength = peak/plateau of the curve.
     yield_model : :class:`SecantYield`, a :class:`femur_fe.MaxPrincipalStrain` (its limits),
         a dict of SecantYield fields, or None (Schileo/Bayraktar 0.73 % / 1.04 %)
     density : (m,) g/cm^3; only recorded (density-dependent yield is built with
@@ -331,6 +352,7 @@ def nonlinear_strength(
         secant iteration and their relative (energy-norm) tolerance
     max_cutbacks : step halvings before giving up
     plateau_ratio : incremental / elastic stiffness below which the peak (plateau) counts as reached
+        (peak definition only; with ``endpoint_mm`` only a force drop ends the analysis early)
     stop_at_peak : stop the analysis once the peak is reached
     method : elastic solver method for the preconditioner (see :class:`femur_fe.LinearSolver`)
     assembler : an existing :class:`femur_fe.StiffnessAssembler` of ``mesh`` with ``poisson``
@@ -401,10 +423,14 @@ def nonlinear_strength(
         if load_tie not in names:
             raise LoadCaseError(f"load_tie {load_tie!r} is not among the ties {names}")
         k = names.index(load_tie)
-        if not ties[k].prescribed_mask[:3].all():
-            raise LoadCaseError(f"load_tie {load_tie!r} must prescribe ux, uy and uz")
         if direction is None:
             raise LoadCaseError("load_tie needs load_direction")
+        tie_pm = ties[k].prescribed_mask[:3]
+        if np.abs(direction[~tie_pm]).max(initial=0.0) > 1e-12:
+            raise LoadCaseError(f"load_tie {load_tie!r} must prescribe every translation the load direction has a "
+                                f"component along (prescribed: {[TIE_DOF_NAMES[j] for j in np.flatnonzero(tie_pm)]}, "
+                                f"direction {direction.tolist()}); prescribe ux, uy and uz, or load along an axis "
+                                "whose translation is prescribed")
         mode = "tie"
         if load_nodes is None:
             load_nodes = ties[k].node_ids
@@ -432,9 +458,18 @@ def nonlinear_strength(
         mask[ldofs] = True
         g1[ldofs] = np.tile(direction, len(load_nodes))  # per mm of delta (scaled below)
     elif mode == "tie":
+        # unprescribed translations stay free (only prescribed entries are used)
         tie_vals1[names.index(load_tie)][:3] = direction
     elif max_displacement_mm is not None:
         raise LoadCaseError("max_displacement_mm is only used with load_tie or load_nodes-driven loading")
+    if endpoint_mm is not None:
+        if mode == "explicit":
+            raise LoadCaseError("endpoint_mm is only used with load_tie or load_nodes-driven loading")
+        if max_displacement_mm is not None:
+            raise LoadCaseError("give either endpoint_mm (strength at a displacement endpoint) or "
+                                "max_displacement_mm (peak definition), not both")
+        if not (isinstance(endpoint_mm, (int, float)) and math.isfinite(endpoint_mm) and endpoint_mm > 0):
+            raise LoadCaseError(f"endpoint_mm must be a displacement > 0 mm, got {endpoint_mm!r}")
 
     # ---------------- elastic set-up (pattern, K0, preconditioner)
     t0 = time.perf_counter()
@@ -489,6 +524,8 @@ def nonlinear_strength(
     stiff = f1 / d1 if d1 != 0 else float("nan")
     if mode == "explicit":
         lam_max = 1.0
+    elif endpoint_mm is not None:
+        lam_max = float(endpoint_mm)
     elif max_displacement_mm is not None:
         lam_max = float(max_displacement_mm)
         if not lam_max > 0:
@@ -572,8 +609,9 @@ def nonlinear_strength(
         log.warning("nonlinear: no element yields up to the final displacement (first yield at %.4g x the "
                     "final load); the curve stays linear", lam_fy / lam_max)
     k_step, idx, cut, dlam_cut = 0, 0, 0, None
-    auto = mode != "explicit" and max_displacement_mm is None
+    auto = mode != "explicit" and max_displacement_mm is None and endpoint_mm is None
     n_extended = 0
+    drop_tol = max(1e-6, 10.0 * float(rtol))  # a smaller force drop is within the equilibrium tolerance
     with _quiet("femur_fe.solvers"):
         while idx < len(targets):
             if time_limit_s is not None and time.perf_counter() - t_start > time_limit_s:
@@ -609,7 +647,7 @@ def nonlinear_strength(
             # peak / plateau detection
             if len(curve_f) >= 2 and d != curve_d[-1]:
                 k_inc = (f - curve_f[-1]) / (d - curve_d[-1])
-                if f < max(curve_f) * (1 - 1e-9) or k_inc < plateau_ratio * stiff:
+                if f < max(curve_f) * (1 - drop_tol) or (endpoint_mm is None and k_inc < plateau_ratio * stiff):
                     peak_reached = True
             curve_d.append(d)
             curve_f.append(f)
@@ -625,6 +663,7 @@ def nonlinear_strength(
                 break
     curve_d_a, curve_f_a = np.asarray(curve_d), np.asarray(curve_f)
     kpk = int(np.argmax(curve_f_a))
+    endpoint_reached = bool(endpoint_mm is not None and converged_all and lam_prev >= lam_max * (1 - 1e-12))
     total_s = time.perf_counter() - t_start
     report = {
         "yield": ym.to_dict(), "mode": mode, "n_dofs": ndof, "n_cells": m, "cell_type": mesh.cell_type,
@@ -632,10 +671,13 @@ def nonlinear_strength(
         "preconditioner_solves": n_prec[0], "rtol": rtol, "n_elastic_elements": int(elastic.sum()),
         "final_load_factor": float(targets[-1]) if targets else lam_max, "density_given": density is not None,
         "auto_extension_steps": n_extended, "inner_rtol": inner_rtol,
+        "strength_definition": "peak" if endpoint_mm is None else f"max force up to {float(endpoint_mm):.4g} mm",
     }
     log.info("nonlinear strength: peak %.5g N at %.4g mm (%s; peak reached: %s; %d steps, %d preconditioner "
              "solves, %.1f s)", curve_f_a[kpk], curve_d_a[kpk], stop_reason, peak_reached, k_step, n_prec[0],
              total_s)
     return NonlinearResult(curve_d_a, curve_f_a, float(curve_f_a[kpk]), float(curve_d_a[kpk]), converged_all,
                            peak_reached, steps, report, float(f1 * lam_fy), float(d1 * lam_fy), float(stiff),
-                           u_prev.reshape(-1, 3).copy(), es_last)
+                           u_prev.reshape(-1, 3).copy(), es_last,
+                           "peak" if endpoint_mm is None else "endpoint",
+                           None if endpoint_mm is None else float(endpoint_mm), endpoint_reached)

@@ -188,8 +188,8 @@ def summary_fields(*, linear=None, nonlinear=None, site: str | None = None, sex:
     Parameters
     ----------
     linear : :class:`femur_fe.failure.LinearStrength` or None
-    nonlinear : :class:`femur_fe.nonlinear.NonlinearResult` or None (a result that did not
-        converge to a peak gives ``strength_nonlinear_N = None``)
+    nonlinear : :class:`femur_fe.nonlinear.NonlinearResult` or None (a result that reached
+        neither its peak nor its displacement endpoint gives ``strength_nonlinear_N = None``)
     site, sex : for :func:`classify_strength` (both needed to classify)
     impact : :class:`ImpactForce`, or a load in N, for the factor of risk (optional)
 
@@ -211,9 +211,14 @@ def summary_fields(*, linear=None, nonlinear=None, site: str | None = None, sex:
         out["criterion"] = {"name": linear.criterion, "parameters": dict(linear.parameters)}
         strength, source = float(linear.strength_N), f"linear:{linear.criterion}"
     if nonlinear is not None:
-        peak = nonlinear.peak_force_N if nonlinear.peak_reached else None
+        peak = nonlinear.strength_N
         out["strength_nonlinear_N"] = None if peak is None else float(peak)
         out["nonlinear"] = {"converged": bool(nonlinear.converged), "peak_reached": bool(nonlinear.peak_reached),
+                            "strength_definition": nonlinear.strength_definition,
+                            "endpoint_mm": nonlinear.endpoint_mm,
+                            "endpoint_reached": bool(nonlinear.endpoint_reached),
+                            "characteristic_length_mm": nonlinear.report.get("characteristic_length_mm"),
+                            "endpoint_percent": nonlinear.report.get("endpoint_percent"),
                             "n_steps": len(nonlinear.steps), "yield": nonlinear.report.get("yield")}
         if peak is not None:
             strength, source = float(peak), "nonlinear"

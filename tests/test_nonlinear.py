@@ -201,3 +201,53 @@ def test_bad_input_messages():
     with pytest.raises(LoadCaseError, match="percentage|fractions"):
         SecantYield(tension=0.73)
     assert SecantYield.from_criterion(MaxPrincipalStrain(tension=0.006)).tension == 0.006
+
+
+def _series_with_plate():
+    """The series bar clamped at the bottom and loaded by a plate that prescribes only uz
+    (its lateral motion and rotations stay free)."""
+    mesh, seg1, young, eps_t = _series_case(0.0)
+    pts = mesh.points
+    top = np.flatnonzero(pts[:, 2] == 40.0)
+    fixed = (3 * np.flatnonzero(pts[:, 2] == 0.0)[:, None] + np.arange(3)).ravel()
+    cap = ff.RigidTie(top, [5.0, 5.0, 40.0], prescribed={"uz": 0.0}, name="cap")
+    kw = dict(poisson=0.0, fixed_dofs=fixed, ties=[cap], load_tie="cap", yield_model=SecantYield(eps_t, 0.0104))
+    return mesh, young, kw
+
+
+@pytest.mark.parametrize("endpoint, expected", [
+    # inside the elastic range: the series bar's elastic stiffness times the endpoint
+    (0.05, 0.05 / (20.0 / (1000.0 * 100.0) + 20.0 / (3000.0 * 100.0))),
+    # beyond first yield (0.1067 mm): the perfectly plastic plateau A E1 eps_y1
+    (0.4, 400.0),
+])
+def test_endpoint_strength_definition(endpoint, expected):
+    """Strength = largest force up to a displacement endpoint (Ogo's reporting rule)."""
+    mesh, young, kw = _series_with_plate()
+    res = nonlinear_strength(mesh, young, load_direction=[0, 0, 1], n_steps=6, rtol=1e-9, endpoint_mm=endpoint, **kw)
+    assert res.converged and res.endpoint_reached and res.strength_definition == "endpoint"
+    assert res.curve_displacement_mm[-1] == pytest.approx(endpoint)
+    # no plateau stop before the endpoint: the curve runs to it
+    assert res.report["stop_reason"] == "final displacement reached"
+    assert res.strength_N == pytest.approx(expected, rel=1e-6)
+    out = summary_fields(nonlinear=res)
+    assert out["strength_nonlinear_N"] == pytest.approx(expected, rel=1e-6)
+    assert out["nonlinear"]["endpoint_mm"] == pytest.approx(endpoint)
+
+
+def test_endpoint_not_reached_gives_no_strength():
+    mesh, young, kw = _series_with_plate()
+    res = nonlinear_strength(mesh, young, load_direction=[0, 0, 1], n_steps=6, endpoint_mm=0.4, max_iterations=1,
+                             max_cutbacks=0, **kw)
+    assert not res.converged and not res.endpoint_reached
+    assert res.strength_N is None and summary_fields(nonlinear=res)["strength_nonlinear_N"] is None
+
+
+def test_endpoint_and_load_tie_bad_input():
+    mesh, young, kw = _series_with_plate()
+    with pytest.raises(LoadCaseError, match="must prescribe every translation"):
+        nonlinear_strength(mesh, young, load_direction=[1, 0, 1], **kw)
+    with pytest.raises(LoadCaseError, match="endpoint_mm must be"):
+        nonlinear_strength(mesh, young, load_direction=[0, 0, 1], endpoint_mm=-1.0, **kw)
+    with pytest.raises(LoadCaseError, match="not both"):
+        nonlinear_strength(mesh, young, load_direction=[0, 0, 1], endpoint_mm=1.0, max_displacement_mm=1.0, **kw)
