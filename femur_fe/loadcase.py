@@ -74,6 +74,15 @@ Tables and their defaults (presets in ``loadcases/`` show them with their source
     criterion = "max_principal_strain" (femur) | "pistoia" (vertebra)
     [failure.params]              # criterion parameters; defaults filled from the criterion
 
+    [nonlinear]                   # femur_fe.run_nonlinear (only used when the nonlinear analysis runs)
+    strength = "endpoint"         # "endpoint": max force up to a displacement of endpoint_percent of the
+                                  #   characteristic length (Ogo hip and spine: 4 % [V-code]); "peak": the
+                                  #   peak / plateau of the curve
+    endpoint_percent = 4.0
+    characteristic_length_mm = "auto"   # or a length: "auto" = distance along the load between the
+                                  #   loaded plate and the farthest support (Ogo: model span / plate distance)
+    hardening = 0.0               # post-yield modulus / E (0 = perfectly plastic)
+
     [solver]   method = "auto" ("direct" | "amg"), rtol = 1e-8, maxiter = 5000
     [output]   fields = [...], reactions = [loaded and supported regions], format = "vtu"
 """
@@ -378,6 +387,16 @@ class Failure:
 
 
 @dataclass(frozen=True)
+class Nonlinear:
+    """``[nonlinear]``: strength definition of the nonlinear analysis (``femur_fe.run_nonlinear``)."""
+
+    strength: str = "endpoint"
+    endpoint_percent: float = 4.0
+    characteristic_length_mm: float | None = None  # None = "auto"
+    hardening: float = 0.0
+
+
+@dataclass(frozen=True)
 class Solver:
     """``[solver]``: linear solver choice (``femur_fe.LinearSolver``)."""
 
@@ -602,6 +621,23 @@ def _parse_failure(raw: Any, source: str, bone: str) -> Failure:
     return Failure(key, _freeze(full))
 
 
+def _parse_nonlinear(raw: Any, source: str) -> Nonlinear:
+    t = _Table(raw, "[nonlinear]", source)
+    strength = t.get("strength", "str", "endpoint", choices=("endpoint", "peak"))
+    pct = t.get("endpoint_percent", "float", 4.0, lo=0.0, hi=50.0, lo_open=True)
+    raw_len = t.raw.get("characteristic_length_mm", "auto")
+    if isinstance(raw_len, str):
+        if raw_len != "auto":
+            raise t.err(f"characteristic_length_mm must be \"auto\" or a length in mm > 0, got {raw_len!r}")
+        t.get("characteristic_length_mm", "str", "auto")
+        length = None
+    else:
+        length = t.get("characteristic_length_mm", "float", None, lo=0.0, lo_open=True)
+    hardening = t.get("hardening", "float", 0.0, lo=0.0, hi=1.0, hi_open=True)
+    t.finish()
+    return Nonlinear(strength, pct, length, hardening)
+
+
 def _parse_solver(raw: Any, source: str) -> Solver:
     t = _Table(raw, "[solver]", source)
     method = t.get("method", "str", "auto", choices=("auto", "direct", "amg", "direct-superlu", "direct-cholmod"))
@@ -629,7 +665,7 @@ class _Extension:
 
 _EXTENSIONS: dict[str, _Extension] = {}
 _CORE_KEYS = ("schema_version", "name", "description", "bone", "material", "anatomy", "loading", "caps",
-              "regions", "boundary", "failure", "solver", "output")
+              "regions", "boundary", "failure", "nonlinear", "solver", "output")
 
 
 def register_section(name: str, parse: Callable[[Mapping[str, Any], str], Any],
@@ -663,6 +699,7 @@ class LoadCase:
     failure: Failure
     solver: Solver
     output: Output
+    nonlinear: Nonlinear = Nonlinear()
     extensions: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     schema_version: int = SCHEMA_VERSION
     source: str = field(default="<dict>", compare=False)
@@ -703,6 +740,10 @@ class LoadCase:
             "boundary": [{k: v for k, v in (("region", b.region), ("apply", b.apply), ("fix", b.fix))
                           if v is not None} for b in self.boundary],
             "failure": {"criterion": self.failure.criterion, "params": dict(self.failure.params)},
+            "nonlinear": {"strength": self.nonlinear.strength, "endpoint_percent": self.nonlinear.endpoint_percent,
+                          "characteristic_length_mm": ("auto" if self.nonlinear.characteristic_length_mm is None
+                                                       else self.nonlinear.characteristic_length_mm),
+                          "hardening": self.nonlinear.hardening},
             "solver": {"method": self.solver.method, "rtol": self.solver.rtol, "maxiter": self.solver.maxiter},
             "output": {"fields": self.output.fields, "reactions": self.output.reactions,
                        "format": self.output.format},
@@ -836,6 +877,7 @@ def load_case(path_or_dict: str | os.PathLike | Mapping[str, Any], *, source: st
         if r not in regions:
             raise top.err(f"[caps] regions lists {r!r}, which is not a region")
     failure = _parse_failure(top.get("failure", "table", {}), src, bone)
+    nonlinear = _parse_nonlinear(top.get("nonlinear", "table", {}), src)
     solver = _parse_solver(top.get("solver", "table", {}), src)
     output = _parse_output(top.get("output", "table", {}), src, tuple(used))
     for r in output.reactions:
@@ -853,7 +895,7 @@ def load_case(path_or_dict: str | os.PathLike | Mapping[str, Any], *, source: st
                 raise LoadCaseError(f"{src}: [{ename}]: {exc}") from None
     top.finish(extra_allowed=tuple(_EXTENSIONS))
     return LoadCase(name, description, bone, material, anatomy, loading, caps, MappingProxyType(regions),
-                    boundary, failure, solver, output, MappingProxyType(ext), version, src)
+                    boundary, failure, solver, output, nonlinear, MappingProxyType(ext), version, src)
 
 
 # =========================================================================== TOML writer

@@ -491,10 +491,38 @@ def run_case(case, model: Model, *, out=None, strength: bool = True, nonlinear: 
     return res
 
 
+def characteristic_length_mm(an: Analysis) -> float:
+    """Length (mm) that scales the nonlinear endpoint: the distance along the load between the
+    centroid of the loaded region and that of the farthest supported region (bone nodes).
+
+    Femur sideways fall: head contact to trochanter contact, about the bone's span along the
+    fall direction (Ogo uses the model span along the load axis); vertebra: superior to
+    inferior endplate (Ogo: body top to body bottom) [V-code].
+    """
+    z = an.fe_mesh.points[: an.n_bone_nodes, 2]  # load frame: the load acts along +z'
+    z_load = float(z[an.regions[an.loaded_region].nodes].mean())
+    fixed = [r for r in an.case.fixed_regions if r in an.regions]
+    if not fixed:
+        raise LoadCaseError("the nonlinear endpoint needs a supported region (a [[boundary]] with fix)")
+    length = max(abs(float(z[an.regions[r].nodes].mean()) - z_load) for r in fixed)
+    if not length > 0:
+        raise LoadCaseError("the loaded and supported regions are at the same height along the load; set "
+                            "[nonlinear] characteristic_length_mm")
+    return length
+
+
 def run_nonlinear(an: Analysis, res: Result, **kw):
-    """Nonlinear strength of a solved case (displacement control of the loaded plate)."""
-    from .constraints import RigidTie
-    from .nonlinear import nonlinear_strength
+    """Nonlinear strength of a solved case (displacement control of the loaded plate).
+
+    The loading plate keeps the constraints of the linear analysis (free in the directions the
+    linear case leaves free) and is driven along the load, so the first point of the curve lies
+    on the linear stiffness. The strength definition comes from the case's ``[nonlinear]``
+    table: by default the largest force up to a displacement of ``endpoint_percent`` (4 %) of
+    :func:`characteristic_length_mm` (Ogo's hip and spine reporting endpoint [V-code]).
+    Keyword arguments go to :func:`femur_fe.nonlinear_strength` (they override the table).
+    """
+    from .constraints import TIE_DOF_NAMES, RigidTie
+    from .nonlinear import SecantYield, nonlinear_strength
 
     case = an.case
     if case.loading.direction == "wedge":
@@ -502,17 +530,30 @@ def run_nonlinear(an: Analysis, res: Result, **kw):
     crit = case.failure.build()
     from .failure import MaxPrincipalStrain
 
-    yield_model = crit if isinstance(crit, MaxPrincipalStrain) else None
-    presc = {"ux": 0.0, "uy": 0.0, "uz": 1.0}
-    if case.bone == "vertebra":
-        presc.update({"rx": 0.0, "ry": 0.0, "rz": 0.0})
+    opts = case.nonlinear
+    if isinstance(crit, MaxPrincipalStrain):
+        yield_model = SecantYield.from_criterion(crit, hardening=opts.hardening)
+    else:
+        yield_model = SecantYield(hardening=opts.hardening,
+                                  source="default: Bayraktar 2004 tissue yield strains as in Schileo 2014")
+    presc = {TIE_DOF_NAMES[j]: 0.0 for j in np.flatnonzero(an.tie.prescribed_mask)}
+    presc["uz"] = 1.0
     tie = RigidTie(an.tie.node_ids, an.tie.reference_point, prescribed=presc, name=an.tie.name)
     elastic = np.arange(an.n_bone_cells, an.fe_mesh.n_cells)
+    extra = {}
+    length = None
+    if opts.strength == "endpoint" and "max_displacement_mm" not in kw and "endpoint_mm" not in kw:
+        length = opts.characteristic_length_mm or characteristic_length_mm(an)
+        extra["endpoint_mm"] = opts.endpoint_percent / 100.0 * length
+    extra.update(kw)
     nl = nonlinear_strength(an.fe_mesh, an.fe_young(res.model), poisson=res.model.poisson,
                             fixed_dofs=an.fixed_dofs, ties=[tie], load_tie=tie.name,
                             load_direction=np.array([0.0, 0.0, 1.0]), yield_model=yield_model,
                             density=np.concatenate([res.model.density, np.zeros(len(elastic))]),
-                            elastic_elements=elastic, assembler=an.assembler, **kw)
+                            elastic_elements=elastic, assembler=an.assembler, **extra)
+    if length is not None:
+        nl.report["characteristic_length_mm"] = float(length)
+        nl.report["endpoint_percent"] = float(opts.endpoint_percent)
     res.nonlinear = nl
     res._update_summary()
     return nl

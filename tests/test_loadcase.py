@@ -110,6 +110,12 @@ def test_unknown_key_names_file_table_and_suggestion(tmp_path):
     ({"schema_version": 1, "failure": {"criterion": "pistoya"}}, ["[failure]", "unknown failure criterion"]),
     ({"schema_version": 1, "failure": {"params": {"tensoin": 0.01}}}, ["[failure]", "tensoin"]),
     ({"schema_version": 1, "solver": {"rtol": 0.5}}, ["[solver]", "rtol"]),
+    ({"schema_version": 1, "nonlinear": {"strength": "ultimate"}}, ["[nonlinear]", "strength must be one of"]),
+    ({"schema_version": 1, "nonlinear": {"endpoint_percent": 0.0}}, ["[nonlinear]", "endpoint_percent"]),
+    ({"schema_version": 1, "nonlinear": {"characteristic_length_mm": "long"}},
+     ["[nonlinear]", "\"auto\" or a length in mm"]),
+    ({"schema_version": 1, "nonlinear": {"characteristic_length_mm": -3.0}}, ["[nonlinear]", "characteristic_length_mm"]),
+    ({"schema_version": 1, "nonlinear": {"end_point": 4.0}}, ["[nonlinear]", "unknown key 'end_point'"]),
     ({"schema_version": 1, "output": {"reactions": ["hip"]}}, ["[output]", "'hip'"]),
 ])
 def test_bad_values_are_named(raw, words):

@@ -91,6 +91,40 @@ def test_linear_strength_of_uniform_bar_is_analytic(cylinder):
     assert res.linear.strength_N == pytest.approx(1000.0 * area * 0.0104, rel=1e-6)
 
 
+def test_nonlinear_strength_of_uniform_bar_through_the_pipeline(cylinder):
+    """run_nonlinear on a uniform bar (nu = 0, perfectly plastic, yield 1.04 % in compression).
+
+    * The loading plate keeps the linear case's constraints, so the elastic stiffness of the
+      nonlinear run is the linear stiffness (same system, 1e-9).
+    * Endpoint definition: characteristic length = top-to-bottom distance (96 mm), endpoint
+      4 % = 3.84 mm, beyond yield at 1.04 % x 96 mm; the uniform bar yields everywhere at once
+      so the force up to the endpoint is the plateau E A eps_c (rtol 1e-3 of the secant
+      iterations -> 1e-3).
+    * Peak definition: the same plateau.
+    """
+    from femur_fe.pipeline import run_nonlinear
+
+    mesh = cylinder
+    e = 1000.0
+    model = Model(mesh, np.full(mesh.n_cells, 1.0), np.full(mesh.n_cells, e), None, "apparent", 0.0)
+    area = mesh.cell_volumes().sum() / 96.0
+    an = prepare(_cylinder_case(), model)
+    res = an.solve()
+    nl = run_nonlinear(an, res)
+    assert nl.elastic_stiffness_N_per_mm == pytest.approx(res.stiffness_N_per_mm, rel=1e-9)
+    assert nl.report["characteristic_length_mm"] == pytest.approx(96.0, rel=1e-9)
+    assert nl.endpoint_mm == pytest.approx(0.04 * 96.0, rel=1e-9) and nl.endpoint_reached
+    assert nl.strength_N == pytest.approx(e * area * 0.0104, rel=1e-3)
+    s = res.strength_summary
+    assert s["strength_nonlinear_N"] == pytest.approx(nl.strength_N)
+    assert s["nonlinear"]["strength_definition"] == "endpoint"
+    assert s["nonlinear"]["characteristic_length_mm"] == pytest.approx(96.0)
+    an2 = prepare(_cylinder_case().with_values({"nonlinear.strength": "peak"}), model)
+    nl2 = run_nonlinear(an2, an2.solve())
+    assert nl2.strength_definition == "peak" and nl2.peak_reached
+    assert nl2.strength_N == pytest.approx(e * area * 0.0104, rel=1e-3)
+
+
 def test_results_written(tmp_path, cylinder):
     mesh = cylinder
     model = Model(mesh, np.full(mesh.n_cells, 1.0), np.full(mesh.n_cells, 1500.0), None, "apparent", 0.3)

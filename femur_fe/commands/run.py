@@ -129,7 +129,12 @@ def run(args) -> int:
     crit = s.get("criterion") or {}
     print(f"  linear strength     {s['strength_linear_N']:10.1f} N  ({crit.get('name')}: {crit.get('parameters')})")
     if s.get("strength_nonlinear_N") is not None:
-        print(f"  nonlinear strength  {s['strength_nonlinear_N']:10.1f} N")
+        nls = s.get("nonlinear") or {}
+        how = (f"max force up to {nls['endpoint_mm']:.2f} mm = {nls.get('endpoint_percent') or 0:g} % of "
+               f"{nls.get('characteristic_length_mm') or 0:.1f} mm" if nls.get("endpoint_mm") else "peak of the curve")
+        print(f"  nonlinear strength  {s['strength_nonlinear_N']:10.1f} N  ({how})")
+    elif args.nonlinear:
+        print("  nonlinear strength  not reached (see summary.json 'nonlinear': the last converged step is kept)")
     if s.get("factor_of_risk") is not None:
         print(f"  factor of risk      {s['factor_of_risk']:10.2f}")
     c = s.get("classification")
