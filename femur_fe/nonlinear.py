@@ -101,6 +101,11 @@ class SecantYield:
             raise LoadCaseError(f"min_secant_ratio must be in (0, 1), got {self.min_secant_ratio!r}")
 
     @classmethod
+    def default(cls, hardening: float = 0.0) -> "SecantYield":
+        """The default yield strains 0.73 % / 1.04 % (Bayraktar 2004 as used by Schileo 2014)."""
+        return cls(hardening=hardening, source="default: Bayraktar 2004 tissue yield strains as in Schileo 2014")
+
+    @classmethod
     def from_criterion(cls, crit: MaxPrincipalStrain, hardening: float = 0.0) -> "SecantYield":
         """Use the limits of a principal-strain criterion as yield strains."""
         return cls(crit.tension, crit.compression, hardening, source=f"criterion {crit.name}")
@@ -381,7 +386,7 @@ def nonlinear_strength(
 
     # ---------------- yield model
     if yield_model is None:
-        ym = SecantYield(source="default: Bayraktar 2004 tissue yield strains as in Schileo 2014")
+        ym = SecantYield.default()
     elif isinstance(yield_model, SecantYield):
         ym = yield_model
     elif isinstance(yield_model, MaxPrincipalStrain):
@@ -428,7 +433,7 @@ def nonlinear_strength(
         tie_pm = ties[k].prescribed_mask[:3]
         if np.abs(direction[~tie_pm]).max(initial=0.0) > 1e-12:
             raise LoadCaseError(f"load_tie {load_tie!r} must prescribe every translation the load direction has a "
-                                f"component along (prescribed: {[TIE_DOF_NAMES[j] for j in np.flatnonzero(tie_pm)]}, "
+                                f"component along (prescribed: {list(ties[k].prescribed)}, "
                                 f"direction {direction.tolist()}); prescribe ux, uy and uz, or load along an axis "
                                 "whose translation is prescribed")
         mode = "tie"
@@ -671,7 +676,6 @@ def nonlinear_strength(
         "preconditioner_solves": n_prec[0], "rtol": rtol, "n_elastic_elements": int(elastic.sum()),
         "final_load_factor": float(targets[-1]) if targets else lam_max, "density_given": density is not None,
         "auto_extension_steps": n_extended, "inner_rtol": inner_rtol,
-        "strength_definition": "peak" if endpoint_mm is None else f"max force up to {float(endpoint_mm):.4g} mm",
     }
     log.info("nonlinear strength: peak %.5g N at %.4g mm (%s; peak reached: %s; %d steps, %d preconditioner "
              "solves, %.1f s)", curve_f_a[kpk], curve_d_a[kpk], stop_reason, peak_reached, k_step, n_prec[0],

@@ -521,7 +521,7 @@ def run_nonlinear(an: Analysis, res: Result, **kw):
     :func:`characteristic_length_mm` (Ogo's hip and spine reporting endpoint [V-code]).
     Keyword arguments go to :func:`femur_fe.nonlinear_strength` (they override the table).
     """
-    from .constraints import TIE_DOF_NAMES, RigidTie
+    from .constraints import RigidTie
     from .nonlinear import SecantYield, nonlinear_strength
 
     case = an.case
@@ -531,14 +531,10 @@ def run_nonlinear(an: Analysis, res: Result, **kw):
     from .failure import MaxPrincipalStrain
 
     opts = case.nonlinear
-    if isinstance(crit, MaxPrincipalStrain):
-        yield_model = SecantYield.from_criterion(crit, hardening=opts.hardening)
-    else:
-        yield_model = SecantYield(hardening=opts.hardening,
-                                  source="default: Bayraktar 2004 tissue yield strains as in Schileo 2014")
-    presc = {TIE_DOF_NAMES[j]: 0.0 for j in np.flatnonzero(an.tie.prescribed_mask)}
-    presc["uz"] = 1.0
-    tie = RigidTie(an.tie.node_ids, an.tie.reference_point, prescribed=presc, name=an.tie.name)
+    yield_model = (SecantYield.from_criterion(crit, hardening=opts.hardening) if isinstance(crit, MaxPrincipalStrain)
+                   else SecantYield.default(hardening=opts.hardening))
+    tie = RigidTie(an.tie.node_ids, an.tie.reference_point, prescribed={**an.tie.prescribed, "uz": 1.0},
+                   name=an.tie.name)
     elastic = np.arange(an.n_bone_cells, an.fe_mesh.n_cells)
     extra = {}
     length = None

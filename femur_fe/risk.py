@@ -211,8 +211,8 @@ def summary_fields(*, linear=None, nonlinear=None, site: str | None = None, sex:
         out["criterion"] = {"name": linear.criterion, "parameters": dict(linear.parameters)}
         strength, source = float(linear.strength_N), f"linear:{linear.criterion}"
     if nonlinear is not None:
-        peak = nonlinear.strength_N
-        out["strength_nonlinear_N"] = None if peak is None else float(peak)
+        nl_strength = nonlinear.strength_N
+        out["strength_nonlinear_N"] = nl_strength
         out["nonlinear"] = {"converged": bool(nonlinear.converged), "peak_reached": bool(nonlinear.peak_reached),
                             "strength_definition": nonlinear.strength_definition,
                             "endpoint_mm": nonlinear.endpoint_mm,
@@ -220,8 +220,8 @@ def summary_fields(*, linear=None, nonlinear=None, site: str | None = None, sex:
                             "characteristic_length_mm": nonlinear.report.get("characteristic_length_mm"),
                             "endpoint_percent": nonlinear.report.get("endpoint_percent"),
                             "n_steps": len(nonlinear.steps), "yield": nonlinear.report.get("yield")}
-        if peak is not None:
-            strength, source = float(peak), "nonlinear"
+        if nl_strength is not None:
+            strength, source = nl_strength, "nonlinear"
     if strength is not None:
         out["strength_used"] = source
         if impact is not None:

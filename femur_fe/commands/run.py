@@ -130,8 +130,11 @@ def run(args) -> int:
     print(f"  linear strength     {s['strength_linear_N']:10.1f} N  ({crit.get('name')}: {crit.get('parameters')})")
     if s.get("strength_nonlinear_N") is not None:
         nls = s.get("nonlinear") or {}
-        how = (f"max force up to {nls['endpoint_mm']:.2f} mm = {nls.get('endpoint_percent') or 0:g} % of "
-               f"{nls.get('characteristic_length_mm') or 0:.1f} mm" if nls.get("endpoint_mm") else "peak of the curve")
+        how = "peak of the curve"
+        if nls.get("endpoint_mm") is not None:
+            how = f"max force up to {nls['endpoint_mm']:.2f} mm"
+            if nls.get("endpoint_percent") is not None:
+                how += f" = {nls['endpoint_percent']:g} % of {nls['characteristic_length_mm']:.1f} mm"
         print(f"  nonlinear strength  {s['strength_nonlinear_N']:10.1f} N  ({how})")
     elif args.nonlinear:
         print("  nonlinear strength  not reached (see summary.json 'nonlinear': the last converged step is kept)")
