@@ -228,6 +228,19 @@ def _vbmd_g(model) -> float | None:
     return None if v is None else v / 1000.0
 
 
+def _check_density_type(sc, model, law: str) -> None:
+    """Raise ScenarioError unless the scenario works on the density type of the model's law.
+
+    Scenario bounds and absolute gains (g/cm^3) depend on the density type, so an ash scenario
+    applied to apparent densities would be capped at the wrong bound and add the wrong mass.
+    """
+    if sc.density_type != model.density_type:
+        raise ScenarioError(f"scenario {sc.name!r} is written for {sc.density_type} density but the material "
+                            f"law {law!r} works on {model.density_type} density; set "
+                            f"density_type = {model.density_type!r} in the scenario (and give its g/cm^3 "
+                            f"values as {model.density_type} density)")
+
+
 def _spec_model(spec: ComparisonSpec, mesh):
     """The baseline model of a comparison (CT of [bone], or the mesh's density cell data)."""
     from .model import Model
@@ -262,10 +275,7 @@ def compare(spec: ComparisonSpec | str | os.PathLike, out: str | os.PathLike, *,
     mesh = read_mesh(spec.mesh_path)
     model = _spec_model(spec, mesh)
     for sc in spec.scenarios:
-        if sc.density_type != model.density_type:
-            raise ScenarioError(f"scenario {sc.name!r} is written for {sc.density_type} density but the material "
-                                f"law {case.material.law!r} works on {model.density_type} density; set "
-                                f"density_type = {model.density_type!r} in the scenario")
+        _check_density_type(sc, model, case.material.law)
     tick(f"model: {mesh.n_cells} elements, {spec.bone_label}")
     an = prepare(case, model)
 
@@ -388,6 +398,7 @@ def fit_annual_rate(spec: ComparisonSpec | str | os.PathLike, scenario: str, tar
         raise ScenarioError(f"scenario {scenario!r} must exist and have exactly one annual_change operator")
     mesh = read_mesh(spec.mesh_path)
     model = _spec_model(spec, mesh)
+    _check_density_type(sc, model, spec.case.material.law)
     an = prepare(spec.case, model)
 
     def strength(m) -> float:

@@ -69,6 +69,15 @@ def test_bad_comparison_input_is_named(tmp_path):
             {"name": "x", "density_type": "ash", "operator": [{"type": "uniform", "percent": 1.0}]}])), tmp_path)
 
 
+def test_fit_annual_rate_refuses_a_scenario_in_another_density_type():
+    # an ash scenario on a qct law would apply the ash bound and ash g/cm^3 gains to qct values
+    spec = ff.load_comparison(_spec(scenario=[
+        {"name": "x", "density_type": "ash", "operator": [{"type": "annual_change", "percent_per_year": 1.0}]}],
+        comparison={"reference": "x", "time_points_months": [0.0]}))
+    with pytest.raises(ff.ScenarioError, match="density_type = 'qct'"):
+        ff.fit_annual_rate(spec, "x", 5.0)
+
+
 def test_demo_vertebra(tmp_path, capsys):
     assert main(["demo", "--bone", "vertebra", "-q", "-o", str(tmp_path)]) == 0
     out = capsys.readouterr().out
