@@ -7,6 +7,7 @@ roughly 2-8 kN (Farahmand 2013 T12 5.07 +/- 2.33 kN). Run: ``python benchmarks/p
 from __future__ import annotations
 
 import argparse
+import json
 import time
 import tomllib
 
@@ -18,6 +19,42 @@ from femur_fe.pipeline import prepare, run_nonlinear
 from femur_fe.study import anatomical_zones, with_ct_calibration
 
 CASES = {"femur": "sideways_fall.toml", "vertebra": "vertebral_compression.toml"}
+
+#: NHANES III femoral neck, young white women: mean 0.858 g/cm^2, SD 0.120 (biomechanics.md 5, [M]).
+NECK_YOUNG_MEAN, NECK_YOUNG_SD = 0.858, 0.120
+
+
+def neck_abmd(files) -> tuple[float, float]:
+    """CTXA-like femoral-neck areal BMD of a bundled femur (g/cm^2) and its T-score.
+
+    The QCT density (K2HPO4 mg/cm^3 above the 40 HU soft-tissue background) is projected onto the
+    plane of the neck and shaft axes (the DXA view with the leg internally rotated) on a 1 mm
+    grid; the neck box is 15 mm wide along the neck axis, centred where the projected neck is
+    narrowest between the head and the neck-shaft junction. aBMD = mineral in the box / projected
+    bone area (pixels above 0.1 g/cm^2). K2HPO4-equivalent, not DXA hydroxyapatite: the T-score
+    against the DXA reference is approximate (a check of the bone states, not a diagnosis).
+    """
+    from femur_fe.bones import k2hpo4_mg_from_hu
+
+    lm = json.loads(files.info.read_text())["landmarks"]
+    ct = ff.read_ct(files.ct, unit="HU")
+    rho = k2hpo4_mg_from_hu(ct.array).reshape(-1) - k2hpo4_mg_from_hu(40.0)   # mg/cm^3 above soft tissue
+    ijk = np.indices(ct.array.shape).reshape(3, -1).T.astype(float)
+    x = ct.origin + (ijk * ct.spacing) @ ct.direction.T - np.asarray(lm["head_centre"])
+    u = np.asarray(lm["neck_axis"]) / np.linalg.norm(lm["neck_axis"])        # head centre -> head
+    n = np.cross(u, lm["shaft_axis"])
+    v = np.cross(n / np.linalg.norm(n), u)
+    junction = float(np.linalg.norm(np.asarray(lm["neck_shaft_intersection"]) - lm["head_centre"]))
+    ub, vb = np.arange(-junction - 20.0, 1.0, 1.0), np.arange(-60.0, 61.0, 1.0)
+    mass_mg = np.histogram2d(x @ u, x @ v, bins=[ub, vb], weights=rho * np.prod(ct.spacing) * 1e-3)[0]
+    areal = mass_mg * 0.1                                                       # mg/mm^2 -> g/cm^2
+    bone = areal > 0.1
+    uc = 0.5 * (ub[1:] + ub[:-1])
+    width = np.where((uc < -lm["head_radius"]) & (uc > -junction), bone.sum(1), np.iinfo(int).max)
+    centre = uc[int(np.argmin(width))]
+    box = (uc >= centre - 7.5) & (uc < centre + 7.5)
+    abmd = float(areal[box][bone[box]].sum() / bone[box].sum())
+    return abmd, (abmd - NECK_YOUNG_MEAN) / NECK_YOUNG_SD
 
 
 def main(argv=None) -> None:
@@ -31,6 +68,8 @@ def main(argv=None) -> None:
     ap.add_argument("--by-zone", action="store_true",
                     help="also the linear strength with the node risk searched in one anatomical zone at a time "
                          "(femur_fe.study.anatomical_zones; node-based criteria only)")
+    ap.add_argument("--neck-abmd", action="store_true",
+                    help="also the femur's CTXA-like femoral-neck aBMD and T-score (see neck_abmd)")
     args = ap.parse_args(argv)
     print(f"{'bone':9s} {'state':13s} {'vBMD mg/cm3':>11s} {'stiffness N/mm':>15s} {'strength N':>11s} "
           f"{'nonlinear N':>22s}  criterion  (s)")
@@ -66,6 +105,9 @@ def main(argv=None) -> None:
                     parts.append(f"{zname} {res.linear.applied_load_N / governing:.0f} N" if governing > 0
                                  else f"{zname} -")
                 print(f"{'':23s} linear strength by zone: " + ", ".join(parts))
+            if args.neck_abmd and bone == "femur":
+                abmd, t = neck_abmd(files)
+                print(f"{'':23s} femoral-neck aBMD {abmd:.3f} g/cm2 (K2HPO4-equivalent), T-score {t:+.1f}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ Tables and their defaults (presets in ``loadcases/`` show them with their source
     bone = "femur"                # "femur" | "vertebra"
 
     [material]                    # femur_fe.material_law(law, e_min_mpa=, poisson=, **params)
-    law = "keller1994_combined" (femur) | "kopperdahl2002" (vertebra)
+    law = "morgan2003_femoral_neck" (femur) | "kopperdahl2002" (vertebra)
     poisson = 0.3                 e_min_mpa = 0.1
     mapping = "modulus_average"   # "centroid" | "element_average" | "modulus_average" | "quadrature"
                                   # (aliases "integrate_hu" = element_average, "integrate_e" = modulus_average)
@@ -28,7 +28,9 @@ Tables and their defaults (presets in ``loadcases/`` show them with their source
     slope, intercept, unit        # HU -> QCT density (required for ct_unit = "HU" unless phantom)
     mineral = "k2hpo4"            # "k2hpo4" | "ha"
     phantom = ""                  # alternative to slope/intercept: a phantom table to fit
-    qct_to_ash = "keyak1994"      # "keyak1994" | "keyak2005" | "schileo2008" | "identity"
+    qct_to_ash = "schileo2008" (femur) | "keyak1994" (vertebra)  # or "keyak2005" | "identity"
+                                  # (femur default = the Bologna chain Schileo's strain limits were
+                                  # validated with; the vertebra laws take QCT density directly)
     source = ""
 
     [anatomy]
@@ -415,7 +417,7 @@ class Output:
 
 
 # ----------------------------------------------------------------------------- section parsers
-def _parse_calibration(raw: Any, source: str) -> Calibration:
+def _parse_calibration(raw: Any, source: str, bone: str = "femur") -> Calibration:
     t = _Table(raw, "[material.calibration]", source)
     ct_unit = t.get("ct_unit", "str", "mg/cm3", choices=("HU", "mg/cm3", "g/cm3"))
     ct_density_type = t.get("ct_density_type", "str", "qct", choices=("qct", "ash", "apparent"))
@@ -424,7 +426,7 @@ def _parse_calibration(raw: Any, source: str) -> Calibration:
     unit = t.get("unit", "str", "mg/cm3", choices=("mg/cm3", "g/cm3"))
     mineral = t.get("mineral", "str", "k2hpo4", choices=("k2hpo4", "ha"))
     phantom = t.get("phantom", "str", "")
-    qct_to_ash = t.get("qct_to_ash", "str", "keyak1994",
+    qct_to_ash = t.get("qct_to_ash", "str", "schileo2008" if bone == "femur" else "keyak1994",
                        choices=("keyak1994", "keyak2005", "schileo2008", "identity"))
     src = t.get("source", "str", "")
     t.finish()
@@ -452,14 +454,14 @@ def _parse_calibration(raw: Any, source: str) -> Calibration:
 
 def _parse_material(raw: Any, source: str, bone: str) -> Material:
     t = _Table(raw, "[material]", source)
-    law = t.get("law", "str", "keller1994_combined" if bone == "femur" else "kopperdahl2002")
+    law = t.get("law", "str", "morgan2003_femoral_neck" if bone == "femur" else "kopperdahl2002")
     poisson = t.get("poisson", "float", 0.3, lo=-1.0, hi=0.5, lo_open=True, hi_open=True)
     e_min = t.get("e_min_mpa", "float", 0.1, lo=0.0)
     mapping = t.get("mapping", "str", "modulus_average",
                     choices=MAPPING_METHODS + tuple(MAPPING_ALIASES))
     mapping = MAPPING_ALIASES.get(mapping, mapping)
     params = t.get("params", "table", {})
-    cal = _parse_calibration(t.get("calibration", "table", {}), source)
+    cal = _parse_calibration(t.get("calibration", "table", {}), source, bone)
     t.finish()
     for k, v in params.items():
         if not isinstance(v, (int, float, str, bool, list)):

@@ -44,6 +44,26 @@ def test_sideways_fall_defaults_are_the_literature_values():
     assert law.e_min_mpa == 0.1 and law.poisson == 0.3
 
 
+def test_femur_strain_limits_come_with_the_modulus_they_were_validated_with():
+    # Schileo's 0.73 % / 1.04 % limits were validated with the Bologna chain (Schileo 2008/2014):
+    # QCT -> ash (Schileo 2008), rho_app = rho_ash / 0.6, Morgan 2003 femoral-neck E. For a given load
+    # the strain scales as 1/E, so both femur presets and the built-in femur default use that chain.
+    minimal = load_case({"schema_version": 1})
+    assert minimal.failure.criterion == "max_principal_strain"
+    for case in (load_case(ROOT / "loadcases" / "sideways_fall.toml"), load_case(ROOT / "loadcases" / "stance.toml"),
+                 minimal):
+        assert case.failure.criterion == "max_principal_strain"
+        assert case.material.law == "morgan2003_femoral_neck"
+        assert case.material.calibration.qct_to_ash == "schileo2008"
+        law = case.material.build()
+        assert law.density_type == "apparent"
+        # QCT 0.2 g/cm^3 -> ash 0.877*0.2 + 0.0789 = 0.2543 -> app 0.4238 -> E = 6850 * 0.4238^1.49
+        e = law.young_from_density(0.2, "qct", qct_to_ash=case.material.calibration.qct_to_ash)
+        assert float(e) == pytest.approx(6850 * ((0.877 * 0.2 + 0.0789) / 0.6) ** 1.49, rel=1e-12)
+    # the vertebra keeps its QCT-density law
+    assert load_case({"schema_version": 1, "bone": "vertebra"}).material.law == "kopperdahl2002"
+
+
 def test_minimal_case_fills_every_default():
     case = load_case({"schema_version": 1})
     d = case.to_dict()
