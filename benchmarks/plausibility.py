@@ -34,19 +34,18 @@ def neck_abmd(files) -> tuple[float, float]:
     bone area (pixels above 0.1 g/cm^2). K2HPO4-equivalent, not DXA hydroxyapatite: the T-score
     against the DXA reference is approximate (a check of the bone states, not a diagnosis).
     """
-    from femur_fe.bones import k2hpo4_mg_from_hu
+    from femur_fe.bones import SOFT_TISSUE_HU, k2hpo4_mg_from_hu
 
     lm = json.loads(files.info.read_text())["landmarks"]
     ct = ff.read_ct(files.ct, unit="HU")
-    rho = k2hpo4_mg_from_hu(ct.array).reshape(-1) - k2hpo4_mg_from_hu(40.0)   # mg/cm^3 above soft tissue
-    ijk = np.indices(ct.array.shape).reshape(3, -1).T.astype(float)
-    x = ct.origin + (ijk * ct.spacing) @ ct.direction.T - np.asarray(lm["head_centre"])
+    rho = k2hpo4_mg_from_hu(ct.array).reshape(-1) - k2hpo4_mg_from_hu(SOFT_TISSUE_HU)  # mg/cm^3 above soft tissue
+    x = ct.world_from_index(np.indices(ct.shape).reshape(3, -1).T) - np.asarray(lm["head_centre"])
     u = np.asarray(lm["neck_axis"]) / np.linalg.norm(lm["neck_axis"])        # head centre -> head
     n = np.cross(u, lm["shaft_axis"])
     v = np.cross(n / np.linalg.norm(n), u)
     junction = float(np.linalg.norm(np.asarray(lm["neck_shaft_intersection"]) - lm["head_centre"]))
     ub, vb = np.arange(-junction - 20.0, 1.0, 1.0), np.arange(-60.0, 61.0, 1.0)
-    mass_mg = np.histogram2d(x @ u, x @ v, bins=[ub, vb], weights=rho * np.prod(ct.spacing) * 1e-3)[0]
+    mass_mg = np.histogram2d(x @ u, x @ v, bins=[ub, vb], weights=rho * ct.voxel_volume_mm3 * 1e-3)[0]
     areal = mass_mg * 0.1                                                       # mg/mm^2 -> g/cm^2
     bone = areal > 0.1
     uc = 0.5 * (ub[1:] + ub[:-1])

@@ -417,7 +417,7 @@ class Output:
 
 
 # ----------------------------------------------------------------------------- section parsers
-def _parse_calibration(raw: Any, source: str, bone: str = "femur") -> Calibration:
+def _parse_calibration(raw: Any, source: str, bone: str) -> Calibration:
     t = _Table(raw, "[material.calibration]", source)
     ct_unit = t.get("ct_unit", "str", "mg/cm3", choices=("HU", "mg/cm3", "g/cm3"))
     ct_density_type = t.get("ct_density_type", "str", "qct", choices=("qct", "ash", "apparent"))
