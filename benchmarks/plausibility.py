@@ -3,6 +3,8 @@
 Prints a table to compare with published ranges (biomechanics.md 2.3, 3): sideways-fall femur
 roughly 1.5-6 kN (Eckstein: 3951 +/- 1659 N, 54 pairs aged 79 +/- 11), vertebral compression
 roughly 2-8 kN (Farahmand 2013 T12 5.07 +/- 2.33 kN). Run: ``python benchmarks/plausibility.py``.
+The last column says which strength each case's ``[failure] reference_strength`` sends to the factor
+of risk and the classification (linear for the femur, nonlinear when run for the vertebra).
 """
 from __future__ import annotations
 
@@ -71,7 +73,7 @@ def main(argv=None) -> None:
                     help="also the femur's CTXA-like femoral-neck aBMD and T-score (see neck_abmd)")
     args = ap.parse_args(argv)
     print(f"{'bone':9s} {'state':13s} {'vBMD mg/cm3':>11s} {'stiffness N/mm':>15s} {'strength N':>11s} "
-          f"{'nonlinear N':>22s}  criterion  (s)")
+          f"{'nonlinear N':>22s}  criterion; strength used for risk  (s)")
     for bone in args.bones:
         case = ff.load_case(ff.loadcases_dir() / CASES[bone])
         if args.margin:
@@ -93,8 +95,10 @@ def main(argv=None) -> None:
                 nl = "not reached" if r.strength_N is None else f"{r.strength_N:.0f}"
                 if r.endpoint_mm is not None:
                     nl += f" (at {r.endpoint_mm:.2f} mm)"
+            used = res.strength_summary["strength_used"]
             print(f"{bone:9s} {state:13s} {model.integral_vbmd_mg_cm3():11.0f} {res.stiffness_N_per_mm:15.0f} "
-                  f"{res.linear.strength_N:11.0f} {nl:>22s}  {res.linear.criterion}  ({time.perf_counter() - t0:.0f})")
+                  f"{res.linear.strength_N:11.0f} {nl:>22s}  {res.linear.criterion}; {used.split(':')[0]} "
+                  f"(reference_strength = {c.failure.reference_strength})  ({time.perf_counter() - t0:.0f})")
             if args.by_zone and res.linear.risk.node is not None:
                 names, zone = anatomical_zones(an.frame, model.mesh, bone)
                 parts = []

@@ -113,6 +113,7 @@ _EXPORTS: dict[str, str] = {
     "linear_strength": "failure",
     "MaxPrincipalStrain": "failure",
     "Pistoia": "failure",
+    "ApparentStrain": "failure",
     "DensityYieldStress": "failure",
     "SiteYieldStrain": "failure",
     "LinearStrength": "failure",

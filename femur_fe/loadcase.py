@@ -73,7 +73,9 @@ Tables and their defaults (presets in ``loadcases/`` show them with their source
                   axial / wedge: superior_endplate load, inferior_endplate fix all
 
     [failure]                     # femur_fe.failure_criterion(criterion, **params)
-    criterion = "max_principal_strain" (femur) | "pistoia" (vertebra)
+    criterion = "max_principal_strain" (femur) | "apparent_strain" (vertebra, axial) | "pistoia" (wedge)
+    reference_strength = "linear" (femur) | "nonlinear" (vertebra)   # used for the factor of risk and
+                                  #   the classification; "nonlinear" = the nonlinear strength when it was run
     [failure.params]              # criterion parameters; defaults filled from the criterion
 
     [nonlinear]                   # femur_fe.run_nonlinear (only used when the nonlinear analysis runs)
@@ -377,10 +379,13 @@ class Boundary:
 
 @dataclass(frozen=True)
 class Failure:
-    """``[failure]``: criterion name and parameters (``femur_fe.failure_criterion``)."""
+    """``[failure]``: criterion name and parameters (``femur_fe.failure_criterion``), and which
+    strength (``"linear"`` or ``"nonlinear"``, the latter when run) the factor of risk and the
+    classification use."""
 
     criterion: str
     params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    reference_strength: str = "nonlinear"
 
     def build(self):
         from .failure import failure_criterion
@@ -600,16 +605,25 @@ def _parse_boundary(raw: Any, source: str, i: int) -> Boundary:
     return Boundary(region, apply, fix)
 
 
-def _parse_failure(raw: Any, source: str, bone: str) -> Failure:
+def _parse_failure(raw: Any, source: str, bone: str, direction: str) -> Failure:
     t = _Table(raw, "[failure]", source)
-    crit = t.get("criterion", "str", "max_principal_strain" if bone == "femur" else "pistoia")
+    # vertebral compression: the whole-body apparent strain made for continuum vertebral models
+    # (Crawford 2003); a wedge (rotation) has no compressed height, so it keeps Pistoia
+    default = ("max_principal_strain" if bone == "femur" else "pistoia" if direction == "wedge"
+               else "apparent_strain")
+    crit = t.get("criterion", "str", default)
     params = t.get("params", "table", {})
+    # femur: Schileo's linear criterion is the one validated against femoral fracture tests; the
+    # perfectly plastic nonlinear model has no fracture and gives a limit load ~2x first failure.
+    # vertebra: the clinical thresholds (4500 / 6500 N) are nonlinear FE strengths (BCT).
+    reference = t.get("reference_strength", "str", "linear" if bone == "femur" else "nonlinear",
+                      choices=("linear", "nonlinear"))
     t.finish()
     try:
         from .failure import ALIASES, CRITERIA, failure_criterion
     except ImportError:
         log.debug("femur_fe.failure not available; criterion %r validated later", crit)
-        return Failure(crit, _freeze(params))
+        return Failure(crit, _freeze(params), reference)
     key = ALIASES.get(crit.strip().lower(), crit.strip().lower())
     try:
         failure_criterion(key, **params)
@@ -620,7 +634,7 @@ def _parse_failure(raw: Any, source: str, bone: str) -> Failure:
     full = {p.name: p.default for p in sig.parameters.values()
             if p.name != "self" and p.default is not inspect.Parameter.empty and p.default is not None}
     full.update(params)
-    return Failure(key, _freeze(full))
+    return Failure(key, _freeze(full), reference)
 
 
 def _parse_nonlinear(raw: Any, source: str) -> Nonlinear:
@@ -741,7 +755,8 @@ class LoadCase:
                             "min_area_mm2": r.min_area_mm2} for n, r in self.regions.items()},
             "boundary": [{k: v for k, v in (("region", b.region), ("apply", b.apply), ("fix", b.fix))
                           if v is not None} for b in self.boundary],
-            "failure": {"criterion": self.failure.criterion, "params": dict(self.failure.params)},
+            "failure": {"criterion": self.failure.criterion, "params": dict(self.failure.params),
+                        "reference_strength": self.failure.reference_strength},
             "nonlinear": {"strength": self.nonlinear.strength, "endpoint_percent": self.nonlinear.endpoint_percent,
                           "characteristic_length_mm": ("auto" if self.nonlinear.characteristic_length_mm is None
                                                        else self.nonlinear.characteristic_length_mm),
@@ -878,7 +893,7 @@ def load_case(path_or_dict: str | os.PathLike | Mapping[str, Any], *, source: st
     for r in caps.regions:
         if r not in regions:
             raise top.err(f"[caps] regions lists {r!r}, which is not a region")
-    failure = _parse_failure(top.get("failure", "table", {}), src, bone)
+    failure = _parse_failure(top.get("failure", "table", {}), src, bone, loading.direction)
     nonlinear = _parse_nonlinear(top.get("nonlinear", "table", {}), src)
     solver = _parse_solver(top.get("solver", "table", {}), src)
     output = _parse_output(top.get("output", "table", {}), src, tuple(used))

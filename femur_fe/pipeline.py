@@ -222,6 +222,10 @@ class Analysis:
         res = Result.from_solution(self, m, u, reactions, d, load_force, plate_disp, stiffness, sol.report,
                                    plate_rotation=(tie_res.rotation * scale) @ R,
                                    plate_moment=(tie_res.moment * scale) @ R)
+        try:
+            res.height_mm = characteristic_length_mm(self)
+        except LoadCaseError:
+            res.height_mm = None  # no supported region along the load (only whole-body criteria need it)
         if strength:
             res.evaluate_strength()
         log.info("solved %s: stiffness %s N/mm, load %.4g N, %.2f s", self.case.name,
@@ -340,6 +344,7 @@ class Result:
     regions: dict
     plate_rotation: np.ndarray | None = None
     plate_moment: np.ndarray | None = None
+    height_mm: float | None = None  # loaded-to-support distance along the load (characteristic_length_mm)
     linear: Any = None  # femur_fe.failure.LinearStrength
     nonlinear: Any = None  # femur_fe.nonlinear.NonlinearResult
     strength_summary: dict = field(default_factory=dict)
@@ -373,7 +378,8 @@ class Result:
         crit = criterion or self.case.failure.build()
         risk = crit.evaluate(self.mesh, strain=self.strain, young=self.model.young, stress=self.stress,
                              density=self.model.density, strain_nodal=self.strain_nodal, bc_nodes=self.bc_nodes,
-                             density_type=self.model.density_type)
+                             density_type=self.model.density_type, plate_displacement_mm=self.plate_displacement_mm,
+                             height_mm=self.height_mm)
         from .failure import LinearStrength
 
         if not (risk.governing > 0 and np.isfinite(risk.governing)):
@@ -394,7 +400,7 @@ class Result:
         if impact is None and subj is not None and site == "hip":
             impact = subj.impact_force()
         self.strength_summary = summary_fields(linear=self.linear, nonlinear=self.nonlinear, site=site, sex=sex,
-                                               impact=impact)
+                                               impact=impact, reference=self.case.failure.reference_strength)
 
     # ------------------------------------------------------------------ derived fields
     def element_fields(self) -> dict[str, np.ndarray]:

@@ -183,6 +183,8 @@ def _run_section(label: str, res, images: _Images, fields: Sequence[str], window
     crit = s.get("criterion")
     if crit:
         rows.append(("failure criterion", crit.get("name") if isinstance(crit, Mapping) else crit, ""))
+    if s.get("strength_used"):
+        rows.append(("strength used for the factor of risk and the classification", s["strength_used"], ""))
     parts.append(_table(rows, ("quantity", "value", "unit")))
     rf = s.get("reaction_forces_N") or {}
     if rf:

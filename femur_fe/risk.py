@@ -182,7 +182,7 @@ def classify_strength(strength_N: float, site: str, sex: str, *, strength_source
 
 
 def summary_fields(*, linear=None, nonlinear=None, site: str | None = None, sex: str | None = None,
-                   impact=None) -> dict[str, Any]:
+                   impact=None, reference: str = "nonlinear") -> dict[str, Any]:
     """Strength and risk entries of ``summary.json``.
 
     Parameters
@@ -192,18 +192,24 @@ def summary_fields(*, linear=None, nonlinear=None, site: str | None = None, sex:
         neither its peak nor its displacement endpoint gives ``strength_nonlinear_N = None``)
     site, sex : for :func:`classify_strength` (both needed to classify)
     impact : :class:`ImpactForce`, or a load in N, for the factor of risk (optional)
+    reference : which strength the factor of risk and the classification use: ``"nonlinear"``
+        (the nonlinear strength when given and reached, else the linear one) or ``"linear"``
+        (always the linear one; the nonlinear strength is still reported). Load cases set it
+        in ``[failure] reference_strength``.
 
     Returns
     -------
     dict with ``strength_linear_N``, ``strength_nonlinear_N``, ``criterion`` {name,
     parameters}, ``factor_of_risk``, ``classification`` (dict or None), plus
-    ``strength_used`` and ``impact_force`` describing the inputs of the last two. The
-    nonlinear strength is used for the factor of risk and the classification when
-    available, else the linear one.
+    ``strength_used`` and ``impact_force`` describing the inputs of the last two, and
+    ``reference_strength``.
     """
+    if reference not in ("linear", "nonlinear"):
+        raise FemurFeError(f'reference must be "linear" or "nonlinear", got {reference!r}')
     out: dict[str, Any] = {
         "strength_linear_N": None, "strength_nonlinear_N": None, "criterion": None,
         "factor_of_risk": None, "classification": None, "strength_used": None, "impact_force": None,
+        "reference_strength": reference,
     }
     strength, source = None, None
     if linear is not None:
@@ -220,7 +226,7 @@ def summary_fields(*, linear=None, nonlinear=None, site: str | None = None, sex:
                             "characteristic_length_mm": nonlinear.report.get("characteristic_length_mm"),
                             "endpoint_percent": nonlinear.report.get("endpoint_percent"),
                             "n_steps": len(nonlinear.steps), "yield": nonlinear.report.get("yield")}
-        if nl_strength is not None:
+        if nl_strength is not None and (reference == "nonlinear" or strength is None):
             strength, source = nl_strength, "nonlinear"
     if strength is not None:
         out["strength_used"] = source

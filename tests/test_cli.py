@@ -25,6 +25,12 @@ def test_run_bundled_vertebra_writes_results(tmp_path, capsys):
     assert max(abs(t) for t in total) <= 1e-6 * abs(s["load_force_N"])
     assert (out / "result.vtu").stat().st_size > 0
     assert "linear strength" in capsys.readouterr().out
+    # the preset's whole-body criterion: strength = 0.0068 x stiffness x endplate-to-endplate height
+    detail = s["strength_linear_detail"]
+    assert s["criterion"]["name"] == "apparent_strain"
+    assert s["strength_linear_N"] == pytest.approx(0.0068 * s["stiffness_N_per_mm"] * detail["height_mm"], rel=1e-12)
+    # the endplate regions are inside the 28 mm body (concave endplates), PMMA layers not counted
+    assert 20.0 < detail["height_mm"] < 28.0
 
 
 def test_unknown_key_is_one_clean_line(tmp_path, capsys):

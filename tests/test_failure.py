@@ -14,7 +14,8 @@ import pytest
 
 import femur_fe as ff
 from femur_fe.errors import FemurFeError, LoadCaseError
-from femur_fe.failure import (SITE_COMPRESSIVE_YIELD_STRAIN, DensityYieldStress, MaxPrincipalStrain, Pistoia,
+from femur_fe.failure import (SITE_COMPRESSIVE_YIELD_STRAIN, ApparentStrain, DensityYieldStress, MaxPrincipalStrain,
+                              Pistoia,
                               SiteYieldStrain, ees_at_critical_volume, failure_criterion,
                               pistoia_ees_count_n88tools)
 
@@ -198,6 +199,50 @@ def test_schileo_bar_fails_at_eps_times_EA(sign):
     # exact up to the solver's round-off (direct solve, residual ~1e-15)
     assert res.strength_N == pytest.approx(limit * young * area, rel=1e-9)
     assert res.location.startswith("node")
+
+
+def test_apparent_strain_bar_fails_at_apparent_strain_times_EA():
+    # A prismatic bar compressed by delta: K = E A / L, so the whole-body criterion must give
+    # strength = c K L = c E A exactly (Crawford stiffness x height, c = 0.0068).
+    young, area, length = 1200.0, 100.0, 40.0
+    mesh = tet_box()
+    delta = -0.05
+    sol, top, bottom = _bar_solution(mesh, young, delta)
+    load = -sol.reaction_force(top)[2]
+    strain = _strain_tet4(mesh, sol.u.reshape(-1, 3))
+    stress = np.stack([uniaxial(-abs(delta) / length, young, axis=2)[1]] * mesh.n_cells)
+    res = failure_criterion("crawford2003").linear_strength(
+        load, mesh, strain=strain, stress=stress, young=np.full(mesh.n_cells, young),
+        plate_displacement_mm=abs(delta), height_mm=length)
+    assert res.criterion == "apparent_strain"
+    assert res.strength_N == pytest.approx(0.0068 * young * area, rel=1e-9)
+    assert res.risk.details["apparent_strain_at_load"] == pytest.approx(abs(delta) / length, rel=1e-12)
+    # the element field is the local EES over the critical apparent strain (uniform here)
+    np.testing.assert_allclose(res.risk.element, abs(delta) / length / 0.0068, rtol=1e-9)
+    # an explicit height overrides the one passed by the analysis
+    fixed = ApparentStrain(apparent_strain=0.007, height_mm=20.0).linear_strength(
+        load, mesh, strain=strain, stress=stress, young=np.full(mesh.n_cells, young),
+        plate_displacement_mm=abs(delta), height_mm=length)
+    assert fixed.strength_N == pytest.approx(load * 0.007 * 20.0 / abs(delta), rel=1e-12)
+
+
+@pytest.mark.parametrize("kw, msg", [({"apparent_strain": 0.68}, "fraction"),
+                                     ({"apparent_strain": -0.0068}, "positive"),
+                                     ({"height_mm": "body"}, "height_mm"),
+                                     ({"height_mm": 0.0}, "height_mm")])
+def test_apparent_strain_parameter_errors(kw, msg):
+    with pytest.raises(LoadCaseError, match=msg):
+        ApparentStrain(**kw)
+
+
+def test_apparent_strain_needs_plate_displacement_and_height():
+    strain, stress, young = fields_from_ees([0.001, 0.002])
+    mesh = hex_grid((2, 1, 1))
+    with pytest.raises(LoadCaseError, match="set \\[failure.params\\] height_mm"):
+        ApparentStrain().linear_strength(10.0, mesh, strain=strain, stress=stress, young=young,
+                                         plate_displacement_mm=0.2)
+    with pytest.raises(FemurFeError, match="plate's displacement"):
+        ApparentStrain().linear_strength(10.0, mesh, strain=strain, stress=stress, young=young, height_mm=25.0)
 
 
 def _strain_tet4(mesh, u):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import femur_fe as ff
+from femur_fe.errors import LoadCaseError
 from femur_fe.model import Model
 from femur_fe.pipeline import prepare, run_case
 
@@ -117,6 +118,18 @@ def test_nonlinear_strength_of_uniform_bar_through_the_pipeline(cylinder):
     assert nl.strength_N == pytest.approx(e * area * 0.0104, rel=1e-3)
     s = res.strength_summary
     assert s["strength_nonlinear_N"] == pytest.approx(nl.strength_N)
+    # a vertebral case refers the factor of risk and the classification to the nonlinear strength ...
+    assert s["reference_strength"] == "nonlinear" and s["strength_used"] == "nonlinear"
+    # ... a case with reference_strength = "linear" (the femur default) keeps the linear one
+    from femur_fe.risk import summary_fields
+
+    lin = summary_fields(linear=res.linear, nonlinear=nl, site="spine", sex="female", reference="linear")
+    assert lin["strength_used"] == "linear:max_principal_strain"
+    assert lin["classification"]["strength_N"] == pytest.approx(res.linear.strength_N)
+    assert lin["strength_nonlinear_N"] == pytest.approx(nl.strength_N)  # still reported
+    assert _cylinder_case().with_values({"failure.reference_strength": "linear"}).failure.reference_strength == "linear"
+    with pytest.raises(LoadCaseError, match="reference_strength"):
+        _cylinder_case().with_values({"failure.reference_strength": "best"})
     assert s["nonlinear"]["strength_definition"] == "endpoint"
     assert s["nonlinear"]["characteristic_length_mm"] == pytest.approx(96.0)
     an2 = prepare(_cylinder_case().with_values({"nonlinear.strength": "peak"}), model)
