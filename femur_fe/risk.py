@@ -228,6 +228,10 @@ def summary_fields(*, linear=None, nonlinear=None, site: str | None = None, sex:
                             "n_steps": len(nonlinear.steps), "yield": nonlinear.report.get("yield")}
         if nl_strength is not None and (reference == "nonlinear" or strength is None):
             strength, source = nl_strength, "nonlinear"
+    if reference == "nonlinear" and source is not None and source != "nonlinear":
+        out["strength_used_note"] = ("this case refers the factor of risk and the classification to the nonlinear "
+                                     "strength (the thresholds are nonlinear FE strengths), which was not run or not "
+                                     "reached; the linear strength was used: run with --nonlinear")
     if strength is not None:
         out["strength_used"] = source
         if impact is not None:

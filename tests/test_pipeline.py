@@ -117,12 +117,16 @@ def test_nonlinear_strength_of_uniform_bar_through_the_pipeline(cylinder):
     assert nl.endpoint_mm == pytest.approx(0.04 * 96.0, rel=1e-9) and nl.endpoint_reached
     assert nl.strength_N == pytest.approx(e * area * 0.0104, rel=1e-3)
     s = res.strength_summary
+    from femur_fe.risk import summary_fields
+
     assert s["strength_nonlinear_N"] == pytest.approx(nl.strength_N)
     # a vertebral case refers the factor of risk and the classification to the nonlinear strength ...
     assert s["reference_strength"] == "nonlinear" and s["strength_used"] == "nonlinear"
+    assert "strength_used_note" not in s
+    # before the nonlinear run the linear strength stood in, and the summary said so
+    before = summary_fields(linear=res.linear, site="spine", sex="female", reference="nonlinear")
+    assert before["strength_used"] == "linear:max_principal_strain" and "--nonlinear" in before["strength_used_note"]
     # ... a case with reference_strength = "linear" (the femur default) keeps the linear one
-    from femur_fe.risk import summary_fields
-
     lin = summary_fields(linear=res.linear, nonlinear=nl, site="spine", sex="female", reference="linear")
     assert lin["strength_used"] == "linear:max_principal_strain"
     assert lin["classification"]["strength_N"] == pytest.approx(res.linear.strength_N)

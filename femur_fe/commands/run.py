@@ -144,5 +144,8 @@ def run(args) -> int:
     if c:
         print(f"  classification      {c['label']} (threshold {c['threshold_N']:.0f} N, {c['site']}, {c['sex']}; "
               f"{c['source'].split(';')[0]})")
+        print(f"  strength used       {s.get('strength_used')}")
+    if s.get("strength_used_note") and (c or s.get("factor_of_risk") is not None):
+        print(f"  note: {s['strength_used_note']}")
     print(f"  written: {out / 'result.vtu'}, {out / 'summary.json'}", file=sys.stdout)
     return 0
