@@ -350,6 +350,12 @@ class _Context:
         vol = self.mesh.cell_volumes() * self.included
         return nodal_average(self.mesh, self.strain, volumes=vol)
 
+    def effective_strain(self, crit_name: str) -> np.ndarray:
+        """Element energy-equivalent strain sqrt(2 SED / E) (needs the stresses)."""
+        if self.stress is None:
+            raise FemurFeError(f"{crit_name} needs the element stresses (stress=...) to compute the SED")
+        return effective_strain(strain_energy_density(self.stress, self.strain), self.young)
+
     def nodes_in_included(self) -> np.ndarray:
         used = np.zeros(self.mesh.n_points, dtype=bool)
         used[self.mesh.cells[self.included].ravel()] = True
@@ -516,9 +522,7 @@ class Pistoia(FailureCriterion):
                 "exclude_margin_mm": self.exclude_margin_mm}
 
     def _risk(self, ctx: _Context) -> RiskField:
-        if ctx.stress is None:
-            raise FemurFeError("pistoia needs the element stresses (stress=...) to compute the SED")
-        ees = effective_strain(strain_energy_density(ctx.stress, ctx.strain), ctx.young)
+        ees = ctx.effective_strain(self.name)
         cand = ctx.included & ~ctx.excl_elems
         if not cand.any():
             raise LoadCaseError("pistoia: every element is excluded")
@@ -673,9 +677,9 @@ class ApparentStrain(FailureCriterion):
     """
 
     name = "apparent_strain"
+    exclude_nodes = "none"  # a whole-body measure: nothing to exclude
 
-    def __init__(self, apparent_strain: float = 0.0068, height_mm: Any = "auto",
-                 exclude_nodes: Any = "none", exclude_margin_mm: float = 0.0) -> None:
+    def __init__(self, apparent_strain: float = 0.0068, height_mm: Any = "auto") -> None:
         self.apparent_strain = check_strain_limit("apparent_strain", apparent_strain)
         if isinstance(height_mm, str):
             if height_mm != "auto":
@@ -684,7 +688,6 @@ class ApparentStrain(FailureCriterion):
               or not (math.isfinite(height_mm) and height_mm > 0)):
             raise LoadCaseError(f'height_mm must be "auto" or a height in mm > 0, got {height_mm!r}')
         self.height_mm = height_mm if isinstance(height_mm, str) else float(height_mm)
-        self._init_exclusion(exclude_nodes, exclude_margin_mm)
 
     def parameters(self) -> dict[str, Any]:
         return {"apparent_strain": self.apparent_strain, "height_mm": self.height_mm}
@@ -698,9 +701,7 @@ class ApparentStrain(FailureCriterion):
         if d is None or not (math.isfinite(d) and d > 0):
             raise FemurFeError(f"apparent_strain needs the loaded plate's displacement along the load (mm, > 0) "
                                f"at the applied load, got {d!r}; it is defined for plate-loaded cases")
-        if ctx.stress is None:
-            raise FemurFeError("apparent_strain needs the element stresses (stress=...) for its EES field")
-        ees = effective_strain(strain_energy_density(ctx.stress, ctx.strain), ctx.young)
+        ees = ctx.effective_strain(self.name)
         elem = np.where(ctx.included, ees / self.apparent_strain, np.nan)
         apparent = d / h
         details = {"apparent_strain_at_load": float(apparent), "height_mm": float(h),

@@ -235,6 +235,12 @@ def test_apparent_strain_parameter_errors(kw, msg):
         ApparentStrain(**kw)
 
 
+def test_apparent_strain_has_no_node_exclusion_to_ignore():
+    # a whole-body measure excludes nothing; an exclusion setting is refused, not silently dropped
+    with pytest.raises(LoadCaseError, match="does not take 'exclude_nodes'"):
+        failure_criterion("apparent_strain", exclude_nodes="bc")
+
+
 def test_apparent_strain_needs_plate_displacement_and_height():
     strain, stress, young = fields_from_ees([0.001, 0.002])
     mesh = hex_grid((2, 1, 1))
