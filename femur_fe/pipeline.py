@@ -91,6 +91,7 @@ class Analysis:
     assembler: Any = None
     _solver: Any = None  # full set-up for self.model (factorisation or AMG hierarchy)
     prepare_seconds: float = 0.0
+    height_mm: float | None = None  # characteristic_length_mm, None without a supported region along the load
 
     @property
     def n_bone_nodes(self) -> int:
@@ -222,10 +223,7 @@ class Analysis:
         res = Result.from_solution(self, m, u, reactions, d, load_force, plate_disp, stiffness, sol.report,
                                    plate_rotation=(tie_res.rotation * scale) @ R,
                                    plate_moment=(tie_res.moment * scale) @ R)
-        try:
-            res.height_mm = characteristic_length_mm(self)
-        except LoadCaseError:
-            res.height_mm = None  # no supported region along the load (only whole-body criteria need it)
+        res.height_mm = self.height_mm
         if strength:
             res.evaluate_strength()
         log.info("solved %s: stiffness %s N/mm, load %.4g N, %.2f s", self.case.name,
@@ -317,6 +315,10 @@ def prepare(case, model: Model, *, frame=None, regions=None) -> Analysis:
     tie = RigidTie(load_nodes, ref, prescribed=prescribed, name=load_name)
     bc_nodes = np.unique(np.concatenate([regions[b.region].nodes for b in case.boundary]))
     an = Analysis(case, model, frame, regions, d, R, fe, caps, tie, fixed_dofs, region_fe_nodes, bc_nodes)
+    try:
+        an.height_mm = characteristic_length_mm(an)  # the geometry is fixed: once per analysis
+    except LoadCaseError:
+        an.height_mm = None  # no supported region along the load (only whole-body criteria need it)
     an.prepare_seconds = time.perf_counter() - t0
     log.info("prepared %s: %d bone + %d cap elements, %d DOFs, regions %s (%.2f s)", case.name, mesh.n_cells,
              fe.n_cells - mesh.n_cells, fe.n_dofs, {k: v.n_nodes for k, v in regions.items()}, an.prepare_seconds)
@@ -545,7 +547,8 @@ def run_nonlinear(an: Analysis, res: Result, **kw):
     extra = {}
     length = None
     if opts.strength == "endpoint" and "max_displacement_mm" not in kw and "endpoint_mm" not in kw:
-        length = opts.characteristic_length_mm or characteristic_length_mm(an)
+        # characteristic_length_mm(an) is only called again to raise its error when there is no height
+        length = opts.characteristic_length_mm or an.height_mm or characteristic_length_mm(an)
         extra["endpoint_mm"] = opts.endpoint_percent / 100.0 * length
     extra.update(kw)
     nl = nonlinear_strength(an.fe_mesh, an.fe_young(res.model), poisson=res.model.poisson,
