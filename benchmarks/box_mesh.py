@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from femur_fe.mesh import Mesh
+from femur_fe.fe.mesh import Mesh
 
 # VTK hex corners: 0 (0,0,0) 1 (1,0,0) 2 (1,1,0) 3 (0,1,0) 4 (0,0,1) 5 (1,0,1) 6 (1,1,1) 7 (0,1,1)
 _KUHN = np.array([[0, 1, 2, 6], [0, 1, 5, 6], [0, 3, 2, 6], [0, 3, 7, 6], [0, 4, 5, 6], [0, 4, 7, 6]])

@@ -17,14 +17,14 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 import femur_fe
-from femur_fe import reference
-from femur_fe.assembly import StiffnessAssembler, assemble_stiffness, element_stiffness
-from femur_fe.elements import quadrature, reference_nodes, shape_functions
+from femur_fe.fe import reference
+from femur_fe.fe.assembly import StiffnessAssembler, assemble_stiffness, element_stiffness
+from femur_fe.fe.elements import quadrature, reference_nodes, shape_functions
 from femur_fe.errors import FemurFeError, LoadCaseError, MaterialError, MeshError
-from femur_fe.loads import assemble_body_force, assemble_pressure, assemble_traction
-from femur_fe.mesh import Mesh
-from femur_fe.recovery import strain, stress
-from femur_fe.topology import boundary_faces
+from femur_fe.fe.loads import assemble_body_force, assemble_pressure, assemble_traction
+from femur_fe.fe.mesh import Mesh
+from femur_fe.fe.recovery import strain, stress
+from femur_fe.fe.topology import boundary_faces
 
 _spec = importlib.util.spec_from_file_location(
     "femur_fe_bench_box_mesh", Path(__file__).resolve().parents[1] / "benchmarks" / "box_mesh.py")
@@ -104,7 +104,7 @@ def test_global_matrix_equals_scikit_fem(cell_type, per_qp):
 @pytest.mark.parametrize("cell_type", CELL_TYPES)
 def test_matrix_format_and_exact_symmetry(cell_type):
     mesh = distorted(cell_type)
-    k = femur_fe.assemble_stiffness(mesh, np.full(mesh.n_cells, 1000.0))
+    k = femur_fe.fe.assemble_stiffness(mesh, np.full(mesh.n_cells, 1000.0))
     assert isinstance(k, sp.csr_matrix)
     assert k.indices.dtype == np.int32 and k.indptr.dtype == np.int32
     assert k.has_sorted_indices
@@ -265,8 +265,8 @@ def test_body_force_total_and_first_moment(cell_type):
 def _volume_moments(mesh: Mesh) -> tuple[float, np.ndarray]:
     """Volume and integral of x over the mesh, by a higher-order rule (degree 7 simplex /
     4^3 Gauss) than the loads use, exact for curved tet10 (det J cubic, x quadratic)."""
-    from femur_fe.elements import jacobians
-    from femur_fe.loads import simplex_rule
+    from femur_fe.fe.elements import jacobians
+    from femur_fe.fe.loads import simplex_rule
 
     if mesh.cell_type == "hexahedron":
         t, w = np.polynomial.legendre.leggauss(4)

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from femur_fe.cli import main
+from femur_fe.commands.cli import main
 
 
 def test_run_bundled_vertebra_writes_results(tmp_path, capsys):
@@ -46,7 +46,7 @@ def test_unknown_key_is_one_clean_line(tmp_path, capsys):
 
 
 def test_run_without_material_source_names_the_fix(tmp_path, capsys):
-    from femur_fe.bones import bundled_bone
+    from femur_fe.bone.bundled import bundled_bone
 
     rc = main(["run", "vertebral_compression", "--mesh", str(bundled_bone("vertebra").mesh), "-o", str(tmp_path)])
     err = capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Tests of femur_fe.fields: Voigt packing, principal strains, von Mises, SED, EES, nodal averages."""
+"""Tests of femur_fe.fe.fields: Voigt packing, principal strains, von Mises, SED, EES, nodal averages."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 
 import femur_fe as ff
 from femur_fe.errors import FemurFeError
-from femur_fe.fields import (element_fields, effective_strain, nodal_average, principal_strains,
+from femur_fe.fe.fields import (element_fields, effective_strain, nodal_average, principal_strains,
                              principal_values, strain_energy_density, tensor_from_voigt, voigt_from_tensor,
                              von_mises)
 

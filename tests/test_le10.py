@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from femur_fe.cli import main
+from femur_fe.commands.cli import main
 from femur_fe.commands.verify import LE10_TARGET, run_le10
 
 

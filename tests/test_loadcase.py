@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from femur_fe.errors import LoadCaseError
-from femur_fe.loadcase import LoadCase, dumps_toml, load_case, register_section
+from femur_fe.case.loadcase import LoadCase, dumps_toml, load_case, register_section
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = sorted((ROOT / "loadcases").glob("*.toml"))
@@ -238,7 +238,7 @@ def test_extension_section_registry():
         with pytest.raises(LoadCaseError, match="core load-case key"):
             register_section("loading", parse)
     finally:
-        from femur_fe import loadcase
+        from femur_fe.case import loadcase
 
         loadcase._EXTENSIONS.pop("scenario_test", None)
 
@@ -250,7 +250,7 @@ def test_dumps_toml_round_trip():
 
 
 def test_cli_check_prints_resolved_case(capsys, tmp_path):
-    from femur_fe.cli import main
+    from femur_fe.commands.cli import main
 
     assert main(["check", str(ROOT / "loadcases" / "stance.toml")]) == 0
     out = capsys.readouterr().out

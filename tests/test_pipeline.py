@@ -8,8 +8,8 @@ import pytest
 
 import femur_fe as ff
 from femur_fe.errors import LoadCaseError
-from femur_fe.model import Model
-from femur_fe.pipeline import prepare, run_case
+from femur_fe.bone.model import Model
+from femur_fe.analysis.pipeline import prepare, run_case
 
 from conftest import require_shared
 
@@ -103,7 +103,7 @@ def test_nonlinear_strength_of_uniform_bar_through_the_pipeline(cylinder):
       iterations -> 1e-3).
     * Peak definition: the same plateau.
     """
-    from femur_fe.pipeline import run_nonlinear
+    from femur_fe.analysis.pipeline import run_nonlinear
 
     mesh = cylinder
     e = 1000.0
@@ -117,7 +117,7 @@ def test_nonlinear_strength_of_uniform_bar_through_the_pipeline(cylinder):
     assert nl.endpoint_mm == pytest.approx(0.04 * 96.0, rel=1e-9) and nl.endpoint_reached
     assert nl.strength_N == pytest.approx(e * area * 0.0104, rel=1e-3)
     s = res.strength_summary
-    from femur_fe.risk import summary_fields
+    from femur_fe.analysis.risk import summary_fields
 
     assert s["strength_nonlinear_N"] == pytest.approx(nl.strength_N)
     # a vertebral case refers the factor of risk and the classification to the nonlinear strength ...
@@ -166,14 +166,14 @@ def test_bad_boundary_region_is_named(cylinder):
         "boundary": [{"region": "top", "apply": "load"}, {"region": "bottom", "fix": "along_load"}],
     })
     model = Model(cylinder, np.full(cylinder.n_cells, 1.0), np.full(cylinder.n_cells, 1500.0))
-    with pytest.raises(ff.UnderConstrainedError, match="translation"):
+    with pytest.raises(ff.errors.UnderConstrainedError, match="translation"):
         run_case(case, model)
 
 
 # ----------------------------------------------------------------------------- femur, real geometry
 @pytest.fixture(scope="module")
 def proximal_femur():
-    from femur_fe.surface import cut_proximal_femur, read_surface, tetmesh_from_surface
+    from femur_fe.bone.meshing import cut_proximal_femur, read_surface, tetmesh_from_surface
 
     path = require_shared("femur_gfxmorph", "femur.stl")
     surf = cut_proximal_femur(read_surface(path), 60.0)
@@ -184,7 +184,7 @@ def proximal_femur():
 
 
 def _fall_stiffness(mesh, rho):
-    law = ff.material_law("keller1994_combined")
+    law = ff.bone.material_law("keller1994_combined")
     case = ff.load_case("loadcases/sideways_fall.toml")
     res = run_case(case, Model.from_density(mesh, rho, law))
     total = sum(np.asarray(v) for v in res.reaction_forces.values())
@@ -208,7 +208,7 @@ def test_sideways_fall_invariant_under_rigid_motion_and_mirroring(proximal_femur
 
 def test_many_fall_directions_reuse_one_setup(proximal_femur):
     mesh, rho = proximal_femur
-    law = ff.material_law("keller1994_combined")
+    law = ff.bone.material_law("keller1994_combined")
     an = prepare(ff.load_case("loadcases/sideways_fall.toml"), Model.from_density(mesh, rho, law))
     dirs = [None] + [{"adduction_deg": a, "internal_rotation_deg": r} for a in (0.0, 20.0) for r in (0.0, 30.0)]
     res = an.solve_directions(dirs)
@@ -230,7 +230,7 @@ def test_density_change_reuses_setup_and_matches_fresh_solve(proximal_femur):
     of the load/displacement map, far below 1e-6 here.
     """
     mesh, rho = proximal_femur
-    law = ff.material_law("keller1994_combined")
+    law = ff.bone.material_law("keller1994_combined")
     case = ff.load_case("loadcases/sideways_fall.toml")
     model = Model.from_density(mesh, rho, law)
     an = prepare(case, model)

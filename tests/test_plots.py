@@ -1,7 +1,7 @@
-"""Tests of femur_fe.plots (matplotlib, Agg): gains, time courses, load-displacement, sweeps.
+"""Tests of femur_fe.viz.charts (matplotlib, Agg): gains, time courses, load-displacement, sweeps.
 
 Inputs are real: block results of the run pipeline (see tests/test_plotting.py), a
-comparison written by femur_fe.comparison.write_comparison, a nonlinear run, and a real
+comparison written by femur_fe.studies.table.write_comparison, a nonlinear run, and a real
 serial sweep of the built-in column task. Figures are checked for content (not blank,
 the expected colours and number of bars); the sensitivity numbers are checked against
 an analytic result (uniform density scaling of a power-law material).
@@ -19,9 +19,9 @@ import pytest
 iio = pytest.importorskip("imageio.v3")
 
 import femur_fe  # noqa: E402
-from femur_fe.comparison import ScenarioRecord, comparison_rows, write_comparison  # noqa: E402
+from femur_fe.studies.table import ScenarioRecord, comparison_rows, write_comparison  # noqa: E402
 from femur_fe.errors import FemurFeError  # noqa: E402
-from femur_fe.plots import (plot_load_displacement, plot_strength_gain, plot_strength_time,  # noqa: E402
+from femur_fe.viz.charts import (plot_load_displacement, plot_strength_gain, plot_strength_time,  # noqa: E402
                             plot_sweep_scatter, plot_tornado, sensitivity_table)
 from test_plotting import colour_pixels, content_fraction, hex_rgb, run_block  # noqa: E402
 
@@ -109,7 +109,7 @@ def test_load_displacement(tmp_path, scenarios):
 
 @pytest.fixture(scope="module")
 def sweep_dir(tmp_path_factory):
-    from femur_fe.sweep import COLUMN_CASE, SweepSpec, run_sweep
+    from femur_fe.studies.sweep import COLUMN_CASE, SweepSpec, run_sweep
 
     base = copy.deepcopy(COLUMN_CASE)
     base["geometry"] = {"size_mm": [10.0, 10.0, 20.0], "divisions": [3, 3, 6]}

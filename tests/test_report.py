@@ -1,7 +1,7 @@
-"""Tests of femur_fe.report.write_report: self-contained HTML from real results.
+"""Tests of femur_fe.viz.report.write_report: self-contained HTML from real results.
 
 Runs, comparison and sweep inputs are real (block results of the run pipeline, a
-comparison written by femur_fe.comparison, a serial sweep of the column task). Checks:
+comparison written by femur_fe.studies.table, a serial sweep of the column task). Checks:
 the file is self-contained (every image a decodable base64 PNG, no external references),
 the numbers and provenance (input hashes, version, resolved case) appear, and errors are
 clear.
@@ -21,9 +21,9 @@ import pytest
 iio = pytest.importorskip("imageio.v3")
 
 import femur_fe  # noqa: E402
-from femur_fe.comparison import ScenarioRecord, comparison_rows, write_comparison  # noqa: E402
+from femur_fe.studies.table import ScenarioRecord, comparison_rows, write_comparison  # noqa: E402
 from femur_fe.errors import FemurFeError  # noqa: E402
-from femur_fe.report import _fmt  # noqa: E402
+from femur_fe.viz.report import _fmt  # noqa: E402
 from test_plotting import content_fraction, run_block  # noqa: E402
 
 IMG = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
@@ -59,7 +59,7 @@ def runs(tmp_path_factory):
 
 def test_comparison_report(runs, tmp_path):
     d, s, inputs = runs
-    out = femur_fe.write_report(tmp_path / "report.html", run_dirs=[d / "baseline", d / "denser_left"],
+    out = femur_fe.viz.write_report(tmp_path / "report.html", run_dirs=[d / "baseline", d / "denser_left"],
                                 comparison=d / "comparison.json", title="Block scenarios", window_size=(240, 180))
     doc = out.read_text(encoding="utf-8")
     assert_self_contained(doc)
@@ -81,7 +81,7 @@ def test_comparison_report(runs, tmp_path):
 
 def test_run_report_without_3d(runs, tmp_path):
     d, s, _ = runs
-    out = femur_fe.write_report(tmp_path / "run.html", run_dirs={"base": d / "baseline"}, render_3d=False)
+    out = femur_fe.viz.write_report(tmp_path / "run.html", run_dirs={"base": d / "baseline"}, render_3d=False)
     doc = out.read_text(encoding="utf-8")
     assert_self_contained(doc)
     assert "Run: base" in doc and _fmt(s["baseline"]["stiffness_N_per_mm"]) in doc
@@ -90,14 +90,14 @@ def test_run_report_without_3d(runs, tmp_path):
 
 
 def test_sweep_report(tmp_path):
-    from femur_fe.sweep import COLUMN_CASE, SweepSpec, run_sweep
+    from femur_fe.studies.sweep import COLUMN_CASE, SweepSpec, run_sweep
 
     base = copy.deepcopy(COLUMN_CASE)
     base["geometry"] = {"size_mm": [10.0, 10.0, 20.0], "divisions": [2, 2, 4]}
     spec = SweepSpec(base=base, parameters={"density.scale": {"values": [0.8, 1.2]},
                                             "loading.angle_deg": {"values": [0.0, 20.0]}}, method="grid")
     run_sweep(spec, tmp_path / "sw", scheduler="serial", progress=False)
-    out = femur_fe.write_report(tmp_path / "sweep.html", sweep=tmp_path / "sw", output="stiffness_N_per_mm")
+    out = femur_fe.viz.write_report(tmp_path / "sweep.html", sweep=tmp_path / "sw", output="stiffness_N_per_mm")
     doc = out.read_text(encoding="utf-8")
     assert_self_contained(doc)
     assert "Sensitivity of stiffness_N_per_mm" in doc and "density.scale" in doc
@@ -108,11 +108,11 @@ def test_sweep_report(tmp_path):
 def test_report_errors(runs, tmp_path):
     d, _, _ = runs
     with pytest.raises(FemurFeError, match="kind must be one of"):
-        femur_fe.write_report(tmp_path / "x.html", kind="movie", run_dirs=[d / "baseline"])
+        femur_fe.viz.write_report(tmp_path / "x.html", kind="movie", run_dirs=[d / "baseline"])
     with pytest.raises(FemurFeError, match="run_dirs"):
-        femur_fe.write_report(tmp_path / "x.html")
+        femur_fe.viz.write_report(tmp_path / "x.html")
     with pytest.raises(FemurFeError, match=r"\.html"):
-        femur_fe.write_report(tmp_path / "x.pdf", run_dirs=[d / "baseline"])
+        femur_fe.viz.write_report(tmp_path / "x.pdf", run_dirs=[d / "baseline"])
     with pytest.raises(FemurFeError, match="does not exist"):
-        femur_fe.write_report(tmp_path / "x.html", run_dirs=[tmp_path / "missing"])
+        femur_fe.viz.write_report(tmp_path / "x.html", run_dirs=[tmp_path / "missing"])
     assert not (tmp_path / "x.html").exists()

@@ -19,7 +19,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..loadcase import load_case
+    from ..case.loadcase import load_case
 
     case = load_case(args.case)
     if args.json:

@@ -15,7 +15,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..study import compare
+    from ..studies.compare import compare
 
     progress = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     res = compare(args.spec, args.out, progress=progress)

@@ -24,8 +24,8 @@ def register(sub) -> None:
 def run(args) -> int:
     import time
 
-    from ..presets import loadcases_dir
-    from ..study import compare, load_comparison
+    from ..case.presets import loadcases_dir
+    from ..studies.compare import compare, load_comparison
 
     t0 = time.perf_counter()
     name = "regeneration_demo" if args.bone == "femur" else "regeneration_demo_vertebra"
@@ -37,7 +37,7 @@ def run(args) -> int:
                  f"{len(spec.scenarios)} scenarios -> {out}/")
     res = compare(spec, out, progress=progress)
     try:
-        from ..report import write_report
+        from ..viz.report import write_report
 
         report = write_report(out / "report.html", kind="comparison", comparison=out / "comparison.json",
                               run_dirs=[out / r["scenario"] for r in res.rows], title="femur_fe demo")

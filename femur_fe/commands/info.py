@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..ct import CT_SUFFIXES, read_ct, suffix_of
+from ..io.ct import CT_SUFFIXES, read_ct, suffix_of
 from ..errors import MeshError
 
 SURFACE_SUFFIXES = (".stl", ".obj", ".ply", ".vtp")
@@ -71,7 +71,7 @@ def ct_info(path: Path, args) -> dict:
 
 
 def surface_info(path: Path) -> dict:
-    from ..surface import read_surface, surface_topology
+    from ..bone.meshing import read_surface, surface_topology
 
     surf = read_surface(path, units="mm")
     topo = surface_topology(surf)

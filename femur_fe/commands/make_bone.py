@@ -45,7 +45,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import time
 
-    from ..bones import STATES, write_bone
+    from ..bone.bundled import STATES, write_bone
 
     t0 = time.perf_counter()
     states = tuple(dict.fromkeys(args.state)) if args.state else STATES

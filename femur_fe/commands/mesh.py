@@ -45,8 +45,16 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..io.mesh_io import write_mesh
-    from ..surface import (cut_proximal_femur, dihedral_angles, femur_landmarks, nodes_on_plane,
-                           proximal_cut_plane, read_surface, repair_surface, tetmesh_from_surface)
+    from ..bone.meshing import (
+        cut_proximal_femur,
+        dihedral_angles,
+        femur_landmarks,
+        nodes_on_plane,
+        proximal_cut_plane,
+        read_surface,
+        repair_surface,
+        tetmesh_from_surface,
+    )
 
     t0 = time.perf_counter()
     surf = read_surface(args.surface, units=args.units)

@@ -33,9 +33,19 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import meshio
 
-    from ..io import atomic_path, read_mesh, write_json_atomic, write_mesh
-    from ..loadcase import load_case
-    from ..regions import frame_for, load_direction, regions_mesh, select_regions
+    from ..io import (
+        atomic_path,
+        read_mesh,
+        write_json_atomic,
+        write_mesh,
+    )
+    from ..case.loadcase import load_case
+    from ..analysis.regions import (
+        frame_for,
+        load_direction,
+        regions_mesh,
+        select_regions,
+    )
 
     case = load_case(args.case)
     mesh = read_mesh(args.mesh)

@@ -53,25 +53,25 @@ def load_bone_mesh(args, case):
     if args.mesh:
         path = Path(args.mesh)
         if path.suffix.lower() in SURFACE_SUFFIXES:
-            from ..surface import read_surface, repair_surface, tetmesh_from_surface
+            from ..bone.meshing import read_surface, repair_surface, tetmesh_from_surface
 
             surf, report = repair_surface(read_surface(path))
             return tetmesh_from_surface(surf, element_size=args.size)
         return read_mesh(path)
     if not args.mask:
         raise LoadCaseError("give the bone as --mesh FILE, or as --mask MASK (with --ct CT)")
-    from ..ct import read_ct, read_mask
+    from ..io.ct import read_ct, read_mask
 
     ref = read_ct(args.ct, unit=args.ct_unit or case.material.calibration.ct_unit) if args.ct else None
     label = args.label if args.label else None
     mask = read_mask(args.mask, label=label if label is None or len(label) > 1 else label[0], reference=ref)
     if args.mask_mesh == "hex":
-        from ..voxel import hexmesh_from_mask
+        from ..bone.voxel import hexmesh_from_mask
 
         geom = ref if ref is not None else read_ct(args.mask, unit="mg/cm3", check_unit=False)
         spacing = float(min(geom.spacing))
         return hexmesh_from_mask(mask, geom, coarsen=max(1, int(round(args.size / spacing))))
-    from ..surface import surface_from_mask, tetmesh_from_surface
+    from ..bone.meshing import surface_from_mask, tetmesh_from_surface
 
     geom = ref if ref is not None else read_ct(args.mask, unit="mg/cm3", check_unit=False)
     return tetmesh_from_surface(surface_from_mask(mask, geom.affine), element_size=args.size)
@@ -79,11 +79,11 @@ def load_bone_mesh(args, case):
 
 def run(args) -> int:
     from ..errors import LoadCaseError
-    from ..loadcase import load_case
-    from ..model import Model
-    from ..pipeline import prepare, run_nonlinear
-    from ..presets import resolve_case_path
-    from ..subject import Subject
+    from ..case.loadcase import load_case
+    from ..bone.model import Model
+    from ..analysis.pipeline import prepare, run_nonlinear
+    from ..case.presets import resolve_case_path
+    from ..analysis.subject import Subject
 
     case = load_case(resolve_case_path(args.case))
     if args.set:
@@ -95,7 +95,7 @@ def run(args) -> int:
             values[k.strip()] = _parse_value(v.strip())
         case = case.with_values(values)
     if args.bundled:
-        from ..bones import bundled_bone
+        from ..bone.bundled import bundled_bone
 
         if args.mesh or args.ct or args.mask:
             raise LoadCaseError("--bundled replaces --mesh/--ct/--mask: give one or the other")
@@ -103,7 +103,7 @@ def run(args) -> int:
         args.mesh, args.ct = str(files.mesh), str(files.ct)
         args.calibration = args.calibration or str(files.calibration)
     if args.calibration:
-        from ..study import with_ct_calibration
+        from ..studies.compare import with_ct_calibration
 
         case = with_ct_calibration(case, args.calibration)
     mesh = load_bone_mesh(args, case)

@@ -44,7 +44,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from ..sweep import expand_sweep, load_sweep, run_sweep
+    from ..studies.sweep import expand_sweep, load_sweep, run_sweep
 
     if getattr(args, "verbose", 0) < 2:   # Dask's own INFO chatter only with -vv
         import distributed  # noqa: F401  (sets its logger levels on import: override after it)

@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..mesh import Mesh
+from ..fe.mesh import Mesh
 
 # --------------------------------------------------------------------------- structured meshes
 # Kuhn/Freudenthal split of a unit cube into 6 tets along the diagonal (0,0,0)-(1,1,1); the
@@ -99,7 +99,7 @@ def le10_mapping(p: np.ndarray) -> np.ndarray:
 
 def _faces_where(mesh: Mesh, params: np.ndarray, axis: int, value: float) -> np.ndarray:
     """Boundary faces whose nodes all lie on the parameter plane ``params[:, axis] == value``."""
-    from ..topology import boundary_faces
+    from ..fe.topology import boundary_faces
 
     faces, _ = boundary_faces(mesh)
     on = np.abs(params[:, axis] - value) < 1e-12
@@ -113,7 +113,7 @@ def _dofs(nodes: np.ndarray, comps) -> np.ndarray:
 def stress_at_node_extrapolated(mesh: Mesh, u: np.ndarray, node: int, young: float, poisson: float) -> np.ndarray:
     """Stress (3, 3) MPa at ``node``: each element around it evaluates its own strain field at
     the node (exact extrapolation of the element's polynomial strain), then the mean."""
-    from ..elements import jacobians, reference_nodes, shape_gradients
+    from ..fe.elements import jacobians, reference_nodes, shape_gradients
 
     els, local = np.nonzero(mesh.cells == node)
     xi_nodes = reference_nodes(mesh.cell_type)
@@ -139,9 +139,9 @@ def run_le10(shape: tuple[int, int, int] = (6, 12, 4), method: str = "auto") -> 
         raise ValueError("LE10 needs an even number of cells through the thickness (u_z = 0 at z = 0)")
     mesh, params = structured_mesh(shape, le10_mapping, "tetra10")
     young, nu = 210000.0, 0.3
-    k = ff.assemble_stiffness(mesh, young, nu)
+    k = ff.fe.assemble_stiffness(mesh, young, nu)
     top = _faces_where(mesh, params, 2, 1.0)
-    f = ff.assemble_pressure(mesh, top, 1.0)  # 1 MPa on z = +300, pushing down
+    f = ff.fe.assemble_pressure(mesh, top, 1.0)  # 1 MPa on z = +300, pushing down
     on = lambda axis, v: np.flatnonzero(np.abs(params[:, axis] - v) < 1e-12)  # noqa: E731
     outer = on(0, 1.0)
     line_ee = outer[np.abs(params[outer, 2] - 0.5) < 1e-12]
@@ -151,11 +151,11 @@ def run_le10(shape: tuple[int, int, int] = (6, 12, 4), method: str = "auto") -> 
         _dofs(outer, [0, 1]),    # outer face BCB'C': u_x = u_y = 0
         _dofs(line_ee, [2]),     # line EE' (outer face, z = 0): u_z = 0
     ]))
-    sol = ff.solve(k, f, fixed, points=mesh, method=method)
+    sol = ff.fe.solve(k, f, fixed, points=mesh, method=method)
     d = int(np.flatnonzero(np.all(np.abs(params - [0.0, 0.0, 1.0]) < 1e-12, axis=1))[0])
     assert np.allclose(mesh.points[d], [2000.0, 0.0, 300.0])
     s_ext = stress_at_node_extrapolated(mesh, sol.u, d, young, nu)[1, 1]
-    s_avg = ff.stress(mesh, sol.u, young, nu, at="node")[d, 1, 1]
+    s_avg = ff.fe.stress(mesh, sol.u, young, nu, at="node")[d, 1, 1]
     # total load: 1 MPa on the top face area; the supports must carry it
     area = float(-f[2::3].sum())
     return dict(case="le10", cell_type="tetra10", shape=list(shape), n_dofs=mesh.n_dofs,
@@ -182,7 +182,7 @@ def run_lame(n: int = 4, cell_type: str = "tetra10", a: float = 10.0, b: float =
     displacement L2 error ``||u_h - u||_L2 / ||u||_L2`` (quadrature of the mesh's rule).
     """
     import femur_fe as ff
-    from ..elements import jacobians, quadrature, shape_functions
+    from ..fe.elements import jacobians, quadrature, shape_functions
 
     h = (b - a) / n
 
@@ -192,12 +192,12 @@ def run_lame(n: int = 4, cell_type: str = "tetra10", a: float = 10.0, b: float =
         return np.column_stack([r * np.cos(t), r * np.sin(t), q[:, 2] * h])
 
     mesh, params = structured_mesh((n, 2 * n, 1), mapping, cell_type)
-    k = ff.assemble_stiffness(mesh, young, nu)
-    f = ff.assemble_pressure(mesh, _faces_where(mesh, params, 0, 0.0), p)
+    k = ff.fe.assemble_stiffness(mesh, young, nu)
+    f = ff.fe.assemble_pressure(mesh, _faces_where(mesh, params, 0, 0.0), p)
     on = lambda axis, v: np.flatnonzero(np.abs(params[:, axis] - v) < 1e-12)  # noqa: E731
     fixed = np.unique(np.concatenate([_dofs(on(1, 0.0), [1]), _dofs(on(1, 1.0), [0]),
                                       _dofs(on(2, 0.0), [2]), _dofs(on(2, 1.0), [2])]))
-    sol = ff.solve(k, f, fixed, points=mesh, method=method)
+    sol = ff.fe.solve(k, f, fixed, points=mesh, method=method)
     u = sol.u.reshape(-1, 3)
     # L2 error with the element's own quadrature rule (default rule; enough to observe rates)
     rule = quadrature(mesh.cell_type)
@@ -250,19 +250,19 @@ def run_cantilever(n: int = 2, cell_type: str = "tetra10", L: float = 100.0, c: 
         return np.column_stack([q[:, 0] * L, -c + 2 * c * q[:, 1], -thick / 2 + thick * q[:, 2]])
 
     mesh, params = structured_mesh(shape, mapping, cell_type)
-    k = ff.assemble_stiffness(mesh, young, 0.0)
+    k = ff.fe.assemble_stiffness(mesh, young, 0.0)
     inertia = thick * (2 * c) ** 3 / 12.0
     free_end = _faces_where(mesh, params, 0, 0.0)
     # traction on x = 0 (outward normal -x): t_y = -tau_xy = -(P / 2I)(c^2 - y^2); per face the
     # mean over its nodes (the load is quadratic in y; per-face constant converges at O(h^2))
     yf = mesh.points[free_end, 1].mean(axis=1)
     ty = -(P / (2 * inertia)) * (c**2 - yf**2)
-    f = ff.assemble_traction(mesh, free_end, np.column_stack([0 * ty, ty, 0 * ty]))
+    f = ff.fe.assemble_traction(mesh, free_end, np.column_stack([0 * ty, ty, 0 * ty]))
     f *= P / abs(f[1::3].sum())  # exact resultant P (the per-face rule misses O(h^2) of it)
     clamp = np.flatnonzero(np.abs(params[:, 0] - 1.0) < 1e-12)
     g = np.zeros(mesh.n_dofs)
     g[_dofs(clamp, [0, 1, 2])] = cantilever_exact(mesh.points[clamp], P, L, c, thick, young).ravel()
-    sol = ff.solve(k, f, _dofs(clamp, [0, 1, 2]), g, points=mesh, method=method)
+    sol = ff.fe.solve(k, f, _dofs(clamp, [0, 1, 2]), g, points=mesh, method=method)
     tip_nodes = np.flatnonzero((np.abs(params[:, 0]) < 1e-12) & (np.abs(mesh.points[:, 1]) < 1e-9))
     tip = float(sol.u.reshape(-1, 3)[tip_nodes, 1].mean())
     area = 2 * c * thick

@@ -1,0 +1,63 @@
+"""The bone-agnostic finite-element engine: meshes, elements, assembly (compiled kernels with NumPy
+twins), loads, strain/stress recovery, constraints, linear and nonlinear solvers.
+"""
+from __future__ import annotations
+
+from .mesh import Mesh, MeshReport, remove_orphan_nodes, validate_mesh
+from .elements import quadrature, shape_functions, shape_gradients
+from .assembly import StiffnessAssembler, assemble_stiffness, element_stiffness
+from .loads import assemble_body_force, assemble_pressure, assemble_traction
+from .recovery import node_average, strain, stress
+from .parallel import effective_n_threads, openmp_enabled
+from .solvers import LinearSolver, Solution, SolveReport, solve
+from .constraints import RigidTie, TieResult, rigid_body_modes
+from .fields import (
+    effective_strain,
+    element_fields,
+    nodal_average,
+    principal_strains,
+    strain_energy_density,
+    tensor_from_voigt,
+    voigt_from_tensor,
+    von_mises,
+)
+from .nonlinear import NonlinearResult, SecantYield, nonlinear_strength
+
+__all__ = [
+    "LinearSolver",
+    "Mesh",
+    "MeshReport",
+    "NonlinearResult",
+    "RigidTie",
+    "SecantYield",
+    "Solution",
+    "SolveReport",
+    "StiffnessAssembler",
+    "TieResult",
+    "assemble_body_force",
+    "assemble_pressure",
+    "assemble_stiffness",
+    "assemble_traction",
+    "effective_n_threads",
+    "effective_strain",
+    "element_fields",
+    "element_stiffness",
+    "nodal_average",
+    "node_average",
+    "nonlinear_strength",
+    "openmp_enabled",
+    "principal_strains",
+    "quadrature",
+    "remove_orphan_nodes",
+    "rigid_body_modes",
+    "shape_functions",
+    "shape_gradients",
+    "solve",
+    "strain",
+    "strain_energy_density",
+    "stress",
+    "tensor_from_voigt",
+    "validate_mesh",
+    "voigt_from_tensor",
+    "von_mises",
+]

@@ -1,0 +1,46 @@
+"""Simulated therapy: density-change scenarios, bone remodeling, cell models, strength sensitivity.
+"""
+from __future__ import annotations
+
+from .scenarios import (
+    AnnualChange,
+    CellModelChange,
+    CompartmentChange,
+    CorticalThickening,
+    DefectFill,
+    LocalInjection,
+    Scenario,
+    ScenarioOutcome,
+    UniformChange,
+    load_scenarios,
+    match_added_mass,
+    scenarios_from_dict,
+)
+from .remodeling import BoundaryConditions, RemodelingModel, RemodelingParameters, RemodelingResult, Therapy
+from .cellmodels import CellTherapy, Komarova2003
+from .sensitivity import StrengthProblem, StrengthSensitivity, optimal_placement
+
+__all__ = [
+    "AnnualChange",
+    "BoundaryConditions",
+    "CellModelChange",
+    "CellTherapy",
+    "CompartmentChange",
+    "CorticalThickening",
+    "DefectFill",
+    "Komarova2003",
+    "LocalInjection",
+    "RemodelingModel",
+    "RemodelingParameters",
+    "RemodelingResult",
+    "Scenario",
+    "ScenarioOutcome",
+    "StrengthProblem",
+    "StrengthSensitivity",
+    "Therapy",
+    "UniformChange",
+    "load_scenarios",
+    "match_added_mass",
+    "optimal_placement",
+    "scenarios_from_dict",
+]

@@ -1,0 +1,28 @@
+"""Charts (matplotlib), 3-D views (PyVista) and the HTML report.
+"""
+from __future__ import annotations
+
+from .views import animate_density, available_fields, plot, plot_comparison
+from .charts import (
+    plot_load_displacement,
+    plot_strength_gain,
+    plot_strength_time,
+    plot_sweep_scatter,
+    plot_tornado,
+    sensitivity_table,
+)
+from .report import write_report
+
+__all__ = [
+    "animate_density",
+    "available_fields",
+    "plot",
+    "plot_comparison",
+    "plot_load_displacement",
+    "plot_strength_gain",
+    "plot_strength_time",
+    "plot_sweep_scatter",
+    "plot_tornado",
+    "sensitivity_table",
+    "write_report",
+]
