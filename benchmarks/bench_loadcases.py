@@ -10,7 +10,7 @@ import time
 
 import femur_fe as ff
 from femur_fe.bone.model import Model
-from femur_fe.analysis.pipeline import prepare
+from femur_fe.analysis.prepare import prepare
 from femur_fe.studies.compare import with_ct_calibration
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 import femur_fe as ff
 from femur_fe.bone.model import Model
-from femur_fe.analysis.pipeline import prepare, run_nonlinear
+from femur_fe.analysis.prepare import prepare, run_nonlinear
 from femur_fe.studies.compare import anatomical_zones, with_ct_calibration
 
 CASES = {"femur": "sideways_fall.toml", "vertebra": "vertebral_compression.toml"}

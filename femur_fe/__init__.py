@@ -20,8 +20,8 @@ from ._version import __version__
 from .errors import FemurFeError
 from . import fe, io, bone, analysis, therapy, case, viz, studies  # noqa: E402  (layer order)
 from .fe import Mesh
-from .io import read_ct, read_mesh, read_result, write_mesh
-from .bone import Model, bundled_bone, read_surface
+from .io import read_ct, read_mesh, read_result, read_surface, write_mesh
+from .bone import Model, bundled_bone
 from .analysis import Analysis, Result, Subject, prepare
 from .therapy import Scenario, load_scenarios
 from .case import LoadCase, load_case

@@ -9,7 +9,8 @@ import pytest
 import femur_fe as ff
 from femur_fe.errors import LoadCaseError
 from femur_fe.bone.model import Model
-from femur_fe.analysis.pipeline import prepare, run_case
+from femur_fe.analysis.prepare import prepare
+from femur_fe.studies.run import run_case
 
 from conftest import require_shared
 
@@ -103,7 +104,7 @@ def test_nonlinear_strength_of_uniform_bar_through_the_pipeline(cylinder):
       iterations -> 1e-3).
     * Peak definition: the same plateau.
     """
-    from femur_fe.analysis.pipeline import run_nonlinear
+    from femur_fe.analysis.prepare import run_nonlinear
 
     mesh = cylinder
     e = 1000.0
@@ -173,7 +174,8 @@ def test_bad_boundary_region_is_named(cylinder):
 # ----------------------------------------------------------------------------- femur, real geometry
 @pytest.fixture(scope="module")
 def proximal_femur():
-    from femur_fe.bone.meshing import cut_proximal_femur, read_surface, tetmesh_from_surface
+    from femur_fe.bone.meshing import cut_proximal_femur, tetmesh_from_surface
+    from femur_fe.io.surface import read_surface
 
     path = require_shared("femur_gfxmorph", "femur.stl")
     surf = cut_proximal_femur(read_surface(path), 60.0)

@@ -76,7 +76,7 @@ def block_model(inputs: dict | None = None):
 def run_block(out: Path, *, left_factor: float = 1.0, strength: bool = True, nonlinear: bool = False,
               inputs: dict | None = None, case: dict | None = None):
     """Run the block case (density of the x < 0 half times ``left_factor``) into ``out``."""
-    from femur_fe.analysis.pipeline import run_case
+    from femur_fe.studies.run import run_case
 
     model = block_model(inputs)
     if left_factor != 1.0:
@@ -98,7 +98,7 @@ def block(tmp_path_factory):
 def femur(tmp_path_factory):
     bones = pytest.importorskip("femur_fe.bone.bundled")
     from femur_fe.bone.model import Model
-    from femur_fe.analysis.pipeline import run_case
+    from femur_fe.studies.run import run_case
 
     bone = bones.make_femur(element_size=7.0)
     m = bone.mesh
@@ -275,7 +275,7 @@ def test_warp_factor_is_a_round_magnification(block):
 
 
 def test_in_memory_result_is_plotted(tmp_path):
-    from femur_fe.analysis.pipeline import run_case
+    from femur_fe.studies.run import run_case
 
     r = run_case(femur_fe.load_case(BLOCK_CASE), block_model())
     img = render(tmp_path, plot, r, "von_mises", window_size=(200, 150))

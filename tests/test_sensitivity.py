@@ -128,7 +128,7 @@ def test_pipeline_analysis_adjoint_matches_finite_differences():
     """AnalysisSensitivity on a prepared pipeline analysis (rigid loading plate = RigidTie)."""
     import femur_fe as ff
     from femur_fe.bone.model import Model
-    from femur_fe.analysis.pipeline import prepare
+    from femur_fe.analysis.prepare import prepare
     from femur_fe.therapy.sensitivity import AnalysisSensitivity
 
     mesh = hex_grid((3, 3, 6), (6.0, 6.0, 12.0))

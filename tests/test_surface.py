@@ -13,7 +13,8 @@ import pytest
 import femur_fe as ff
 from femur_fe.fe.elements import reference_nodes
 from femur_fe.errors import SurfaceError
-from femur_fe.bone.meshing import (Surface, femur_landmarks, nodes_on_plane, proximal_cut_plane,
+from femur_fe.io.surface import Surface
+from femur_fe.bone.meshing import (femur_landmarks, nodes_on_plane, proximal_cut_plane,
                               surface_topology)
 
 from conftest import gias3_file, require_shared
@@ -39,7 +40,7 @@ def _icosphere(r=10.0, n=3):
     import pyvista as pv
 
     s = pv.Icosphere(radius=r, nsub=n)
-    return ff.bone.Surface.from_pyvista(s, "icosphere")
+    return ff.io.Surface.from_pyvista(s, "icosphere")
 
 
 # --------------------------------------------------------------------------- reading

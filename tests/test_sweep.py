@@ -467,7 +467,7 @@ def test_killed_client_loses_nothing_and_resume_completes(tmp_path, cluster):
 # ----------------------------------------------------------------------------- the pipeline task
 def test_pipeline_task_matches_run_case_and_applies_scenarios(tmp_path):
     """Default task on the bundled L3 vertebra (osteoporotic): the baseline row equals a direct
-    femur_fe.analysis.run_case; a uniform +5 % ash-density scenario adds exactly 5 % of the bone mass
+    femur_fe.studies.run_case; a uniform +5 % ash-density scenario adds exactly 5 % of the bone mass
     (no element reaches the 1.2 g/cm^3 cap) and stiffens the bone."""
     from femur_fe.studies.compare import with_ct_calibration
 
@@ -482,7 +482,7 @@ def test_pipeline_task_matches_run_case_and_applies_scenarios(tmp_path):
     case = with_ct_calibration(femur_fe.load_case(case_path), files.calibration)
     ct = femur_fe.read_ct(files.ct, unit=case.material.calibration.ct_unit)
     model = femur_fe.Model.from_ct(femur_fe.read_mesh(files.mesh), ct, case.material)
-    ref = femur_fe.analysis.run_case(case, model)
+    ref = femur_fe.studies.run_case(case, model)
     # same operations in the same order: equal to round-off
     assert base["stiffness_N_per_mm"] == pytest.approx(ref.stiffness_N_per_mm, rel=1e-9)
     assert base["strength_linear_N"] == pytest.approx(ref.linear.strength_N, rel=1e-9)

@@ -31,7 +31,8 @@ from .regions import (
     select_regions,
     wedge_hinge,
 )
-from .pipeline import Analysis, Result, prepare, run_case, run_nonlinear
+from .prepare import Analysis, characteristic_length_mm, prepare, run_nonlinear
+from .result import Result
 from .caps import add_cap
 from .subject import Subject
 
@@ -59,7 +60,7 @@ __all__ = [
     "load_direction",
     "prepare",
     "regions_mesh",
-    "run_case",
+    "characteristic_length_mm",
     "run_nonlinear",
     "select_region",
     "select_regions",

@@ -674,7 +674,7 @@ class ApparentStrain(FailureCriterion):
 
     ``height_mm = "auto"`` takes the distance along the load between the loaded and the
     supported region (for the vertebra: endplate to endplate, the PMMA layers excluded), as
-    :func:`femur_fe.analysis.pipeline.characteristic_length_mm` computes it; give a number to override.
+    :func:`femur_fe.analysis.prepare.characteristic_length_mm` computes it; give a number to override.
 
     The per-element risk field is the local effective strain ``EES / apparent_strain``, for
     reading where the body is strained; it is informative only: the governing value is the

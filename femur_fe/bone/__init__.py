@@ -41,18 +41,15 @@ from .anatomy import FemurFrame, VertebraFrame, femur_frame, vertebra_frame
 from .meshing import (
     FemurLandmarks,
     RepairReport,
-    Surface,
     cut_proximal_femur,
     dihedral_angles,
     femur_landmarks,
-    read_surface,
     remesh_surface,
     repair_surface,
     surface_from_mask,
     surface_from_mesh,
     tet10_from_tet4,
     tetmesh_from_surface,
-    write_surface,
 )
 from .bundled import (
     BoneModel,
@@ -92,7 +89,6 @@ __all__ = [
     "PiecewiseLaw",
     "PowerLaw",
     "RepairReport",
-    "Surface",
     "VertebraFrame",
     "VertebraParams",
     "apparent_from_ash",
@@ -121,7 +117,6 @@ __all__ = [
     "material_law_names",
     "qct_from_hu",
     "qct_mg_from_hu",
-    "read_surface",
     "remesh_surface",
     "repair_surface",
     "sample_ct",
@@ -133,5 +128,4 @@ __all__ = [
     "tetmesh_from_surface",
     "vertebra_frame",
     "write_bone",
-    "write_surface",
 ]

@@ -2,7 +2,7 @@
 
 Both frames work on a surface in any pose (any rotation and translation), in mm, and do
 not need landmarks, a template or a side label. Inputs can be a volume
-:class:`~femur_fe.fe.mesh.Mesh` (its boundary is used), a :class:`~femur_fe.bone.meshing.Surface`,
+:class:`~femur_fe.fe.mesh.Mesh` (its boundary is used), a :class:`~femur_fe.io.surface.Surface`,
 a ``(points, faces)`` pair, a pyvista ``PolyData``, a ``meshio.Mesh`` with triangles, a
 surface file name, or a bare ``(n, 3)`` array of *surface* points (normals are then
 estimated from neighbours, with no orientation).

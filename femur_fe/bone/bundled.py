@@ -36,7 +36,8 @@ import numpy as np
 
 from ..errors import FemurFeError
 from ..fe.mesh import Mesh
-from .meshing import Surface, repair_surface, tetmesh_from_surface
+from ..io.surface import Surface
+from .meshing import repair_surface, tetmesh_from_surface
 
 log = logging.getLogger(__name__)
 

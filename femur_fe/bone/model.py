@@ -2,7 +2,7 @@
 
 Geometry is kept apart from the modulus: :meth:`Model.with_density` returns a model on
 the same mesh whose moduli follow the new density, and the analysis layer
-(:mod:`femur_fe.analysis.pipeline`) reuses the assembled sparsity pattern and regions.
+(:mod:`femur_fe.analysis.prepare`) reuses the assembled sparsity pattern and regions.
 """
 from __future__ import annotations
 

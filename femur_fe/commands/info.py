@@ -71,7 +71,7 @@ def ct_info(path: Path, args) -> dict:
 
 
 def surface_info(path: Path) -> dict:
-    from ..bone.meshing import read_surface, surface_topology
+    from ..io.surface import read_surface, surface_topology
 
     surf = read_surface(path, units="mm")
     topo = surface_topology(surf)

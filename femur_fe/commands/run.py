@@ -53,7 +53,8 @@ def load_bone_mesh(args, case):
     if args.mesh:
         path = Path(args.mesh)
         if path.suffix.lower() in SURFACE_SUFFIXES:
-            from ..bone.meshing import read_surface, repair_surface, tetmesh_from_surface
+            from ..bone.meshing import repair_surface, tetmesh_from_surface
+            from ..io.surface import read_surface
 
             surf, report = repair_surface(read_surface(path))
             return tetmesh_from_surface(surf, element_size=args.size)
@@ -81,7 +82,7 @@ def run(args) -> int:
     from ..errors import LoadCaseError
     from ..case.loadcase import load_case
     from ..bone.model import Model
-    from ..analysis.pipeline import prepare, run_nonlinear
+    from ..analysis.prepare import prepare, run_nonlinear
     from ..case.presets import resolve_case_path
     from ..analysis.subject import Subject
 

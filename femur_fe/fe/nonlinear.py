@@ -345,7 +345,7 @@ def nonlinear_strength(
         ``max_displacement_mm``): the analysis runs to this displacement and the strength is the
         largest force reached up to it (an earlier force drop ends the analysis at that peak).
         This is how Ogo reports nonlinear FAIM strength (4 % of a characteristic length, see
-        :func:`femur_fe.analysis.pipeline.run_nonlinear`). None: strength = peak/plateau of the curve.
+        :func:`femur_fe.analysis.prepare.run_nonlinear`). None: strength = peak/plateau of the curve.
     yield_model : :class:`SecantYield`, a :class:`femur_fe.analysis.MaxPrincipalStrain` (its limits),
         a dict of SecantYield fields, or None (Schileo/Bayraktar 0.73 % / 1.04 %)
     density : (m,) g/cm^3; only recorded (density-dependent yield is built with

@@ -7,7 +7,7 @@ naming what is missing and which command writes it. Optional fields (``risk``: o
 failure criterion ran; ``nonlinear_curve``: only with the nonlinear analysis) are checked
 when asked for (:meth:`StoredResult.cell_field`, :meth:`StoredResult.require_summary`).
 
-Units: mm, N, MPa, g/cm^3 (as written by :meth:`femur_fe.analysis.pipeline.Result.write`).
+Units: mm, N, MPa, g/cm^3 (as written by :meth:`femur_fe.analysis.prepare.Result.write`).
 """
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 RESULT_FILE = "result.vtu"
 SUMMARY_FILE = "summary.json"
 #: how a result folder is written (for error messages)
-WRITTEN_BY = ("`femur-fe run CASE.toml ... --out DIR` or femur_fe.analysis.run_case(case, model, out=DIR) "
-              "(femur_fe.analysis.pipeline.Result.write)")
+WRITTEN_BY = ("`femur-fe run CASE.toml ... --out DIR` or femur_fe.studies.run_case(case, model, out=DIR) "
+              "(femur_fe.analysis.prepare.Result.write)")
 #: point fields every result has: name -> number of components
 REQUIRED_POINT_FIELDS = {"displacement": 3}
 #: cell fields every result has: name -> number of components (1 = scalar)
@@ -227,7 +227,7 @@ def _result_paths(path: str | os.PathLike) -> Path:
 
 
 def read_result(path: str | os.PathLike) -> StoredResult:
-    """Read and check a result folder written by :meth:`femur_fe.analysis.pipeline.Result.write`.
+    """Read and check a result folder written by :meth:`femur_fe.analysis.prepare.Result.write`.
 
     Parameters
     ----------
@@ -300,7 +300,7 @@ def as_result(obj: Any) -> StoredResult:
     if isinstance(obj, (str, os.PathLike)):
         return read_result(obj)
     if hasattr(obj, "write") and hasattr(obj, "summary") and hasattr(obj, "displacement"):
-        # an in-memory femur_fe.analysis.pipeline.Result: write it with its own writer and read it back
+        # an in-memory femur_fe.analysis.prepare.Result: write it with its own writer and read it back
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix="femur_fe_result_") as tmp:

@@ -1,6 +1,7 @@
 """Studies over runs: baseline-versus-therapy comparisons and parameter sweeps."""
 from __future__ import annotations
 
+from .run import run_case
 from .compare import compare, fit_annual_rate, load_comparison, with_ct_calibration
 from .sweep import (
     SweepSpec,
@@ -23,6 +24,7 @@ __all__ = [
     "load_comparison",
     "load_sweep",
     "read_results",
+    "run_case",
     "run_sweep",
     "with_ct_calibration",
     "worker_cache",

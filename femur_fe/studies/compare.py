@@ -254,7 +254,7 @@ def compare(spec: ComparisonSpec | str | os.PathLike, out: str | os.PathLike, *,
     """Run baseline and scenarios; write result folders, comparison files and plots into ``out``."""
     from .table import ScenarioRecord, comparison_rows, write_comparison
     from ..io import read_mesh, write_json_atomic, write_text_atomic
-    from ..analysis.pipeline import prepare, run_nonlinear
+    from ..analysis.prepare import prepare, run_nonlinear
 
     t_start = time.perf_counter()
     if not isinstance(spec, ComparisonSpec):
@@ -388,7 +388,7 @@ def fit_annual_rate(spec: ComparisonSpec | str | os.PathLike, scenario: str, tar
     from dataclasses import replace
 
     from ..io import read_mesh
-    from ..analysis.pipeline import prepare
+    from ..analysis.prepare import prepare
     from ..therapy.scenarios import AnnualChange, Scenario
 
     if not isinstance(spec, ComparisonSpec):

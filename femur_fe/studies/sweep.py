@@ -14,7 +14,7 @@ scenario and the task function name), so a re-run recognises finished work even 
 spec is reordered or extended.
 
 The default task (:func:`pipeline_task`) runs one load case through
-:mod:`femur_fe.analysis.pipeline`; tasks that share a density field (same bone, state, scenario,
+:mod:`femur_fe.analysis.prepare`; tasks that share a density field (same bone, state, scenario,
 material) share the prepared analysis and its factorisation/AMG hierarchy in a per-worker
 cache (:func:`worker_cache`), and the engine places such tasks on one worker in a row.
 Any importable function ``f(TaskInputs) -> dict`` can be the task.
@@ -1191,7 +1191,7 @@ def _support_case(base: Any, case: Any) -> Any:
 
     When the task keeps the base's load-direction kind (e.g. ``sideways_fall``) and only its
     angles differ, the supports are those of the base angles and the task's angles only turn
-    the load (:meth:`femur_fe.analysis.pipeline.Analysis.solve_directions`: "the cap does not move
+    the load (:meth:`femur_fe.analysis.prepare.Analysis.solve_directions`: "the cap does not move
     with the load, as in an experiment"), so all directions on one density field share the
     stiffness matrix and its factorisation. Otherwise the task's own case is used.
     """
@@ -1254,7 +1254,7 @@ def _pipeline_model(case: Any, src: dict):
 
 
 def pipeline_task(inputs: TaskInputs) -> dict[str, Any]:
-    """One load case through the run pipeline (:mod:`femur_fe.analysis.pipeline`): the default task.
+    """One load case through the run pipeline (:mod:`femur_fe.analysis.prepare`): the default task.
 
     Bone: ``inputs.mesh`` None -> the bundled bone of ``case.bone`` in ``inputs.state``
     (mesh + synthetic QCT + its calibration); a mesh file or Mesh -> element densities from
@@ -1269,7 +1269,7 @@ def pipeline_task(inputs: TaskInputs) -> dict[str, Any]:
     """
 
     from ..case.loadcase import LoadCase
-    from ..analysis.pipeline import prepare
+    from ..analysis.prepare import prepare
 
     case = inputs.case
     if not isinstance(case, LoadCase):

@@ -309,7 +309,7 @@ class StrengthSensitivity:
 class AnalysisSensitivity:
     """Adjoint strength and stiffness sensitivities of a prepared pipeline analysis.
 
-    Works on :func:`femur_fe.analysis.pipeline.prepare`'s ``Analysis`` (bone + PMMA caps, rigid
+    Works on :func:`femur_fe.analysis.prepare.prepare`'s ``Analysis`` (bone + PMMA caps, rigid
     loading plate tied to the loaded region, supports), with the case's own load
     direction: the plate is loaded by a unit force (the model is linear, so the strength
     F / R_p does not depend on the magnitude, whatever the case's loading mode). The

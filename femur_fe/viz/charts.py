@@ -202,7 +202,7 @@ def _curve_of(item: Any) -> tuple[str, np.ndarray, np.ndarray, float | None]:
         p = Path(item)
         summary_path = p / "summary.json" if p.is_dir() else p
         if not summary_path.exists():
-            raise FemurFeError(f"{summary_path} does not exist; a result folder is written by femur_fe.analysis.run_case(..., "
+            raise FemurFeError(f"{summary_path} does not exist; a result folder is written by femur_fe.studies.run_case(..., "
                                "out=DIR)")
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
         label = label or (p.name if p.is_dir() else p.parent.name)
