@@ -16,16 +16,17 @@ subpackage, imported top-down (each layer uses only the layers above it in this 
 """
 from __future__ import annotations
 
+from . import analysis, bone, case, fe, io, studies, therapy, viz  # noqa: E402  (layer order)
 from ._version import __version__
+from .analysis import Analysis, Result, Subject, prepare
+from .bone import Model, bundled_bone
+from .case import LoadCase, load_case
 from .errors import FemurFeError
-from . import fe, io, bone, analysis, therapy, case, viz, studies  # noqa: E402  (layer order)
 from .fe import Mesh
 from .io import read_ct, read_mesh, read_result, read_surface, write_mesh
-from .bone import Model, bundled_bone
-from .analysis import Analysis, Result, Subject, prepare
+from .studies import SweepSpec, compare
+from .studies import run_sweep as sweep
 from .therapy import Scenario, load_scenarios
-from .case import LoadCase, load_case
-from .studies import SweepSpec, compare, run_sweep as sweep
 
 __all__ = [
     "Analysis",

@@ -3,6 +3,7 @@ fracture risk and the subject.
 """
 from __future__ import annotations
 
+from .caps import add_cap
 from .failure import (
     ApparentStrain,
     DensityYieldStress,
@@ -14,14 +15,7 @@ from .failure import (
     failure_criterion,
     linear_strength,
 )
-from .risk import (
-    Classification,
-    ImpactForce,
-    classify_strength,
-    factor_of_risk,
-    fall_impact_force,
-    summary_fields,
-)
+from .prepare import Analysis, characteristic_length_mm, prepare, run_nonlinear
 from .regions import (
     Region,
     frame_for,
@@ -31,9 +25,15 @@ from .regions import (
     select_regions,
     wedge_hinge,
 )
-from .prepare import Analysis, characteristic_length_mm, prepare, run_nonlinear
 from .result import Result
-from .caps import add_cap
+from .risk import (
+    Classification,
+    ImpactForce,
+    classify_strength,
+    factor_of_risk,
+    fall_impact_force,
+    summary_fields,
+)
 from .subject import Subject
 
 __all__ = [

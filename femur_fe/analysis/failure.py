@@ -43,6 +43,7 @@ elements, e.g. to leave out PMMA caps.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from dataclasses import dataclass, field
@@ -741,7 +742,6 @@ def failure_criterion(name: str, **params) -> FailureCriterion:
     if cls is None:
         valid = sorted(CRITERIA) + sorted(f"{a} (= {t})" for a, t in ALIASES.items())
         raise LoadCaseError(f"unknown failure criterion {name!r}; valid: {', '.join(valid)}")
-    import inspect
 
     accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     unknown = sorted(set(params) - set(accepted))

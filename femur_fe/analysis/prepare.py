@@ -29,14 +29,21 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import LoadCaseError, RegionError
-from ..fe.mesh import Mesh
 from ..bone.model import Model
+from ..errors import LoadCaseError, RegionError
+from ..fe.assembly import StiffnessAssembler
+from ..fe.constraints import RigidTie
+from ..fe.mesh import Mesh
+from ..fe.nonlinear import SecantYield, nonlinear_strength
+from ..fe.solvers import LinearSolver
+from .caps import add_cap
+from .failure import MaxPrincipalStrain
+from .regions import frame_for, load_direction, select_regions, wedge_hinge
 from .result import Result
 
 log = logging.getLogger(__name__)
@@ -108,8 +115,6 @@ class Analysis:
     def with_model(self, model: Model) -> "Analysis":
         """A copy for ``model`` (same mesh, new density) sharing regions, caps, supports and
         the assembler (sparsity pattern), with its own full solver set-up for the new moduli."""
-        from dataclasses import replace
-
         if model.mesh is not self.model.mesh and model.mesh.n_cells != self.model.mesh.n_cells:
             raise LoadCaseError("with_model needs a model on the same mesh (only the density may change)")
         return replace(self, model=model, _solver=None)
@@ -127,14 +132,10 @@ class Analysis:
         solved by CG preconditioned with that set-up: no new factorisation, a few
         iterations for moderate changes, same ``rtol`` on the new matrix.
         """
-        from ..fe.solvers import LinearSolver
-
         m = model or self.model
         if m is self.model and self._solver is not None:
             return self._solver
         if self.assembler is None:
-            from ..fe.assembly import StiffnessAssembler
-
             self.assembler = StiffnessAssembler(self.fe_mesh, m.poisson)
         s = self.case.solver
         base = None
@@ -166,8 +167,6 @@ class Analysis:
         evaluated in the bone's frame. Regions and supports stay those of the case's own
         direction (the cap does not move with the load, as in an experiment).
         """
-        from .regions import load_direction
-
         m = model or self.model
         solver = self.solver_for(m)
         out = []
@@ -232,8 +231,6 @@ class Analysis:
 
 
 def _with_angles(loading, angles: Mapping):
-    from dataclasses import replace
-
     merged = dict(loading.angles)
     for k, v in angles.items():
         if k not in merged:
@@ -245,15 +242,6 @@ def _with_angles(loading, angles: Mapping):
 
 def prepare(case, model: Model, *, frame=None, regions=None) -> Analysis:
     """Prepare ``case`` on ``model``: frame, regions, load frame, caps, supports and plate."""
-    from .caps import add_cap
-    from ..fe.constraints import RigidTie
-    from .regions import (
-        frame_for,
-        load_direction,
-        select_regions,
-        wedge_hinge,
-    )
-
     t0 = time.perf_counter()
     mesh = model.mesh
     if len(case.loaded_regions) != 1:
@@ -360,14 +348,10 @@ def run_nonlinear(an: Analysis, res: Result, **kw):
     :func:`characteristic_length_mm` (Ogo's hip and spine reporting endpoint [V-code]).
     Keyword arguments go to :func:`femur_fe.fe.nonlinear_strength` (they override the table).
     """
-    from ..fe.constraints import RigidTie
-    from ..fe.nonlinear import SecantYield, nonlinear_strength
-
     case = an.case
     if case.loading.direction == "wedge":
         raise LoadCaseError("nonlinear strength is run for translational loads (not the wedge case)")
     crit = case.failure.build()
-    from .failure import MaxPrincipalStrain
 
     opts = case.nonlinear
     yield_model = (SecantYield.from_criterion(crit, hardening=opts.hardening) if isinstance(crit, MaxPrincipalStrain)

@@ -50,8 +50,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..bone.anatomy import femur_frame, vertebra_frame
 from ..errors import LoadCaseError, RegionError
 from ..fe.mesh import Mesh
+from ..fe.topology import boundary_faces, face_normals_areas
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +97,6 @@ class Region:
 # =========================================================================== frames and directions
 def frame_for(mesh_or_geometry: Any, case) -> Any:
     """The anatomical frame of the case's bone, with the ``[anatomy]`` overrides applied."""
-    from ..bone.anatomy import femur_frame, vertebra_frame
-
     if case.bone == "femur":
         side = None if case.anatomy.side == "auto" else case.anatomy.side
         return femur_frame(mesh_or_geometry, side=side)
@@ -152,8 +152,6 @@ class _Boundary:
 
 
 def _boundary(mesh: Mesh) -> _Boundary:
-    from ..fe.topology import boundary_faces, face_normals_areas
-
     faces, _ = boundary_faces(mesh)
     normals, areas = face_normals_areas(mesh.points, faces)
     nv = 4 if mesh.cell_type == "hexahedron" else 3

@@ -9,9 +9,15 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import LoadCaseError
-from ..fe.mesh import Mesh
+from .._version import __version__
 from ..bone.model import Model
+from ..errors import LoadCaseError
+from ..fe.fields import element_fields, nodal_average
+from ..fe.mesh import Mesh
+from ..fe.recovery import strain, stress
+from ..io import write_json_atomic, write_mesh
+from .failure import LinearStrength
+from .risk import summary_fields
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +54,6 @@ class Result:
     @classmethod
     def from_solution(cls, an: Any, m: Model, u, reactions, d, load_force, plate_disp, stiffness, report,
                       plate_rotation=None, plate_moment=None) -> "Result":
-        from ..fe.recovery import strain, stress
-
         mesh = m.mesh
         flat = np.ascontiguousarray(u.ravel())
         eps = strain(mesh, flat, at="centroid")
@@ -60,8 +64,6 @@ class Result:
     @property
     def strain_nodal(self) -> np.ndarray:
         if self._strain_nodal is None:
-            from ..fe.fields import nodal_average
-
             self._strain_nodal = nodal_average(self.mesh, self.strain)
         return self._strain_nodal
 
@@ -72,7 +74,6 @@ class Result:
                              density=self.model.density, strain_nodal=self.strain_nodal, bc_nodes=self.bc_nodes,
                              density_type=self.model.density_type, plate_displacement_mm=self.plate_displacement_mm,
                              height_mm=self.height_mm)
-        from .failure import LinearStrength
 
         if not (risk.governing > 0 and np.isfinite(risk.governing)):
             raise LoadCaseError(f"{crit.name}: governing risk {risk.governing!r}; no strain where the criterion "
@@ -84,8 +85,6 @@ class Result:
         return self.linear
 
     def _update_summary(self, *, impact=None) -> None:
-        from .risk import summary_fields
-
         subj = self.subject
         site = "hip" if self.case.bone == "femur" else "spine"
         sex = getattr(subj, "sex", None)
@@ -96,8 +95,6 @@ class Result:
 
     # ------------------------------------------------------------------ derived fields
     def element_fields(self) -> dict[str, np.ndarray]:
-        from ..fe.fields import element_fields
-
         f = element_fields(self.strain, self.stress, self.model.young)
         f["young_modulus"] = self.model.young
         f["density"] = self.model.density
@@ -107,8 +104,6 @@ class Result:
         return f
 
     def summary(self) -> dict[str, Any]:
-        from .._version import __version__
-
         s = {
             "femur_fe_version": __version__,
             "case_name": self.case.name,
@@ -151,8 +146,6 @@ class Result:
 
     def write(self, out_dir) -> "Path":
         """Write ``result.vtu`` and ``summary.json`` into ``out_dir`` (atomically); returns the folder."""
-        from ..io import write_json_atomic, write_mesh
-
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         pd = {"displacement": self.displacement}

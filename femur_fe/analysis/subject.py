@@ -5,6 +5,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
 from ..errors import LoadCaseError
+from .risk import fall_impact_force
 
 SEXES = ("female", "male")
 
@@ -35,7 +36,6 @@ class Subject:
         """Sideways-fall impact force (:func:`femur_fe.analysis.risk.fall_impact_force`) or None."""
         if self.body_mass_kg is None:
             return None
-        from .risk import fall_impact_force
 
         return fall_impact_force(self.body_mass_kg, self.height_cm, self.soft_tissue_mm)
 

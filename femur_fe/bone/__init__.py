@@ -3,6 +3,19 @@ anatomy, bundled bones, the Model (mesh + density + modulus).
 """
 from __future__ import annotations
 
+from .anatomy import FemurFrame, VertebraFrame, femur_frame, vertebra_frame
+from .bundled import (
+    BoneModel,
+    BundledBone,
+    FemurParams,
+    VertebraParams,
+    bundled_bone,
+    load_bundled_qct,
+    make_femur,
+    make_vertebra,
+    synthetic_qct,
+    write_bone,
+)
 from .calibration import (
     DensityCalibration,
     PhantomFit,
@@ -17,6 +30,14 @@ from .calibration import (
     fit_phantom_calibration,
     qct_from_hu,
     qct_mg_from_hu,
+)
+from .mapping import (
+    MappingReport,
+    MappingResult,
+    map_ct,
+    map_density,
+    map_young_modulus,
+    sample_ct,
 )
 from .materials import (
     CarterHayes1977,
@@ -35,9 +56,6 @@ from .materials import (
     material_law_from_dict,
     material_law_names,
 )
-from .mapping import MappingReport, MappingResult, map_ct, map_density, map_young_modulus, sample_ct
-from .voxel import hexmesh_from_mask
-from .anatomy import FemurFrame, VertebraFrame, femur_frame, vertebra_frame
 from .meshing import (
     FemurLandmarks,
     RepairReport,
@@ -51,19 +69,8 @@ from .meshing import (
     tet10_from_tet4,
     tetmesh_from_surface,
 )
-from .bundled import (
-    BoneModel,
-    BundledBone,
-    FemurParams,
-    VertebraParams,
-    bundled_bone,
-    load_bundled_qct,
-    make_femur,
-    make_vertebra,
-    synthetic_qct,
-    write_bone,
-)
 from .model import Model, sha256_of
+from .voxel import hexmesh_from_mask
 
 __all__ = [
     "BoneModel",

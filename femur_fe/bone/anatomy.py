@@ -100,6 +100,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import RegionError
+from ..fe.mesh import Mesh
+from ..fe.topology import boundary_faces
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +128,7 @@ class _Cloud:
 
 def _as_triangles(obj: Any) -> tuple[np.ndarray, np.ndarray | None, str]:
     """(points, triangle faces or None, description) from any accepted input."""
-    from ..fe.mesh import Mesh
-
     if isinstance(obj, Mesh):
-        from ..fe.topology import boundary_faces
-
         faces, _ = boundary_faces(obj)
         faces = faces[:, :4] if obj.cell_type == "hexahedron" else faces[:, :3]
         if faces.shape[1] == 4:

@@ -36,8 +36,12 @@ import numpy as np
 
 from ..errors import FemurFeError
 from ..fe.mesh import Mesh
+from ..io.atomic import write_json_atomic
+from ..io.ct import CTImage, read_ct, write_ct
+from ..io.mesh_io import write_mesh
 from ..io.surface import Surface
-from .meshing import repair_surface, tetmesh_from_surface
+from .calibration import DensityCalibration
+from .meshing import _surface_nets, repair_surface, tetmesh_from_surface
 
 log = logging.getLogger(__name__)
 
@@ -498,8 +502,6 @@ def bone_surface(name: str, params, side: str = "right", *, edge_length: float =
     onto the exact zero level of the implicit function by Newton steps, so the geometry does
     not depend on the grid beyond the vertex placement.
     """
-    from .meshing import _surface_nets
-
     if name not in _SDF:
         raise FemurFeError(f"name must be one of {BONES}, got {name!r}")
     h = 0.8 * float(edge_length)
@@ -653,7 +655,6 @@ def synthetic_qct(bone: BoneModel | str, state: str = "healthy", *, voxel_mm: fl
     """
     from scipy.ndimage import zoom
 
-    from ..io.ct import CTImage
 
     if isinstance(bone, str):
         if bone not in BONES:
@@ -771,9 +772,6 @@ def load_bundled_qct(name: str = "femur", state: str = "osteoporotic"):
     -------
     (femur_fe.io.ct.CTImage in HU, femur_fe.bone.calibration.DensityCalibration HU -> K2HPO4 g/cm^3)
     """
-    from .calibration import DensityCalibration
-    from ..io.ct import read_ct
-
     paths = bundled_bone(name, state)
     cal = DensityCalibration.from_dict(json.loads(paths.calibration.read_text()))
     return read_ct(paths.ct, unit="HU"), cal
@@ -787,10 +785,6 @@ def write_bone(out_dir: str | os.PathLike, name: str, *, states=STATES, side: st
     Files: ``<stem>.vtu``, ``<stem>_<state>_qct.nii.gz`` for each state, ``calibration.json``
     and ``<stem>.json`` (parameters, landmarks, counts). All writes are atomic.
     """
-    from ..io.ct import write_ct
-    from ..io.atomic import write_json_atomic
-    from ..io.mesh_io import write_mesh
-
     out = Path(out_dir)
     params = dict(params or {})
     if name == "femur":

@@ -19,6 +19,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..errors import CTError, MaterialError
+from ..io.ct import CTImage
 
 log = logging.getLogger(__name__)
 
@@ -310,8 +311,6 @@ def convert_density(rho, from_type: str, to_type: str, *, qct_to_ash=None) -> np
 
 def calibrated_ct(ct, calibration: DensityCalibration, *, clamp: bool = True):
     """Return a copy of a HU :class:`~femur_fe.io.ct.CTImage` converted to QCT density in g/cm^3."""
-    from ..io.ct import CTImage
-
     if not isinstance(ct, CTImage):
         raise CTError(f"ct must be a CTImage, got {type(ct).__name__}")
     if ct.unit != "HU":

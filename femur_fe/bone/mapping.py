@@ -37,11 +37,12 @@ import numpy as np
 from scipy.ndimage import map_coordinates
 from scipy.special import roots_jacobi
 
-from .calibration import DENSITY_TYPES, DensityCalibration, convert_density
-from ..io.ct import CTImage, lps_from_ras
-from ..fe.elements import quadrature, shape_functions, shape_gradients
 from ..errors import CTError, MaterialError
+from ..fe.elements import quadrature, shape_functions, shape_gradients
 from ..fe.mesh import Mesh
+from ..io.ct import CTImage, lps_from_ras
+from .calibration import DENSITY_TYPES, DensityCalibration, convert_density
+from .materials import DensityModulusLaw
 
 log = logging.getLogger(__name__)
 
@@ -284,8 +285,6 @@ def _apply_policy(ct, ijk, vals, out, nan, policy, fill_value):
 # ---------------------------------------------------------------------------------------------
 def _ct_values_to_modulus(ct_unit: str, law, calibration, ct_density_type: str, qct_to_ash):
     """Return (f(values) -> (E MPa, n_clamped)) for the modulus chain HU/density -> rho -> E."""
-    from .materials import DensityModulusLaw
-
     if not isinstance(law, DensityModulusLaw):
         raise MaterialError(f"law must be a femur_fe material law (femur_fe.bone.material_law(...)), got {type(law).__name__}")
     density_type, to_rho = _ct_values_to_density(ct_unit, calibration, ct_density_type)

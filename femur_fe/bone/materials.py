@@ -20,18 +20,18 @@ an established code (secondary), [M] from memory, not verified against the paper
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, fields
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
+from ..errors import MaterialError
 from .calibration import (
     DENSITY_TYPES,
     ash_from_k2hpo4_keyak1994,
     clamp_negative,
     convert_density,
 )
-from ..errors import MaterialError
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +101,6 @@ class DensityModulusLaw:
 
     def with_options(self, **kwargs) -> "DensityModulusLaw":
         """Copy with changed options or coefficients (e.g. ``e_min_mpa=1.0``)."""
-        from dataclasses import replace
-
         return replace(self, **kwargs)
 
     def to_dict(self) -> dict[str, Any]:

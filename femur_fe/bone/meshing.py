@@ -34,15 +34,20 @@ Approach
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 import numpy as np
 
 from ..errors import SurfaceError
-from ..fe.mesh import Mesh
-
-from ..io.surface import Surface, _face_components, _merge_exact_duplicates, surface_topology
+from ..fe.mesh import Mesh, remove_orphan_nodes
+from ..fe.topology import boundary_faces
+from ..io.surface import (
+    Surface,
+    _face_components,
+    _merge_exact_duplicates,
+    surface_topology,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +84,6 @@ class RepairReport:
                 or self.orientation_flipped or self.meshfix_used)
 
     def to_dict(self) -> dict:
-        from dataclasses import asdict
-
         return asdict(self)
 
     def __str__(self) -> str:
@@ -401,7 +404,6 @@ def tetmesh_from_surface(surface: Surface, *, element_size: float | None = None,
     elems = _orient_positive(nodes, elems)
     elems = _peel_boundary_slivers(nodes, elems)
     mesh = Mesh(nodes, elems, "tetra")
-    from ..fe.mesh import remove_orphan_nodes
 
     mesh = remove_orphan_nodes(mesh)
     if order == 2:
@@ -543,8 +545,6 @@ def tet10_from_tet4(mesh: Mesh) -> Mesh:
 
 def surface_from_mesh(mesh: Mesh) -> Surface:
     """The outer boundary of a volume mesh as a triangle surface (corner nodes, renumbered)."""
-    from ..fe.topology import boundary_faces
-
     tet = mesh.tet4() if mesh.cell_type == "tetra10" else mesh
     if tet.cell_type != "tetra":
         faces, _ = boundary_faces(tet)

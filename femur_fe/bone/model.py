@@ -15,8 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MaterialError
+from ..errors import CTError, LoadCaseError, MaterialError
 from ..fe.mesh import Mesh
+from ..io.ct import read_ct
+from .mapping import map_density, map_young_modulus
 
 log = logging.getLogger(__name__)
 
@@ -103,19 +105,13 @@ class Model:
         the scan use the nearest voxel (``outside="nearest"``) and are reported in
         ``model.mapping``; use ``outside="error"`` to refuse them.
         """
-        from .mapping import map_density, map_young_modulus
-
         law = material.build()
         cal = material.calibration
         dcal = cal.density_calibration()
         if cal.ct_unit == "HU" and dcal is None:
-            from ..errors import CTError
-
             raise CTError("the CT is in HU but [material.calibration] gives no slope/intercept; add the "
                           "phantom calibration (slope, intercept, unit) to the load case")
         if ct.unit == "HU" and cal.ct_unit != "HU":
-            from ..errors import CTError
-
             raise CTError(f"the CT holds HU but the load case says ct_unit = {cal.ct_unit!r}; set "
                           "[material.calibration] ct_unit = 'HU' with the phantom's slope and intercept")
         method = material.mapping
@@ -153,15 +149,11 @@ class Model:
         ``missing_hint`` (how to give a CT in the caller's terms).
         """
         if ct_path is not None:
-            from ..io.ct import read_ct
-
             ct = read_ct(ct_path, unit=ct_unit or material.calibration.ct_unit)
             model = cls.from_ct(mesh, ct, material, outside=outside, ct_path=ct_path)
         elif "density" in mesh.cell_data:
             model = cls.from_density(mesh, mesh.cell_data["density"], material.build())
         else:
-            from ..errors import LoadCaseError
-
             raise LoadCaseError("the material needs a CT or a mesh with cell data 'density' (g/cm^3 of the law's "
                                 f"density type); {missing_hint}")
         if mesh_path is not None:

@@ -21,9 +21,9 @@ import logging
 
 import numpy as np
 
-from ..io.ct import CTImage
 from ..errors import CTError
 from ..fe.mesh import Mesh
+from ..io.ct import CTImage
 
 log = logging.getLogger(__name__)
 

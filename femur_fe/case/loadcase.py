@@ -103,8 +103,10 @@ from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
 from ..analysis.failure import ALIASES, CRITERIA, failure_criterion
+from ..bone.calibration import DensityCalibration
 from ..bone.materials import material_law
 from ..errors import LoadCaseError
+from ..io.toml_io import read_toml
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +288,6 @@ class Calibration:
         """The :class:`femur_fe.bone.DensityCalibration` for an HU CT (None for a density CT)."""
         if self.ct_unit != "HU" or self.slope is None:
             return None
-        from ..bone.calibration import DensityCalibration
 
         return DensityCalibration.from_dict({"slope": self.slope, "intercept": self.intercept,
                                              "unit": self.unit, "mineral": self.mineral, "source": self.source})
@@ -388,8 +389,6 @@ class Failure:
     reference_strength: str = "nonlinear"
 
     def build(self):
-        from ..analysis.failure import failure_criterion
-
         return failure_criterion(self.criterion, **dict(self.params))
 
 
@@ -823,8 +822,6 @@ def load_case(path_or_dict: str | os.PathLike | Mapping[str, Any], *, source: st
         src = source or "<dict>"
         stem = "load_case"
     else:
-        from ..io.toml_io import read_toml
-
         p = Path(path_or_dict)
         src = source or str(p)
         raw = read_toml(p, LoadCaseError, "load-case file (presets are in the loadcases/ folder)")

@@ -14,7 +14,19 @@ import sys
 
 from .._version import __version__
 from ..errors import FemurFeError
-from . import check, compare, demo, info, make_bone, mesh, regions, run, sweep, verify, view
+from . import (
+    check,
+    compare,
+    demo,
+    info,
+    make_bone,
+    mesh,
+    regions,
+    run,
+    sweep,
+    verify,
+    view,
+)
 
 #: subcommand modules in help order
 COMMANDS = (demo, info, make_bone, mesh, check, regions, run, compare, sweep, view, verify)

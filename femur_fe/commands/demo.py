@@ -8,7 +8,11 @@ everything (VTU, JSON, CSV, PNG, HTML) is written to ``./femur_fe_out/``.
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
+
+from ..case.presets import loadcases_dir
+from ..studies.compare import compare, load_comparison
 
 
 def register(sub) -> None:
@@ -22,10 +26,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import time
-
-    from ..case.presets import loadcases_dir
-    from ..studies.compare import compare, load_comparison
 
     t0 = time.perf_counter()
     name = "regeneration_demo" if args.bone == "femur" else "regeneration_demo_vertebra"

@@ -4,6 +4,22 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import tomllib
+
+from ..analysis.prepare import prepare, run_nonlinear
+from ..analysis.subject import Subject
+from ..bone.bundled import bundled_bone
+from ..bone.meshing import repair_surface, surface_from_mask, tetmesh_from_surface
+from ..bone.model import Model
+from ..bone.voxel import hexmesh_from_mask
+from ..case.loadcase import load_case
+from ..case.presets import resolve_case_path
+from ..errors import LoadCaseError
+from ..io import read_mesh
+from ..io.ct import read_ct, read_mask
+from ..io.surface import read_surface
+from ..studies.compare import with_ct_calibration
+
 SURFACE_SUFFIXES = (".stl", ".obj", ".ply", ".vtp")
 
 
@@ -37,8 +53,6 @@ def register(sub) -> None:
 
 
 def _parse_value(text: str):
-    import tomllib
-
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
@@ -47,45 +61,28 @@ def _parse_value(text: str):
 
 def load_bone_mesh(args, case):
     """The bone mesh from --mesh (volume or surface) or from --mask (+ --ct)."""
-    from ..errors import LoadCaseError
-    from ..io import read_mesh
-
     if args.mesh:
         path = Path(args.mesh)
         if path.suffix.lower() in SURFACE_SUFFIXES:
-            from ..bone.meshing import repair_surface, tetmesh_from_surface
-            from ..io.surface import read_surface
-
             surf, report = repair_surface(read_surface(path))
             return tetmesh_from_surface(surf, element_size=args.size)
         return read_mesh(path)
     if not args.mask:
         raise LoadCaseError("give the bone as --mesh FILE, or as --mask MASK (with --ct CT)")
-    from ..io.ct import read_ct, read_mask
 
     ref = read_ct(args.ct, unit=args.ct_unit or case.material.calibration.ct_unit) if args.ct else None
     label = args.label if args.label else None
     mask = read_mask(args.mask, label=label if label is None or len(label) > 1 else label[0], reference=ref)
     if args.mask_mesh == "hex":
-        from ..bone.voxel import hexmesh_from_mask
-
         geom = ref if ref is not None else read_ct(args.mask, unit="mg/cm3", check_unit=False)
         spacing = float(min(geom.spacing))
         return hexmesh_from_mask(mask, geom, coarsen=max(1, int(round(args.size / spacing))))
-    from ..bone.meshing import surface_from_mask, tetmesh_from_surface
 
     geom = ref if ref is not None else read_ct(args.mask, unit="mg/cm3", check_unit=False)
     return tetmesh_from_surface(surface_from_mask(mask, geom.affine), element_size=args.size)
 
 
 def run(args) -> int:
-    from ..errors import LoadCaseError
-    from ..case.loadcase import load_case
-    from ..bone.model import Model
-    from ..analysis.prepare import prepare, run_nonlinear
-    from ..case.presets import resolve_case_path
-    from ..analysis.subject import Subject
-
     case = load_case(resolve_case_path(args.case))
     if args.set:
         values = {}
@@ -96,16 +93,12 @@ def run(args) -> int:
             values[k.strip()] = _parse_value(v.strip())
         case = case.with_values(values)
     if args.bundled:
-        from ..bone.bundled import bundled_bone
-
         if args.mesh or args.ct or args.mask:
             raise LoadCaseError("--bundled replaces --mesh/--ct/--mask: give one or the other")
         files = bundled_bone(args.bundled, args.state)
         args.mesh, args.ct = str(files.mesh), str(files.ct)
         args.calibration = args.calibration or str(files.calibration)
     if args.calibration:
-        from ..studies.compare import with_ct_calibration
-
         case = with_ct_calibration(case, args.calibration)
     mesh = load_bone_mesh(args, case)
     model = Model.from_inputs(mesh, case.material, ct_path=args.ct, ct_unit=args.ct_unit, mesh_path=args.mesh,

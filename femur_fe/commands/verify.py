@@ -21,7 +21,17 @@ from typing import Callable
 
 import numpy as np
 
+import femur_fe as ff
+
+from ..fe.elements import (
+    jacobians,
+    quadrature,
+    reference_nodes,
+    shape_functions,
+    shape_gradients,
+)
 from ..fe.mesh import Mesh
+from ..fe.topology import boundary_faces
 
 # --------------------------------------------------------------------------- structured meshes
 # Kuhn/Freudenthal split of a unit cube into 6 tets along the diagonal (0,0,0)-(1,1,1); the
@@ -99,8 +109,6 @@ def le10_mapping(p: np.ndarray) -> np.ndarray:
 
 def _faces_where(mesh: Mesh, params: np.ndarray, axis: int, value: float) -> np.ndarray:
     """Boundary faces whose nodes all lie on the parameter plane ``params[:, axis] == value``."""
-    from ..fe.topology import boundary_faces
-
     faces, _ = boundary_faces(mesh)
     on = np.abs(params[:, axis] - value) < 1e-12
     return faces[on[faces].all(axis=1)]
@@ -113,8 +121,6 @@ def _dofs(nodes: np.ndarray, comps) -> np.ndarray:
 def stress_at_node_extrapolated(mesh: Mesh, u: np.ndarray, node: int, young: float, poisson: float) -> np.ndarray:
     """Stress (3, 3) MPa at ``node``: each element around it evaluates its own strain field at
     the node (exact extrapolation of the element's polynomial strain), then the mean."""
-    from ..fe.elements import jacobians, reference_nodes, shape_gradients
-
     els, local = np.nonzero(mesh.cells == node)
     xi_nodes = reference_nodes(mesh.cell_type)
     ue = np.asarray(u).reshape(-1, 3)[mesh.cells[els]]  # (e, k, 3)
@@ -133,8 +139,6 @@ def stress_at_node_extrapolated(mesh: Mesh, u: np.ndarray, node: int, young: flo
 
 def run_le10(shape: tuple[int, int, int] = (6, 12, 4), method: str = "auto") -> dict:
     """NAFEMS LE10 with tet10 on a mapped (elliptic-coordinate) mesh; returns sigma_yy at D."""
-    import femur_fe as ff
-
     if shape[2] % 2:
         raise ValueError("LE10 needs an even number of cells through the thickness (u_z = 0 at z = 0)")
     mesh, params = structured_mesh(shape, le10_mapping, "tetra10")
@@ -181,9 +185,6 @@ def run_lame(n: int = 4, cell_type: str = "tetra10", a: float = 10.0, b: float =
     Returns u_r at the bore, sigma_theta at the bore (element extrapolation at a node) and the
     displacement L2 error ``||u_h - u||_L2 / ||u||_L2`` (quadrature of the mesh's rule).
     """
-    import femur_fe as ff
-    from ..fe.elements import jacobians, quadrature, shape_functions
-
     h = (b - a) / n
 
     def mapping(q):
@@ -242,8 +243,6 @@ def run_cantilever(n: int = 2, cell_type: str = "tetra10", L: float = 100.0, c: 
     """Cantilever, nu = 0: exact displacement imposed on the clamped end x = L, parabolic shear
     traction on the free end x = 0; tip deflection at the centroid of x = 0 vs
     ``P L^3/(3EI) + P L/(kappa G A)``. ``n`` cells through the depth 2c (aspect 1 cells)."""
-    import femur_fe as ff
-
     shape = (int(round(L / (2 * c))) * n, n, max(1, int(round(thick / (2 * c))) * n))
 
     def mapping(q):

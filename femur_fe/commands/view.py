@@ -11,6 +11,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..io.results import read_result
+from ..viz.views import (
+    available_fields,
+    display_available,
+    field_spec,
+    plot,
+    plot_comparison,
+)
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -38,15 +47,6 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..viz.views import (
-        available_fields,
-        display_available,
-        field_spec,
-        plot,
-        plot_comparison,
-    )
-    from ..io.results import read_result
-
     res = read_result(args.result)
     if args.list_fields:
         for name in available_fields(res):

@@ -3,14 +3,9 @@ twins), loads, strain/stress recovery, constraints, linear and nonlinear solvers
 """
 from __future__ import annotations
 
-from .mesh import Mesh, MeshReport, remove_orphan_nodes, validate_mesh
-from .elements import quadrature, shape_functions, shape_gradients
 from .assembly import StiffnessAssembler, assemble_stiffness, element_stiffness
-from .loads import assemble_body_force, assemble_pressure, assemble_traction
-from .recovery import node_average, strain, stress
-from .parallel import effective_n_threads, openmp_enabled
-from .solvers import LinearSolver, Solution, SolveReport, solve
 from .constraints import RigidTie, TieResult, rigid_body_modes
+from .elements import quadrature, shape_functions, shape_gradients
 from .fields import (
     effective_strain,
     element_fields,
@@ -21,7 +16,12 @@ from .fields import (
     voigt_from_tensor,
     von_mises,
 )
+from .loads import assemble_body_force, assemble_pressure, assemble_traction
+from .mesh import Mesh, MeshReport, remove_orphan_nodes, validate_mesh
 from .nonlinear import NonlinearResult, SecantYield, nonlinear_strength
+from .parallel import effective_n_threads, openmp_enabled
+from .recovery import node_average, strain, stress
+from .solvers import LinearSolver, Solution, SolveReport, solve
 
 __all__ = [
     "LinearSolver",

@@ -24,11 +24,11 @@ import time
 import numpy as np
 import scipy.sparse as sp
 
-from . import _kernels
-from .parallel import effective_n_threads
-from .elements import NODES_PER_CELL, quadrature, shape_gradients
 from ..errors import FemurFeError, MaterialError, MeshError
+from . import _kernels
+from .elements import NODES_PER_CELL, quadrature, shape_gradients
 from .mesh import Mesh
+from .parallel import effective_n_threads
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from ..errors import LoadCaseError, SolverError, UnderConstrainedError
+from ..errors import LoadCaseError, SolverError
 
 log = logging.getLogger(__name__)
 

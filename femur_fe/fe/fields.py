@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import FemurFeError
 from .mesh import Mesh
+from .recovery import node_average
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +140,6 @@ def nodal_average(mesh: Mesh, values, volumes=None) -> np.ndarray:
     -------
     (n, ...) nodal values; NaN at nodes used by no (weighted) element.
     """
-    from .recovery import node_average
-
     vals = np.asarray(values, dtype=np.float64)
     if vals.shape[:1] != (mesh.n_cells,):
         raise FemurFeError(f"values must have first dimension n_cells={mesh.n_cells}, got {vals.shape}")

@@ -17,9 +17,9 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import roots_jacobi, roots_legendre
 
+from ..errors import LoadCaseError, MeshError
 from .assembly import check_mesh
 from .elements import jacobians, shape_functions
-from ..errors import LoadCaseError, MeshError
 from .mesh import Mesh
 
 #: number of nodes of a boundary face for each volume cell type (tri3, tri6, quad4)

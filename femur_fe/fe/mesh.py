@@ -12,13 +12,13 @@ from typing import Mapping
 
 import numpy as np
 
+from ..errors import FemurFeError, MeshError
 from .elements import (
     NODES_PER_CELL,
     check_cell_type,
     jacobians,
     quadrature,
 )
-from ..errors import FemurFeError, MeshError
 
 log = logging.getLogger(__name__)
 

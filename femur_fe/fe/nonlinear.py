@@ -57,9 +57,18 @@ from typing import Any, Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from ..errors import FemurFeError, LoadCaseError, SolverError
-from ..analysis.failure import DensityYieldStress, MaxPrincipalStrain, check_strain_limit
+from ..analysis.failure import (
+    DensityYieldStress,
+    MaxPrincipalStrain,
+    check_strain_limit,
+)
+from ..errors import FemurFeError, LoadCaseError
+from .assembly import StiffnessAssembler
+from .constraints import TIE_DOF_NAMES, RigidTie
+from .elements import quadrature
 from .mesh import Mesh, element_mask
+from .recovery import strain as strain_at
+from .solvers import LinearSolver, _fixed_mask
 
 log = logging.getLogger(__name__)
 
@@ -367,11 +376,6 @@ def nonlinear_strength(
     -------
     NonlinearResult
     """
-    from .assembly import StiffnessAssembler
-    from .constraints import TIE_DOF_NAMES, RigidTie
-    from .recovery import strain as strain_at
-    from .solvers import LinearSolver, _fixed_mask
-
     t_start = time.perf_counter()
     if not isinstance(mesh, Mesh):
         raise FemurFeError(f"mesh must be a femur_fe.Mesh, got {type(mesh).__name__}")
@@ -479,7 +483,6 @@ def nonlinear_strength(
     # ---------------- elastic set-up (pattern, K0, preconditioner)
     t0 = time.perf_counter()
     asm = assembler if assembler is not None else StiffnessAssembler(mesh, poisson)
-    from .elements import quadrature
 
     q = len(quadrature(mesh.cell_type).weights)
     e0q = np.repeat(e0[:, None], q, axis=1)

@@ -4,12 +4,11 @@ from __future__ import annotations
 import numbers
 
 from ..errors import FemurFeError
+from . import _kernels
 
 
 def openmp_enabled() -> bool:
     """True when femur_fe's compiled kernels were built with OpenMP (multi-threaded)."""
-    from . import _kernels
-
     return _kernels.openmp_enabled()
 
 
@@ -21,8 +20,6 @@ def effective_n_threads(n_threads: int | None = None) -> int:
     counts back from all cores (``-1`` = all, ``-2`` = all but one, never below 1);
     ``0`` is an error. Without OpenMP the answer is always 1.
     """
-    from . import _kernels
-
     if n_threads is not None and (isinstance(n_threads, bool) or not isinstance(n_threads, numbers.Integral)):
         raise FemurFeError(
             f"n_threads must be None or a non-zero integer, got {n_threads!r} "

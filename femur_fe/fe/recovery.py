@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import FemurFeError, MeshError
 from . import _kernels
-from .parallel import effective_n_threads
 from .assembly import (
     check_mesh,
     check_poisson,
@@ -24,8 +24,8 @@ from .assembly import (
     unit_lame,
 )
 from .elements import quadrature, shape_gradients
-from ..errors import FemurFeError, MeshError
 from .mesh import Mesh
+from .parallel import effective_n_threads
 from .reference import CENTROID_XI
 
 _AT = ("quadrature", "centroid", "node")

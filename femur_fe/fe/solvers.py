@@ -26,6 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
+from ..errors import LoadCaseError, SolverError, UnderConstrainedError
 from .constraints import (
     TIE_DOF_NAMES,
     RigidTie,
@@ -38,8 +39,8 @@ from .constraints import (
     rigid_body_modes,
     tie_overrides,
 )
-from ..errors import LoadCaseError, SolverError, UnderConstrainedError
 from .mesh import Mesh
+from .topology import connected_components
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +196,6 @@ def _fixed_mask(fixed_dofs, n_dofs: int) -> tuple[np.ndarray, np.ndarray]:
 def _node_components(k: sp.csr_matrix, mesh: Mesh | None) -> np.ndarray:
     """Component label per node (orphans get their own labels)."""
     if mesh is not None:
-        from .topology import connected_components
-
         return connected_components(mesh)[1]
     from scipy.sparse.csgraph import connected_components as cc
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fe.elements import CELL_TYPES
 from ..errors import MeshError
+from ..fe.elements import CELL_TYPES
 from ..fe.mesh import Mesh
 from .atomic import atomic_path
 

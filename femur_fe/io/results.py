@@ -14,13 +14,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
 from ..errors import FemurFeError
+from . import read_mesh
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +167,6 @@ class StoredResult:
     def mesh(self):
         """The result mesh as a :class:`femur_fe.Mesh` (read on first use)."""
         if self._mesh is None:
-            from . import read_mesh
-
             self._mesh = read_mesh(self.path / RESULT_FILE)
         return self._mesh
 
@@ -206,8 +207,6 @@ class StoredResult:
 
 def _frame_from_dict(d: dict, bone: str):
     """Rebuild the parts of a frame the viewers use from ``frame.to_dict()`` output."""
-    from types import SimpleNamespace
-
     basis = np.asarray(d["basis"], dtype=np.float64)
     if bone == "femur":
         return SimpleNamespace(bone="femur", basis=basis, head_centre=np.asarray(d["head_centre"], dtype=float),
@@ -301,7 +300,6 @@ def as_result(obj: Any) -> StoredResult:
         return read_result(obj)
     if hasattr(obj, "write") and hasattr(obj, "summary") and hasattr(obj, "displacement"):
         # an in-memory femur_fe.analysis.prepare.Result: write it with its own writer and read it back
-        import tempfile
 
         with tempfile.TemporaryDirectory(prefix="femur_fe_result_") as tmp:
             stored = read_result(obj.write(Path(tmp) / "result"))

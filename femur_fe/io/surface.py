@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SurfaceError
+from ..io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -333,8 +334,6 @@ def _merge_exact_duplicates(surf: Surface, tol: float = 0.0) -> Surface:
 
 def write_surface(path: str | os.PathLike, surface: Surface) -> Path:
     """Write a surface atomically (format from the suffix: .stl, .vtp, .ply, .obj, .vtk)."""
-    from ..io.atomic import atomic_path
-
     path = Path(path)
     if path.suffix.lower() not in _PV_SUFFIXES:
         raise SurfaceError(f"{path}: write surfaces as one of {', '.join(sorted(_PV_SUFFIXES))}")

@@ -1,8 +1,8 @@
 """Studies over runs: baseline-versus-therapy comparisons and parameter sweeps."""
 from __future__ import annotations
 
-from .run import run_case
 from .compare import compare, fit_annual_rate, load_comparison, with_ct_calibration
+from .run import run_case
 from .sweep import (
     SweepSpec,
     SweepTask,

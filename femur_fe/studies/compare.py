@@ -27,16 +27,35 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from ..analysis.prepare import prepare, run_nonlinear
+from ..analysis.subject import Subject
+from ..bone.bundled import bundled_bone
+from ..bone.calibration import DensityCalibration
+from ..bone.model import Model
+from ..case.loadcase import LoadCase, load_case
+from ..case.presets import resolve_case_path
 from ..errors import LoadCaseError, ScenarioError
+from ..io import read_mesh, write_json_atomic, write_text_atomic
+from ..io.toml_io import read_toml
+from ..therapy.scenarios import (
+    AnnualChange,
+    Scenario,
+    resolve_landmark,
+    scenarios_from_dict,
+)
+from ..therapy.sensitivity import AnalysisSensitivity
+from ..viz import charts as plots
+from .table import ScenarioRecord, comparison_rows, format_table, write_comparison
 
 log = logging.getLogger(__name__)
 
@@ -72,17 +91,10 @@ class ComparisonSpec:
 
 def load_comparison(path_or_dict, *, base: Path | None = None) -> ComparisonSpec:
     """Read a comparison TOML (or dict); unknown keys are rejected with the allowed list."""
-    from ..case.loadcase import LoadCase, load_case
-    from ..case.presets import resolve_case_path
-    from ..therapy.scenarios import scenarios_from_dict
-    from ..analysis.subject import Subject
-
     if isinstance(path_or_dict, Mapping):
         data, src = dict(path_or_dict), "<dict>"
         base = base or Path.cwd()
     else:
-        from ..io.toml_io import read_toml
-
         p = Path(path_or_dict)
         data = read_toml(p, LoadCaseError, "comparison file")
         src, base = str(p), p.parent
@@ -102,8 +114,6 @@ def load_comparison(path_or_dict, *, base: Path | None = None) -> ComparisonSpec
     if unknown:
         raise LoadCaseError(f"{src}: [bone] unknown key(s) {unknown}; allowed: {sorted(_BONE_KEYS)}")
     if "bundled" in bone:
-        from ..bone.bundled import bundled_bone
-
         if "mesh" in bone or "ct" in bone:
             raise LoadCaseError(f"{src}: [bone] give either bundled = ... or mesh/ct, not both")
         files = bundled_bone(bone["bundled"], state=bone.get("state", "osteoporotic"))
@@ -140,9 +150,6 @@ def with_ct_calibration(case, calibration_json: str | os.PathLike):
     The JSON is the :meth:`femur_fe.bone.DensityCalibration.to_dict` of the scanner/phantom (the
     bundled bones ship one next to their synthetic QCT).
     """
-    import json
-
-    from ..bone.calibration import DensityCalibration
 
     cal = DensityCalibration.from_dict(json.loads(Path(calibration_json).read_text(encoding="utf-8")))
     d = cal.to_dict()
@@ -167,8 +174,6 @@ class ComparisonResult:
     seconds: float = 0.0
 
     def table(self) -> str:
-        from .table import format_table
-
         return format_table(self.rows)
 
 
@@ -179,8 +184,6 @@ def anatomical_zones(frame, mesh, bone: str) -> tuple[list[str], np.ndarray]:
     shaft (shaft point). Vertebra: anterior body, central body, posterior (posterior elements
     side, one body depth behind the centre).
     """
-    from ..therapy.scenarios import resolve_landmark
-
     if bone == "femur":
         pts = {"head": resolve_landmark(frame, "femoral_head_centre"),
                "neck": resolve_landmark(frame, "femoral_neck_centre"),
@@ -243,8 +246,6 @@ def _check_density_type(sc, model, law: str) -> None:
 
 def _spec_model(spec: ComparisonSpec, mesh):
     """The baseline model of a comparison (CT of [bone], or the mesh's density cell data)."""
-    from ..bone.model import Model
-
     return Model.from_inputs(mesh, spec.case.material, ct_path=spec.ct_path, mesh_path=spec.mesh_path,
                              outside=spec.outside, missing_hint=f"{spec.mesh_path}: add ct = PATH to [bone]")
 
@@ -252,10 +253,6 @@ def _spec_model(spec: ComparisonSpec, mesh):
 def compare(spec: ComparisonSpec | str | os.PathLike, out: str | os.PathLike, *,
             progress: Callable[[str], None] | None = None) -> ComparisonResult:
     """Run baseline and scenarios; write result folders, comparison files and plots into ``out``."""
-    from .table import ScenarioRecord, comparison_rows, write_comparison
-    from ..io import read_mesh, write_json_atomic, write_text_atomic
-    from ..analysis.prepare import prepare, run_nonlinear
-
     t_start = time.perf_counter()
     if not isinstance(spec, ComparisonSpec):
         spec = load_comparison(spec)
@@ -291,7 +288,6 @@ def compare(spec: ComparisonSpec | str | os.PathLike, out: str | os.PathLike, *,
         return res
 
     base = solve(model, "baseline")
-    from ..therapy.sensitivity import AnalysisSensitivity
 
     sens = AnalysisSensitivity(an, model).evaluate(model.density)
     base.cell_fields.update(sens.fields())
@@ -365,8 +361,6 @@ def compare(spec: ComparisonSpec | str | os.PathLike, out: str | os.PathLike, *,
 
 def _plots(out: Path, rows: Sequence[Mapping], timecourse: Sequence[Mapping]) -> dict:
     """PNG plots of the comparison (strength gain per scenario, strength against time)."""
-    from ..viz import charts as plots
-
     files = {"strength_gain_png": plots.plot_strength_gain(list(rows), out / "strength_gain.png")}
     scen = [r for r in timecourse if r["scenario"] != "baseline"]
     if len({r["scenario"] for r in scen}) and len(scen) > len({r["scenario"] for r in scen}):
@@ -385,11 +379,6 @@ def fit_annual_rate(spec: ComparisonSpec | str | os.PathLike, scenario: str, tar
 
     Returns (rate in %/yr, achieved gain in %).
     """
-    from dataclasses import replace
-
-    from ..io import read_mesh
-    from ..analysis.prepare import prepare
-    from ..therapy.scenarios import AnnualChange, Scenario
 
     if not isinstance(spec, ComparisonSpec):
         spec = load_comparison(spec)

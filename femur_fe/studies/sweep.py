@@ -40,6 +40,7 @@ import dataclasses
 import glob as _glob
 import hashlib
 import importlib
+import itertools
 import json
 import logging
 import math
@@ -57,9 +58,24 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+import tomllib
 
+from .._version import __version__
+from ..analysis.prepare import prepare
+from ..bone.bundled import bundled_bone
+from ..bone.materials import material_law_from_dict
+from ..bone.model import Model
+from ..case.loadcase import LoadCase, load_case
+from ..commands.verify import structured_mesh
 from ..errors import FemurFeError, SweepError
+from ..fe.assembly import StiffnessAssembler
+from ..fe.solvers import LinearSolver
 from ..io.atomic import atomic_path, write_json_atomic
+from ..io.ct import read_ct
+from ..io.mesh_io import read_mesh
+from ..io.toml_io import read_toml
+from ..therapy.scenarios import scenarios_from_dict
+from .compare import with_ct_calibration
 
 log = logging.getLogger(__name__)
 
@@ -368,7 +384,6 @@ def _load_base(base: Any, root: Path | None) -> Any:
             load_case = None
         if load_case is not None:
             return load_case(path)
-        import tomllib
 
         with open(path, "rb") as fh:
             return tomllib.load(fh)
@@ -501,8 +516,6 @@ class SweepSpec:
     @classmethod
     def from_toml(cls, path: str | os.PathLike) -> "SweepSpec":
         """Read a sweep TOML file; relative paths in it are relative to its folder."""
-        from ..io.toml_io import read_toml
-
         path = Path(path)
         data = read_toml(path, SweepError, "sweep file (it does not exist)")
         data.setdefault("name", path.stem)
@@ -559,8 +572,6 @@ class SweepSpec:
         if not params:
             return [{}]
         if self.method == "grid":
-            import itertools
-
             return [dict(zip([p.key for p in params], combo))
                     for combo in itertools.product(*[p.values for p in params])]
         n = int(self.samples)
@@ -585,8 +596,6 @@ class SweepSpec:
         task_name = _task_name(task)
         fn = resolve_task(task)
         if isinstance(base, Mapping) and fn is pipeline_task:
-            from ..case.loadcase import load_case
-
             try:   # the pipeline runs load cases: validate the dict as one (errors name the key)
                 base = load_case(base)
             except FemurFeError as exc:
@@ -672,7 +681,6 @@ class SweepSpec:
                     if part not in node:
                         raise SweepError(f"parameter {key!r}: scenario {name!r} has no table {part!r}")
                     node = node[part]
-        from ..therapy.scenarios import scenarios_from_dict
 
         try:
             sc = scenarios_from_dict({"scenario": [table]})[0]
@@ -973,7 +981,6 @@ def cached_mesh(mesh: Any):
     """The :class:`~femur_fe.fe.mesh.Mesh` for a path (read once per worker) or a Mesh (as is)."""
     if _is_mesh(mesh):
         return mesh
-    from ..io.mesh_io import read_mesh
 
     st = os.stat(mesh)
     return worker_cache(("mesh", str(mesh), st.st_size, st.st_mtime_ns), lambda: read_mesh(mesh))
@@ -1073,8 +1080,6 @@ COLUMN_CASE: dict[str, Any] = {
 
 def _box_mesh(size_mm: Sequence[float], divisions: Sequence[int]):
     """tet4 mesh of the box [0, size_mm] with ``divisions`` cells per axis (6 tets per cell)."""
-    from ..commands.verify import structured_mesh
-
     size = np.asarray(size_mm, dtype=float)
     div = np.asarray(divisions)
     if size.shape != (3,) or div.shape != (3,) or size.min() <= 0 or div.min() < 1:
@@ -1122,10 +1127,6 @@ def column_task(inputs: TaskInputs) -> dict[str, Any]:
     displacement), force_N, reaction_bottom_N (x, y, z), n_dofs, solver, iterations,
     residual, setup_s and solve_s.
     """
-    from ..fe.assembly import StiffnessAssembler
-    from ..bone.materials import material_law_from_dict
-    from ..fe.solvers import LinearSolver
-
     case, mesh, mesh_key = _column_parts(inputs)
     mat = dict(case["material"])
     dens = case["density"]
@@ -1214,9 +1215,6 @@ def _bone_source(inputs: TaskInputs, case: Any) -> tuple[Any, dict]:
     """(case with the CT calibration when needed, description of the bone: mesh, ct, state)."""
     bone_name = case.bone
     if inputs.mesh is None:
-        from ..bone.bundled import bundled_bone
-        from .compare import with_ct_calibration
-
         state = inputs.state or "osteoporotic"
         files = bundled_bone(bone_name, state=state)
         return with_ct_calibration(case, files.calibration), {"mesh": str(files.mesh), "ct": str(files.ct),
@@ -1226,8 +1224,6 @@ def _bone_source(inputs: TaskInputs, case: Any) -> tuple[Any, dict]:
 
 def _pipeline_model(case: Any, src: dict):
     """The bone model of a task (cached per worker): mesh + CT, or mesh + cell density."""
-    from ..bone.model import Model
-
     mesh_obj = src["mesh"]
     mesh_key = _mesh_digest(mesh_obj) if _is_mesh(mesh_obj) else str(mesh_obj)
     material = case.to_dict()["material"]
@@ -1236,8 +1232,6 @@ def _pipeline_model(case: Any, src: dict):
     def build():
         mesh = cached_mesh(mesh_obj)
         if src["ct"] is not None:
-            from ..io.ct import read_ct
-
             ct = read_ct(src["ct"], unit=case.material.calibration.ct_unit)
             return Model.from_ct(mesh, ct, case.material, ct_path=src["ct"])
         name = f"density_{src['state']}" if src["state"] else "density"
@@ -1268,8 +1262,6 @@ def pipeline_task(inputs: TaskInputs) -> dict[str, Any]:
     (x, y, z), n_dofs and the solver's method, iterations and seconds.
     """
 
-    from ..case.loadcase import LoadCase
-    from ..analysis.prepare import prepare
 
     case = inputs.case
     if not isinstance(case, LoadCase):
@@ -1282,8 +1274,6 @@ def pipeline_task(inputs: TaskInputs) -> dict[str, Any]:
     an = worker_cache(an_key, lambda: prepare(support, model), bucket="solver")
     outcome = None
     if inputs.scenario is not None:
-        from ..therapy.scenarios import scenarios_from_dict
-
         sc = scenarios_from_dict({"scenario": [inputs.scenario]})[0]
         sc_key = ("analysis-scenario", an_key, _digest(inputs.scenario))
 
@@ -1685,8 +1675,6 @@ def run_sweep(spec: Any, out: str | os.PathLike, *, scheduler: str | None = None
 
 
 def _version() -> str:
-    from .._version import __version__
-
     return __version__
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..errors import ScenarioError
+from ..io import write_json_atomic, write_text_atomic
 
 #: column order of comparison.csv
 COLUMNS = (
@@ -135,8 +136,6 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
 def write_comparison(rows: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike, *,
                      meta: Mapping[str, Any] | None = None) -> tuple[Path, Path]:
     """Write ``comparison.json`` ({"rows": [...], **meta}) and ``comparison.csv`` atomically."""
-    from ..io import write_json_atomic, write_text_atomic
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = {"columns": list(COLUMNS), "rows": [dict(r) for r in rows]}

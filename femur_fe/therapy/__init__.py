@@ -2,6 +2,14 @@
 """
 from __future__ import annotations
 
+from .cellmodels import CellTherapy, Komarova2003
+from .remodeling import (
+    BoundaryConditions,
+    RemodelingModel,
+    RemodelingParameters,
+    RemodelingResult,
+    Therapy,
+)
 from .scenarios import (
     AnnualChange,
     CellModelChange,
@@ -16,8 +24,6 @@ from .scenarios import (
     match_added_mass,
     scenarios_from_dict,
 )
-from .remodeling import BoundaryConditions, RemodelingModel, RemodelingParameters, RemodelingResult, Therapy
-from .cellmodels import CellTherapy, Komarova2003
 from .sensitivity import StrengthProblem, StrengthSensitivity, optimal_placement
 
 __all__ = [

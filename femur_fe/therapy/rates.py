@@ -37,11 +37,20 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
+from ..bone.materials import material_law
 from ..errors import ScenarioError
+from .remodeling import (
+    BoundaryConditions,
+    RemodelingModel,
+    RemodelingParameters,
+    Therapy,
+    hex_grid,
+)
+from .sensitivity import StrengthProblem, StrengthSensitivity
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +120,6 @@ class UniformBlock:
     """
 
     def __init__(self, law) -> None:
-        from .remodeling import BoundaryConditions, hex_grid
-        from .sensitivity import StrengthProblem, StrengthSensitivity
-
         self.mesh = hex_grid((1, 1, 1), (10.0, 10.0, 10.0))
         pts = self.mesh.points
         bot = np.flatnonzero(pts[:, 2] < 1e-9)
@@ -136,8 +142,6 @@ def predict(block: UniformBlock, rho0: float, targets: Sequence[StrengthTarget],
             baseline_loss: float, resorption_factor: float, basal_turnover: float,
             dt_months: float = 1.0) -> np.ndarray:
     """Predicted % strength change at each target's arm and time."""
-    from .remodeling import RemodelingModel, RemodelingParameters, Therapy
-
     params = RemodelingParameters(reference_stimulus="initial", stimulus_error="relative",
                                   formation_rate=mechanical_rate, resorption_rate=mechanical_rate,
                                   basal_turnover_per_year=basal_turnover, baseline_loss_per_year=baseline_loss,
@@ -179,8 +183,6 @@ def fit_rates(law=None, targets: Sequence[StrengthTarget] = KEAVENY2014_HIP, *, 
     """
     from scipy.optimize import least_squares
 
-    from ..bone.materials import material_law
-    from .remodeling import RemodelingParameters, Therapy
 
     if law is None:
         law = material_law("morgan2003_femoral_neck")

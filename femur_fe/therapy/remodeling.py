@@ -63,7 +63,12 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from ..errors import FemurFeError, ScenarioError, SolverError
+from ..fe.assembly import StiffnessAssembler, element_stiffness
+from ..fe.elements import FACES
+from ..fe.loads import assemble_pressure
 from ..fe.mesh import Mesh
+from ..fe.solvers import LinearSolver
+from ..fe.topology import boundary_faces
 
 log = logging.getLogger(__name__)
 
@@ -176,8 +181,6 @@ class ElementMatrices:
             self._cache = self._compute(np.arange(mesh.n_cells))
 
     def _compute(self, ids: np.ndarray) -> np.ndarray:
-        from ..fe.assembly import element_stiffness
-
         sub = Mesh(self.mesh.points, self.mesh.cells[ids], self.mesh.cell_type)
         return element_stiffness(sub, None, self.poisson, n_threads=self.n_threads)
 
@@ -255,8 +258,6 @@ class ReusingSolver:
         self.last_report = None
 
     def _setup(self, k):
-        from ..fe.solvers import LinearSolver
-
         t0 = time.perf_counter()
         self._base = LinearSolver(k, self.fixed_dofs, points=self.points, method=self.method, rtol=self.rtol)
         self.setup_seconds += time.perf_counter() - t0
@@ -341,8 +342,6 @@ class ReusingSolver:
 # ============================================================================ smoothing, checks
 def cell_face_neighbours(mesh: Mesh) -> sp.csr_matrix:
     """(m, m) boolean adjacency of cells sharing a face (vertex corners compared)."""
-    from ..fe.elements import FACES
-
     local = FACES[mesh.cell_type]
     nf = local.shape[0]
     n_vert = 4 if mesh.cell_type == "hexahedron" else 3
@@ -603,8 +602,6 @@ class RemodelingModel:
     def __init__(self, mesh: Mesh, law, bc: BoundaryConditions, params: RemodelingParameters, *,
                  poisson: float | None = None, solver_method: str = "auto", rebuild_every: int = 10,
                  max_pcg_iterations: int = 30, n_threads: int | None = None) -> None:
-        from ..fe.assembly import StiffnessAssembler
-
         self.mesh = mesh
         self.law = law
         self.bc = bc
@@ -742,9 +739,6 @@ def weinans_plate(n: int = 20, *, smoothing: str = "node") -> tuple[Mesh, Bounda
 
     Returns (mesh, bc, params, law) with ``law(rho) = 100 rho^2``.
     """
-    from ..fe.loads import assemble_pressure
-    from ..fe.topology import boundary_faces
-
     mesh = hex_grid((n, n, 1), (1.0, 1.0, 1.0 / n))
     pts = mesh.points
     tol = 1e-9

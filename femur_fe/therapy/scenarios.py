@@ -78,6 +78,9 @@ import numpy as np
 
 from ..errors import ScenarioError
 from ..fe.mesh import Mesh
+from ..fe.topology import boundary_faces
+from ..io.toml_io import read_toml
+from .cellmodels import DAYS_PER_MONTH, CellTherapy, bone_mass_ratio
 
 log = logging.getLogger(__name__)
 
@@ -615,7 +618,6 @@ def periosteal_triangles(mesh: Mesh, exclude_node_sets: Sequence[str] = ()) -> n
     import scipy.sparse as sp
     from scipy.sparse.csgraph import connected_components
 
-    from ..fe.topology import boundary_faces
 
     faces, _ = boundary_faces(mesh)
     if faces.size == 0:
@@ -794,8 +796,6 @@ class CellModelChange(Operator):
             _choice(self.owner, "shape", self.shape, SHAPES)
 
     def therapy(self):
-        from .cellmodels import DAYS_PER_MONTH, CellTherapy
-
         dur = math.inf if self.duration_months is None else self.duration_months * DAYS_PER_MONTH
         return CellTherapy(self.alpha1_factor, self.alpha2_factor, self.beta1_factor, self.beta2_factor,
                            start_days=self.start_months * DAYS_PER_MONTH, duration_days=dur)
@@ -807,8 +807,6 @@ class CellModelChange(Operator):
                               radius_mm=self.radius_mm, shape=self.shape)
 
     def _apply(self, rho, mesh, frame, t_months):
-        from .cellmodels import bone_mass_ratio
-
         t = _need_time(self.owner, t_months)
         ratio = float(bone_mass_ratio(self.therapy(), t))
         return rho * (1.0 + self.weight(mesh, frame) * (ratio - 1.0))
@@ -1101,8 +1099,6 @@ def scenarios_from_dict(data: Mapping[str, Any], *, allow_other_keys: bool = Fal
 
 def load_scenarios(path: str | os.PathLike, *, allow_other_keys: bool = False) -> list[Scenario]:
     """Read ``[[scenario]]`` tables from a TOML file (see the module doc)."""
-    from ..io.toml_io import read_toml
-
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"scenario file not found: {p}")

@@ -40,12 +40,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from ..errors import FemurFeError, ScenarioError
+from ..fe.assembly import StiffnessAssembler
 from ..fe.mesh import Mesh
+from ..fe.reference import CENTROID_XI, physical_gradients
+from ..fe.solvers import LinearSolver
 from .remodeling import BoundaryConditions, ElementMatrices
 
 log = logging.getLogger(__name__)
@@ -65,8 +68,6 @@ def young_and_derivative(law, rho: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def centroid_gradients(mesh: Mesh) -> np.ndarray:
     """Shape-function gradients dN_a/dX at the element centroids, (m, k, 3) in 1/mm."""
-    from ..fe.reference import CENTROID_XI, physical_gradients
-
     grad, _ = physical_gradients(mesh.cell_type, mesh.points, mesh.cells, CENTROID_XI[mesh.cell_type])
     return grad[:, 0]
 
@@ -211,8 +212,6 @@ class StrengthSensitivity:
     """
 
     def __init__(self, problem: StrengthProblem, *, n_threads: int | None = None) -> None:
-        from ..fe.assembly import StiffnessAssembler
-
         pr = problem
         self.problem = pr
         mesh = pr.mesh
@@ -259,8 +258,6 @@ class StrengthSensitivity:
     # ------------------------------------------------------------------ main
     def evaluate(self, density, *, gradient: bool = True) -> SensitivityResult:
         """Solve, evaluate the measures and (optionally) all gradients by the adjoint method."""
-        from ..fe.solvers import LinearSolver
-
         pr = self.problem
         mesh = pr.mesh
         rho = np.asarray(density, dtype=np.float64)
@@ -358,9 +355,6 @@ class AnalysisSensitivity:
         array's id can be reused by the next density's array, which would return the solver
         of an earlier density.
         """
-        from ..fe.assembly import StiffnessAssembler
-        from ..fe.solvers import LinearSolver
-
         an = self.analysis
         if self._assembler is None:
             self._assembler = StiffnessAssembler(an.fe_mesh, m.poisson)

@@ -2,7 +2,6 @@
 """
 from __future__ import annotations
 
-from .views import animate_density, available_fields, plot, plot_comparison
 from .charts import (
     plot_load_displacement,
     plot_strength_gain,
@@ -12,6 +11,7 @@ from .charts import (
     sensitivity_table,
 )
 from .report import write_report
+from .views import animate_density, available_fields, plot, plot_comparison
 
 __all__ = [
     "animate_density",

@@ -30,6 +30,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from ..errors import FemurFeError
+from ..io import atomic_path
+from ..io.results import StoredResult
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +52,6 @@ def _figure(figsize=FIGSIZE):
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
-    from ..io import atomic_path
-
     out = Path(path)
     fmt = out.suffix.lower().lstrip(".")
     if fmt not in ("png", "svg", "pdf"):
@@ -193,8 +193,6 @@ def plot_strength_gain(comparison: Any, path: str | os.PathLike, *, metric: str 
 
 # =========================================================================== load-displacement
 def _curve_of(item: Any) -> tuple[str, np.ndarray, np.ndarray, float | None]:
-    from ..io.results import StoredResult, read_result
-
     label = None
     if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
         label, item = item

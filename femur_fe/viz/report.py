@@ -35,7 +35,21 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from .._version import __version__
 from ..errors import FemurFeError
+from ..io import write_text_atomic
+from ..io.results import as_result
+from .charts import (
+    _sweep_table,
+    plot_load_displacement,
+    plot_strength_gain,
+    plot_strength_time,
+    plot_sweep_scatter,
+    plot_tornado,
+    sensitivity_table,
+)
+from .charts import _table as read_table
+from .views import plot, plot_comparison
 
 log = logging.getLogger(__name__)
 
@@ -167,9 +181,6 @@ _KEY_NUMBERS = (
 
 
 def _run_section(label: str, res, images: _Images, fields: Sequence[str], window_size) -> str:
-    from .charts import plot_load_displacement
-    from .views import plot
-
     s = res.summary
     parts = [f"<h2>Run: {_esc(label)}</h2>",
              f'<p class="meta">folder {_esc(res.path)}; case {_esc(res.case_name)}; bone {_esc(res.bone)}</p>']
@@ -214,8 +225,6 @@ def _run_section(label: str, res, images: _Images, fields: Sequence[str], window
 
 
 def _runs(run_dirs) -> list[tuple[str, Any]]:
-    from ..io.results import as_result
-
     if run_dirs is None:
         return []
     items = list(run_dirs.items()) if isinstance(run_dirs, Mapping) else [(None, d) for d in run_dirs]
@@ -227,10 +236,6 @@ def _runs(run_dirs) -> list[tuple[str, Any]]:
 
 
 def _comparison_section(comparison, runs, images: _Images, time_course, window_size) -> str:
-    from .charts import _table as read_table
-    from .charts import plot_strength_gain, plot_strength_time
-    from .views import plot_comparison
-
     parts = ["<h2>Scenario comparison</h2>"]
     if comparison is not None:
         df = read_table(comparison, "comparison")
@@ -269,14 +274,6 @@ def _comparison_section(comparison, runs, images: _Images, time_course, window_s
 
 
 def _sweep_section(sweep, images: _Images, output: str) -> str:
-    from .charts import (
-        _sweep_table,
-        _table as read_table,
-        plot_sweep_scatter,
-        plot_tornado,
-        sensitivity_table,
-    )
-
     parts = ["<h2>Parameter sweep</h2>"]
     full = read_table(sweep, "sweep results")
     if "status" in full.columns:
@@ -330,9 +327,6 @@ def write_report(path: str | os.PathLike, *, kind: str | None = None, run_dirs=N
     render_3d : False skips the PyVista views (tables and 2-D plots only)
     window_size : pixel size of each 3-D view (comparisons are three views wide)
     """
-    from .._version import __version__
-    from ..io import write_text_atomic
-
     if kind is None:
         kind = "sweep" if sweep is not None else "comparison" if comparison is not None else "run"
     if kind not in KINDS:

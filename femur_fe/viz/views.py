@@ -36,11 +36,13 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from ..errors import FemurFeError
+from ..fe.mesh import Mesh
+from ..io import atomic_path, meshio_from_mesh
 from ..io.results import StoredResult, as_result, read_result
 
 log = logging.getLogger(__name__)
@@ -215,8 +217,6 @@ def _new_plotter(window_size, off_screen: bool, shape=(1, 1)):
 
 def _finish(plotter, screenshot) -> Path | None:
     """Save (atomically) or show the plotter; always closes it."""
-    from ..io import atomic_path
-
     try:
         if screenshot is not None:
             path = Path(screenshot)
@@ -564,11 +564,8 @@ def _grid_of(mesh) -> Any:
         return mesh.copy(deep=False)
     if isinstance(mesh, (str, os.PathLike, StoredResult)):
         return as_result(mesh).grid.copy(deep=False)
-    from ..fe.mesh import Mesh
 
     if isinstance(mesh, Mesh):
-        from ..io import meshio_from_mesh
-
         return pv.from_meshio(meshio_from_mesh(mesh))
     raise FemurFeError(f"mesh must be a femur_fe.Mesh, a pyvista grid or a result folder, got {type(mesh).__name__}")
 
@@ -597,7 +594,6 @@ def animate_density(mesh, densities_over_time, times, path: str | os.PathLike, *
     """
     import imageio.v3 as iio
 
-    from ..io import atomic_path
 
     grid = _grid_of(mesh)
     rho = np.asarray(densities_over_time, dtype=np.float64)
