@@ -168,7 +168,7 @@ def energy_grid(start_kev: float = DEFAULT_ENERGIES_KEV[0], stop_kev: float = DE
     if not (0 < start_kev < stop_kev) or step_kev <= 0:
         raise MaterialError(f"energy grid needs 0 < start < stop and step > 0 (keV), got {start_kev}, "
                             f"{stop_kev}, {step_kev}")
-    n = int(round((stop_kev - start_kev) / step_kev)) + 1
+    n = round((stop_kev - start_kev) / step_kev) + 1
     return start_kev + step_kev * np.arange(n)
 
 
@@ -425,12 +425,16 @@ class InternalCalibration:
             lines.append(f"{t:>14s} {mean} {std} {s.n_voxels:7d}  {'yes' if s.used else 'no ':4s}  {s.source}"
                          + (f" ({s.note})" if s.note else ""))
         lin = self.linear_fit()
-        lines += [f"effective energy {self.effective_energy_kev:g} keV, R2 = {self.r_squared:.6f}",
-                  f"HU -> mu/rho: {self.hu_to_mass_attenuation_slope:.6g} HU + {self.hu_to_mass_attenuation_intercept:.6f} cm2/g",
-                  f"HU -> density: {self.hu_to_density_slope:.6g} HU + {self.hu_to_density_intercept:.6f} g/cm3",
-                  f"HU -> K2HPO4 line over {lin['hu_range'][0]:.0f}..{lin['hu_range'][1]:.0f} HU: "
-                  f"{1000 * lin['slope']:.4f} HU + {1000 * lin['intercept']:.2f} mg/cm3 "
-                  f"(max deviation {lin['max_deviation_mg_cm3']:.1f} mg/cm3, {lin['max_deviation_percent']:.1f} %)"]
+        lo, hi = lin["hu_range"]
+        lines += [
+            f"effective energy {self.effective_energy_kev:g} keV, R2 = {self.r_squared:.6f}",
+            (f"HU -> mu/rho: {self.hu_to_mass_attenuation_slope:.6g} HU + "
+             f"{self.hu_to_mass_attenuation_intercept:.6f} cm2/g"),
+            f"HU -> density: {self.hu_to_density_slope:.6g} HU + {self.hu_to_density_intercept:.6f} g/cm3",
+            (f"HU -> K2HPO4 line over {lo:.0f}..{hi:.0f} HU: {1000 * lin['slope']:.4f} HU + "
+             f"{1000 * lin['intercept']:.2f} mg/cm3 (max deviation {lin['max_deviation_mg_cm3']:.1f} mg/cm3, "
+             f"{lin['max_deviation_percent']:.1f} %)"),
+        ]
         return lines
 
 
@@ -612,7 +616,7 @@ class SamplingOptions:
 
 def _classify_masks(masks, ct) -> dict[str, np.ndarray]:
     """Group masks into ``bone``, ``vessel``, ``muscle`` and ``other`` boolean arrays."""
-    from .ct import read_mask
+    from .ct import read_labels
 
     groups = {g: np.zeros(ct.shape, dtype=bool) for g in ("bone", "vessel", "muscle", "other")}
     if masks is None:
@@ -625,7 +629,8 @@ def _classify_masks(masks, ct) -> dict[str, np.ndarray]:
         items = [(f"bone_{i}", m) for i, m in enumerate(masks)]
     for name, m in items:
         key = Path(str(name)).name.lower()
-        arr = read_mask(m, reference=ct) if isinstance(m, (str, os.PathLike)) else _as_mask(m, ct, key)
+        # an empty mask (a structure outside the field of view) is allowed: it selects nothing
+        arr = read_labels(m, reference=ct) != 0 if isinstance(m, (str, os.PathLike)) else _as_mask(m, ct, key)
         if any(w in key for w in _VESSEL_WORDS):
             groups["vessel"] |= arr
         elif any(w in key for w in _MUSCLE_WORDS):
@@ -856,7 +861,10 @@ def sample_tissues(ct, masks=None, *, options: SamplingOptions | None = None,
             idx, vals = idx[keep], vals[keep]
         n = int(vals.size)
         used = n >= min_voxels
-        if not used:
+        if not used and t == "cortical_bone" and source == "automatic":
+            note = (f"the densest {opt.cortical_volume_mm3:g} mm3 of the bone shell is only {n} voxels of "
+                    f"{vv:.3g} mm3 (< {min_voxels}): voxels too coarse for a fully cortical sample")
+        elif not used:
             note = f"only {n} voxels (< {min_voxels})" + (f"; {note}" if note else "")
         samples[t] = TissueSample(t, float(vals.mean()), float(vals.std(ddof=1)) if n > 1 else 0.0, n, used,
                                   source, note)
@@ -879,8 +887,8 @@ def _cortical(hu: np.ndarray, shell: np.ndarray, voxel_volume: float, opt: Sampl
     idx = np.flatnonzero(shell.ravel())
     if idx.size == 0:
         return None
-    n_take = max(1, int(round(opt.cortical_volume_mm3 / voxel_volume)))
-    n_skip = int(round(opt.cortical_skip_mm3 / voxel_volume))
+    n_take = max(1, round(opt.cortical_volume_mm3 / voxel_volume))
+    n_skip = round(opt.cortical_skip_mm3 / voxel_volume)
     order = idx[np.argsort(hu.ravel()[idx], kind="stable")]
     top = order[max(0, order.size - n_skip - n_take): max(0, order.size - n_skip)]
     sel = np.zeros(hu.size, dtype=bool)
@@ -966,14 +974,24 @@ def internal_calibration(ct=None, masks=None, tissue_hu: Mapping[str, float] | N
 
 
 def trabecular_core(mask, spacing, depth_mm: float = 6.0) -> np.ndarray:
-    """Trabecular ROI of a vertebra mask: its largest connected part at least ``depth_mm`` inside.
+    """Trabecular ROI of a vertebra mask: the interior of the vertebral body.
 
-    The cortical shell (and its partial-volume voxels) lies within ``depth_mm`` of the mask surface
-    and the posterior elements are thinner than ``2 depth_mm``, so what remains is the interior of the
-    vertebral body. Returns a boolean array; CTError when nothing is that deep.
+    Voxels at least ``depth_mm`` inside the mask (the cortical shell and its partial-volume voxels lie
+    within ``depth_mm`` of the surface), opened by a ball of radius ``depth_mm / 2`` (removes the
+    pedicle and posterior-element remnants thinner than ``depth_mm``), largest connected part.
+    Returns a boolean array; CTError when nothing is that deep.
     """
     m = np.asarray(mask) != 0
-    core = _largest_component(_depth(m, np.asarray(spacing, dtype=np.float64)) >= depth_mm)
+    sp = np.asarray(spacing, dtype=np.float64)
+    core = np.zeros(m.shape, dtype=bool)
+    if m.any():
+        nz = np.nonzero(m)
+        box = tuple(slice(max(int(v.min()) - 1, 0), int(v.max()) + 2) for v in nz)   # work on the bounding box
+        sub = m[box]
+        deep = _depth(sub, sp) >= depth_mm
+        r = 0.5 * depth_mm
+        opened = deep & (_dist(_depth(deep, sp) > r, sp) <= r)
+        core[box] = _largest_component(opened if opened.any() else deep)
     if not core.any():
         raise CTError(f"no voxel of the mask is {depth_mm:g} mm inside it; use a smaller depth_mm or a "
                       "finer CT")

@@ -12,6 +12,7 @@ import re
 
 import numpy as np
 import pytest
+from conftest import ROOT, require_shared
 
 from femur_fe.calibration import DensityCalibration
 from femur_fe.ct import CTImage, read_ct, read_labels
@@ -20,8 +21,6 @@ from femur_fe.internal_calibration import (
     ROI_LABELS, TISSUES, body_mask, energy_grid, fit_internal_calibration, internal_calibration,
     mass_attenuation, physical_tissue_hu, trabecular_core,
 )
-
-from conftest import ROOT, require_shared
 
 # ----------------------------------------------------------------------------------------------
 # helpers
@@ -40,10 +39,10 @@ def _read_ogo_report(path) -> dict:
     for key, pat in (("up_slope", r"HU-u/p Slope"), ("up_int", r"HU-u/p Y-Intercept"),
                      ("rho_slope", r"HU-Material Density Slope"), ("rho_int", r"HU-Material Density Y-Intercept")):
         out[key] = re.search(pat + r"\s+([-\d.]+)", text).group(1)       # kept as printed (string)
-    for m in re.finditer(r"^\s*([A-Za-z ]+?)\s+([-\d.]+)\s+([-\d.]+)\s+(\d+) \[used\]", text, re.M):
+    for m in re.finditer(r"^\s*([A-Za-z ]+?)\s+([-\d.]+)\s+([-\d.]+)\s+(\d+) \[used\]", text, re.MULTILINE):
         out["hu"][_OGO_NAMES[m.group(1)]] = float(m.group(2))
     block = text.split("Mass Attenuation [cm2/g]:")[1]
-    for m in re.finditer(r"^\s*([A-Za-z0-9 ]+?)\s+(0\.\d+)\s*$", block, re.M):
+    for m in re.finditer(r"^\s*([A-Za-z0-9 ]+?)\s+(0\.\d+)\s*$", block, re.MULTILINE):
         out["mu"].setdefault(_OGO_NAMES.get(m.group(1), m.group(1)), m.group(2))
     return out
 
@@ -192,9 +191,12 @@ def _synthetic_body(tissue_hu, rod_hu, *, noise=5.0, seed=7, nk=16):
     vol = np.repeat(img[:, :, None], nk, axis=2)
     vol = vol + np.random.default_rng(seed).normal(0.0, noise, vol.shape)
     ct = CTImage.from_array(vol, spacing=(1.0, 1.0, 1.0), unit="HU")
-    rep = lambda m: np.repeat(m[:, :, None], nk, axis=2)  # noqa: E731
-    masks = {"femur_like_bone": rep(bone), "aorta": rep(aorta), "rods": rep(np.any(rods, axis=0))}
-    return ct, masks, [rep(r) for r in rods]
+    masks = {"femur_like_bone": _rep(bone, nk), "aorta": _rep(aorta, nk), "rods": _rep(np.any(rods, axis=0), nk)}
+    return ct, masks, [_rep(r, nk) for r in rods]
+
+
+def _rep(m, nk):
+    return np.repeat(m[:, :, None], nk, axis=2)
 
 
 def test_a_synthetic_ct_at_known_energy_recovered_within_1_percent():
@@ -273,10 +275,9 @@ def test_b_bundled_vertebra_in_a_body_internal_vs_phantom():
     not hidden."""
     from scipy.optimize import brentq
 
-    from femur_fe.calibration import DensityCalibration as DC
     from femur_fe.bones import SYNTHETIC_CALIBRATION
 
-    phantom = DC.from_dict(SYNTHETIC_CALIBRATION)
+    phantom = DensityCalibration.from_dict(SYNTHETIC_CALIBRATION)
     e_grid = np.arange(60.0, 120.0, 0.25)
     ratio = mass_attenuation("water", e_grid) / mass_attenuation("k2hpo4", e_grid)
     e0 = brentq(lambda e: np.interp(e, e_grid, ratio) - phantom.slope * 1000.0, 60.0, 119.0)
@@ -286,7 +287,7 @@ def test_b_bundled_vertebra_in_a_body_internal_vs_phantom():
     qct = read_ct(ROOT / "meshes" / "vertebra_L3_healthy_qct.nii.gz", unit="HU")
     q = qct.array
     ni, nj, nk = q.shape
-    pad = 45
+    pad = 35
     shape = (ni + 2 * pad, nj + 2 * pad, nk)
     img2 = np.full(shape[:2], thu["air"])
     c = (shape[0] / 2, shape[1] / 2)
@@ -313,7 +314,8 @@ def test_b_bundled_vertebra_in_a_body_internal_vs_phantom():
     lin = cal.linear_fit()
     v_line = float(np.mean(1000 * cal.density_calibration().density(h, clamp=False)))
     print(f"\n(b) E0 {e0:.1f} keV, tissues {', '.join(f'{t} {thu[t]:.0f}' for t in TISSUES)}; found "
-          f"{cal.effective_energy_kev:g} keV R2 {cal.r_squared:.6f}, cortical {cal.tissues['cortical_bone'].mean_hu:.0f} HU; "
+          f"{cal.effective_energy_kev:g} keV R2 {cal.r_squared:.6f}, "
+          f"cortical {cal.tissues['cortical_bone'].mean_hu:.0f} HU; "
           f"trabecular vBMD internal {v_internal:.1f} (line {v_line:.1f}), from exact tissue HUs {v_exact:.1f}, "
           f"phantom {v_phantom:.1f} mg/cm3 ({100 * (v_internal / v_phantom - 1):+.1f} %)")
     assert cal.tissues["cortical_bone"].used
@@ -331,12 +333,13 @@ def test_b_bundled_vertebra_in_a_body_internal_vs_phantom():
 def clinical():
     folder = require_shared("ct_totalseg_example")
     ct = read_ct(folder / "example_ct.nii.gz")
-    masks = {p.name.split(".")[0]: read_labels(p, reference=ct) > 0 for p in sorted((folder / "example_seg").glob("*.nii.gz"))}
+    masks = {p.name.split(".")[0]: read_labels(p, reference=ct) > 0
+             for p in sorted((folder / "example_seg").glob("*.nii.gz"))}
     return ct, masks, internal_calibration(ct, masks)
 
 
 def test_c_clinical_ct_tissues_and_metal(clinical):
-    ct, masks, cal = clinical
+    ct, _, cal = clinical
     print("\n(c) clinical CT internal calibration\n" + "\n".join(cal.summary_lines()))
     assert set(cal.used_tissues) >= {"air", "adipose", "muscle"}
     assert not cal.tissues["blood"].used and "vessel" in cal.tissues["blood"].note      # no aorta mask
@@ -354,9 +357,10 @@ def test_c_clinical_ct_tissues_and_metal(clinical):
 
 
 def test_c_clinical_lumbar_trabecular_vbmd(clinical):
-    """Trabecular ROI: the vertebral-body interior = the largest connected part of the vertebra mask
-    at least 6 mm (two 3 mm voxels) from its surface: the cortical shell and the posterior elements
-    (thinner than 12 mm) fall away. vBMD = mean K2HPO4 density of its voxels."""
+    """Trabecular ROI (``trabecular_core``): the vertebral-body interior = voxels of the vertebra mask
+    at least 6 mm (two 3 mm voxels) from its surface, opened by 3 mm, largest connected part: the
+    cortical shell, its partial-volume voxels and the posterior elements fall away. vBMD = mean
+    K2HPO4 density of its voxels (two-component curve; the straight line for the pipeline beside it)."""
     ct, masks, cal = clinical
     dc = cal.density_calibration()
     print()
