@@ -14,13 +14,20 @@ import numpy as np
 import pytest
 from conftest import ROOT, require_shared
 
-from femur_fe.calibration import DensityCalibration
-from femur_fe.ct import CTImage, read_ct, read_labels
-from femur_fe.errors import CTError, MaterialError
-from femur_fe.internal_calibration import (
-    ROI_LABELS, TISSUES, body_mask, energy_grid, fit_internal_calibration, internal_calibration,
-    mass_attenuation, physical_tissue_hu, trabecular_core,
+from femur_fe.bone.calibration import DensityCalibration
+from femur_fe.bone.internal_calibration import (
+    ROI_LABELS,
+    TISSUES,
+    body_mask,
+    energy_grid,
+    fit_internal_calibration,
+    internal_calibration,
+    mass_attenuation,
+    physical_tissue_hu,
+    trabecular_core,
 )
+from femur_fe.errors import CTError, MaterialError
+from femur_fe.io.ct import CTImage, read_ct, read_labels
 
 # ----------------------------------------------------------------------------------------------
 # helpers
@@ -279,7 +286,7 @@ def test_b_bundled_vertebra_in_a_body_internal_vs_phantom():
     not hidden."""
     from scipy.optimize import brentq
 
-    from femur_fe.bones import SYNTHETIC_CALIBRATION
+    from femur_fe.bone.bundled import SYNTHETIC_CALIBRATION
 
     phantom = DensityCalibration.from_dict(SYNTHETIC_CALIBRATION)
     e_grid = np.arange(60.0, 120.0, 0.25)

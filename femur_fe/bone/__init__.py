@@ -31,6 +31,11 @@ from .calibration import (
     qct_from_hu,
     qct_mg_from_hu,
 )
+from .internal_calibration import (
+    InternalCalibration,
+    internal_calibration,
+    sample_tissues,
+)
 from .mapping import (
     MappingReport,
     MappingResult,
@@ -73,6 +78,9 @@ from .model import Model, sha256_of
 from .voxel import hexmesh_from_mask
 
 __all__ = [
+    "InternalCalibration",
+    "internal_calibration",
+    "sample_tissues",
     "BoneModel",
     "BundledBone",
     "CarterHayes1977",

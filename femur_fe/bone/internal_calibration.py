@@ -22,7 +22,7 @@ Ogo's ``ogo/calib/internal_calibration.py`` (``InternalCalibration``) [V-code]:
    attenuation. The product of two lines is **quadratic** in HU (Ogo's ``predict``);
    :meth:`InternalCalibration.density` gives it. :meth:`InternalCalibration.density_calibration`
    returns the straight line with the smallest relative error over the bone voxels' HU distribution
-   (the rest of femur_fe takes a linear :class:`~femur_fe.calibration.DensityCalibration`) and records
+   (the rest of femur_fe takes a linear :class:`~femur_fe.bone.calibration.DensityCalibration`) and records
    its largest deviation from the curve. K2HPO4 and triglyceride attenuate alike above ~120 keV
    (they cross at 144 keV), where the split is refused.
 
@@ -65,8 +65,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..errors import CTError, MaterialError
+from ..io.ct import CTImage, _sitk, read_labels, read_mask, suffix_of
 from .calibration import DensityCalibration, clamp_negative
-from .errors import CTError, MaterialError
 
 log = logging.getLogger(__name__)
 
@@ -403,7 +404,6 @@ class InternalCalibration:
     def write_roi_labels(self, path: str | os.PathLike) -> Path:
         """Write :meth:`roi_label_image` on the CT grid (NIfTI/NRRD/MHA), atomically; returns the path."""
         labels = self.roi_label_image()
-        from .ct import _sitk, suffix_of
 
         path = Path(path)
         if suffix_of(path) not in (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd"):
@@ -625,7 +625,6 @@ class SamplingOptions:
 
 def _classify_masks(masks, ct) -> dict[str, np.ndarray]:
     """Group masks into ``bone``, ``vessel``, ``muscle`` and ``other`` boolean arrays."""
-    from .ct import read_labels
 
     groups = {g: np.zeros(ct.shape, dtype=bool) for g in ("bone", "vessel", "muscle", "other")}
     if masks is None:
@@ -768,7 +767,6 @@ def sample_tissues(ct, masks=None, *, options: SamplingOptions | None = None,
     (samples, roi_labels): tissue -> :class:`TissueSample`; uint8 [i, j, k] label image of the
     voxels used (Ogo labels, :data:`ROI_LABELS`).
     """
-    from .ct import CTImage, read_mask
 
     if not isinstance(ct, CTImage):
         raise CTError(f"ct must be a femur_fe CTImage (read it with femur_fe.read_ct), got {type(ct).__name__}")
@@ -918,7 +916,7 @@ def internal_calibration(ct=None, masks=None, tissue_hu: Mapping[str, float] | N
 
     Parameters
     ----------
-    ct : :class:`~femur_fe.ct.CTImage` in HU (may be None when ``tissue_hu`` gives air, adipose and
+    ct : :class:`~femur_fe.io.ct.CTImage` in HU (may be None when ``tissue_hu`` gives air, adipose and
         muscle)
     masks : segmentation masks on the CT grid: a mapping name -> bool/int array or label file
         (TotalSegmentator-style names: bones such as ``femur_right``, ``vertebrae_L1`` give the
@@ -944,7 +942,6 @@ def internal_calibration(ct=None, masks=None, tissue_hu: Mapping[str, float] | N
     geometry = None
     lin_hu = None
     if ct is not None:
-        from .ct import CTImage
 
         if not isinstance(ct, CTImage):
             raise CTError(f"ct must be a femur_fe CTImage (read it with femur_fe.read_ct), got {type(ct).__name__}")
