@@ -5,13 +5,13 @@ import logging
 
 import numpy as np
 import pytest
+from conftest import require_shared
 from scipy.spatial import Delaunay
 
 import femur_fe as ff
-from femur_fe.fe.elements import quadrature, shape_functions
-from femur_fe.errors import CTError, MaterialError
 from femur_fe.bone.mapping import integration_rule
-from conftest import require_shared
+from femur_fe.errors import CTError, MaterialError
+from femur_fe.fe.elements import quadrature, shape_functions
 
 GRAD = np.array([3.0, -2.0, 5.0])  # HU per mm
 C0 = 120.0

@@ -71,13 +71,15 @@ from .meshing import (
     repair_surface,
     surface_from_mask,
     surface_from_mesh,
-    tet10_from_tet4,
     tetmesh_from_surface,
 )
 from .model import Model, sha256_of
+from .specimen import DensitySpec, Specimen
 from .voxel import hexmesh_from_mask
 
 __all__ = [
+    "DensitySpec",
+    "Specimen",
     "InternalCalibration",
     "internal_calibration",
     "sample_tissues",
@@ -139,7 +141,6 @@ __all__ = [
     "surface_from_mask",
     "surface_from_mesh",
     "synthetic_qct",
-    "tet10_from_tet4",
     "tetmesh_from_surface",
     "vertebra_frame",
     "write_bone",
