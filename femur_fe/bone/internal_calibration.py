@@ -41,7 +41,10 @@ Accuracy limits (numbers from tests/test_internal_calibration.py and the clinica
 * **Against a phantom in a physically consistent scan** (every voxel from the same monoenergetic
   attenuation physics at 74.3 keV: ICRU-44 tissues, the bundled vertebra's K2HPO4 field in water,
   Mindways-style rods; ``test_b_physical_scan_internal_vs_phantom``): the phantom fit recovers the
-  trabecular K2HPO4 density (169.1 vs 169.2 mg/cm^3); this method gives 132.0 mg/cm^3 (-22 %). Two
+  trabecular K2HPO4 density (169.1 vs 169.2 mg/cm^3); this method gives 132.0 mg/cm^3 (-22 %; the
+  difference grows with density: -5 % for an 80 mg/cm^3 K2HPO4 solution at 100 HU). The marrow
+  does not change the comparison at a given HU (both are functions of HU); it moves both away from
+  the true K2HPO4 content (fatty marrow lowers HU: the classic fat error of single-energy QCT). Two
   causes, both in the method: (1) the R^2 criterion ranks energies by how linear HU is in *mass*
   attenuation, but HU is linear in *linear* attenuation (rho mu/rho): it returns 93.5 keV (5 tissues;
   about 84 keV for air, fat and muscle whatever the scan's energy); at the true energy R^2 is only
