@@ -18,6 +18,7 @@ from .bundled import (
 )
 from .calibration import (
     DensityCalibration,
+    HUCalibration,
     PhantomFit,
     apparent_from_ash,
     ash_from_apparent,
@@ -33,6 +34,7 @@ from .calibration import (
 )
 from .internal_calibration import (
     InternalCalibration,
+    hu_calibration_from_dict,
     internal_calibration,
     sample_tissues,
 )
@@ -81,12 +83,14 @@ __all__ = [
     "DensitySpec",
     "Specimen",
     "InternalCalibration",
+    "hu_calibration_from_dict",
     "internal_calibration",
     "sample_tissues",
     "BoneModel",
     "BundledBone",
     "CarterHayes1977",
     "DensityCalibration",
+    "HUCalibration",
     "DensityModulusLaw",
     "Eberle2013",
     "FemurFrame",
