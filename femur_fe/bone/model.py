@@ -123,7 +123,7 @@ class Model:
         if cal.ct_unit == "HU" and cal.method == "internal":
             ic = internal_calibration(ct, masks=calibration_masks or None,
                                       tissue_hu=dict(cal.tissue_hu) or None)
-            dcal = ic.density_calibration()
+            dcal = ic  # the two-component curve itself (HUCalibration), not a line through it
             record.update({**ic.to_dict(), "method": "internal"})
             log.info("internal calibration: %.0f keV, R^2 %.6f, %s", ic.effective_energy_kev, ic.r_squared,
                      ", ".join(f"{k} {v.mean_hu:.1f} HU" for k, v in ic.tissues.items() if v.used))
