@@ -11,9 +11,9 @@ import numpy as np
 
 from .._version import __version__
 from ..bone.model import Model
-from ..fe.fields import element_fields, nodal_average
+from ..fe.fields import element_fields
 from ..fe.mesh import Mesh
-from ..fe.recovery import strain, stress
+from ..fe.recovery import node_average, strain, stress
 from ..io import write_json_atomic, write_mesh
 from .risk import summary_fields
 
@@ -46,6 +46,7 @@ class Result:
     strength_summary: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
     subject: Any = None  # femur_fe.analysis.subject.Subject
+    frame: Any = None  # the anatomical frame of the analysis (FemurFrame / VertebraFrame)
     cell_fields: dict = field(default_factory=dict)  # extra (m,) arrays written to result.vtu
     _strain_nodal: np.ndarray | None = None
 
@@ -62,7 +63,7 @@ class Result:
     @property
     def strain_nodal(self) -> np.ndarray:
         if self._strain_nodal is None:
-            self._strain_nodal = nodal_average(self.mesh, self.strain)
+            self._strain_nodal = node_average(self.mesh, self.strain)
         return self._strain_nodal
 
     def evaluate_strength(self, criterion=None):
@@ -112,6 +113,7 @@ class Result:
             "cell_type": self.mesh.cell_type,
             "solver": self.solver.as_dict(),
             "regions": {k: v.to_dict() for k, v in self.regions.items()},
+            "frame": self.frame.to_dict() if hasattr(self.frame, "to_dict") else None,
             "material": {"law": type(self.model.law).__name__ if self.model.law is not None else None,
                          "density_type": self.model.density_type, "poisson": self.model.poisson,
                          "young_min_mpa": float(self.model.young.min()),

@@ -70,8 +70,6 @@ class StoredResult:
     path: Path
     grid: Any
     summary: dict
-    _frame: Any = field(default=None, repr=False)
-    _frame_done: bool = field(default=False, repr=False)
     _mesh: Any = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ basic data
@@ -172,37 +170,14 @@ class StoredResult:
 
     # ------------------------------------------------------------------ anatomy
     def frame(self):
-        """The anatomical frame (FemurFrame / VertebraFrame) or None when it cannot be fitted.
+        """The anatomical frame the run used (from ``summary["frame"]``), or None when it wrote none.
 
-        Taken from ``summary["frame"]`` when the run wrote it, else fitted on the outer
-        surface with :func:`femur_fe.bone.femur_frame` / :func:`femur_fe.bone.vertebra_frame` (cached).
+        The frame is rebuilt with the parts the viewers use (basis, landmarks, axes).
         """
-        if self._frame_done:
-            return self._frame
-        self._frame_done = True
-        bone = self.bone
-        if bone not in ("femur", "vertebra"):
-            return None
         stored = self.summary.get("frame")
-        try:
-            if isinstance(stored, dict) and "basis" in stored:
-                self._frame = _frame_from_dict(stored, bone)
-            else:
-                from ..bone.anatomy import femur_frame, vertebra_frame
-
-                surf = self.grid.extract_surface(algorithm="dataset_surface").triangulate()
-                anat = self.case.get("anatomy") or {}
-                if bone == "femur":
-                    side = anat.get("side")
-                    self._frame = femur_frame(surf, side=None if side in (None, "auto") else side)
-                else:
-                    ant, sup = anat.get("anterior"), anat.get("superior")
-                    self._frame = vertebra_frame(surf, anterior=None if isinstance(ant, str) else ant,
-                                                 superior=None if isinstance(sup, str) else sup)
-        except FemurFeError as exc:
-            log.warning("%s: no anatomical %s frame (%s); views use the bounding box", self.path, bone, exc)
-            self._frame = None
-        return self._frame
+        if self.bone in ("femur", "vertebra") and isinstance(stored, dict) and "basis" in stored:
+            return _frame_from_dict(stored, self.bone)
+        return None
 
 
 def _frame_from_dict(d: dict, bone: str):
