@@ -16,6 +16,7 @@ from ..fe.fields import element_fields, nodal_average
 from ..fe.mesh import Mesh
 from ..fe.recovery import strain, stress
 from ..io import write_json_atomic, write_mesh
+from ..io.results import write_fe_model
 from .failure import LinearStrength
 from .risk import summary_fields
 
@@ -50,6 +51,7 @@ class Result:
     subject: Any = None  # femur_fe.analysis.subject.Subject
     cell_fields: dict = field(default_factory=dict)  # extra (m,) arrays written to result.vtu
     _strain_nodal: np.ndarray | None = None
+    analysis: Any = None  # the Analysis that solved it (fe_model.json is written from it)
 
     @classmethod
     def from_solution(cls, an: Any, m: Model, u, reactions, d, load_force, plate_disp, stiffness, report,
@@ -59,7 +61,7 @@ class Result:
         eps = strain(mesh, flat, at="centroid")
         sig = stress(mesh, flat, m.young, m.poisson, at="centroid")
         return cls(mesh, an.case, m, u, eps, sig, reactions, d, load_force, plate_disp, stiffness, report,
-                   an.bc_bone_nodes, an.regions, plate_rotation, plate_moment)
+                   an.bc_bone_nodes, an.regions, plate_rotation, plate_moment, analysis=an)
 
     @property
     def strain_nodal(self) -> np.ndarray:
@@ -145,7 +147,8 @@ class Result:
         return s
 
     def write(self, out_dir) -> "Path":
-        """Write ``result.vtu`` and ``summary.json`` into ``out_dir`` (atomically); returns the folder."""
+        """Write ``result.vtu``, ``summary.json`` and (when the analysis is known) ``fe_model.json`` into
+        ``out_dir`` (atomically); returns the folder."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         pd = {"displacement": self.displacement}
@@ -157,4 +160,6 @@ class Result:
                     point_data=pd)
         write_mesh(out / "result.vtu", mesh)
         write_json_atomic(out / "summary.json", self.summary())
+        if self.analysis is not None:
+            write_fe_model(out, self.analysis, self)
         return out
