@@ -152,10 +152,11 @@ def write_abaqus(deck: Deck, path: str | os.PathLike, *, tie: str = "auto",
         out.append("*CLOAD")
         out += [f"{ref}, {d + 1}, {_NUM.format(v)}" for d, v in free_loads]
     out += ["*NODE FILE", "U, RF", "*EL FILE", "S, E"]
-    # the plate's total reaction, on the reference node and as the sum over the tied nodes (CalculiX
-    # reports the reaction of *EQUATION constraints on the tied nodes only)
-    out += [f"*NODE PRINT, NSET={plate.name}_REF, TOTALS=ONLY", "RF", f"*NODE PRINT, NSET={plate.name}_REF", "U",
-            f"*NODE PRINT, NSET={plate.name}, TOTALS=ONLY", "RF"]
+    # the plate's total reaction: on the reference node (coupling) and as the sum over the tied nodes
+    # (CalculiX reports the force of *EQUATION constraints on the tied nodes only, 0 on the reference node)
+    if tie == "coupling":
+        out += [f"*NODE PRINT, NSET={plate.name}_REF, TOTALS=ONLY", "RF"]
+    out += [f"*NODE PRINT, NSET={plate.name}_REF", "U", f"*NODE PRINT, NSET={plate.name}, TOTALS=ONLY", "RF"]
     if tie == "equations":
         out += [f"*NODE PRINT, NSET={plate.name}_ROT", "U"]
     for s in deck.supports:

@@ -43,6 +43,7 @@ class Support:
     """Nodes whose displacement components (load frame: 0 = x', 1 = y', 2 = z') are held at zero."""
 
     name: str
+    region: str
     nodes: np.ndarray
     components: tuple[int, ...]
 
@@ -58,6 +59,7 @@ class Plate:
     """
 
     name: str
+    region: str
     nodes: np.ndarray
     reference_point: np.ndarray
     prescribed: dict
@@ -376,7 +378,7 @@ def build_deck(an: Any, res: Any, *, n_materials: int | None = None, gap_mpa: fl
         comps = (0, 1, 2) if b.fix == "all" else (2,)
         sn = ("CAP_" + _set_name(b.region) + "_TOP") if b.region in an.caps else _set_name(b.region)
         node_sets.setdefault(sn, nodes)
-        supports.append(Support(sn, nodes, comps))
+        supports.append(Support(sn, b.region, nodes, comps))
         held.append((3 * nodes[:, None] + np.asarray(comps)).ravel())
     held = np.unique(np.concatenate(held)) if held else np.zeros(0, dtype=np.int64)
     if not np.array_equal(held, np.asarray(an.fixed_dofs, dtype=np.int64)):
@@ -401,7 +403,7 @@ def build_deck(an: Any, res: Any, *, n_materials: int | None = None, gap_mpa: fl
             prescribed[2] = float(loading.displacement_mm)
         else:
             load[2] = float(loading.force_n)
-    plate = Plate(pname, plate_nodes, np.asarray(tie.reference_point, dtype=np.float64),
+    plate = Plate(pname, str(tie.name), plate_nodes, np.asarray(tie.reference_point, dtype=np.float64),
                   dict(sorted(prescribed.items())), load, pname if psurf is not None else None)
     R = np.asarray(an.rotation, dtype=np.float64)
     reference = {"plate_displacement_mm": float(res.plate_displacement_mm), "load_force_N": float(res.load_force_N),
