@@ -3,7 +3,7 @@ strength and the summary written to ``summary.json``."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ class Result:
     subject: Any = None  # femur_fe.analysis.subject.Subject
     cell_fields: dict = field(default_factory=dict)  # extra (m,) arrays written to result.vtu
     _strain_nodal: np.ndarray | None = None
-    analysis: Any = None  # the Analysis that solved it (fe_model.json is written from it)
+    analysis: Any = None  # the Analysis that solved it, without its solver set-up (fe_model.json comes from it)
 
     @classmethod
     def from_solution(cls, an: Any, m: Model, u, reactions, d, load_force, plate_disp, stiffness, report,
@@ -61,7 +61,8 @@ class Result:
         eps = strain(mesh, flat, at="centroid")
         sig = stress(mesh, flat, m.young, m.poisson, at="centroid")
         return cls(mesh, an.case, m, u, eps, sig, reactions, d, load_force, plate_disp, stiffness, report,
-                   an.bc_bone_nodes, an.regions, plate_rotation, plate_moment, analysis=an)
+                   an.bc_bone_nodes, an.regions, plate_rotation, plate_moment,
+                   analysis=replace(an, assembler=None, _solver=None))  # the model, not the factorisation
 
     @property
     def strain_nodal(self) -> np.ndarray:

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import FemurFeError
 from . import read_mesh
-from .atomic import write_json_atomic
+from .atomic import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +273,8 @@ def write_fe_model(out_dir: str | os.PathLike, analysis: Any, result: Any) -> Pa
         "plate_rotation_rad": None if result.plate_rotation is None else np.asarray(result.plate_rotation).tolist(),
         "plate_moment_Nmm": None if result.plate_moment is None else np.asarray(result.plate_moment).tolist(),
     }
-    return write_json_atomic(Path(out_dir) / FE_MODEL_FILE, data)
+    # compact: the node and face lists make up most of it (one number per line would triple the size)
+    return write_text_atomic(Path(out_dir) / FE_MODEL_FILE, json.dumps(data, separators=(",", ":")) + "\n")
 
 
 def read_fe_model(path: str | os.PathLike) -> dict:
