@@ -345,3 +345,15 @@ def test_bundled_femur_agrees_with_calculix(tmp_path):
     assert cli(["run", "sideways_fall", "--bundled", "femur", "-o", str(out)]) == 0
     an, res = load_analysis(out)
     _assert_agrees(an, res, tmp_path / "femur.inp")
+
+
+@pytest.mark.slow
+def test_bundled_vertebra_wedge_agrees_with_calculix(tmp_path):
+    """Anterior wedge: the plate is rotated 1 deg about the posterior hinge (a prescribed rotation of the
+    reference node) and held along the load; the rest as in the axial case."""
+    require_ccx()
+    out = tmp_path / "run"
+    assert cli(["run", "vertebral_wedge", "--bundled", "vertebra", "-o", str(out)]) == 0
+    an, res = load_analysis(out)
+    assert abs(an.tie.prescribed["rx"]) == pytest.approx(np.radians(1.0))  # sign: the hinge axis direction
+    _assert_agrees(an, res, tmp_path / "wedge.inp")
