@@ -324,6 +324,8 @@ def test_binned_export_stays_within_the_reported_binning_error(coarse_femur_run,
 def test_export_errors_name_the_fix(tmp_path, vertebra_run, capsys):
     assert cli(["export", str(vertebra_run), "-o", str(tmp_path / "x.txt")]) == 2
     assert "--format" in capsys.readouterr().err
+    assert cli(["export", str(vertebra_run), "--format", "febio", "-o", str(tmp_path / "x.inp")]) == 2
+    assert "does not match" in capsys.readouterr().err
     assert cli(["export", str(vertebra_run), "-o", str(tmp_path / "x.inp"), "--materials", "0"]) == 2
     assert ">= 1" in capsys.readouterr().err
     old = tmp_path / "old"

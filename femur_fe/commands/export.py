@@ -57,6 +57,10 @@ def run(args: argparse.Namespace) -> int:
         if fmt is None:
             raise FemurFeError(f"cannot tell the format from {out.name!r}: give --format abaqus|febio or an output "
                                "file ending in .inp or .feb")
+    other = next((k for k, suf in FORMATS.items() if out.suffix.lower() == suf and k != fmt), None)
+    if other is not None:
+        raise FemurFeError(f"--format {fmt} does not match the output file {out.name!r} ({other}); name it "
+                           f"*{FORMATS[fmt]} or drop --format")
     if args.materials is not None and args.materials < 1:
         raise FemurFeError(f"--materials must be >= 1, got {args.materials}")
     if fmt == "febio" and (args.tie != "auto" or args.print_displacements):
