@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if fmt == "febio" and (args.tie != "auto" or args.print_displacements):
         raise FemurFeError("--tie and --print-displacements apply to --format abaqus only")
     an, res = load_analysis(args.run_dir)
-    binning = dict(n_materials=args.materials, gap_mpa=args.gap_mpa, grouping=args.grouping)
+    binning = {"n_materials": args.materials, "gap_mpa": args.gap_mpa, "grouping": args.grouping}
     if fmt == "abaqus":
         rep = export_abaqus(an, res, out, tie=args.tie, print_displacements=args.print_displacements, **binning)
     else:
