@@ -22,8 +22,8 @@ from femur_fe.bone.meshing import cut_proximal_femur, tetmesh_from_surface
 from femur_fe.bone.model import Model
 from femur_fe.case.presets import resolve_case_path
 from femur_fe.commands.cli import main as cli
-from femur_fe.commands.verify import structured_mesh
 from femur_fe.errors import FemurFeError
+from femur_fe.fe.boxes import structured_mesh
 from femur_fe.fe.elements import FACES, reference_nodes
 from femur_fe.io.abaqus import FACE_LABELS
 from femur_fe.io.abaqus import NODE_ORDER as ABAQUS_ORDER
@@ -32,7 +32,6 @@ from femur_fe.io.deck import bin_moduli, build_deck
 from femur_fe.io.febio import NODE_ORDER as FEBIO_ORDER
 from femur_fe.io.febio import read_febio
 from femur_fe.io.surface import read_surface
-from femur_fe.studies.run import run_case
 
 TOL = 1e-6  # see the module docstring
 
@@ -178,7 +177,8 @@ def vertebra_run(tmp_path_factory):
 def test_run_folder_rebuilds_the_analysis(tmp_path):
     """fe_model.json + result.vtu + summary.json rebuild the solved model (caps, regions, supports, plate):
     re-solving it gives the run's answer to round-off (the same matrix, assembled in the same order)."""
-    res0 = run_case(_box_case("femur", "pmma"), _box("tetra10"), out=tmp_path, strength=False)
+    res0 = prepare(_box_case("femur", "pmma"), _box("tetra10")).solve(strength=False)
+    res0.write(tmp_path)
     an, res = load_analysis(tmp_path)
     assert np.array_equal(an.fe_mesh.points, res0.analysis.fe_mesh.points)
     assert np.array_equal(an.fe_mesh.cells, res0.analysis.fe_mesh.cells)
@@ -287,7 +287,7 @@ def coarse_femur_run(tmp_path_factory):
     rho = 0.35 + 0.25 * np.abs(np.sin(c[:, 0] / 17.0) * np.cos(c[:, 2] / 23.0))
     model = Model.from_density(mesh, rho, ff.bone.material_law("keller1994_combined"))
     out = tmp_path_factory.mktemp("femur") / "run"
-    run_case(ff.load_case(resolve_case_path("sideways_fall")), model, out=out, strength=False)
+    prepare(ff.load_case(resolve_case_path("sideways_fall")), model).solve(strength=False).write(out)
     return out
 
 

@@ -18,12 +18,19 @@ import pytest
 
 iio = pytest.importorskip("imageio.v3")
 
-import femur_fe  # noqa: E402
-from femur_fe.studies.table import ScenarioRecord, comparison_rows, write_comparison  # noqa: E402
-from femur_fe.errors import FemurFeError  # noqa: E402
-from femur_fe.viz.charts import (plot_load_displacement, plot_strength_gain, plot_strength_time,  # noqa: E402
-                            plot_sweep_scatter, plot_tornado, sensitivity_table)
 from test_plotting import colour_pixels, content_fraction, hex_rgb, run_block  # noqa: E402
+
+import femur_fe  # noqa: E402
+from femur_fe.errors import FemurFeError  # noqa: E402
+from femur_fe.studies.table import ScenarioRecord, comparison_rows, write_comparison  # noqa: E402
+from femur_fe.viz.charts import (  # noqa: E402
+    plot_load_displacement,
+    plot_strength_gain,
+    plot_strength_time,
+    plot_sweep_scatter,
+    plot_tornado,
+    sensitivity_table,
+)
 
 C0, C1, GREEN, GREY = hex_rgb("#1f77b4"), hex_rgb("#ff7f0e"), hex_rgb("#2ca02c"), hex_rgb("#bbbbbb")
 

@@ -337,7 +337,7 @@ def write_report(path: str | os.PathLike, *, kind: str | None = None, run_dirs=N
     runs = _runs(run_dirs)
     if kind == "run" and not runs:
         raise FemurFeError("a run report needs run_dirs=[result folder, ...] (folders written by "
-                           "femur_fe.studies.run_case(..., out=DIR))")
+                           "femur_fe.run(..., out=DIR))")
     if kind == "comparison" and comparison is None and len(runs) < 2:
         raise FemurFeError("a comparison report needs comparison=PATH (comparison.json/csv) and/or run_dirs with a "
                            "baseline and at least one scenario")
