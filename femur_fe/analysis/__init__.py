@@ -34,6 +34,7 @@ from .risk import (
     fall_impact_force,
     summary_fields,
 )
+from .stored import load_analysis
 from .subject import Subject
 
 __all__ = [
@@ -57,6 +58,7 @@ __all__ = [
     "fall_impact_force",
     "frame_for",
     "linear_strength",
+    "load_analysis",
     "load_direction",
     "prepare",
     "regions_mesh",

@@ -3,7 +3,7 @@ strength and the summary written to ``summary.json``."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from ..fe.fields import element_fields
 from ..fe.mesh import Mesh
 from ..fe.recovery import node_average, strain, stress
 from ..io import write_json_atomic, write_mesh
+from ..io.results import write_fe_model
 from .risk import summary_fields
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class Result:
     frame: Any = None  # the anatomical frame of the analysis (FemurFrame / VertebraFrame)
     cell_fields: dict = field(default_factory=dict)  # extra (m,) arrays written to result.vtu
     _strain_nodal: np.ndarray | None = None
+    analysis: Any = None  # the Analysis that solved it, without its solver set-up (fe_model.json comes from it)
 
     @classmethod
     def from_solution(cls, an: Any, m: Model, u, reactions, d, load_force, plate_disp, stiffness, report,
@@ -58,7 +60,8 @@ class Result:
         eps = strain(mesh, flat, at="centroid")
         sig = stress(mesh, flat, m.young, m.poisson, at="centroid")
         return cls(mesh, an.case, m, u, eps, sig, reactions, d, load_force, plate_disp, stiffness, report,
-                   an.bc_bone_nodes, an.regions, plate_rotation, plate_moment)
+                   an.bc_bone_nodes, an.regions, plate_rotation, plate_moment,
+                   analysis=replace(an, assembler=None, _solver=None))  # the model, not the factorisation
 
     @property
     def strain_nodal(self) -> np.ndarray:
@@ -139,7 +142,8 @@ class Result:
         return s
 
     def write(self, out_dir) -> "Path":
-        """Write ``result.vtu`` and ``summary.json`` into ``out_dir`` (atomically); returns the folder."""
+        """Write ``result.vtu``, ``summary.json`` and (when the analysis is known) ``fe_model.json`` into
+        ``out_dir`` (atomically); returns the folder."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         pd = {"displacement": self.displacement}
@@ -151,4 +155,6 @@ class Result:
                     point_data=pd)
         write_mesh(out / "result.vtu", mesh)
         write_json_atomic(out / "summary.json", self.summary())
+        if self.analysis is not None:
+            write_fe_model(out, self.analysis, self)
         return out
