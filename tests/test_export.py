@@ -17,7 +17,7 @@ import pytest
 from conftest import require_shared
 
 import femur_fe as ff
-from femur_fe.analysis import load_analysis, prepare
+from femur_fe.analysis import prepare
 from femur_fe.bone.meshing import cut_proximal_femur, tetmesh_from_surface
 from femur_fe.bone.model import Model
 from femur_fe.case.presets import resolve_case_path
@@ -32,6 +32,7 @@ from femur_fe.io.deck import bin_moduli, build_deck
 from femur_fe.io.febio import NODE_ORDER as FEBIO_ORDER
 from femur_fe.io.febio import read_febio
 from femur_fe.io.surface import read_surface
+from femur_fe.studies.stored import load_analysis
 
 TOL = 1e-6  # see the module docstring
 

@@ -34,7 +34,6 @@ from .risk import (
     fall_impact_force,
     summary_fields,
 )
-from .stored import load_analysis
 from .subject import Subject
 
 __all__ = [
@@ -58,7 +57,6 @@ __all__ = [
     "fall_impact_force",
     "frame_for",
     "linear_strength",
-    "load_analysis",
     "load_direction",
     "prepare",
     "regions_mesh",

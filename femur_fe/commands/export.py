@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..analysis.stored import load_analysis
+from ..studies.stored import load_analysis
 from ..errors import FemurFeError
 from ..io.abaqus import TIE_FORMS, export_abaqus
 from ..io.deck import BINNING_GROUPING

@@ -206,7 +206,7 @@ def write_fe_model(out_dir: str | os.PathLike, analysis: Any, result: Any) -> Pa
     """Write ``fe_model.json``: what a prepared analysis adds to the bone mesh of ``result.vtu``.
 
     ``analysis`` is a :class:`femur_fe.analysis.Analysis`, ``result`` one of its results (read by
-    attribute). Stored, so that :func:`femur_fe.analysis.stored.load_analysis` rebuilds the analysis
+    attribute). Stored, so that :func:`femur_fe.studies.stored.load_analysis` rebuilds the analysis
     without the anatomy: the load-frame rotation and direction, the anatomical frame, the cap elements and
     nodes (load frame, as solved; ids continue those of ``result.vtu``), every region (nodes, faces),
     the nodes each support/plate acts on, the fixed DOFs, the rigid plate (tied nodes, reference point,

@@ -16,6 +16,10 @@ import os
 
 import numpy as np
 
+from ..analysis.caps import Cap
+from ..analysis.prepare import GLOBAL_FRAME, Analysis
+from ..analysis.regions import Region
+from ..analysis.result import Result
 from ..bone.model import Model
 from ..case.loadcase import load_case
 from ..errors import FemurFeError
@@ -23,10 +27,6 @@ from ..fe.constraints import RigidTie
 from ..fe.fields import tensor_from_voigt
 from ..fe.mesh import Mesh
 from ..io.results import SUMMARY_FILE, _frame_from_dict, read_fe_model, read_result
-from .caps import Cap
-from .prepare import GLOBAL_FRAME, Analysis
-from .regions import Region
-from .result import Result
 
 log = logging.getLogger(__name__)
 
