@@ -50,6 +50,7 @@ class Result:
     subject: Any = None  # femur_fe.analysis.subject.Subject
     cell_fields: dict = field(default_factory=dict)  # extra (m,) arrays written to result.vtu
     _strain_nodal: np.ndarray | None = None
+    frame: Any = None  # the anatomical frame of the analysis (FemurFrame / VertebraFrame), written to the summary
 
     @classmethod
     def from_solution(cls, an: Any, m: Model, u, reactions, d, load_force, plate_disp, stiffness, report,
@@ -59,7 +60,7 @@ class Result:
         eps = strain(mesh, flat, at="centroid")
         sig = stress(mesh, flat, m.young, m.poisson, at="centroid")
         return cls(mesh, an.case, m, u, eps, sig, reactions, d, load_force, plate_disp, stiffness, report,
-                   an.bc_bone_nodes, an.regions, plate_rotation, plate_moment)
+                   an.bc_bone_nodes, an.regions, plate_rotation, plate_moment, frame=an.frame)
 
     @property
     def strain_nodal(self) -> np.ndarray:
@@ -138,6 +139,8 @@ class Result:
             s["strength_linear_detail"] = self.linear.to_dict()
         if self.subject is not None:
             s["subject"] = self.subject.to_dict()
+        if hasattr(self.frame, "to_dict"):  # viewers read it instead of fitting the frame again
+            s["frame"] = self.frame.to_dict()
         if self.nonlinear is not None:
             s["nonlinear_curve"] = {"displacement_mm": list(map(float, self.nonlinear.curve_displacement_mm)),
                                     "force_N": list(map(float, self.nonlinear.curve_force_N))}

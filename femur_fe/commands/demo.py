@@ -35,15 +35,7 @@ def run(args) -> int:
     if progress:
         progress(f"femur_fe demo: {spec.bone_label}, load case {spec.case.name}, "
                  f"{len(spec.scenarios)} scenarios -> {out}/")
-    res = compare(spec, out, progress=progress)
-    try:
-        from ..viz.report import write_report
-
-        report = write_report(out / "report.html", kind="comparison", comparison=out / "comparison.json",
-                              run_dirs=[out / r["scenario"] for r in res.rows], title="femur_fe demo")
-        res.files["report_html"] = report
-    except ImportError:  # the report module is optional at this stage
-        pass
+    res = compare(spec, out, progress=progress)  # ends with report.html (femur_fe.viz.report)
     crit = res.baseline.strength_summary.get("criterion") or {}
     print()
     print(f"{spec.bone_label}, {spec.case.name}: strength by {crit.get('name')} {crit.get('parameters')}")

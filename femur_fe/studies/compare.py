@@ -33,7 +33,7 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -54,7 +54,7 @@ from ..therapy.scenarios import (
     scenarios_from_dict,
 )
 from ..therapy.sensitivity import AnalysisSensitivity
-from ..viz import charts as plots
+from ..viz.report import write_comparison_report
 from .table import ScenarioRecord, comparison_rows, format_table, write_comparison
 
 log = logging.getLogger(__name__)
@@ -352,21 +352,11 @@ def compare(spec: ComparisonSpec | str | os.PathLike, out: str | os.PathLike, *,
     w.writerows(timecourse)
     tpath = write_text_atomic(out / "timecourse.csv", buf.getvalue())
     files = {"comparison_json": jpath, "comparison_csv": cpath, "timecourse_csv": tpath}
-    files.update(_plots(out, rows, timecourse))
+    files.update(write_comparison_report(out, progress=say))
     result = ComparisonResult(rows, base, results, outcomes, timecourse, files, time.perf_counter() - t_start)
     write_json_atomic(out / "run_info.json", {"seconds": result.seconds, "files": {k: str(v) for k, v in files.items()}})
     tick("comparison written")
     return result
-
-
-def _plots(out: Path, rows: Sequence[Mapping], timecourse: Sequence[Mapping]) -> dict:
-    """PNG plots of the comparison (strength gain per scenario, strength against time)."""
-    files = {"strength_gain_png": plots.plot_strength_gain(list(rows), out / "strength_gain.png")}
-    scen = [r for r in timecourse if r["scenario"] != "baseline"]
-    if len({r["scenario"] for r in scen}) and len(scen) > len({r["scenario"] for r in scen}):
-        base = next(r["strength_N"] for r in timecourse if r["scenario"] == "baseline")
-        files["strength_vs_time_png"] = plots.plot_strength_time(scen, out / "strength_vs_time.png", baseline=base)
-    return files
 
 
 def fit_annual_rate(spec: ComparisonSpec | str | os.PathLike, scenario: str, target_percent: float, *,
