@@ -240,7 +240,7 @@ def _param_text(key: str, value: Any) -> str:
     name = human_name(key)
     if name.endswith(")"):
         head, unit = name[:-1].rsplit(" (", 1)
-        return f"{head} {plain_text(value)} {unit}"
+        return f"{head} {plain_text(value)}" + ("" if isinstance(value, str) else f" {unit}")
     return f"{name} {plain_text(value)}"
 
 
@@ -297,6 +297,8 @@ def _run_section(label: str, res, images: _Images, fields: Sequence[str], window
     if s.get("strength_used"):
         rows.append(("strength used for the factor of risk and the classification",
                      _strength_used_text(s["strength_used"]), "", "{}"))
+    if s.get("strength_used_note"):
+        rows.append(("note on the strength used", s["strength_used_note"], "", "{}"))
     parts.append(html_table([{"q": n, "v": v if isinstance(v, str) else format_value(v, f), "u": u}
                              for n, v, u, f in rows],
                             (Column("q", "quantity", text=True), Column("v", "value", text=True),
@@ -489,6 +491,15 @@ def _comparison_section(comparison, runs, images: _Images, time_course, window_s
     setup = []
     if spec.get("bone"):
         setup.append(("bone", spec["bone"]))
+    if spec.get("ct"):
+        setup.append(("CT", spec["ct"]))
+    cal = ((spec.get("case") or {}).get("material") or {}).get("calibration") if isinstance(spec.get("case"),
+                                                                                           Mapping) else None
+    if isinstance(cal, Mapping) and cal.get("slope") is not None and spec.get("ct"):
+        setup.append(("CT calibration", f"{cal.get('ct_density_type', 'density')} = {cal['slope']:g} "
+                      f"{cal.get('unit', '')} per {cal.get('ct_unit', 'HU')} x CT + {cal.get('intercept', 0):g} "
+                      f"{cal.get('unit', '')}" + (f" ({cal['mineral']})" if cal.get("mineral") else "")
+                      + (f"; {cal['source']}" if cal.get("source") else "")))
     case = spec.get("case") if isinstance(spec.get("case"), Mapping) else bsum.get("case") or {}
     if case.get("name") or (base is not None and base.case_name):
         setup.append(("load case", case.get("name") or base.case_name))
@@ -498,10 +509,11 @@ def _comparison_section(comparison, runs, images: _Images, time_course, window_s
     if spec.get("subject") or bsum.get("subject"):
         setup.append(("subject", _subject_text(spec.get("subject") or bsum.get("subject"))))
     if isinstance(classification, Mapping) and classification.get("threshold_N") is not None:
+        note = f" Note: {bsum['strength_used_note']}" if bsum.get("strength_used_note") else ""
         setup.append(("fragility threshold", f"{float(classification['threshold_N']):.0f} N: fragile when the "
                       f"{_strength_used_text(classification.get('strength_source'))} strength is at or below it "
                       f"({', '.join(str(x) for x in (classification.get('site'), classification.get('sex')) if x)}; "
-                      f"{classification.get('source', '')})"))
+                      f"{classification.get('source', '')}).{note}"))
     if reference:
         setup.append(("reference scenario", reference))
     if spec.get("time_points_months"):
@@ -604,6 +616,8 @@ def _comparison_section(comparison, runs, images: _Images, time_course, window_s
                     "baseline" + (f" and the {thr_text}" if thr is not None else ""), keep("strength_vs_time_png")))
                 if thr is None:
                     parts.append(_foot(thr_text))
+                elif bsum.get("strength_used_note"):
+                    parts.append(_foot(f"Fragility threshold: {bsum['strength_used_note']}"))
             else:
                 parts.append(_foot("No strength-over-time chart: no scenario was solved at several times "
                                    "(time_points_months in [comparison] and a time-dependent scenario)."))

@@ -404,23 +404,33 @@ class _Prepared:
     deformed_points: np.ndarray
 
 
-#: outer surface of each result's mesh (with the original point and cell ids), extracted once
-_SURFACES: "weakref.WeakKeyDictionary[StoredResult, Any]" = weakref.WeakKeyDictionary()
+#: outer surface of each result's mesh, and of its default section, with the original ids (extracted once)
+_SURFACES: "weakref.WeakKeyDictionary[StoredResult, dict]" = weakref.WeakKeyDictionary()
+#: cell data of a clipped section: index of the element each piece comes from
+_CELL_ID = "_femur_fe_cell"
 
 
-def _outer_surface(res: StoredResult):
-    """The outer surface of ``res`` as PolyData with ``vtkOriginalPointIds``/``vtkOriginalCellIds`` (cached).
+def _outer_surface(res: StoredResult, section: bool = False):
+    """The outer surface of ``res`` as PolyData (cached per result).
 
-    A view of the whole bone draws only this surface; extracting it once per result instead
-    of in the mapper of every view halves the rendering time of a report's views.
+    ``section=False``: the whole bone, with ``vtkOriginalPointIds``/``vtkOriginalCellIds``.
+    ``section=True``: the surface of the part behind :func:`clip_plane` (the cut face
+    included), with :data:`_CELL_ID` naming the element each face comes from.
+    A view draws only this surface; extracting it once per result instead of in the mapper
+    of every view halves the rendering time of a report's views.
     """
-    surf = _SURFACES.get(res)
-    if surf is None:
+    cache = _SURFACES.setdefault(res, {})
+    if section not in cache:
         grid = res.grid.copy(deep=False)
         grid.clear_data()
-        surf = grid.extract_surface(pass_pointid=True, pass_cellid=True, algorithm="dataset_surface")
-        _SURFACES[res] = surf
-    return surf
+        if section:
+            origin, normal, _ = clip_plane(res)
+            grid.cell_data[_CELL_ID] = np.arange(grid.n_cells)
+            grid = grid.clip(normal=normal, origin=origin, crinkle=False)
+            if grid.n_cells == 0:
+                raise FemurFeError("the clipping plane leaves no elements to draw; view without clip")
+        cache[section] = grid.extract_surface(pass_pointid=True, pass_cellid=True, algorithm="dataset_surface")
+    return cache[section]
 
 
 def _prepare(res: StoredResult, spec: FieldSpec, *, warp: float | None, clip: bool,
@@ -431,7 +441,13 @@ def _prepare(res: StoredResult, spec: FieldSpec, *, warp: float | None, clip: bo
         raise FemurFeError(f"warp must be a finite factor >= 0, got {warp!r}")
     pts = res.points + factor * res.displacement if factor else res.points
     plane = None
-    if clip:  # the section needs the elements behind the cut: clip the volume
+    if clip and spec.association == "cell" and not factor:  # element values on the undeformed section
+        origin, normal, _ = clip_plane(res)
+        plane = (origin, normal)
+        surf = _outer_surface(res, section=True)
+        grid = surf.copy(deep=False)
+        grid.cell_data["_values"] = np.asarray(vals)[np.asarray(surf.cell_data[_CELL_ID])]
+    elif clip:  # point values or a deformed shape: clip the volume, interpolating the point values
         grid = res.grid.copy(deep=False)
         grid.clear_data()
         if spec.association == "point":
