@@ -24,6 +24,7 @@ import femur_fe  # noqa: E402
 from femur_fe.studies.table import ScenarioRecord, comparison_rows, write_comparison  # noqa: E402
 from femur_fe.errors import FemurFeError  # noqa: E402
 from test_plotting import content_fraction, run_block  # noqa: E402
+from test_report_render import REPR, cell_texts  # noqa: E402
 
 IMG = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 
@@ -38,6 +39,8 @@ def images(doc: str) -> list[np.ndarray]:
 def assert_self_contained(doc: str) -> None:
     assert doc.startswith("<!DOCTYPE html>") and doc.rstrip().endswith("</html>")
     assert not re.search(r'(src|href)="(?!data:)', doc), "external reference in the report"
+    bad = [c for c in cell_texts(doc) if REPR.search(c)]
+    assert not bad, f"table cells holding a Python value: {bad[:3]}"
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +104,7 @@ def test_sweep_report(tmp_path):
     out = femur_fe.viz.write_report(tmp_path / "sweep.html", sweep=tmp_path / "sw", output="stiffness_N_per_mm")
     doc = out.read_text(encoding="utf-8")
     assert_self_contained(doc)
-    assert "Sensitivity of stiffness_N_per_mm" in doc and "density.scale" in doc
+    assert "Sensitivity of stiffness (N/mm)" in doc and "density.scale" in doc
     assert len(images(doc)) == 2  # tornado + scatter
     assert "sweep.json" in doc
 

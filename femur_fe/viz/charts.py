@@ -33,6 +33,7 @@ from ..errors import FemurFeError
 from ..io import atomic_path
 from ..io.results import StoredResult
 from .palette import BASELINE_COLOUR, resolve_colours
+from .tables import human_name
 
 log = logging.getLogger(__name__)
 
@@ -424,8 +425,8 @@ def plot_tornado(data: Any, path: str | os.PathLike, *, output: str = "strength_
     ax.barh(ypos, tab["high"] - centre, left=centre, color="#ff7f0e", label="input high", edgecolor="black", lw=0.5)
     ax.axvline(centre, color="black", lw=0.8)
     ax.set_yticks(ypos, list(tab["input"]))
-    ax.set_xlabel(f"{output} (mean {centre:.4g})")
-    ax.set_title(title or f"Sensitivity of {output}")
+    ax.set_xlabel(f"{human_name(output)}, mean {centre:.4g}")
+    ax.set_title(title or f"Sensitivity of {human_name(output)}")
     ax.grid(True, axis="x", alpha=0.3)
     ax.legend(fontsize=8, frameon=False, loc="lower right")
     return _save(fig, path)
@@ -466,14 +467,14 @@ def plot_sweep_scatter(data: Any, path: str | os.PathLike, *, output: str = "str
             ax.set_xticks(range(len(cats)), [Path(v).name for v in cats], rotation=30, ha="right", fontsize=7)
         rho = tab.loc[name, "spearman"] if tab is not None and name in tab.index else float("nan")
         ax.set_title(f"{name}" + ("" if not np.isfinite(rho) else f"  (rho = {rho:+.2f})"), fontsize=9)
-        ax.set_xlabel(name, fontsize=8)
-        ax.set_ylabel(output, fontsize=8)
+        ax.set_xlabel(human_name(name), fontsize=8)
+        ax.set_ylabel(human_name(output), fontsize=8)
         ax.grid(True, alpha=0.3)
     for k in range(n, nrow * ncol):
         axes[k // ncol][k % ncol].set_visible(False)
     if c is not None:
         fig.colorbar(sc, ax=axes, label=colour, shrink=0.8)
-    fig.suptitle(title or f"{output} against the swept inputs", fontsize=10)
+    fig.suptitle(title or f"{human_name(output)} against the swept inputs", fontsize=10)
     return _save(fig, path)
 
 

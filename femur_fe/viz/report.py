@@ -661,14 +661,15 @@ def _sweep_section(sweep, images: _Images, output: str) -> str:
         parts.append(_table(sorted(counts.items()), ("status", "tasks")))
     try:
         tab = sensitivity_table(sweep, output)
-        parts.append("<h3>Sensitivity of " + esc(output) + "</h3>")
+        parts.append("<h3>Sensitivity of " + esc(human_name(output)) + "</h3>")
         parts.append(html_table(tab.to_dict("records"),
-                                (Column("input", "input", text=True), Column("low", "output at low"),
-                                 Column("high", "output at high"), Column("swing", "swing"),
+                                (Column("input", "input", text=True), Column("low", "output at the low level"),
+                                 Column("high", "output at the high level"), Column("swing", "swing (high - low)"),
                                  Column("spearman", "Spearman rho", "{:+.2f}"), Column("n_levels", "levels", "{:d}"))))
-        parts.append(images.plot2d(lambda p: plot_tornado(sweep, p, output=output), f"tornado chart of {output}"))
+        parts.append(images.plot2d(lambda p: plot_tornado(sweep, p, output=output),
+                                   f"Tornado chart: {human_name(output)} at the low and high levels of each input"))
         parts.append(images.plot2d(lambda p: plot_sweep_scatter(sweep, p, output=output),
-                                   f"{output} against each input"))
+                                   f"{human_name(output)} against each swept input"))
     except FemurFeError as exc:
         parts.append(_note(f"no sensitivity analysis: {exc}"))
     ok = _sweep_table(sweep) if "status" not in full.columns or (full["status"] == "ok").any() else full

@@ -83,9 +83,10 @@ def format_value(v: Any, fmt: str | Callable[[Any], str] | None = None) -> str:
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         if fmt is None:
             return significant(float(v)) if isinstance(v, float) else f"{v:,}"
-        if v == 0 and "+" in fmt:  # no sign on zero: "0.0", not "+0.0"
-            fmt = fmt.replace("+", "")
-        return fmt.format(v)
+        text = fmt.format(v)
+        if re.fullmatch(r"[+-]0(\.0*)?", text):  # no sign on a value that rounds to zero: "0.0", not "-0.0"
+            text = text[1:]
+        return text
     if isinstance(v, (Mapping, list, tuple)):
         return plain_text(v)
     return str(v)
