@@ -49,7 +49,9 @@ MEASURE_JS = """
 <script>
 for (const d of document.querySelectorAll('details')) d.open = true;
 const page = document.documentElement.clientWidth;
-const out = {page: page, doc_scroll: document.documentElement.scrollWidth, tables: []};
+const body = document.body.getBoundingClientRect();
+const pad = parseFloat(getComputedStyle(document.body).paddingRight);
+const out = {page: page, doc_scroll: document.documentElement.scrollWidth, body_right: body.right - pad, tables: []};
 document.querySelectorAll('table').forEach((t, i) => {
   const r = t.getBoundingClientRect();
   out.tables.push({i: i, left: r.left, right: r.right, scroll: t.scrollWidth, client: t.clientWidth,
@@ -147,8 +149,11 @@ def test_report_fits_the_page_in_chromium(comparison, tmp_path):
     assert page == PAGE_WIDTH
     assert layout["doc_scroll"] <= page, "the page scrolls sideways"
     assert len(layout["tables"]) >= 8  # set-up, scenarios, strength, bone, 2 contribution tables, runs, provenance
+    assert layout["body_right"] <= page
     for t in layout["tables"]:
-        assert t["right"] <= page, f"table {t['i']} ({t['head']!r}) ends at {t['right']} px, past the page"
+        assert t["right"] <= layout["body_right"] + 0.5, (
+            f"table {t['i']} ({t['head']!r}) ends at {t['right']} px, past the text column "
+            f"({layout['body_right']} px) of a {page} px page")
         assert t["scroll"] <= t["client"] + 1, f"table {t['i']} ({t['head']!r}) scrolls: {t['scroll']} px"
     # the headless render itself: a screenshot of the first screen has content (not a blank page)
     shot = tmp_path / "shot.png"
