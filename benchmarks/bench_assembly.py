@@ -57,7 +57,7 @@ CASES = {
 
 
 def _mesh(case: str):
-    from box_mesh import box_mesh
+    from femur_fe.fe.boxes import box_mesh
 
     ct, n, dist, _ = CASES[case]
     return box_mesh(ct, n, n, n, h=1.0, distortion=dist, seed=1)
@@ -139,7 +139,16 @@ def worker_femur(case: str, n_threads: int | None) -> dict:
 
 
 def worker_skfem(case: str) -> dict:
-    from skfem import Basis, ElementHex1, ElementTetP1, ElementTetP2, ElementVector, MeshHex, MeshTet, asm
+    from skfem import (
+        Basis,
+        ElementHex1,
+        ElementTetP1,
+        ElementTetP2,
+        ElementVector,
+        MeshHex,
+        MeshTet,
+        asm,
+    )
     from skfem.models.elasticity import lame_parameters, linear_elasticity
 
     from femur_fe.fe.elements import reference_nodes

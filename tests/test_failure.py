@@ -13,29 +13,23 @@ import numpy as np
 import pytest
 
 import femur_fe as ff
+from femur_fe.analysis.failure import (
+    SITE_COMPRESSIVE_YIELD_STRAIN,
+    ApparentStrain,
+    DensityYieldStress,
+    MaxPrincipalStrain,
+    Pistoia,
+    SiteYieldStrain,
+    ees_at_critical_volume,
+    failure_criterion,
+    pistoia_ees_count_n88tools,
+)
 from femur_fe.errors import FemurFeError, LoadCaseError
-from femur_fe.analysis.failure import (SITE_COMPRESSIVE_YIELD_STRAIN, ApparentStrain, DensityYieldStress, MaxPrincipalStrain,
-                              Pistoia,
-                              SiteYieldStrain, ees_at_critical_volume, failure_criterion,
-                              pistoia_ees_count_n88tools)
 
 
 def hex_grid(n=(5, 5, 4), h=1.0):
     """Voxel mesh of n cubes of edge h (mm), VTK hexahedron node order."""
-    nx, ny, nz = n
-    g = np.stack(np.meshgrid(*[np.arange(k + 1) * h for k in n], indexing="ij"), axis=-1).reshape(-1, 3)
-
-    def nid(i, j, k):
-        return (i * (ny + 1) + j) * (nz + 1) + k
-
-    cells = []
-    for i in range(nx):
-        for j in range(ny):
-            for k in range(nz):
-                cells.append([nid(i, j, k), nid(i + 1, j, k), nid(i + 1, j + 1, k), nid(i, j + 1, k),
-                              nid(i, j, k + 1), nid(i + 1, j, k + 1), nid(i + 1, j + 1, k + 1),
-                              nid(i, j + 1, k + 1)])
-    return ff.Mesh(g, np.array(cells), "hexahedron")
+    return ff.fe.boxes.hex_grid(n, tuple(h * k for k in n))
 
 
 def tet_box(n=(3, 3, 8), size=(10.0, 10.0, 40.0)):

@@ -6,9 +6,17 @@ import pytest
 
 import femur_fe as ff
 from femur_fe.errors import FemurFeError
-from femur_fe.fe.fields import (element_fields, effective_strain, nodal_average, principal_strains,
-                             principal_values, strain_energy_density, tensor_from_voigt, voigt_from_tensor,
-                             von_mises)
+from femur_fe.fe.fields import (
+    effective_strain,
+    element_fields,
+    nodal_average,
+    principal_strains,
+    principal_values,
+    strain_energy_density,
+    tensor_from_voigt,
+    voigt_from_tensor,
+    von_mises,
+)
 
 
 def _sym(rng, shape):

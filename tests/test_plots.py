@@ -18,13 +18,21 @@ import pytest
 
 iio = pytest.importorskip("imageio.v3")
 
-import femur_fe  # noqa: E402
-from femur_fe.studies.table import ScenarioRecord, comparison_rows, write_comparison  # noqa: E402
-from femur_fe.errors import FemurFeError  # noqa: E402
-from femur_fe.viz.charts import (THRESHOLD_COLOUR, plot_load_displacement, plot_strength_gain,  # noqa: E402
-                            plot_strength_time, plot_sweep_scatter, plot_tornado, sensitivity_table)
-from femur_fe.viz.palette import BASELINE_COLOUR, SCENARIO_PALETTE, scenario_colours  # noqa: E402
 from test_plotting import colour_pixels, content_fraction, hex_rgb, run_block  # noqa: E402
+
+import femur_fe  # noqa: E402
+from femur_fe.errors import FemurFeError  # noqa: E402
+from femur_fe.studies.table import ScenarioRecord, comparison_rows, write_comparison  # noqa: E402
+from femur_fe.viz.charts import (  # noqa: E402
+    THRESHOLD_COLOUR,
+    plot_load_displacement,
+    plot_strength_gain,
+    plot_strength_time,
+    plot_sweep_scatter,
+    plot_tornado,
+    sensitivity_table,
+)
+from femur_fe.viz.palette import BASELINE_COLOUR, SCENARIO_PALETTE, scenario_colours  # noqa: E402
 
 # the palette's first two scenario colours: therapy_a and standard_care in the comparison's order
 C0, C1 = hex_rgb(SCENARIO_PALETTE[0]), hex_rgb(SCENARIO_PALETTE[1])

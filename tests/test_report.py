@@ -20,11 +20,12 @@ import pytest
 
 iio = pytest.importorskip("imageio.v3")
 
-import femur_fe  # noqa: E402
-from femur_fe.studies.table import ScenarioRecord, comparison_rows, write_comparison  # noqa: E402
-from femur_fe.errors import FemurFeError  # noqa: E402
 from test_plotting import content_fraction, run_block  # noqa: E402
 from test_report_render import REPR, cell_texts  # noqa: E402
+
+import femur_fe  # noqa: E402
+from femur_fe.errors import FemurFeError  # noqa: E402
+from femur_fe.studies.table import ScenarioRecord, comparison_rows, write_comparison  # noqa: E402
 
 IMG = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 

@@ -154,12 +154,16 @@ class Analysis:
         load = np.concatenate([direction_prime, np.zeros(3)])
         return solver.solve(np.zeros(n), tie_loads={self.tie.name: load})
 
-    def solve(self, model: Model | None = None, *, strength: bool = True) -> "Result":
-        """Solve the case (optionally on a model with new density) and return the result."""
-        return self.solve_directions([None], model=model, strength=strength)[0]
+    def solve(self, model: Model | None = None, *, strength: bool = True, subject: Any = None) -> "Result":
+        """Solve the case (optionally on a model with new density) and return the result.
+
+        ``subject`` (:class:`femur_fe.Subject`) is attached before the strength is evaluated, so
+        the factor of risk and the classification are in the result."""
+        return self.solve_directions([None], model=model, strength=strength, subject=subject)[0]
 
     def solve_directions(self, directions: Sequence[np.ndarray | Mapping | None], *,
-                         model: Model | None = None, strength: bool = True) -> list["Result"]:
+                         model: Model | None = None, strength: bool = True,
+                         subject: Any = None) -> list["Result"]:
         """Solve several load directions on the same matrix and solver set-up.
 
         ``directions``: each item is None (the case's own direction), a (3,) global vector, or
@@ -180,10 +184,10 @@ class Analysis:
                 if d.shape != (3,) or not np.isfinite(d).all() or np.linalg.norm(d) == 0:
                     raise LoadCaseError(f"load direction must be a finite non-zero 3-vector, got {item!r}")
                 d = d / np.linalg.norm(d)
-            out.append(self._solve_one(solver, m, d, strength=strength))
+            out.append(self._solve_one(solver, m, d, strength=strength, subject=subject))
         return out
 
-    def _solve_one(self, solver, m: Model, d: np.ndarray, *, strength: bool) -> "Result":
+    def _solve_one(self, solver, m: Model, d: np.ndarray, *, strength: bool, subject: Any = None) -> "Result":
         t0 = time.perf_counter()
         R = self.rotation
         loading = self.case.loading
@@ -223,6 +227,7 @@ class Analysis:
                                    plate_rotation=(tie_res.rotation * scale) @ R,
                                    plate_moment=(tie_res.moment * scale) @ R)
         res.height_mm = self.height_mm
+        res.subject = subject
         if strength:
             res.evaluate_strength()
         log.info("solved %s: stiffness %s N/mm, load %.4g N, %.2f s", self.case.name,

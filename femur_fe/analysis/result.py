@@ -11,12 +11,10 @@ import numpy as np
 
 from .._version import __version__
 from ..bone.model import Model
-from ..errors import LoadCaseError
 from ..fe.fields import element_fields, nodal_average
 from ..fe.mesh import Mesh
 from ..fe.recovery import strain, stress
 from ..io import write_json_atomic, write_mesh
-from .failure import LinearStrength
 from .risk import summary_fields
 
 log = logging.getLogger(__name__)
@@ -71,17 +69,11 @@ class Result:
     def evaluate_strength(self, criterion=None):
         """Linear strength with the case's (or the given) failure criterion; fills ``linear``."""
         crit = criterion or self.case.failure.build()
-        risk = crit.evaluate(self.mesh, strain=self.strain, young=self.model.young, stress=self.stress,
-                             density=self.model.density, strain_nodal=self.strain_nodal, bc_nodes=self.bc_nodes,
-                             density_type=self.model.density_type, plate_displacement_mm=self.plate_displacement_mm,
-                             height_mm=self.height_mm)
-
-        if not (risk.governing > 0 and np.isfinite(risk.governing)):
-            raise LoadCaseError(f"{crit.name}: governing risk {risk.governing!r}; no strain where the criterion "
-                                "is evaluated (check the loads and the excluded regions)")
-        f = abs(self.load_force_N)
-        self.linear = LinearStrength(f / risk.governing, f, float(risk.governing), crit.name, crit.parameters(),
-                                     risk.location, risk)
+        self.linear = crit.linear_strength(abs(self.load_force_N), self.mesh, strain=self.strain,
+                                           young=self.model.young, stress=self.stress, density=self.model.density,
+                                           strain_nodal=self.strain_nodal, bc_nodes=self.bc_nodes,
+                                           density_type=self.model.density_type,
+                                           plate_displacement_mm=self.plate_displacement_mm, height_mm=self.height_mm)
         self._update_summary()
         return self.linear
 
@@ -127,7 +119,7 @@ class Result:
                          "young_max_mpa": float(self.model.young.max()),
                          "bone_mass_g": self.model.bone_mass_g(),
                          "integral_vbmd_mg_cm3": self.model.integral_vbmd_mg_cm3(),
-                         "mapping": self.model.mapping},
+                         "mapping": self.model.mapping, "calibration": self.model.calibration},
             "case": self.case.to_dict(),
             "inputs": dict(self.model.inputs),
         }

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -48,8 +48,34 @@ def clamp_negative(rho, *, what: str = "density", floor: float = 0.0) -> np.ndar
 
 
 # ---------------------------------------------------------------------------------------------
-# calibration object
+# calibration objects
 # ---------------------------------------------------------------------------------------------
+@runtime_checkable
+class HUCalibration(Protocol):
+    """What femur_fe needs to turn HU into QCT (mineral-equivalent) density.
+
+    Implemented by :class:`DensityCalibration` (a straight line, e.g. from a phantom) and by
+    :class:`femur_fe.bone.internal_calibration.InternalCalibration` (the two-component curve of the
+    phantomless calibration, quadratic in HU). Every function that takes a HU calibration
+    (:func:`qct_from_hu`, :func:`calibrated_ct`, :func:`femur_fe.bone.mapping.map_density`,
+    :func:`femur_fe.bone.mapping.map_young_modulus`) accepts any object with these members.
+
+    Attributes
+    ----------
+    mineral : ``"k2hpo4"`` or ``"ha"``: the mineral the density is equivalent to
+    """
+
+    mineral: str
+
+    def density(self, hu, *, clamp: bool = True) -> np.ndarray:
+        """QCT density (g/cm^3) of HU values; negatives clamped to 0 with a warning if ``clamp``."""
+        ...
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable record from which the calibration can be rebuilt."""
+        ...
+
+
 @dataclass(frozen=True)
 class DensityCalibration:
     """Linear HU -> QCT density calibration: ``rho_qct = slope * HU + intercept`` (g/cm^3).
@@ -202,15 +228,24 @@ def fit_phantom_calibration(hu, density_mg, *, water_mg=None, mineral: str = "k2
 # ---------------------------------------------------------------------------------------------
 # conversions (g/cm^3)
 # ---------------------------------------------------------------------------------------------
-def qct_from_hu(hu, calibration: DensityCalibration, *, clamp: bool = True) -> np.ndarray:
-    """QCT (mineral-equivalent) density in g/cm^3 from HU; negatives clamped with a warning."""
-    if not isinstance(calibration, DensityCalibration):
-        raise MaterialError("calibration must be a femur_fe.bone.DensityCalibration (e.g. DensityCalibration.from_mg("
-                            f"0.80028, 8.1229)), got {type(calibration).__name__}")
-    return calibration.density(hu, clamp=clamp)
+def check_hu_calibration(calibration) -> HUCalibration:
+    """Return ``calibration`` if it is a :class:`HUCalibration`, else raise MaterialError naming the fix."""
+    if not isinstance(calibration, HUCalibration):
+        raise MaterialError("calibration must be a HU calibration: a femur_fe.bone.DensityCalibration (e.g. "
+                            "DensityCalibration.from_mg(0.80028, 8.1229)) or the result of "
+                            f"femur_fe.bone.internal_calibration(...), got {type(calibration).__name__}")
+    return calibration
 
 
-def qct_mg_from_hu(hu, calibration: DensityCalibration, *, clamp: bool = True) -> np.ndarray:
+def qct_from_hu(hu, calibration: HUCalibration, *, clamp: bool = True) -> np.ndarray:
+    """QCT (mineral-equivalent) density in g/cm^3 from HU; negatives clamped with a warning.
+
+    ``calibration``: any :class:`HUCalibration` (a phantom line or the internal-calibration curve).
+    """
+    return check_hu_calibration(calibration).density(hu, clamp=clamp)
+
+
+def qct_mg_from_hu(hu, calibration: HUCalibration, *, clamp: bool = True) -> np.ndarray:
     """QCT density in mg/cm^3 from HU."""
     return 1000.0 * qct_from_hu(hu, calibration, clamp=clamp)
 
@@ -309,7 +344,7 @@ def convert_density(rho, from_type: str, to_type: str, *, qct_to_ash=None) -> np
     return ash_from_apparent(rho)  # apparent -> ash
 
 
-def calibrated_ct(ct, calibration: DensityCalibration, *, clamp: bool = True):
+def calibrated_ct(ct, calibration: HUCalibration, *, clamp: bool = True):
     """Return a copy of a HU :class:`~femur_fe.io.ct.CTImage` converted to QCT density in g/cm^3."""
     if not isinstance(ct, CTImage):
         raise CTError(f"ct must be a CTImage, got {type(ct).__name__}")

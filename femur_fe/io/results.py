@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 RESULT_FILE = "result.vtu"
 SUMMARY_FILE = "summary.json"
 #: how a result folder is written (for error messages)
-WRITTEN_BY = ("`femur-fe run CASE.toml ... --out DIR` or femur_fe.studies.run_case(case, model, out=DIR) "
-              "(femur_fe.analysis.prepare.Result.write)")
+WRITTEN_BY = ("`femur-fe run CASE.toml ... --out DIR` or femur_fe.run(case, bone, out=DIR) "
+              "(femur_fe.Result.write)")
 #: point fields every result has: name -> number of components
 REQUIRED_POINT_FIELDS = {"displacement": 3}
 #: cell fields every result has: name -> number of components (1 = scalar)
@@ -39,15 +39,15 @@ REQUIRED_CELL_FIELDS = {"strain": 6, "stress": 6, "von_mises": 1, "principal_str
                         "effective_strain": 1, "young_modulus": 1, "density": 1}
 #: cell fields written only in some runs: name -> (components, what writes them)
 OPTIONAL_CELL_FIELDS = {"risk": (1, "a failure criterion: run the case with strength evaluation "
-                                    "(run_case(..., strength=True), the default) and a [failure] section")}
+                                    "(femur_fe.run) and a [failure] section")}
 #: summary keys every result has
 REQUIRED_SUMMARY_KEYS = ("stiffness_N_per_mm", "reaction_forces_N", "load_direction", "case", "inputs",
                          "femur_fe_version")
 #: optional summary keys and what writes them
 OPTIONAL_SUMMARY_KEYS = {
-    "nonlinear_curve": "the nonlinear analysis (run_case(..., nonlinear=True) / `femur-fe run --nonlinear`)",
-    "strength_linear_N": "a failure criterion (run_case(..., strength=True))",
-    "strength_nonlinear_N": "the nonlinear analysis (run_case(..., nonlinear=True))",
+    "nonlinear_curve": "the nonlinear analysis (femur_fe.run(..., nonlinear=True) / `femur-fe run --nonlinear`)",
+    "strength_linear_N": "a failure criterion (femur_fe.run)",
+    "strength_nonlinear_N": "the nonlinear analysis (femur_fe.run(..., nonlinear=True))",
     "factor_of_risk": "a failure criterion with a subject (fall impact force) in the load case",
 }
 

@@ -1,8 +1,9 @@
 """Studies over runs: baseline-versus-therapy comparisons and parameter sweeps."""
 from __future__ import annotations
 
-from .compare import compare, fit_annual_rate, load_comparison, with_ct_calibration
-from .run import run_case
+from ..case.comparison import load_comparison
+from .compare import compare, fit_annual_rate
+from .run import Prepared, prepare_run, run, solve
 from .sweep import (
     SweepSpec,
     SweepTask,
@@ -24,8 +25,10 @@ __all__ = [
     "load_comparison",
     "load_sweep",
     "read_results",
-    "run_case",
+    "Prepared",
+    "prepare_run",
+    "run",
+    "solve",
     "run_sweep",
-    "with_ct_calibration",
     "worker_cache",
 ]

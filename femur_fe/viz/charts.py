@@ -262,7 +262,7 @@ def _curve_of(item: Any) -> tuple[str, np.ndarray, np.ndarray, float | None]:
         p = Path(item)
         summary_path = p / "summary.json" if p.is_dir() else p
         if not summary_path.exists():
-            raise FemurFeError(f"{summary_path} does not exist; a result folder is written by femur_fe.studies.run_case(..., "
+            raise FemurFeError(f"{summary_path} does not exist; a result folder is written by femur_fe.run(..., "
                                "out=DIR)")
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
         label = label or (p.name if p.is_dir() else p.parent.name)
@@ -278,7 +278,7 @@ def _curve_of(item: Any) -> tuple[str, np.ndarray, np.ndarray, float | None]:
     curve = summary.get("nonlinear_curve")
     if not curve:
         raise FemurFeError(f"{where} has no nonlinear_curve; it is written by the nonlinear analysis "
-                           "(run_case(..., nonlinear=True) / `femur-fe run --nonlinear`)")
+                           "(femur_fe.run(..., nonlinear=True) / `femur-fe run --nonlinear`)")
     d = np.asarray(curve.get("displacement_mm"), dtype=float)
     f = np.asarray(curve.get("force_N"), dtype=float)
     if d.ndim != 1 or d.shape != f.shape or d.size < 2:

@@ -390,6 +390,50 @@ def _operator_text(op: Mapping[str, Any]) -> str:
     return f"{kind}: {', '.join(parts)}" if parts else kind
 
 
+def _bone_text(bone: Any) -> str:
+    """Short name of a ``[bone]`` table (its ``name``, the bundled bone, or the mask/mesh file)."""
+    if not isinstance(bone, Mapping):
+        return plain_text(bone)
+    if bone.get("name"):
+        return str(bone["name"])
+    if bone.get("bundled"):
+        return f"bundled {bone['bundled']} ({bone.get('state') or 'osteoporotic'})"
+    for key in ("mask", "mesh"):
+        if bone.get(key):
+            return Path(str(bone[key])).name
+    return "bone"
+
+
+def _calibration_text(cal: Any) -> str:
+    """How the CT became density: a phantom line or the phantomless (internal) calibration; '' if unknown."""
+    if not isinstance(cal, Mapping):
+        return "" if cal is None else plain_text(cal)
+    if cal.get("method") == "internal":
+        lin = cal.get("hu_to_k2hpo4_linear") or {}
+        text = "internal (phantomless"
+        text += f", {cal['reference']})" if cal.get("reference") else ")"
+        if cal.get("effective_energy_kev") is not None:
+            text += f": effective energy {float(cal['effective_energy_kev']):.0f} keV"
+        if cal.get("r_squared") is not None:
+            text += f", R\u00b2 {float(cal['r_squared']):.4f}"
+        if cal.get("tissues_used"):
+            text += f", tissues {', '.join(str(t) for t in cal['tissues_used'])}"
+        if lin.get("slope") is not None:
+            text += (f"; close to K2HPO4 = {float(lin['slope']):.3g} g/cm\u00b3 per HU x HU + "
+                     f"{float(lin['intercept']):.3g} g/cm\u00b3")
+        return text
+    if cal.get("slope") is None:
+        return ""
+    unit = str(cal.get("unit") or "g/cm3").replace("g/cm3", "g/cm\u00b3")
+    text = (f"{cal.get('ct_density_type') or cal.get('mineral') or 'density'} = {float(cal['slope']):g} {unit} per "
+            f"{cal.get('ct_unit') or 'HU'} x CT value + {float(cal.get('intercept') or 0.0):g} {unit}")
+    if cal.get("mineral"):
+        text += f" ({cal['mineral']})"
+    if cal.get("source"):
+        text += f"; {cal['source']}"
+    return text
+
+
 def _subject_text(subject: Any) -> str:
     if not isinstance(subject, Mapping):
         return MISSING
@@ -489,17 +533,21 @@ def _comparison_section(comparison, runs, images: _Images, time_course, window_s
 
     # ---- set-up
     setup = []
-    if spec.get("bone"):
-        setup.append(("bone", spec["bone"]))
-    if spec.get("ct"):
-        setup.append(("CT", spec["ct"]))
-    cal = ((spec.get("case") or {}).get("material") or {}).get("calibration") if isinstance(spec.get("case"),
-                                                                                           Mapping) else None
-    if isinstance(cal, Mapping) and cal.get("slope") is not None and spec.get("ct"):
-        setup.append(("CT calibration", f"{cal.get('ct_density_type', 'density')} = {cal['slope']:g} "
-                      f"{cal.get('unit', '')} per {cal.get('ct_unit', 'HU')} x CT + {cal.get('intercept', 0):g} "
-                      f"{cal.get('unit', '')}" + (f" ({cal['mineral']})" if cal.get("mineral") else "")
-                      + (f"; {cal['source']}" if cal.get("source") else "")))
+    bone = spec.get("bone")
+    if bone:
+        setup.append(("bone", _bone_text(bone)))
+    files = dict(bone) if isinstance(bone, Mapping) else {"ct": spec.get("ct")}
+    for key, name in (("mesh", "mesh"), ("mask", "mask"), ("ct", "CT")):
+        if files.get(key) and not files.get("bundled"):
+            labels = files.get("labels") if key == "mask" else None
+            setup.append((name, f"{files[key]}" + (f" (labels {plain_text(labels)})" if labels else "")))
+    material = bsum.get("material") if isinstance(bsum.get("material"), Mapping) else {}
+    cal = material.get("calibration") or (((spec.get("case") or {}).get("material") or {}).get("calibration")
+                                          if isinstance(spec.get("case"), Mapping) else None)
+    if files.get("ct") or files.get("bundled"):
+        text = _calibration_text(cal)
+        if text:
+            setup.append(("CT calibration", text))
     case = spec.get("case") if isinstance(spec.get("case"), Mapping) else bsum.get("case") or {}
     if case.get("name") or (base is not None and base.case_name):
         setup.append(("load case", case.get("name") or base.case_name))
@@ -742,7 +790,7 @@ def _write_report(path, *, kind, run_dirs, comparison, sweep, title, time_course
     runs = _runs(run_dirs)
     if kind == "run" and not runs:
         raise FemurFeError("a run report needs run_dirs=[result folder, ...] (folders written by "
-                           "femur_fe.studies.run_case(..., out=DIR))")
+                           "femur_fe.run(..., out=DIR))")
     if kind == "comparison" and comparison is None and len(runs) < 2:
         raise FemurFeError("a comparison report needs comparison=PATH (comparison.json/csv) and/or run_dirs with a "
                            "baseline and at least one scenario")
@@ -821,7 +869,8 @@ def write_comparison_report(out_dir: str | os.PathLike, *, title: str | None = N
         raise FemurFeError(f"{out}: result folder(s) {missing} of comparison.json are missing; re-run the comparison")
     spec = data.get("spec") or {}
     case = (spec.get("case") or {}).get("name") if isinstance(spec.get("case"), Mapping) else None
-    title = title or ("Scenario comparison: " + ", ".join(x for x in (spec.get("bone"), case) if x)).rstrip(": ")
+    title = title or ("Scenario comparison: " + ", ".join(
+        x for x in (_bone_text(spec.get("bone")) if spec.get("bone") else None, case) if x)).rstrip(": ")
     tc = out / "timecourse.csv"
     report, kept = _write_report(out / "report.html", kind="comparison", comparison=cj,
                                  run_dirs={n: out / n for n in names}, sweep=None, title=title,
