@@ -16,6 +16,10 @@ The other checks read the files: one colour per scenario in the tables and in bo
 charts, the fragility threshold line in the strength-over-time chart, per-gram
 efficiency only where bone was added, progress lines, ``run_info.json`` listing the
 report, and no VTK "bad X server connection" warning when rendering without a display.
+
+``test_report_of_a_clinical_vertebra`` (slow, real data from ../shared/data) repeats the Chromium
+and cell checks on L3 of the TotalSegmentator example CT, meshed from its mask with the
+phantomless (internal) calibration.
 """
 from __future__ import annotations
 
@@ -132,10 +136,10 @@ def comparison(tmp_path_factory):
     return d / "out", res, lines
 
 
-def test_report_fits_the_page_in_chromium(comparison, tmp_path):
+def check_layout_in_chromium(report: Path, tmp_path: Path) -> dict:
+    """Open ``report`` in headless Chromium at 1280 px; assert that no table leaves the text column."""
     chromium = require_tool("chromium")
-    out, _, _ = comparison
-    doc = (out / "report.html").read_text(encoding="utf-8")
+    doc = report.read_text(encoding="utf-8")
     probe = tmp_path / "probe.html"
     probe.write_text(doc.replace("</body>", MEASURE_JS + "</body>"), encoding="utf-8")
     run = subprocess.run([chromium, "--headless", "--disable-gpu", "--no-sandbox", "--hide-scrollbars",
@@ -162,6 +166,12 @@ def test_report_fits_the_page_in_chromium(comparison, tmp_path):
                    capture_output=True, timeout=120)
     img = iio.imread(shot)[..., :3]
     assert img.shape[1] == PAGE_WIDTH and (img < 200).any(axis=-1).mean() > 0.02
+    return layout
+
+
+def test_report_fits_the_page_in_chromium(comparison, tmp_path):
+    out, _, _ = comparison
+    check_layout_in_chromium(out / "report.html", tmp_path)
 
 
 def test_cells_are_text_not_python(comparison):
@@ -238,3 +248,34 @@ def test_no_x_server_warning_off_screen(comparison, tmp_path):
     assert (tmp_path / "v.png").stat().st_size > 1000
     assert "X server" not in run.stderr and "vtkXOpenGLRenderWindow" not in run.stderr, run.stderr[-2000:]
     assert run.stdout.strip() == "None"  # the process environment is left as it was
+
+
+@pytest.mark.slow
+def test_report_of_a_clinical_vertebra(shared_data, tmp_path):
+    """The same report on real data: L3 of the TotalSegmentator example CT (HU, 3 mm voxels), meshed from
+    its mask, phantomless (internal) calibration; checked in Chromium like the fast version above."""
+    ct = shared_data("ct_totalseg_example", "example_ct.nii.gz")
+    mask = shared_data("ct_totalseg_example", "example_seg", "vertebrae_L3.nii.gz")
+    spec = {
+        "schema_version": 1, "case": "vertebral_compression",
+        "bone": {"name": "L3 of the TotalSegmentator example CT", "ct": str(ct), "mask": str(mask),
+                 "calibration": "internal"},
+        "subject": {"sex": "female"},
+        "comparison": {"reference": "standard_care", "time_points_months": [0.0, 36.0]},
+        "scenario": [
+            {"name": "no_treatment", "months": 36.0, "density_type": "qct",
+             "operator": [{"type": "annual_change", "preset": "postmenopausal_spine"}]},
+            {"name": "standard_care", "months": 36.0, "density_type": "qct",
+             "operator": [{"type": "annual_change", "percent_per_year": 5.76}]},
+        ],
+    }
+    res = femur_fe.compare(femur_fe.studies.load_comparison(spec), tmp_path / "out")
+    report = res.files["report_html"]
+    doc = report.read_text(encoding="utf-8")
+    cells = cell_texts(doc)
+    assert not [c for c in cells if REPR.search(c)]
+    # the set-up names the real inputs and the phantomless calibration the model used
+    assert str(mask) in cells and str(ct) in cells
+    assert any(c.startswith("internal (phantomless") for c in cells)
+    assert "not a gain: bone lost" in cells  # no_treatment loses bone
+    check_layout_in_chromium(report, tmp_path)
