@@ -3,8 +3,8 @@
 :func:`compare` takes a comparison file (:mod:`femur_fe.case.comparison`: a load case, a bone,
 the subject and ``[[scenario]]`` tables), solves the baseline and every scenario on the same
 prepared analysis (regions, caps, sparsity pattern reused; only the moduli change) and writes
-one result folder per run, ``comparison.json``/``comparison.csv``, ``timecourse.csv`` and PNG
-plots.
+one result folder per run, ``comparison.json``/``comparison.csv``, ``timecourse.csv``, PNG
+plots and ``report.html`` (:func:`femur_fe.viz.report.write_comparison_report`).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
@@ -24,7 +24,7 @@ from ..errors import ScenarioError
 from ..io import write_json_atomic, write_text_atomic
 from ..therapy.scenarios import AnnualChange, Scenario, resolve_landmark
 from ..therapy.sensitivity import AnalysisSensitivity
-from ..viz import charts as plots
+from ..viz.report import write_comparison_report
 from .run import prepare_run
 from .run import solve as solve_run
 from .table import ScenarioRecord, comparison_rows, format_table, write_comparison
@@ -212,21 +212,11 @@ def compare(spec: ComparisonSpec | str | os.PathLike, out: str | os.PathLike, *,
     w.writerows(timecourse)
     tpath = write_text_atomic(out / "timecourse.csv", buf.getvalue())
     files = {"comparison_json": jpath, "comparison_csv": cpath, "timecourse_csv": tpath}
-    files.update(_plots(out, rows, timecourse))
+    files.update(write_comparison_report(out, progress=say))
     result = ComparisonResult(rows, base, results, outcomes, timecourse, files, time.perf_counter() - t_start)
     write_json_atomic(out / "run_info.json", {"seconds": result.seconds, "files": {k: str(v) for k, v in files.items()}})
     tick("comparison written")
     return result
-
-
-def _plots(out: Path, rows: Sequence[Mapping], timecourse: Sequence[Mapping]) -> dict:
-    """PNG plots of the comparison (strength gain per scenario, strength against time)."""
-    files = {"strength_gain_png": plots.plot_strength_gain(list(rows), out / "strength_gain.png")}
-    scen = [r for r in timecourse if r["scenario"] != "baseline"]
-    if len({r["scenario"] for r in scen}) and len(scen) > len({r["scenario"] for r in scen}):
-        base = next(r["strength_N"] for r in timecourse if r["scenario"] == "baseline")
-        files["strength_vs_time_png"] = plots.plot_strength_time(scen, out / "strength_vs_time.png", baseline=base)
-    return files
 
 
 def fit_annual_rate(spec: ComparisonSpec | str | os.PathLike, scenario: str, target_percent: float, *,

@@ -85,8 +85,9 @@ def comparison_rows(baseline: ScenarioRecord, scenarios: Sequence[ScenarioRecord
                     reference: str | None = "standard_care") -> list[dict[str, Any]]:
     """Rows (baseline first) with changes vs the baseline and vs the reference scenario.
 
-    ``strength_gain_per_gram_N_per_g`` = strength change / bone mass added (None when no
-    mass was added). ``strength_vs_reference_percent`` = strength relative to the
+    ``strength_gain_per_gram_N_per_g`` = strength change / bone mass added, only for
+    scenarios that added bone (None otherwise: for a scenario that lost bone the ratio is
+    strength lost per gram lost, not a gain). ``strength_vs_reference_percent`` = strength relative to the
     ``reference`` scenario's strength (None if there is no such scenario), and
     ``better_than_reference`` is True when the scenario is stronger than the reference.
     """
@@ -97,7 +98,7 @@ def comparison_rows(baseline: ScenarioRecord, scenarios: Sequence[ScenarioRecord
     rows = []
     for rec in (baseline, *scenarios):
         d_strength = rec.strength_N - baseline.strength_N
-        per_gram = d_strength / rec.added_mass_g if rec is not baseline and abs(rec.added_mass_g) > 0 else None
+        per_gram = d_strength / rec.added_mass_g if rec is not baseline and rec.added_mass_g > 0 else None
         vs_ref = _pct(rec.strength_N, ref.strength_N) if ref is not None and rec is not ref else None
         rows.append({
             "scenario": rec.name,
