@@ -1,7 +1,7 @@
 """Tests of femur_fe.viz.charts (matplotlib, Agg): gains, time courses, load-displacement, sweeps.
 
 Inputs are real: block results of the run pipeline (see tests/test_plotting.py), a
-comparison written by femur_fe.studies.table.write_comparison, a nonlinear run, and a real
+comparison written by femur_fe.studies.compare.write_comparison, a nonlinear run, and a real
 serial sweep of the built-in column task. Figures are checked for content (not blank,
 the expected colours and number of bars); the sensitivity numbers are checked against
 an analytic result (uniform density scaling of a power-law material).
@@ -22,7 +22,7 @@ from test_plotting import colour_pixels, content_fraction, hex_rgb, run_block  #
 
 import femur_fe  # noqa: E402
 from femur_fe.errors import FemurFeError  # noqa: E402
-from femur_fe.studies.table import ScenarioRecord, comparison_rows, write_comparison  # noqa: E402
+from femur_fe.studies.compare import ScenarioRecord, comparison_rows, write_comparison  # noqa: E402
 from femur_fe.viz.charts import (  # noqa: E402
     THRESHOLD_COLOUR,
     plot_load_displacement,

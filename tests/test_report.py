@@ -1,7 +1,7 @@
 """Tests of femur_fe.viz.report.write_report: self-contained HTML from real results.
 
 Runs, comparison and sweep inputs are real (block results of the run pipeline, a
-comparison written by femur_fe.studies.table, a serial sweep of the column task). Checks:
+comparison written by femur_fe.studies.compare, a serial sweep of the column task). Checks:
 the file is self-contained (every image a decodable base64 PNG, no external references),
 the numbers and provenance (input hashes, version, resolved case) appear, and errors are
 clear.
@@ -25,7 +25,7 @@ from test_report_render import REPR, cell_texts  # noqa: E402
 
 import femur_fe  # noqa: E402
 from femur_fe.errors import FemurFeError  # noqa: E402
-from femur_fe.studies.table import ScenarioRecord, comparison_rows, write_comparison  # noqa: E402
+from femur_fe.studies.compare import ScenarioRecord, comparison_rows, write_comparison  # noqa: E402
 
 IMG = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 

@@ -11,7 +11,7 @@ Inputs are the files other parts of femur_fe write, or their in-memory equivalen
   pandas DataFrame, a list of dicts, or a mapping ``{scenario: {"months": [...],
   "strength_N": [...]}}``. ``comparison.csv`` rows with several times per scenario fit.
 * :func:`plot_strength_gain`: ``comparison.json`` / ``comparison.csv`` of
-  :func:`femur_fe.studies.table.write_comparison` (or its rows).
+  :func:`femur_fe.studies.compare.write_comparison` (or its rows).
 * :func:`plot_load_displacement`: result folders / summaries with ``nonlinear_curve``.
 * :func:`plot_tornado`, :func:`plot_sweep_scatter`, :func:`sensitivity_table`: a sweep's
   ``results.parquet`` / ``results.csv`` (folder, file or DataFrame; rows with
