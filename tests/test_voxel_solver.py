@@ -1,0 +1,268 @@
+"""Matrix-free voxel solver: compiled kernels vs NumPy twins, and answers vs the assembled direct solver."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import femur_fe as ff
+from femur_fe import _voxel
+from femur_fe.assembly import assemble_stiffness
+from femur_fe.errors import LoadCaseError, MaterialError, MeshError, UnderConstrainedError
+from femur_fe.solvers import LinearSolver
+from femur_fe.voxel_solver import (
+    VoxelGrid,
+    VoxelSolver,
+    _coarsen,
+    _Level,
+    chebyshev_step_numpy,
+    diagonal_numpy,
+    matvec_numpy,
+    prolong_numpy,
+    restrict_numpy,
+    unit_template,
+)
+
+VERSE = ("ct_verse004_L2_density",)
+
+
+def _holey_grid(n: int = 9, seed: int = 0) -> VoxelGrid:
+    """A box of voxels with a through-hole, a cavity and a notch (non-convex, several layers)."""
+    mask = np.ones((n, n + 1, n + 3), dtype=bool)
+    mask[n // 3:n // 2 + 1, n // 3:n // 2 + 1, :] = False  # through-hole along axis 2
+    mask[1:3, -3:-1, 2:4] = False  # internal cavity
+    mask[-2:, :2, -3:] = False  # notch at a corner
+    return VoxelGrid(mask, spacing=(0.5, 0.6, 0.7), origin=(1.0, -2.0, 3.0))
+
+
+def _lognormal(m: int, seed: int) -> np.ndarray:
+    """Log-uniform E over 100-20,000 MPa, uncorrelated: the contrast of cortical vs trabecular voxels."""
+    rng = np.random.default_rng(seed)
+    return np.exp(rng.uniform(np.log(100.0), np.log(20000.0), m))
+
+
+def _faces(grid: VoxelGrid) -> tuple[np.ndarray, np.ndarray]:
+    ijk = grid.node_ijk()
+    return np.flatnonzero(ijk[:, 2] == 0), np.flatnonzero(ijk[:, 2] == grid.shape[2])
+
+
+def _level(grid: VoxelGrid, young: np.ndarray, poisson: float = 0.3, fixed=None, dtype=np.float64) -> _Level:
+    fixed = np.zeros(0, dtype=np.int64) if fixed is None else fixed
+    return _Level(grid.mask, grid.elem_flat, grid.cells, grid.node_flat, grid._node_map, young,
+                  unit_template(grid.axes, poisson), fixed, 2, dtype)
+
+
+def _rel(a, b) -> float:
+    return float(np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(b))
+
+
+# ----------------------------------------------------------------------------- kernels
+def test_kernels_match_numpy_twins():
+    grid = _holey_grid()
+    young = _lognormal(grid.n_cells, 1)
+    lv = _level(grid, young)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal(grid.n_dofs)
+    y = np.empty_like(x)
+    _voxel.matvec(lv.cells, lv.layer_ptr, young, lv.khat, x, y, 2)
+    ref = matvec_numpy(grid.cells, young, lv.khat64, x)
+    # 1e-12: same products summed in another order (a few ulps of the largest entry)
+    assert np.abs(y - ref).max() <= 1e-12 * np.abs(ref).max()
+    d = lv.diagonal()
+    assert np.abs(d - diagonal_numpy(grid.cells, young, lv.khat64, grid.n_dofs)).max() <= 1e-12 * d.max()
+
+    coarse = _coarsen(lv, 2, np.float64)
+    xc = rng.standard_normal(coarse.n)
+    xf = np.zeros(lv.n)
+    _voxel.prolong_add(lv.node_flat, lv.node_dims, coarse.node_map.reshape(-1), coarse.node_dims, xc, xf, 2)
+    ref = prolong_numpy(lv.node_flat, tuple(lv.node_dims), coarse.node_map, tuple(coarse.node_dims), xc)
+    assert np.abs(xf - ref).max() <= 1e-12 * np.abs(ref).max()
+    rc = np.empty(coarse.n)
+    _voxel.restrict(coarse.node_flat, coarse.node_dims, lv.node_map.reshape(-1), lv.node_dims, x, rc, 2)
+    ref = restrict_numpy(lv.node_flat, tuple(lv.node_dims), coarse.node_map, tuple(coarse.node_dims), x, coarse.n_nodes)
+    assert np.abs(rc - ref).max() <= 1e-12 * np.abs(ref).max()
+    # restriction is the exact transpose of prolongation: <P xc, x> = <xc, P^T x>
+    assert abs(xf @ x - xc @ rc) <= 1e-12 * np.abs(xf).sum() * np.abs(x).max()
+
+    dvec, xs, b, ax, invd = (rng.standard_normal(lv.n) for _ in range(5))
+    d_ref, x_ref = chebyshev_step_numpy(dvec, xs, b, ax, invd, 0.7, 1.3)
+    _voxel.chebyshev_step(dvec, xs, b, ax, invd, 0.7, 1.3, 2)
+    assert np.abs(dvec - d_ref).max() <= 1e-12 * np.abs(d_ref).max()
+    assert np.abs(xs - x_ref).max() <= 1e-12 * np.abs(x_ref).max()
+
+
+def test_kernels_float32_and_thread_count_determinism():
+    grid = _holey_grid(11)
+    young = _lognormal(grid.n_cells, 3)
+    lv = _level(grid, young)
+    x = np.random.default_rng(4).standard_normal(grid.n_dofs)
+    ys = []
+    for nt in (1, 2, 3):
+        y = np.empty_like(x)
+        _voxel.matvec(lv.cells, lv.layer_ptr, young, lv.khat, x, y, nt)
+        ys.append(y)
+    # layers of one parity share no node and are summed in a fixed order: bitwise equal
+    assert np.array_equal(ys[0], ys[1]) and np.array_equal(ys[0], ys[2])
+    y32 = np.empty(grid.n_dofs, dtype=np.float32)
+    _voxel.matvec(lv.cells, lv.layer_ptr, young.astype(np.float32), lv.khat.astype(np.float32),
+                  x.astype(np.float32), y32, 2)
+    # float32 storage and arithmetic: ~1e-6 relative
+    assert np.abs(y32 - ys[0]).max() <= 2e-5 * np.abs(ys[0]).max()
+
+
+def test_matvec_and_diagonal_match_assembled_matrix():
+    grid = _holey_grid()
+    young = _lognormal(grid.n_cells, 5)
+    k = assemble_stiffness(grid.to_mesh(), young, 0.27)
+    lv = _level(grid, young, 0.27)
+    x = np.random.default_rng(6).standard_normal(grid.n_dofs)
+    y = np.empty_like(x)
+    _voxel.matvec(lv.cells, lv.layer_ptr, young, lv.khat, x, y, 2)
+    ref = k @ x
+    assert np.abs(y - ref).max() <= 1e-12 * np.abs(ref).max()
+    assert np.abs(lv.diagonal() - k.diagonal()).max() <= 1e-12 * k.diagonal().max()
+
+
+# ----------------------------------------------------------------------------- solves
+def test_heterogeneous_dirichlet_matches_direct_solver():
+    grid = _holey_grid(13)
+    young = _lognormal(grid.n_cells, 7)
+    bottom, top = _faces(grid)
+    fixed = np.concatenate([(3 * bottom[:, None] + np.arange(3)).ravel(), 3 * top + 2])
+    values = np.concatenate([np.zeros(3 * bottom.size), np.full(top.size, -0.05)])
+    f = np.zeros(grid.n_dofs)
+    f[3 * top] = 0.4  # shear on the displaced face
+    k = assemble_stiffness(grid.to_mesh(), young, 0.3)
+    ref = LinearSolver(k, fixed, points=grid.points, method="direct").solve(f, values)
+    # coarse_max_dofs=500: four levels, so the whole hierarchy is exercised on a small model
+    vs = VoxelSolver(grid, young, 0.3, fixed, rtol=1e-11, coarse_max_dofs=500)
+    assert len(vs.mg.levels) >= 3
+    sol = vs.solve(f, values)
+    # rtol 1e-11 on the residual: the displacement error is below cond * 1e-11, 1e-8 leaves 3 decades
+    assert _rel(sol.u, ref.u) < 1e-8
+    assert _rel(sol.reactions, ref.reactions) < 1e-8
+    assert sol.report.residual <= 1e-11
+    # at the default rtol 1e-8 the stiffness (reaction over the displaced face) still agrees to 1e-8:
+    # it is an energy, its error is quadratic in the displacement error
+    sol8 = VoxelSolver(grid, young, 0.3, fixed, coarse_max_dofs=500).solve(f, values)
+    fz, fz_ref = sol8.reaction_force(top)[2], ref.reaction_force(top)[2]
+    assert abs(fz - fz_ref) <= 1e-8 * abs(fz_ref)
+
+
+def test_rigid_ties_match_direct_solver():
+    grid = _holey_grid(12)
+    young = _lognormal(grid.n_cells, 8)
+    bottom, top = _faces(grid)
+    pts = grid.points
+    fixed = (3 * bottom[:, None] + np.arange(3)).ravel()
+    k = assemble_stiffness(grid.to_mesh(), young, 0.3)
+    f = np.zeros(grid.n_dofs)
+    f[3 * top[:5] + 1] = 0.2
+    ties = [
+        # a plate held parallel and pushed down (the vertebra case)
+        ff.RigidTie(top, pts[top].mean(0), prescribed={"uz": -0.02, "rx": 0, "ry": 0, "rz": 0}, name="plate"),
+        # a femoral-head-like cap: all six reference DOFs free, loaded off-centre
+        ff.RigidTie(top, pts[top].mean(0) + [0.3, -0.2, 2.0], force=[3.0, -2.0, -40.0], moment=[5.0, -3.0, 2.0],
+                    name="head"),
+    ]
+    for tie in ties:
+        ref = LinearSolver(k, fixed, points=pts, method="direct", constraints=[tie]).solve(f)
+        sol = VoxelSolver(grid, young, 0.3, fixed, ties=[tie], rtol=1e-11, coarse_max_dofs=500).solve(f)
+        assert _rel(sol.u, ref.u) < 1e-8, tie.name
+        tr, tv = ref.ties[tie.name], sol.ties[tie.name]
+        for a, b in ((tv.force, tr.force), (tv.moment, tr.moment), (tv.displacement, tr.displacement),
+                     (tv.rotation, tr.rotation)):
+            assert np.abs(a - b).max() <= 1e-8 * max(np.abs(b).max(), 1e-30) + 1e-12 * np.abs(tr.force).max()
+    # a per-solve override of the prescribed plate displacement and of the head load
+    vs = VoxelSolver(grid, young, 0.3, fixed, ties=[ties[0]], rtol=1e-11, coarse_max_dofs=500)
+    ls = LinearSolver(k, fixed, points=pts, method="direct", constraints=[ties[0]])
+    a, b = vs.solve(f, tie_values={"plate": {"uz": -0.05}}), ls.solve(f, tie_values={"plate": {"uz": -0.05}})
+    assert _rel(a.u, b.u) < 1e-8
+
+
+def test_float32_moduli_and_float32_multigrid_keep_the_answer():
+    grid = _holey_grid(12)
+    young = _lognormal(grid.n_cells, 9).astype(np.float32)
+    bottom, top = _faces(grid)
+    fixed = (3 * bottom[:, None] + np.arange(3)).ravel()
+    f = np.zeros(grid.n_dofs)
+    f[3 * top + 2] = -1.0
+    ref = LinearSolver(assemble_stiffness(grid.to_mesh(), young.astype(np.float64), 0.3), fixed,
+                       points=grid.points, method="direct").solve(f)
+    vs = VoxelSolver(grid, young, 0.3, fixed, rtol=1e-11, coarse_max_dofs=500, mg_dtype=np.float32)
+    assert vs.young.dtype == np.float32
+    sol = vs.solve(f)
+    # the float32 preconditioner changes the iterates only; CG in float64 meets rtol on the true operator
+    assert _rel(sol.u, ref.u) < 1e-8
+
+
+def test_rotated_voxel_mesh_matches_direct_solver():
+    """A voxel mesh rotated into a load frame (as the pipeline does) is still a voxel model."""
+    grid = _holey_grid(8)
+    young = _lognormal(grid.n_cells, 10)
+    c, s = np.cos(0.4), np.sin(0.4)
+    rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]) @ np.array([[1.0, 0, 0], [0, c, -s], [0, s, c]])
+    mesh = grid.to_mesh().transformed(rot)
+    perm = np.random.default_rng(11).permutation(mesh.n_cells)  # cell order of the mesh is arbitrary
+    mesh = ff.Mesh(mesh.points, mesh.cells[perm], "hexahedron")
+    young = young[perm]
+    bottom, top = _faces(grid)
+    fixed = (3 * bottom[:, None] + np.arange(3)).ravel()
+    f = np.zeros(grid.n_dofs)
+    f[3 * top + 2] = -1.0
+    ref = LinearSolver(assemble_stiffness(mesh, young, 0.3), fixed, points=mesh.points, method="direct").solve(f)
+    sol = VoxelSolver(mesh, young, 0.3, fixed, rtol=1e-11).solve(f)
+    assert _rel(sol.u, ref.u) < 1e-8
+
+
+def test_verse_l2_with_pmma_caps_and_plate_matches_direct_solver(shared_data):
+    """The real L2 vertebra (holes, posterior arch, PMMA caps as voxels) at 3 mm: plate on the
+    superior cap (rotations held, pushed 0.2 mm), inferior face clamped."""
+    folder = shared_data(*VERSE)
+    ct = ff.read_ct(folder / "sub-verse004_0000_vertebra_21_im.nii.gz", unit="mg/cm3")
+    labels = ff.read_labels(folder / "sub-verse004_0000_vertebra_21_seg.nii.gz", reference=ct)
+    mesh = ff.hexmesh_from_mask(labels, ct, coarsen=3)
+    young = ff.Kopperdahl2002(e_min_mpa=10.0).young(mesh.cell_data["density"])
+    for lab in (5, 6):  # the upstream model's PMMA caps
+        young[mesh.cell_sets[f"label_{lab}"]] = 2500.0
+    z = mesh.points[:, 2]
+    bottom = np.flatnonzero(z <= z.min() + 1e-6)
+    top = np.flatnonzero(z >= z.max() - 1e-6)
+    fixed = (3 * bottom[:, None] + np.arange(3)).ravel()
+    plate = ff.RigidTie(top, mesh.points[top].mean(0), prescribed={"uz": -0.2, "rx": 0, "ry": 0, "rz": 0},
+                        name="plate")
+    f = np.zeros(3 * mesh.n_points)
+    ref = LinearSolver(assemble_stiffness(mesh, young, 0.3), fixed, points=mesh, method="direct",
+                       constraints=[plate]).solve(f)
+    vs = VoxelSolver(mesh, young, 0.3, fixed, ties=[plate], rtol=1e-11, coarse_max_dofs=800)
+    assert len(vs.mg.levels) >= 3
+    sol = vs.solve(f)
+    assert _rel(sol.u, ref.u) < 1e-8
+    fz, fz_ref = sol.ties["plate"].force[2], ref.ties["plate"].force[2]
+    assert abs(fz - fz_ref) <= 1e-8 * abs(fz_ref)
+    assert fz < 0  # the plate pushes the bone down (force the tie applies to the mesh)
+
+
+# ----------------------------------------------------------------------------- refusals
+def test_refuses_what_it_cannot_solve():
+    grid = _holey_grid(6)
+    young = np.full(grid.n_cells, 1000.0)
+    bottom, top = _faces(grid)
+    fixed = (3 * bottom[:, None] + np.arange(3)).ravel()
+    with pytest.raises(UnderConstrainedError, match="rigid-body modes"):
+        VoxelSolver(grid, young, 0.3, 3 * bottom + 2)  # only uz held: sliding and spinning are free
+    bad = young.copy()
+    bad[3] = 0.0
+    with pytest.raises(MaterialError, match="> 0 MPa"):
+        VoxelSolver(grid, bad, 0.3, fixed)
+    with pytest.raises(MaterialError, match="per element"):
+        VoxelSolver(grid, young[:-1], 0.3, fixed)
+    plate = ff.RigidTie(bottom, [0.0, 0.0, 0.0], prescribed=["ux", "uy", "uz", "rx", "ry", "rz"], name="p")
+    with pytest.raises(LoadCaseError, match="also have fixed DOFs"):
+        VoxelSolver(grid, young, 0.3, fixed, ties=[plate])
+    mesh = grid.to_mesh()
+    warped = mesh.points.copy()
+    warped[mesh.cells[0, 6]] += 0.05
+    with pytest.raises(MeshError, match="LinearSolver"):
+        VoxelSolver(ff.Mesh(warped, mesh.cells, "hexahedron"), young, 0.3, fixed)
+    with pytest.raises(MeshError, match="hex8"):
+        VoxelSolver(ff.Mesh(mesh.points, mesh.cells[:, :4], "tetra"), 1000.0, 0.3, fixed)
