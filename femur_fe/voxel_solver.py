@@ -29,6 +29,23 @@ CG tolerance; ``tests/test_voxel_solver.py`` checks it against a direct solve. M
 a few vectors per DOF: no element matrix and no global matrix is stored.
 
 Every compiled kernel has a NumPy twin here (``*_numpy``), tested to 1e-12.
+
+Using it in the load-case pipeline
+----------------------------------
+A case on a voxel mesh (``run --mask-mesh hex``, PMMA caps as voxels of the mask or rigid
+caps) gives the same ``fixed_dofs`` and plate :class:`femur_fe.RigidTie`; the solver takes
+them as they are and returns the :class:`femur_fe.Solution` of ``LinearSolver``, so
+``Analysis.solver_for`` can switch where it applies (no assembler needed)::
+
+    from .voxel_solver import VoxelSolver, is_voxel_mesh
+    if s.method in ("auto", "voxel") and is_voxel_mesh(self.fe_mesh):
+        solver = VoxelSolver(self.fe_mesh, self.fe_young(m), m.poisson, self.fixed_dofs,
+                             ties=[self.tie], rtol=s.rtol, maxiter=s.maxiter)
+    ...
+    sol = solver.solve(np.zeros(solver.n_dofs), tie_loads={self.tie.name: load})
+
+A new density on the same mesh is a new :class:`VoxelSolver` (its set-up is a fraction of one
+solve: no matrix, no factorisation of the fine level).
 """
 from __future__ import annotations
 
@@ -233,6 +250,25 @@ class VoxelGrid:
     def to_mesh(self) -> Mesh:
         """The hex8 :class:`femur_fe.Mesh` of the grid (same node and element numbering)."""
         return Mesh(self.points, self.cells.astype(np.int64), "hexahedron")
+
+
+def is_voxel_mesh(mesh) -> bool:
+    """True when ``mesh`` is a hex8 mesh whose cells are translates of one parallelepiped with the
+    same node order (what :class:`VoxelSolver` accepts; a voxel mesh rotated into a load frame
+    still is one). Cheap: no grid is built."""
+    from . import _kernels
+
+    if not isinstance(mesh, Mesh) or mesh.cell_type != "hexahedron" or mesh.n_cells == 0:
+        return False
+    x0 = mesh.points[mesh.cells[0]]
+    axes = np.stack([x0[1] - x0[0], x0[3] - x0[0], x0[4] - x0[0]])
+    size = float(np.abs(axes).max())
+    if not (size > 0 and np.linalg.det(axes) > 1e-9 * size ** 3):
+        return False
+    if np.abs((x0 - x0[0]) - CORNERS.astype(np.float64) @ axes).max() > 1e-6 * size:
+        return False
+    tol = 64 * np.finfo(float).eps * float(np.abs(mesh.points).max()) + 1e-9 * size
+    return bool(_kernels.translates_of_first(mesh.points, mesh.cells, tol))
 
 
 def _axes(spacing) -> np.ndarray:
@@ -1005,5 +1041,5 @@ def _fixed_mask(fixed_dofs, n_dofs: int) -> tuple[np.ndarray, np.ndarray]:
     return fm(fixed_dofs, n_dofs)
 
 
-__all__ = ["VoxelGrid", "VoxelSolver", "VoxelMultigrid", "unit_template", "matvec_numpy", "diagonal_numpy",
+__all__ = ["VoxelGrid", "VoxelSolver", "is_voxel_mesh", "VoxelMultigrid", "unit_template", "matvec_numpy", "diagonal_numpy",
            "prolong_numpy", "restrict_numpy", "chebyshev_step_numpy"]

@@ -16,6 +16,7 @@ from femur_fe.voxel_solver import (
     _Level,
     chebyshev_step_numpy,
     diagonal_numpy,
+    is_voxel_mesh,
     matvec_numpy,
     prolong_numpy,
     restrict_numpy,
@@ -201,17 +202,21 @@ def test_rotated_voxel_mesh_matches_direct_solver():
     young = _lognormal(grid.n_cells, 10)
     c, s = np.cos(0.4), np.sin(0.4)
     rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]) @ np.array([[1.0, 0, 0], [0, c, -s], [0, s, c]])
-    mesh = grid.to_mesh().transformed(rot)
-    perm = np.random.default_rng(11).permutation(mesh.n_cells)  # cell order of the mesh is arbitrary
-    mesh = ff.Mesh(mesh.points, mesh.cells[perm], "hexahedron")
+    perm = np.random.default_rng(11).permutation(grid.n_cells)  # cell order of the mesh is arbitrary
     young = young[perm]
     bottom, top = _faces(grid)
     fixed = (3 * bottom[:, None] + np.arange(3)).ravel()
     f = np.zeros(grid.n_dofs)
     f[3 * top + 2] = -1.0
-    ref = LinearSolver(assemble_stiffness(mesh, young, 0.3), fixed, points=mesh.points, method="direct").solve(f)
-    sol = VoxelSolver(mesh, young, 0.3, fixed, rtol=1e-11).solve(f)
-    assert _rel(sol.u, ref.u) < 1e-8
+    f[3 * top + 0] = 0.3
+    # a rotation, and a mirror (Mesh.transformed reorders the cells to keep them positive)
+    for transform in (rot, np.diag([1.0, -1.0, 1.0]) @ rot):
+        mesh = grid.to_mesh().transformed(transform)
+        mesh = ff.Mesh(mesh.points, mesh.cells[perm], "hexahedron")
+        ref = LinearSolver(assemble_stiffness(mesh, young, 0.3), fixed, points=mesh.points,
+                           method="direct").solve(f)
+        sol = VoxelSolver(mesh, young, 0.3, fixed, rtol=1e-11).solve(f)
+        assert _rel(sol.u, ref.u) < 1e-8
 
 
 def test_verse_l2_with_pmma_caps_and_plate_matches_direct_solver(shared_data):
@@ -260,8 +265,10 @@ def test_refuses_what_it_cannot_solve():
     with pytest.raises(LoadCaseError, match="also have fixed DOFs"):
         VoxelSolver(grid, young, 0.3, fixed, ties=[plate])
     mesh = grid.to_mesh()
+    assert is_voxel_mesh(mesh) and is_voxel_mesh(mesh.transformed(np.diag([1.0, -1.0, 1.0])))
     warped = mesh.points.copy()
     warped[mesh.cells[0, 6]] += 0.05
+    assert not is_voxel_mesh(ff.Mesh(warped, mesh.cells, "hexahedron"))
     with pytest.raises(MeshError, match="LinearSolver"):
         VoxelSolver(ff.Mesh(warped, mesh.cells, "hexahedron"), young, 0.3, fixed)
     with pytest.raises(MeshError, match="hex8"):
