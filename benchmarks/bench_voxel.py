@@ -107,6 +107,17 @@ def verse_moduli(r: int) -> tuple[np.ndarray, float]:
     return e.astype(np.float32), 1.0 / r
 
 
+def n_grid_nodes(mask: np.ndarray) -> int:
+    """Number of grid nodes touched by the voxels of ``mask``."""
+    d0, d1, d2 = mask.shape
+    used = np.zeros((d0 + 1, d1 + 1, d2 + 1), dtype=bool)
+    for a in (0, 1):
+        for b in (0, 1):
+            for c in (0, 1):
+                used[a:a + d0, b:b + d1, c:c + d2] |= mask
+    return int(np.count_nonzero(used))
+
+
 def prepare(problem: str, path: Path) -> dict:
     kind, arg = problem.split(":")
     e, h = box_moduli(int(arg)) if kind == "box" else verse_moduli(int(arg))
@@ -168,8 +179,7 @@ def run_parosol(image: Path, h: float, mpi: int) -> dict:
     m = re.search(r"#\s+Solving:\s+([-+0-9.eE]+)", res.stdout or "")
     solve_s = float(m.group(1)) if m else float("nan")
     run = res.summary.run
-    n_nodes = int(e.shape[0] + 1) * (e.shape[1] + 1) * (e.shape[2] + 1) if bool((e > 0).all()) else None
-    return dict(tool=f"parosol-py ({mpi} MPI)", n_dofs=3 * n_nodes if n_nodes else None, model_s=float("nan"),
+    return dict(tool=f"parosol-py ({mpi} MPI)", n_dofs=3 * n_grid_nodes(e > 0), model_s=float("nan"),
                 setup_s=total - solve_s, solve_s=solve_s, total_s=total,
                 iterations=run.iterations if run else None, residual=run.relative_residual if run else None,
                 stiffness=float(stiff) if stiff is not None else float("nan"), peak_mb=peak_rss_mb(),
@@ -250,7 +260,7 @@ def main(argv=None) -> int:
                     help="box:N (N voxels per 100 mm) and/or verse:R (VerSe L2 split R^3), default box:60 verse:1")
     ap.add_argument("--with-parosol", metavar="VENV", type=Path, default=None,
                     help="also run parosol-py from this virtual environment (installed there if missing)")
-    ap.add_argument("--mpi", type=int, default=2, help="MPI ranks for parosol-py (default 2)")
+    ap.add_argument("--mpi", type=int, nargs="+", default=[2], help="MPI ranks for parosol-py runs (default 2)")
     ap.add_argument("--mg-dtype", default="float32", choices=("float32", "float64"),
                     help="precision of femur_fe's multigrid preconditioner (CG is float64), default float32")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per run")
@@ -288,7 +298,7 @@ def main(argv=None) -> int:
                 continue
             runs = [("femur", sys.executable, [str(image), str(info["voxel_mm"]), args.mg_dtype], env_femur)]
             if parosol_py:
-                runs.append(("parosol", parosol_py, [str(image), str(info["voxel_mm"]), str(args.mpi)], env))
+                runs += [("parosol", parosol_py, [str(image), str(info["voxel_mm"]), str(m)], env) for m in args.mpi]
             for kind, py, extra, run_env in runs:
                 load = os.getloadavg()[0]
                 res, peak, err = _spawn(py, ["--child", kind, *extra], run_env, args.timeout)
@@ -318,11 +328,13 @@ def main(argv=None) -> int:
               f"{r['peak_mb'] / 1024:>8.3f} {r['stiffness']:>16.8e} {r['load']:>5.2f}")
     by_problem: dict[str, dict[str, dict]] = {}
     for r in rows:
-        by_problem.setdefault(r["problem"], {})[r["tool"].split()[0]] = r
+        by_problem.setdefault(r["problem"], {})[r["tool"]] = r
     for p, d in by_problem.items():
-        if "femur_fe" in d and "parosol-py" in d:
-            a, b = d["femur_fe"], d["parosol-py"]
-            print(f"{p}: parosol-py total / femur_fe total = {b['total_s'] / a['total_s']:.2f}x; "
+        a = d.get("femur_fe voxel")
+        for tool, b in d.items():
+            if a is None or not tool.startswith("parosol"):
+                continue
+            print(f"{p}: {tool} total / femur_fe total = {b['total_s'] / a['total_s']:.2f}x; "
                   f"stiffness relative difference {abs(a['stiffness'] - b['stiffness']) / abs(b['stiffness']):.1e}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
