@@ -178,6 +178,12 @@ def test_rigid_ties_match_direct_solver():
     ls = LinearSolver(k, fixed, points=pts, method="direct", constraints=[ties[0]])
     a, b = vs.solve(f, tie_values={"plate": {"uz": -0.05}}), ls.solve(f, tie_values={"plate": {"uz": -0.05}})
     assert _rel(a.u, b.u) < 1e-8
+    # several load cases at once: one column each, as LinearSolver
+    f2 = np.stack([f, np.roll(f, 7)], axis=1)
+    a, b = vs.solve(f2), ls.solve(f2)
+    assert a.u.shape == b.u.shape == (grid.n_dofs, 2) and _rel(a.u, b.u) < 1e-8
+    assert a.ties["plate"].force.shape == (3, 2)
+    assert np.abs(a.ties["plate"].force - b.ties["plate"].force).max() <= 1e-8 * np.abs(b.ties["plate"].force).max()
 
 
 def test_float32_moduli_and_float32_multigrid_keep_the_answer():
