@@ -108,70 +108,76 @@ def diagonal(const int32_t[:, ::1] cells, const int64_t[::1] layer_ptr, const mo
 
 
 def prolong_add(const int64_t[::1] fine_flat, const int64_t[::1] fine_dims, const int32_t[::1] coarse_map,
-                const int64_t[::1] coarse_dims, const real_t[::1] xc, real_t[::1] xf, int n_threads):
-    """``xf += P xc``: trilinear interpolation from the coarse node grid (spacing 2) to the fine one.
+                const int64_t[::1] coarse_dims, const int64_t[::1] shift, const real_t[::1] xc, real_t[::1] xf,
+                int n_threads):
+    """``xf += P xc``: trilinear interpolation from the coarse node grid to the fine one.
 
-    Fine node (i, j, k) takes ``1/8 sum_o xc[(i + o0) // 2, (j + o1) // 2, (k + o2) // 2]``
-    over the eight o in {0, 1}^3 (weight 1 at coincident nodes, 1/2 on coarse edges,
-    1/4 on faces, 1/8 at cell centres).
+    Axis a is coarsened by 2 when ``shift[a] == 1`` and kept when ``shift[a] == 0``. Fine node
+    (i, j, k) takes ``1/8 sum_o xc[(i + (o0 & s0)) >> s0, (j + (o1 & s1)) >> s1, (k + (o2 & s2)) >> s2]``
+    over the eight o in {0, 1}^3 (weight 1 at coincident nodes, 1/2 on coarse edges, 1/4 on
+    faces, 1/8 at cell centres).
     """
     cdef Py_ssize_t n = fine_flat.shape[0], p
     cdef int64_t f1 = fine_dims[1], f2 = fine_dims[2], c1 = coarse_dims[1], c2 = coarse_dims[2]
+    cdef int64_t s0 = shift[0], s1 = shift[1], s2 = shift[2]
     cdef int64_t f, i, j, k, q
     cdef int o
-    cdef double s0, s1, s2
+    cdef double t0, t1, t2
     with nogil:
         for p in prange(n, num_threads=n_threads, schedule="static"):
             f = fine_flat[p]
             i = f // (f1 * f2)
             j = (f // f2) % f1
             k = f % f2
-            s0 = 0.0
-            s1 = 0.0
-            s2 = 0.0
+            t0 = 0.0
+            t1 = 0.0
+            t2 = 0.0
             for o in range(8):
-                q = 3 * <int64_t> coarse_map[(((i + (o & 1)) >> 1) * c1 + ((j + ((o >> 1) & 1)) >> 1)) * c2
-                                             + ((k + ((o >> 2) & 1)) >> 1)]
-                s0 = s0 + xc[q]
-                s1 = s1 + xc[q + 1]
-                s2 = s2 + xc[q + 2]
-            xf[3 * p] += <real_t> (0.125 * s0)
-            xf[3 * p + 1] += <real_t> (0.125 * s1)
-            xf[3 * p + 2] += <real_t> (0.125 * s2)
+                q = 3 * <int64_t> coarse_map[(((i + ((o & 1) & s0)) >> s0) * c1
+                                              + ((j + (((o >> 1) & 1) & s1)) >> s1)) * c2
+                                             + ((k + (((o >> 2) & 1) & s2)) >> s2)]
+                t0 = t0 + xc[q]
+                t1 = t1 + xc[q + 1]
+                t2 = t2 + xc[q + 2]
+            xf[3 * p] += <real_t> (0.125 * t0)
+            xf[3 * p + 1] += <real_t> (0.125 * t1)
+            xf[3 * p + 2] += <real_t> (0.125 * t2)
 
 
 def restrict(const int64_t[::1] coarse_flat, const int64_t[::1] coarse_dims, const int32_t[::1] fine_map,
-             const int64_t[::1] fine_dims, const real_t[::1] rf, real_t[::1] rc, int n_threads):
+             const int64_t[::1] fine_dims, const int64_t[::1] shift, const real_t[::1] rf, real_t[::1] rc,
+             int n_threads):
     """``rc = P^T rf`` (rc is overwritten), the transpose of :func:`prolong_add`, as a gather:
-    coarse node (I, J, K) collects fine nodes (2I + a, 2J + b, 2K + c), a, b, c in {-1, 0, 1},
-    with weight prod(1 if offset 0 else 1/2)."""
+    along a coarsened axis coarse node I collects fine nodes 2I - 1, 2I, 2I + 1 with weights
+    1/2, 1, 1/2; along a kept axis fine node I with weight 1."""
     cdef Py_ssize_t n = coarse_flat.shape[0], p
     cdef int64_t c1 = coarse_dims[1], c2 = coarse_dims[2]
     cdef int64_t f0 = fine_dims[0], f1 = fine_dims[1], f2 = fine_dims[2]
+    cdef int64_t s0 = shift[0], s1 = shift[1], s2 = shift[2]
     cdef int64_t f, ci, cj, ck, i, j, k, q
     cdef int a, b, c
-    cdef double s0, s1, s2, wi, wj, w
+    cdef double t0, t1, t2, wi, wj, w
     with nogil:
         for p in prange(n, num_threads=n_threads, schedule="static"):
             f = coarse_flat[p]
             ci = f // (c1 * c2)
             cj = (f // c2) % c1
             ck = f % c2
-            s0 = 0.0
-            s1 = 0.0
-            s2 = 0.0
-            for a in range(-1, 2):
-                i = 2 * ci + a
+            t0 = 0.0
+            t1 = 0.0
+            t2 = 0.0
+            for a in range(-s0, s0 + 1):
+                i = (ci << s0) + a
                 if i < 0 or i >= f0:
                     continue
                 wi = 1.0 if a == 0 else 0.5
-                for b in range(-1, 2):
-                    j = 2 * cj + b
+                for b in range(-s1, s1 + 1):
+                    j = (cj << s1) + b
                     if j < 0 or j >= f1:
                         continue
                     wj = wi if b == 0 else 0.5 * wi
-                    for c in range(-1, 2):
-                        k = 2 * ck + c
+                    for c in range(-s2, s2 + 1):
+                        k = (ck << s2) + c
                         if k < 0 or k >= f2:
                             continue
                         q = fine_map[(i * f1 + j) * f2 + k]
@@ -179,12 +185,12 @@ def restrict(const int64_t[::1] coarse_flat, const int64_t[::1] coarse_dims, con
                             continue
                         w = wj if c == 0 else 0.5 * wj
                         q = 3 * q
-                        s0 = s0 + w * rf[q]
-                        s1 = s1 + w * rf[q + 1]
-                        s2 = s2 + w * rf[q + 2]
-            rc[3 * p] = <real_t> s0
-            rc[3 * p + 1] = <real_t> s1
-            rc[3 * p + 2] = <real_t> s2
+                        t0 = t0 + w * rf[q]
+                        t1 = t1 + w * rf[q + 1]
+                        t2 = t2 + w * rf[q + 2]
+            rc[3 * p] = <real_t> t0
+            rc[3 * p + 1] = <real_t> t1
+            rc[3 * p + 2] = <real_t> t2
 
 
 def chebyshev_step(real_t[::1] d, real_t[::1] x, const real_t[::1] b, const real_t[::1] ax,

@@ -338,25 +338,28 @@ def diagonal_numpy(cells: np.ndarray, young: np.ndarray, khat: np.ndarray, n_dof
     return np.bincount(dofs.ravel(), (young[:, None] * np.diag(khat)[None, :]).ravel(), minlength=n_dofs)
 
 
-def _parents(fine_flat: np.ndarray, fine_dims, coarse_dims) -> np.ndarray:
-    """(n, 8) flat coarse node-grid index of ``(ijk + o) // 2`` for the eight o in {0, 1}^3."""
-    i, j, k = np.unravel_index(fine_flat, fine_dims)
+def _parents(fine_flat: np.ndarray, fine_dims, coarse_dims, shift) -> np.ndarray:
+    """(n, 8) flat coarse node-grid index of ``(ijk + (o & s)) >> s`` for the eight o in {0, 1}^3
+    (``s`` = 1 on the axes coarsened by 2, 0 on the kept ones)."""
+    ijk = np.unravel_index(fine_flat, fine_dims)
+    s = [int(v) for v in shift]
     out = np.empty((fine_flat.size, 8), dtype=np.int64)
     for o in range(8):
-        out[:, o] = np.ravel_multi_index(((i + (o & 1)) >> 1, (j + ((o >> 1) & 1)) >> 1, (k + ((o >> 2) & 1)) >> 1),
+        out[:, o] = np.ravel_multi_index(tuple((ijk[a] + (((o >> a) & 1) & s[a])) >> s[a] for a in range(3)),
                                          coarse_dims)
     return out
 
 
-def prolong_numpy(fine_flat, fine_dims, coarse_map, coarse_dims, xc: np.ndarray) -> np.ndarray:
+def prolong_numpy(fine_flat, fine_dims, coarse_map, coarse_dims, shift, xc: np.ndarray) -> np.ndarray:
     """NumPy twin of ``_voxel.prolong_add`` (returns ``P xc``)."""
-    par = coarse_map.reshape(-1)[_parents(fine_flat, fine_dims, coarse_dims)]
+    par = coarse_map.reshape(-1)[_parents(fine_flat, fine_dims, coarse_dims, shift)]
     return (0.125 * xc.reshape(-1, 3)[par].sum(axis=1)).reshape(-1)
 
 
-def restrict_numpy(fine_flat, fine_dims, coarse_map, coarse_dims, rf: np.ndarray, n_coarse: int) -> np.ndarray:
+def restrict_numpy(fine_flat, fine_dims, coarse_map, coarse_dims, shift, rf: np.ndarray,
+                   n_coarse: int) -> np.ndarray:
     """NumPy twin of ``_voxel.restrict`` (``P^T rf``), written as the scatter of the transpose."""
-    par = coarse_map.reshape(-1)[_parents(fine_flat, fine_dims, coarse_dims)]
+    par = coarse_map.reshape(-1)[_parents(fine_flat, fine_dims, coarse_dims, shift)]
     out = np.zeros((n_coarse, 3))
     for c in range(3):
         out[:, c] = np.bincount(par.ravel(), np.repeat(0.125 * rf[c::3], 8), minlength=n_coarse)
@@ -371,12 +374,12 @@ def chebyshev_step_numpy(d, x, b, ax, invdiag, c1: float, c2: float) -> tuple[np
 
 # ============================================================================ multigrid
 class _Level:
-    """One level of the voxel hierarchy: elements, moduli (with the template scale folded in),
-    node grid, held DOFs and the smoother's data."""
+    """One level of the voxel hierarchy: elements, moduli, template, node grid, held DOFs, the
+    smoother's data and ``shift`` (axes coarsened from the finer level, for the transfers)."""
 
     def __init__(self, mask: np.ndarray, elem_flat: np.ndarray, cells: np.ndarray, node_flat: np.ndarray,
-                 node_map: np.ndarray, young: np.ndarray, khat: np.ndarray, fixed: np.ndarray, n_threads: int,
-                 dtype) -> None:
+                 node_map: np.ndarray, young: np.ndarray, axes: np.ndarray, poisson: float, fixed: np.ndarray,
+                 n_threads: int, dtype, khat: np.ndarray | None = None) -> None:
         self.mask = mask
         self.shape = mask.shape
         self.elem_flat = elem_flat
@@ -386,8 +389,10 @@ class _Level:
         self.node_dims = np.array(node_map.shape, dtype=np.int64)
         self.young = young
         self.dtype = np.dtype(dtype)
-        self.khat64 = khat
-        self.khat = np.ascontiguousarray(khat.reshape(-1), dtype=self.dtype)
+        self.axes = axes
+        self.poisson = poisson
+        self.khat64 = unit_template(axes, poisson) if khat is None else khat
+        self.khat = np.ascontiguousarray(self.khat64.reshape(-1), dtype=self.dtype)
         # small levels run serially: a parallel region costs more than it saves there
         self.nt = n_threads if 3 * node_flat.size >= SERIAL_BELOW_DOFS else 1
         layer = elem_flat // (self.shape[1] * self.shape[2])
@@ -395,6 +400,7 @@ class _Level:
         self.n_nodes = int(node_flat.size)
         self.n = 3 * self.n_nodes
         self.fixed = fixed  # int64 DOF ids held at zero
+        self.shift = np.zeros(3, dtype=np.int64)
 
     def apply(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
         _voxel.matvec(self.cells, self.layer_ptr, self.young, self.khat, x, out, self.nt)
@@ -414,20 +420,23 @@ class _Level:
 
 
 def _coarsen(lv: _Level, n_threads: int, dtype) -> _Level:
-    """The 2 x 2 x 2 coarsening of ``lv``."""
+    """The 2 x 2 x 2 coarsening of ``lv`` (2 x 2 x 1 etc. along axes already one element thick:
+    a sheet stays a sheet, so its coarse bending stiffness is not inflated)."""
     d0, d1, d2 = lv.shape
-    c0, c1, c2 = (d0 + 1) // 2, (d1 + 1) // 2, (d2 + 1) // 2
+    shift = np.array([1 if d > 1 else 0 for d in lv.shape], dtype=np.int64)
+    s0, s1, s2 = (int(v) for v in shift)
+    c0, c1, c2 = ((d + (1 << s) - 1) >> s for d, s in zip(lv.shape, shift))
     i, rem = np.divmod(lv.elem_flat, d1 * d2)
     j, k = np.divmod(rem, d2)
-    parent = ((i >> 1) * c1 + (j >> 1)) * c2 + (k >> 1)
+    parent = ((i >> s0) * c1 + (j >> s1)) * c2 + (k >> s2)
     del i, j, k, rem
     cmask = np.zeros(c0 * c1 * c2, dtype=bool)
     cmask[parent] = True
     celem = np.flatnonzero(cmask)
     cmask = cmask.reshape(c0, c1, c2)
     slot = np.searchsorted(celem, parent)
-    # mean of the 8 children (absent ones count 0) on a template twice as stiff (K ~ h)
-    cyoung = np.bincount(slot, weights=lv.young, minlength=celem.size) * 0.25
+    # mean of the children (absent ones count 0), on the template of the coarse box
+    cyoung = np.bincount(slot, weights=lv.young, minlength=celem.size) / float(1 << (s0 + s1 + s2))
     del parent, slot
     cmap = _node_map(cmask)
     cnodes = np.flatnonzero(cmap.reshape(-1) >= 0)
@@ -436,10 +445,12 @@ def _coarsen(lv: _Level, n_threads: int, dtype) -> _Level:
     fixed = np.zeros(0, dtype=np.int64)
     if lv.fixed.size:
         fnode, comp = np.divmod(lv.fixed, 3)
-        par = cmap.reshape(-1)[_parents(lv.node_flat[fnode], tuple(lv.node_dims), cmap.shape)]
+        par = cmap.reshape(-1)[_parents(lv.node_flat[fnode], tuple(lv.node_dims), cmap.shape, shift)]
         fixed = np.unique((3 * par.astype(np.int64) + comp[:, None]).ravel())
-    return _Level(cmask, celem, ccells, cnodes, cmap, cyoung.astype(lv.young.dtype), lv.khat64, fixed, n_threads,
-                  dtype)
+    out = _Level(cmask, celem, ccells, cnodes, cmap, cyoung.astype(lv.young.dtype),
+                 lv.axes * (1 << shift)[:, None].astype(np.float64), lv.poisson, fixed, n_threads, dtype)
+    out.shift = shift
+    return out
 
 
 def _lanczos_lmax(apply, invdiag: np.ndarray, free: np.ndarray, steps: int, seed: int = 0) -> float:
@@ -486,8 +497,14 @@ class VoxelMultigrid:
         self.degree = int(degree)
         self.ratio = float(ratio)
         self.nt = n_threads
-        while self.levels[-1].n > coarse_max_dofs and min(self.levels[-1].shape) > 2:
-            self.levels.append(_coarsen(self.levels[-1], n_threads, dtype))
+        while self.levels[-1].n > coarse_max_dofs and max(self.levels[-1].shape) > 2:
+            nxt = _coarsen(self.levels[-1], n_threads, dtype)
+            if nxt.n > 0.6 * self.levels[-1].n:  # nothing left to coarsen (e.g. a one-voxel sheet)
+                break
+            self.levels.append(nxt)
+        if self.levels[-1].n > 20 * coarse_max_dofs:
+            log.warning("the coarsest multigrid level keeps %d DOFs (the voxel grid cannot be coarsened "
+                        "further); its direct factorisation may be slow", self.levels[-1].n)
         for lv in self.levels[:-1]:
             self._setup_smoother(lv)
         self._setup_coarse(self.levels[-1])
@@ -573,10 +590,12 @@ class VoxelMultigrid:
         np.subtract(b, t, out=r)
         nxt = self.levels[li + 1]
         xc, bc = self._work[li + 1][0], self._work[li + 1][1]
-        _voxel.restrict(nxt.node_flat, nxt.node_dims, lv.node_map.reshape(-1), lv.node_dims, r, bc, lv.nt)
+        _voxel.restrict(nxt.node_flat, nxt.node_dims, lv.node_map.reshape(-1), lv.node_dims, nxt.shift, r, bc,
+                        lv.nt)
         bc[nxt.fixed] = 0
         self._cycle(li + 1, bc, xc)
-        _voxel.prolong_add(lv.node_flat, lv.node_dims, nxt.node_map.reshape(-1), nxt.node_dims, xc, x, lv.nt)
+        _voxel.prolong_add(lv.node_flat, lv.node_dims, nxt.node_map.reshape(-1), nxt.node_dims, nxt.shift, xc, x,
+                           lv.nt)
         x[lv.fixed] = 0
         self._smooth(lv, b, x, d, t, zero_start=False)
 
@@ -696,8 +715,8 @@ class VoxelSolver:
             raise SolverError("every DOF is prescribed: nothing to solve (check fixed_dofs and ties)")
 
         node_map = grid._node_map
-        fine = _Level(grid.mask, grid.elem_flat, grid.cells, grid.node_flat, node_map, self.young, self.khat,
-                      self._held, self.nt, mg_dtype)
+        fine = _Level(grid.mask, grid.elem_flat, grid.cells, grid.node_flat, node_map, self.young, grid.axes, nu,
+                      self._held, self.nt, mg_dtype, khat=self.khat)
         self._fine = fine
         self.mg = VoxelMultigrid(fine, coarse_max_dofs=coarse_max_dofs, degree=degree, ratio=ratio,
                                  n_threads=self.nt, dtype=mg_dtype)

@@ -20,7 +20,6 @@ from femur_fe.voxel_solver import (
     matvec_numpy,
     prolong_numpy,
     restrict_numpy,
-    unit_template,
 )
 
 VERSE = ("ct_verse004_L2_density",)
@@ -48,8 +47,8 @@ def _faces(grid: VoxelGrid) -> tuple[np.ndarray, np.ndarray]:
 
 def _level(grid: VoxelGrid, young: np.ndarray, poisson: float = 0.3, fixed=None, dtype=np.float64) -> _Level:
     fixed = np.zeros(0, dtype=np.int64) if fixed is None else fixed
-    return _Level(grid.mask, grid.elem_flat, grid.cells, grid.node_flat, grid._node_map, young,
-                  unit_template(grid.axes, poisson), fixed, 2, dtype)
+    return _Level(grid.mask, grid.elem_flat, grid.cells, grid.node_flat, grid._node_map, young, grid.axes, poisson,
+                  fixed, 2, dtype)
 
 
 def _rel(a, b) -> float:
@@ -71,18 +70,30 @@ def test_kernels_match_numpy_twins():
     d = lv.diagonal()
     assert np.abs(d - diagonal_numpy(grid.cells, young, lv.khat64, grid.n_dofs)).max() <= 1e-12 * d.max()
 
-    coarse = _coarsen(lv, 2, np.float64)
-    xc = rng.standard_normal(coarse.n)
-    xf = np.zeros(lv.n)
-    _voxel.prolong_add(lv.node_flat, lv.node_dims, coarse.node_map.reshape(-1), coarse.node_dims, xc, xf, 2)
-    ref = prolong_numpy(lv.node_flat, tuple(lv.node_dims), coarse.node_map, tuple(coarse.node_dims), xc)
-    assert np.abs(xf - ref).max() <= 1e-12 * np.abs(ref).max()
-    rc = np.empty(coarse.n)
-    _voxel.restrict(coarse.node_flat, coarse.node_dims, lv.node_map.reshape(-1), lv.node_dims, x, rc, 2)
-    ref = restrict_numpy(lv.node_flat, tuple(lv.node_dims), coarse.node_map, tuple(coarse.node_dims), x, coarse.n_nodes)
-    assert np.abs(rc - ref).max() <= 1e-12 * np.abs(ref).max()
-    # restriction is the exact transpose of prolongation: <P xc, x> = <xc, P^T x>
-    assert abs(xf @ x - xc @ rc) <= 1e-12 * np.abs(xf).sum() * np.abs(x).max()
+    # full coarsening, then semi-coarsening of a sheet one element thick along axis 0
+    thin = VoxelGrid(np.ones((1, 7, 6), dtype=bool), spacing=(0.5, 0.6, 0.7))
+    for lv, x in ((lv, x), (_level(thin, _lognormal(thin.n_cells, 2)), rng.standard_normal(thin.n_dofs))):
+        coarse = _coarsen(lv, 2, np.float64)
+        args = (lv.node_flat, tuple(lv.node_dims), coarse.node_map, tuple(coarse.node_dims), coarse.shift)
+        xc = rng.standard_normal(coarse.n)
+        xf = np.zeros(lv.n)
+        _voxel.prolong_add(lv.node_flat, lv.node_dims, coarse.node_map.reshape(-1), coarse.node_dims, coarse.shift,
+                           xc, xf, 2)
+        ref = prolong_numpy(*args, xc)
+        assert np.abs(xf - ref).max() <= 1e-12 * np.abs(ref).max()
+        rc = np.empty(coarse.n)
+        _voxel.restrict(coarse.node_flat, coarse.node_dims, lv.node_map.reshape(-1), lv.node_dims, coarse.shift, x,
+                        rc, 2)
+        ref = restrict_numpy(*args, x, coarse.n_nodes)
+        assert np.abs(rc - ref).max() <= 1e-12 * np.abs(ref).max()
+        # restriction is the exact transpose of prolongation: <P xc, x> = <xc, P^T x>
+        assert abs(xf @ x - xc @ rc) <= 1e-12 * np.abs(xf).sum() * np.abs(x).max()
+        # constants are interpolated exactly (partition of unity)
+        one = np.zeros(lv.n)
+        _voxel.prolong_add(lv.node_flat, lv.node_dims, coarse.node_map.reshape(-1), coarse.node_dims, coarse.shift,
+                           np.ones(coarse.n), one, 2)
+        assert np.allclose(one, 1.0, rtol=0, atol=1e-14)
+    assert coarse.shift.tolist() == [0, 1, 1] and coarse.shape == (1, 4, 3)
 
     dvec, xs, b, ax, invd = (rng.standard_normal(lv.n) for _ in range(5))
     d_ref, x_ref = chebyshev_step_numpy(dvec, xs, b, ax, invd, 0.7, 1.3)
