@@ -90,6 +90,8 @@ _EXPORTS: dict[str, str] = {
     "map_young_modulus": "mapping",
     "sample_ct": "mapping",
     "hexmesh_from_mask": "voxel",
+    "VoxelSolver": "voxel_solver",
+    "VoxelGrid": "voxel_solver",
     # parameter sweeps (femur_fe.sweep is a callable module: femur_fe.sweep(spec, out=...))
     "sweep": "sweep",
     "run_sweep": "sweep",
