@@ -9,9 +9,10 @@ assembling ``K``:
   deterministic: layers of elements coloured by parity, see its module docstring);
 * conjugate gradients (float64) to ``||b - A x|| <= rtol ||b||`` on the free DOFs,
   preconditioned by one geometric multigrid V-cycle on the voxel hierarchy: the grid is
-  coarsened 2 x 2 x 2 (a coarse element is active when any child is; its modulus is
-  the mean of the eight children, absent ones counting 0, on a template twice as stiff,
-  as in ParOSol, Flaig and Arbenz 2011, Parallel Computing 37:846-854), Chebyshev
+  coarsened 2 x 2 x 2 (not along an axis one element thick; a coarse element is active
+  when any child is; its modulus is the mean of its children, absent ones counting 0, on
+  the template of the coarse box, as in ParOSol, Flaig and Arbenz 2011, Parallel
+  Computing 37:846-854), Chebyshev
   smoothing on the Jacobi-scaled operator (Adams et al. 2003, J Comput Phys
   188:593-610), trilinear prolongation of the node displacements and its transpose as
   restriction, and a sparse direct solve (SuperLU) on the coarsest level;
