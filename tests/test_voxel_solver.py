@@ -290,3 +290,30 @@ def test_refuses_what_it_cannot_solve():
         VoxelSolver(ff.Mesh(warped, mesh.cells, "hexahedron"), young, 0.3, fixed)
     with pytest.raises(MeshError, match="hex8"):
         VoxelSolver(ff.Mesh(mesh.points, mesh.cells[:, :4], "tetra"), 1000.0, 0.3, fixed)
+
+
+def test_pipeline_analysis_on_voxels_gives_the_pipelines_answer(shared_data):
+    """What ``Analysis.solver_for`` would hand the voxel solver: the load-frame mesh (rotated voxels),
+    the moduli, the supports and the plate tie of ``prepare`` (vertebral compression, rigid caps)."""
+    from femur_fe.loadcase import load_case
+    from femur_fe.model import Model
+    from femur_fe.pipeline import prepare
+    from femur_fe.presets import resolve_case_path
+
+    folder = shared_data(*VERSE)
+    ct = ff.read_ct(folder / "sub-verse004_0000_vertebra_21_im.nii.gz", unit="mg/cm3")
+    labels = ff.read_labels(folder / "sub-verse004_0000_vertebra_21_seg.nii.gz", reference=ct)
+    bone = np.where(labels <= 4, labels, 0).astype(labels.dtype)  # the bone without the upstream caps
+    mesh = ff.hexmesh_from_mask(bone, ct, coarsen=3)
+    case = load_case(resolve_case_path("vertebral_compression")).with_values({"caps.kind": "rigid"})
+    model = Model.from_density(mesh, mesh.cell_data["density"], ff.Kopperdahl2002(e_min_mpa=10.0),
+                               density_type="qct")
+    an = prepare(case, model)
+    assert is_voxel_mesh(an.fe_mesh)
+    ref = an.solver_for()
+    vs = VoxelSolver(an.fe_mesh, an.fe_young(), model.poisson, an.fixed_dofs, ties=[an.tie], rtol=1e-11)
+    load = {an.tie.name: [0.0, 0.0, 1.0, 0.0, 0.0, 0.0]}  # the unit plate force the pipeline solves for
+    a, b = vs.solve(np.zeros(vs.n_dofs), tie_loads=load), ref.solve(np.zeros(ref.n_dofs), tie_loads=load)
+    assert _rel(a.u, b.u) < 1e-8
+    uz, uz_ref = a.ties[an.tie.name].displacement[2], b.ties[an.tie.name].displacement[2]
+    assert abs(uz - uz_ref) <= 1e-8 * abs(uz_ref)
