@@ -810,6 +810,76 @@ class VoxelSolver:
                 "the boundary conditions leave rigid-body modes free, the stiffness matrix is singular:\n  "
                 + "\n  ".join(lines) + "\nFix: fix more DOFs of each part, prescribe the free reference DOFs of a "
                 "RigidTie, or remove voxels not connected to the supported bone (scipy.ndimage.label)")
+        self._warn_hinges(n_parts, pts)
+
+    def _warn_hinges(self, n_parts: int, pts: np.ndarray) -> None:
+        """Warn about voxel groups joined to the rest only through edges or corners (hinges).
+
+        Voxels sharing a face form one rigid part; a part that touches the others only along
+        one edge line or at one node can rotate without strain there, so the stiffness leaves
+        that rotation undetermined and the displacement of the hinged voxels is arbitrary
+        (any solver: the rest of the answer is unaffected).
+        """
+        from scipy import ndimage
+
+        labels, n_faces = ndimage.label(self.grid.mask)  # face connectivity
+        if n_faces == n_parts:
+            return
+        grid = self.grid
+        part = labels.reshape(-1)[grid.elem_flat] - 1
+        del labels
+        size = np.bincount(part, minlength=n_faces)
+        flat_nodes = grid.cells.reshape(-1)
+        elem_part = np.repeat(part, 8)
+        last = np.empty(self.n_nodes, dtype=np.int64)
+        last[flat_nodes] = elem_part  # the part of one element at each node
+        other = elem_part != last[flat_nodes]  # (element, node) pairs of another part at that node
+        shared = np.zeros(self.n_nodes, dtype=bool)
+        shared[flat_nodes[other]] = True
+        touching = np.unique(np.stack([elem_part[other], last[flat_nodes[other]]], axis=1), axis=0)
+        del elem_part, last, other
+        # the largest face-connected part of each group of touching parts is checked against the
+        # supports by the rigid-mode test; every other part is checked against what it touches
+        order = np.argsort(part, kind="stable")
+        bounds = np.searchsorted(part[order], np.arange(n_faces + 1))
+        parent = np.arange(n_faces)
+
+        def find(a: int) -> int:
+            while parent[a] != a:
+                parent[a] = parent[parent[a]]
+                a = parent[a]
+            return int(a)
+
+        for a, b in touching:
+            parent[find(int(a))] = find(int(b))
+        root = np.array([find(a) for a in range(n_faces)])
+        biggest = {}
+        for p_ in np.argsort(-size, kind="stable"):
+            biggest.setdefault(int(root[p_]), int(p_))
+        held = self.fixed_mask
+        tied = np.zeros(self.n_nodes, dtype=bool)
+        for td in self._ties:
+            tied[td.nodes] = True
+        hinged, n_vox, example = 0, 0, None
+        for p_ in range(n_faces):
+            if biggest[int(root[p_])] == p_:
+                continue
+            nodes = np.unique(grid.cells[order[bounds[p_]:bounds[p_ + 1]]].reshape(-1)).astype(np.int64)
+            anchors = nodes[shared[nodes] | tied[nodes]]
+            dofs = (3 * nodes[:, None] + np.arange(3)).ravel()
+            given = np.union1d(dofs[held[dofs]], (3 * anchors[:, None] + np.arange(3)).ravel())
+            null, _, _ = free_rigid_modes(pts, nodes, given)
+            if null.shape[1]:
+                hinged += 1
+                n_vox += int(size[p_])
+                if example is None:
+                    example = pts[nodes].mean(axis=0)
+        if hinged:
+            log.warning("%d group(s) of %d voxel(s) in all are joined to the rest only through edges or corners "
+                        "(hinges, e.g. around (%.4g, %.4g, %.4g) mm): their rotation about the hinge is not "
+                        "resisted, so their displacements and strains are arbitrary (the stiffness is not "
+                        "affected); remove them, e.g. keep face-connected voxels (scipy.ndimage.label with its "
+                        "default structure) before meshing", hinged, n_vox, *example)
 
     # ---------------------------------------------------------------- operators
     def _expand(self, v: np.ndarray, vt: np.ndarray) -> None:

@@ -317,3 +317,23 @@ def test_pipeline_analysis_on_voxels_gives_the_pipelines_answer(shared_data):
     assert _rel(a.u, b.u) < 1e-8
     uz, uz_ref = a.ties[an.tie.name].displacement[2], b.ties[an.tie.name].displacement[2]
     assert abs(uz - uz_ref) <= 1e-8 * abs(uz_ref)
+
+
+def test_warns_about_voxels_hinged_on_an_edge_or_a_corner(caplog):
+    mask = np.zeros((5, 5, 5), dtype=bool)
+    mask[:3, :3, :3] = True
+    mask[3, 3, 3] = True  # touches the block at one corner node
+    mask[3, 0, 3] = True  # touches it along one edge
+    mask[0, 3, 0] = mask[0, 4, 0] = True  # a face neighbour: rigidly attached, no warning for it
+    grid = VoxelGrid(mask)
+    bottom, top = _faces(grid)
+    with caplog.at_level("WARNING", logger="femur_fe.voxel_solver"):
+        VoxelSolver(grid, 1000.0, 0.3, (3 * bottom[:, None] + np.arange(3)).ravel())
+    msgs = [r.getMessage() for r in caplog.records if "hinges" in r.getMessage()]
+    assert len(msgs) == 1 and msgs[0].startswith("2 group(s) of 2 voxel(s)")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="femur_fe.voxel_solver"):
+        grid = _holey_grid(6)
+        bottom, top = _faces(grid)
+        VoxelSolver(grid, 1000.0, 0.3, (3 * bottom[:, None] + np.arange(3)).ravel())
+    assert not [r for r in caplog.records if "hinges" in r.getMessage()]
