@@ -781,19 +781,11 @@ class VoxelSolver:
         del labels
         node_part = np.empty(self.n_nodes, dtype=np.int64)
         node_part[self.grid.cells.reshape(-1)] = np.repeat(elem_part, 8)
-        parent = np.arange(n_parts)
-
-        def find(a: int) -> int:
-            while parent[a] != a:
-                parent[a] = parent[parent[a]]
-                a = parent[a]
-            return int(a)
-
+        joined = []  # parts held together by one tie
         for td in self._ties:
             labs = np.unique(node_part[td.nodes])
-            for lab in labs[1:]:
-                parent[find(int(lab))] = find(int(labs[0]))
-        group = np.array([find(a) for a in range(n_parts)], dtype=np.int64)[node_part]
+            joined += [(labs[0], lab) for lab in labs[1:]]
+        group = _union_roots(n_parts, joined)[node_part]
         fixed_dofs = np.flatnonzero(self.fixed_mask)
         problems = []
         for g in np.unique(group):
@@ -842,17 +834,7 @@ class VoxelSolver:
         # supports by the rigid-mode test; every other part is checked against what it touches
         order = np.argsort(part, kind="stable")
         bounds = np.searchsorted(part[order], np.arange(n_faces + 1))
-        parent = np.arange(n_faces)
-
-        def find(a: int) -> int:
-            while parent[a] != a:
-                parent[a] = parent[parent[a]]
-                a = parent[a]
-            return int(a)
-
-        for a, b in touching:
-            parent[find(int(a))] = find(int(b))
-        root = np.array([find(a) for a in range(n_faces)])
+        root = _union_roots(n_faces, touching)
         biggest = {}
         for p_ in np.argsort(-size, kind="stable"):
             biggest.setdefault(int(root[p_]), int(p_))
@@ -1105,6 +1087,22 @@ class VoxelSolver:
 
 
 # ============================================================================ input checks
+def _union_roots(n: int, pairs) -> np.ndarray:
+    """(n,) representative of each item after joining the ``pairs`` (union-find)."""
+    parent = np.arange(n)
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return int(a)
+
+    for a, b in pairs:
+        parent[find(int(a))] = find(int(b))
+    return np.array([find(a) for a in range(n)], dtype=np.int64)
+
+
+
 def _check_young(young, m: int, order: np.ndarray | None) -> np.ndarray:
     arr = np.asarray(young)
     if arr.dtype.kind not in "fiu":
