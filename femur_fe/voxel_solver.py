@@ -667,7 +667,8 @@ class VoxelSolver:
     >>> bottom = grid.nodes_at(bottom_face); top = grid.nodes_at(top_face)        # doctest: +SKIP
     >>> plate = RigidTie(top, grid.points[top].mean(0), prescribed={"uz": -0.1, "rx": 0, "ry": 0,
     ...                  "rz": 0}, name="plate")                                   # doctest: +SKIP
-    >>> s = VoxelSolver(grid, young, 0.3, (3 * bottom[:, None] + np.arange(3)).ravel(), ties=[plate])
+    >>> s = VoxelSolver(grid, young, 0.3, (3 * bottom[:, None] + np.arange(3)).ravel(),
+    ...                 ties=[plate])                                              # doctest: +SKIP
     >>> sol = s.solve(np.zeros(grid.n_dofs)); sol.ties["plate"].force            # doctest: +SKIP
     """
 
