@@ -1,6 +1,6 @@
 """Build the Cython kernels in ``ext/`` into extension modules inside ``femur_fe``.
 
-Every ``ext/NAME.pyx`` becomes ``femur_fe.NAME``. OpenMP is used when a
+Every ``ext/NAME.pyx`` becomes ``femur_fe.fe.NAME`` (the bottom layer of the engine). OpenMP is used when a
 compile-and-link probe succeeds; otherwise the kernels are built serially and
 ``femur_fe.openmp_enabled()`` reports ``False``. ``FEMUR_FE_NO_OPENMP=1`` forces the
 serial build and ``FEMUR_FE_DEBUG_CYTHON=1`` turns bounds checking on.
@@ -83,8 +83,8 @@ class BuildPy(build_py):
 
     The project layout keeps them at the top level; an installed (non-editable) package
     finds them as ``femur_fe/_meshes`` and ``femur_fe/_loadcases``. Editable installs and
-    checkouts use the top-level folders directly (see ``femur_fe.bones.meshes_dir`` and
-    ``femur_fe.presets.loadcases_dir``).
+    checkouts use the top-level folders directly (see ``femur_fe.bone.bundled.meshes_dir`` and
+    ``femur_fe.case.presets.loadcases_dir``).
     """
 
     def run(self):
@@ -111,7 +111,7 @@ def _extensions() -> list[Extension]:
         stem = os.path.splitext(os.path.basename(pyx))[0]
         exts.append(
             Extension(
-                f"femur_fe.{stem}",
+                f"femur_fe.fe.{stem}",
                 sources=[pyx],
                 include_dirs=[np.get_include(), "ext"],
                 define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_22_API_VERSION")],

@@ -57,7 +57,7 @@ CASES = {
 
 
 def _mesh(case: str):
-    from box_mesh import box_mesh
+    from femur_fe.fe.boxes import box_mesh
 
     ct, n, dist, _ = CASES[case]
     return box_mesh(ct, n, n, n, h=1.0, distortion=dist, seed=1)
@@ -94,7 +94,7 @@ class _RssSampler:
 
 def worker_femur(case: str, n_threads: int | None) -> dict:
     import femur_fe
-    from femur_fe.assembly import StiffnessAssembler
+    from femur_fe.fe.assembly import StiffnessAssembler
 
     mesh = _mesh(case)
     e1, e2 = _young(mesh, 1), _young(mesh, 2)
@@ -119,7 +119,7 @@ def worker_femur(case: str, n_threads: int | None) -> dict:
     info = dict(case=case, cell_type=mesh.cell_type, n_cells=mesh.n_cells, dofs=mesh.n_dofs,
                 nnz=int(k.nnz), csr_mb=csr / 1e6, peak_mb=peak_np / 1e6, rss_mb=rss_peak / 1e6,
                 pattern_s=asm.pattern_seconds, template=asm.uses_template,
-                threads=asm.n_threads, openmp=femur_fe.openmp_enabled())
+                threads=asm.n_threads, openmp=femur_fe.fe.openmp_enabled())
     del k, asm
     firsts = [first]
     t0 = time.perf_counter()
@@ -139,10 +139,19 @@ def worker_femur(case: str, n_threads: int | None) -> dict:
 
 
 def worker_skfem(case: str) -> dict:
-    from skfem import Basis, ElementHex1, ElementTetP1, ElementTetP2, ElementVector, MeshHex, MeshTet, asm
+    from skfem import (
+        Basis,
+        ElementHex1,
+        ElementTetP1,
+        ElementTetP2,
+        ElementVector,
+        MeshHex,
+        MeshTet,
+        asm,
+    )
     from skfem.models.elasticity import lame_parameters, linear_elasticity
 
-    from femur_fe.elements import reference_nodes
+    from femur_fe.fe.elements import reference_nodes
 
     mesh = _mesh(case)
     young = _young(mesh, 1)

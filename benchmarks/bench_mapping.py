@@ -17,7 +17,7 @@ import numpy as np
 import femur_fe as ff
 
 
-def make_ct(shape, spacing, seed=0) -> ff.CTImage:
+def make_ct(shape, spacing, seed=0) -> ff.io.CTImage:
     rng = np.random.default_rng(seed)
     i, j, k = (np.arange(n, dtype=np.float32) for n in shape)
     field = (300.0 * np.sin(i / 40.0)[:, None, None] + 200.0 * np.cos(j / 55.0)[None, :, None]
@@ -25,7 +25,7 @@ def make_ct(shape, spacing, seed=0) -> ff.CTImage:
     arr = (field + rng.normal(0.0, 40.0, size=shape).astype(np.float32)).astype(np.float32)
     arr[0, 0, 0] = -1000.0
     arr[-1, -1, -1] = 1500.0
-    return ff.CTImage.from_array(arr, spacing=spacing, origin=(0.0, 0.0, 0.0), unit="HU")
+    return ff.io.CTImage.from_array(arr, spacing=spacing, origin=(0.0, 0.0, 0.0), unit="HU")
 
 
 def make_tet_mesh(n_cubes, lo, hi) -> ff.Mesh:
@@ -58,13 +58,13 @@ def main(argv=None) -> int:
     extent = np.asarray(spacing) * (np.asarray(shape) - 1)
     mesh = make_tet_mesh(n_cubes, 0.1 * extent, 0.9 * extent)
     t_setup = time.perf_counter() - t0
-    law = ff.material_law("keyak1994_chain")
-    cal = ff.DensityCalibration.from_mg(0.8, 0.0)
+    law = ff.bone.material_law("keyak1994_chain")
+    cal = ff.bone.DensityCalibration.from_mg(0.8, 0.0)
     runs = [
-        ("centroid", lambda: ff.map_ct(mesh, ct, method="centroid")),
-        ("element_average n_steps=2", lambda: ff.map_ct(mesh, ct, method="element_average", n_steps=2)),
-        ("element_average n_steps=3", lambda: ff.map_ct(mesh, ct, method="element_average", n_steps=3)),
-        ("modulus_average n_steps=2", lambda: ff.map_young_modulus(mesh, ct, law, calibration=cal, n_steps=2)),
+        ("centroid", lambda: ff.bone.map_ct(mesh, ct, method="centroid")),
+        ("element_average n_steps=2", lambda: ff.bone.map_ct(mesh, ct, method="element_average", n_steps=2)),
+        ("element_average n_steps=3", lambda: ff.bone.map_ct(mesh, ct, method="element_average", n_steps=3)),
+        ("modulus_average n_steps=2", lambda: ff.bone.map_young_modulus(mesh, ct, law, calibration=cal, n_steps=2)),
     ]
     print(f"CT {shape[0]}x{shape[1]}x{shape[2]} ({ct.array.dtype}), mesh {mesh.n_cells} tet4 elements, "
           f"{mesh.n_points} nodes; setup {t_setup:.1f} s")

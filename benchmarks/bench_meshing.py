@@ -33,11 +33,11 @@ def main(argv=None) -> int:
     for h in args.sizes:
         t0 = time.perf_counter()
         surf = ff.read_surface(args.surface)
-        remeshed = ff.remesh_surface(surf, h)
+        remeshed = ff.bone.remesh_surface(surf, h)
         t1 = time.perf_counter()
-        mesh = ff.tetmesh_from_surface(remeshed, element_size=h, order=args.order, remesh=False)
+        mesh = ff.bone.tetmesh_from_surface(remeshed, element_size=h, order=args.order, remesh=False)
         t2 = time.perf_counter()
-        mn, _ = ff.dihedral_angles(mesh.points, mesh.corner_cells)
+        mn, _ = ff.bone.dihedral_angles(mesh.points, mesh.corner_cells)
         vol_err = mesh.cell_volumes().sum() / surf.volume - 1.0
         rows.append((h, remeshed.n_faces, mesh.n_points, mesh.n_cells, t1 - t0, t2 - t1, t2 - t0,
                      float(mn.min()), float(np.percentile(mn, 1)), 100 * vol_err))

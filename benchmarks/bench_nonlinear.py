@@ -6,7 +6,7 @@ Usage::
     python benchmarks/bench_nonlinear.py --bones femur --element-size 2.0
     python benchmarks/bench_nonlinear.py --n-threads 2 --json out.json
 
-Geometry: the bundled bones of ``femur_fe.bones`` when they are installed, otherwise the
+Geometry: the bundled bones of ``femur_fe.bone.bundled`` when they are installed, otherwise the
 shared real geometries (``../shared/data/femur_gfxmorph/femur.stl`` cut 50 mm below the
 lesser trochanter; ``lumbar_mean_clouthier/mean_L3.stl``) meshed here with TetGen.
 
@@ -47,10 +47,10 @@ SHARED = Path(os.environ.get("FEMUR_FE_SHARED", ROOT.parent / "shared")) / "data
 
 def _mesh_of(name: str, element_size: float):
     import femur_fe as ff
-    from femur_fe import surface as fs
+    from femur_fe.bone import meshing as fs
 
     try:
-        from femur_fe.bones import bundled_bone
+        from femur_fe.bone.bundled import bundled_bone
 
         path = bundled_bone(name).mesh
         return ff.read_mesh(path), f"bundled {path.name}"
@@ -72,7 +72,7 @@ def _density(mesh) -> np.ndarray:
             return np.asarray(mesh.cell_data[key], dtype=float)
     from scipy.spatial import cKDTree
 
-    from femur_fe.topology import boundary_nodes
+    from femur_fe.fe.topology import boundary_nodes
 
     d, _ = cKDTree(mesh.points[boundary_nodes(mesh)]).query(mesh.cell_centroids())
     return 0.25 + 1.5 * np.exp(-d / 2.0)
@@ -86,8 +86,8 @@ def _patch(mesh, surf_nodes, centre, radius):
 
 
 def femur_case(mesh):
-    from femur_fe import surface as fs
-    from femur_fe.topology import boundary_nodes
+    from femur_fe.bone import meshing as fs
+    from femur_fe.fe.topology import boundary_nodes
 
     surf = fs.surface_from_mesh(mesh)
     lm = fs.femur_landmarks(surf)
@@ -110,7 +110,7 @@ def femur_case(mesh):
 
 
 def vertebra_case(mesh):
-    from femur_fe.topology import boundary_nodes
+    from femur_fe.fe.topology import boundary_nodes
 
     bn = boundary_nodes(mesh)
     z = mesh.points[bn, 2]
@@ -127,7 +127,7 @@ def run(name: str, element_size: float, n_steps: int) -> dict:
     young = 6850.0 * rho ** 1.49
     head, support, d = femur_case(mesh) if name == "femur" else vertebra_case(mesh)
     fixed = (3 * support[:, None] + np.arange(3)).ravel()
-    res = ff.nonlinear_strength(mesh, young, poisson=0.3, fixed_dofs=fixed, load_nodes=head, load_direction=d,
+    res = ff.fe.nonlinear_strength(mesh, young, poisson=0.3, fixed_dofs=fixed, load_nodes=head, load_direction=d,
                                 n_steps=n_steps, density=rho)
     return {
         "bone": name, "source": src, "cells": mesh.n_cells, "dofs": mesh.n_dofs, "mesh_s": round(t_mesh, 1),

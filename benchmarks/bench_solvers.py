@@ -31,7 +31,7 @@ import numpy as np
 
 def build(ncell: int, seed: int = 0):
     import femur_fe as ff
-    from femur_fe.commands.verify import structured_mesh
+    from femur_fe.fe.boxes import structured_mesh
 
     mesh, params = structured_mesh((ncell, ncell, int(round(1.5 * ncell))),
                                    mapping=lambda p: p * np.array([100.0, 100.0, 150.0]))
@@ -39,7 +39,7 @@ def build(ncell: int, seed: int = 0):
     young = np.clip(5000.0 * np.exp(0.8 * rng.standard_normal(mesh.n_cells)), 50.0, 20000.0)
     assemble = getattr(ff, "assemble_stiffness", None)
     if assemble is None:  # until the kernels export it
-        from femur_fe.assembly import assemble_stiffness as assemble
+        from femur_fe.fe.assembly import assemble_stiffness as assemble
     t = time.perf_counter()
     k = assemble(mesh, young, 0.3)
     t_asm = time.perf_counter() - t
@@ -55,7 +55,7 @@ def build(ncell: int, seed: int = 0):
 
 
 def run_one(ncell: int, method: str, amg_variant: str | None) -> dict:
-    import femur_fe.solvers as S
+    import femur_fe.fe.solvers as S
 
     if amg_variant:
         S.AMG_OPTIONS.update(VARIANTS[amg_variant])
@@ -77,7 +77,7 @@ def run_one(ncell: int, method: str, amg_variant: str | None) -> dict:
                 memory_estimate_mb=rep.memory_estimate_bytes / 2**20, reaction_balance=balance)
 
 
-# AMG variants tried at ~100k DOFs (see the module docstring of femur_fe.solvers)
+# AMG variants tried at ~100k DOFs (see the module docstring of femur_fe.fe.solvers)
 VARIANTS = {
     "default": {},
     "jacobi_smoother": dict(presmoother=("jacobi", {"omega": 0.6, "iterations": 2}),

@@ -3,7 +3,7 @@ run as a serial loop in this process and on a 2-worker Dask LocalCluster.
 
     python benchmarks/bench_sweep.py [--workers 2] [--out /tmp/bench_sweep] [--keep]
 
-Both runs use femur_fe.sweep with the default pipeline task and the same spec:
+Both runs use femur_fe.studies.sweep with the default pipeline task and the same spec:
 
 * bone: the bundled right femur, osteoporotic synthetic QCT (``femur_fe.bundled_bone``);
 * case: ``loadcases/sideways_fall.toml`` with ``solver.method = "direct"`` (CHOLMOD or
@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def make_spec():
     import femur_fe as ff
-    from femur_fe.sweep import SweepSpec
+    from femur_fe.studies.sweep import SweepSpec
 
     case = ff.load_case(ROOT / "loadcases" / "sideways_fall.toml").with_values({"solver.method": "direct"})
     return SweepSpec(
@@ -104,9 +104,9 @@ def main() -> int:
     args = ap.parse_args()
     import distributed  # noqa: F401  (sets its logger levels on import: override after it)
 
-    for name in ("distributed", "femur_fe.mapping", "femur_fe.scenarios"):
+    for name in ("distributed", "femur_fe.bone.mapping", "femur_fe.therapy.scenarios"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    from femur_fe.sweep import clear_worker_cache, run_sweep
+    from femur_fe.studies.sweep import clear_worker_cache, run_sweep
 
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench_sweep_"))
     spec = make_spec()

@@ -90,14 +90,15 @@ def box_moduli(n: int, seed: int = 0) -> tuple[np.ndarray, float]:
 
 def verse_moduli(r: int) -> tuple[np.ndarray, float]:
     """(E image float32 MPa, voxel size mm) of the VerSe L2 model split into r^3 voxels per CT voxel."""
-    import femur_fe as ff
+    from femur_fe.bone import Kopperdahl2002
+    from femur_fe.io import read_ct, read_labels
 
-    ct = ff.read_ct(VERSE / "sub-verse004_0000_vertebra_21_im.nii.gz", unit="mg/cm3")
-    labels = ff.read_labels(VERSE / "sub-verse004_0000_vertebra_21_seg.nii.gz", reference=ct)
+    ct = read_ct(VERSE / "sub-verse004_0000_vertebra_21_im.nii.gz", unit="mg/cm3")
+    labels = read_labels(VERSE / "sub-verse004_0000_vertebra_21_seg.nii.gz", reference=ct)
     if not np.allclose(ct.spacing, 1.0) or not np.allclose(ct.direction, np.eye(3)):
         raise SystemExit("the VerSe L2 CT is expected at 1 mm on axis-aligned LPS axes")
     dens = np.asarray(ct.array, dtype=np.float64) / 1000.0  # g/cm^3
-    e = np.asarray(ff.Kopperdahl2002(e_min_mpa=10.0).young(np.maximum(dens, 0.0)), dtype=np.float64)
+    e = np.asarray(Kopperdahl2002(e_min_mpa=10.0).young(np.maximum(dens, 0.0)), dtype=np.float64)
     e = np.where(labels > 0, e, 0.0)
     e[(labels == 5) | (labels == 6)] = 2500.0
     nz = np.argwhere(labels > 0)
@@ -140,7 +141,7 @@ def cpu_seconds() -> float:
 
 def run_femur(image: Path, h: float, mg_dtype: str) -> dict:
     t_all = time.perf_counter()
-    from femur_fe.voxel_solver import VoxelGrid, VoxelSolver
+    from femur_fe.fe.voxel_solver import VoxelGrid, VoxelSolver
 
     e = np.load(image)
     t0, c0 = time.perf_counter(), cpu_seconds()

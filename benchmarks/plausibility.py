@@ -11,14 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
-import tomllib
 
 import numpy as np
+import tomllib
 
 import femur_fe as ff
-from femur_fe.model import Model
-from femur_fe.pipeline import prepare, run_nonlinear
-from femur_fe.study import anatomical_zones, with_ct_calibration
+from femur_fe.analysis.prepare import prepare, run_nonlinear
+from femur_fe.bone.model import Model
+from femur_fe.studies.compare import anatomical_zones
+from femur_fe.studies.run import case_for
 
 CASES = {"femur": "sideways_fall.toml", "vertebra": "vertebral_compression.toml"}
 
@@ -36,7 +37,7 @@ def neck_abmd(files) -> tuple[float, float]:
     bone area (pixels above 0.1 g/cm^2). K2HPO4-equivalent, not DXA hydroxyapatite: the T-score
     against the DXA reference is approximate (a check of the bone states, not a diagnosis).
     """
-    from femur_fe.bones import SOFT_TISSUE_HU, k2hpo4_mg_from_hu
+    from femur_fe.bone.bundled import SOFT_TISSUE_HU, k2hpo4_mg_from_hu
 
     lm = json.loads(files.info.read_text())["landmarks"]
     ct = ff.read_ct(files.ct, unit="HU")
@@ -68,14 +69,14 @@ def main(argv=None) -> None:
     ap.add_argument("--bones", nargs="+", choices=sorted(CASES), default=list(CASES), help="bones to run")
     ap.add_argument("--by-zone", action="store_true",
                     help="also the linear strength with the node risk searched in one anatomical zone at a time "
-                         "(femur_fe.study.anatomical_zones; node-based criteria only)")
+                         "(femur_fe.studies.compare.anatomical_zones; node-based criteria only)")
     ap.add_argument("--neck-abmd", action="store_true",
                     help="also the femur's CTXA-like femoral-neck aBMD and T-score (see neck_abmd)")
     args = ap.parse_args(argv)
     print(f"{'bone':9s} {'state':13s} {'vBMD mg/cm3':>11s} {'stiffness N/mm':>15s} {'strength N':>11s} "
           f"{'nonlinear N':>22s}  criterion; strength used for risk  (s)")
     for bone in args.bones:
-        case = ff.load_case(ff.loadcases_dir() / CASES[bone])
+        case = ff.load_case(ff.case.loadcases_dir() / CASES[bone])
         if args.margin:
             case = case.with_values({"failure.params.exclude_margin_mm": args.margin})
         if args.set:  # all at once: e.g. a criterion and its parameters
@@ -84,7 +85,7 @@ def main(argv=None) -> None:
         for state in ("healthy", "osteopenic", "osteoporotic"):
             t0 = time.perf_counter()
             files = ff.bundled_bone(bone, state)
-            c = with_ct_calibration(case, files.calibration)
+            c = case_for(case, ff.Specimen(bundled=bone, state=state))
             model = Model.from_ct(ff.read_mesh(files.mesh), ff.read_ct(files.ct, unit="HU"), c.material,
                                   outside="nearest")
             an = prepare(c, model)

@@ -1,10 +1,10 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""Compiled matrix-free kernels for hex8 voxel models (internal module ``femur_fe._voxel``).
+"""Compiled matrix-free kernels for hex8 voxel models (internal module ``femur_fe.fe._voxel``).
 
 Every element of a voxel model is a translate of one box, so its stiffness is
 ``E_e * K_hat`` with one (24, 24) unit-modulus template ``K_hat`` (interleaved local DOFs
 ``3 * a + c``, VTK corner order). Nothing here stores a global matrix: ``y = K x`` is
-computed element by element. The Python wrappers in :mod:`femur_fe.voxel_solver` check
+computed element by element. The Python wrappers in :mod:`femur_fe.fe.voxel_solver` check
 shapes, dtypes and values first, and hold the NumPy twin of every kernel.
 
 Conventions

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from femur_fe.anatomy import femur_frame, fit_sphere_weighted, vertebra_frame
+from femur_fe.bone.anatomy import femur_frame, fit_sphere_weighted, vertebra_frame
 from femur_fe.errors import RegionError
 
 # --------------------------------------------------------------------------- synthetic femur

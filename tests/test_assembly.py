@@ -8,29 +8,25 @@ is caught.
 """
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 import femur_fe
-from femur_fe import reference
-from femur_fe.assembly import StiffnessAssembler, assemble_stiffness, element_stiffness
-from femur_fe.elements import quadrature, reference_nodes, shape_functions
 from femur_fe.errors import FemurFeError, LoadCaseError, MaterialError, MeshError
-from femur_fe.loads import assemble_body_force, assemble_pressure, assemble_traction
-from femur_fe.mesh import Mesh
-from femur_fe.recovery import strain, stress
-from femur_fe.topology import boundary_faces
-
-_spec = importlib.util.spec_from_file_location(
-    "femur_fe_bench_box_mesh", Path(__file__).resolve().parents[1] / "benchmarks" / "box_mesh.py")
-_box = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_box)
-box_mesh, tet10_from_tet4 = _box.box_mesh, _box.tet10_from_tet4
+from femur_fe.fe import reference
+from femur_fe.fe.assembly import (
+    StiffnessAssembler,
+    assemble_stiffness,
+    element_stiffness,
+)
+from femur_fe.fe.boxes import box_mesh
+from femur_fe.fe.elements import quadrature, reference_nodes, shape_functions
+from femur_fe.fe.loads import assemble_body_force, assemble_pressure, assemble_traction
+from femur_fe.fe.mesh import TET10_EDGES, Mesh, tet10_from_tet4
+from femur_fe.fe.recovery import strain, stress
+from femur_fe.fe.topology import boundary_faces
 
 CELL_TYPES = ["tetra", "tetra10", "hexahedron"]
 NQ = {"tetra": 1, "tetra10": 4, "hexahedron": 8}
@@ -47,7 +43,16 @@ def frob_rel(a: sp.spmatrix, b: sp.spmatrix) -> float:
 # ----------------------------------------------------------------------------- scikit-fem
 def skfem_stiffness(mesh: Mesh, young: np.ndarray, nu: float) -> sp.csr_matrix:
     """scikit-fem's global matrix, reordered to femur_fe's interleaved DOFs."""
-    from skfem import Basis, ElementHex1, ElementTetP1, ElementTetP2, ElementVector, MeshHex, MeshTet, asm
+    from skfem import (
+        Basis,
+        ElementHex1,
+        ElementTetP1,
+        ElementTetP2,
+        ElementVector,
+        MeshHex,
+        MeshTet,
+        asm,
+    )
     from skfem.models.elasticity import lame_parameters, linear_elasticity
 
     ct = mesh.cell_type
@@ -77,7 +82,7 @@ def skfem_stiffness(mesh: Mesh, young: np.ndarray, nu: float) -> sp.csr_matrix:
     if ct == "tetra10":
         edges = np.sort(smesh.edges.T, axis=1)
         key = edges[:, 0] * nverts + edges[:, 1]
-        pairs = np.sort(mesh.cells[:, :4][:, _box._EDGES].reshape(-1, 2), axis=1)
+        pairs = np.sort(mesh.cells[:, :4][:, TET10_EDGES].reshape(-1, 2), axis=1)
         order = np.argsort(key)
         eidx = order[np.searchsorted(key[order], pairs[:, 0] * nverts + pairs[:, 1])]
         assert np.array_equal(key[eidx], pairs[:, 0] * nverts + pairs[:, 1])
@@ -104,7 +109,7 @@ def test_global_matrix_equals_scikit_fem(cell_type, per_qp):
 @pytest.mark.parametrize("cell_type", CELL_TYPES)
 def test_matrix_format_and_exact_symmetry(cell_type):
     mesh = distorted(cell_type)
-    k = femur_fe.assemble_stiffness(mesh, np.full(mesh.n_cells, 1000.0))
+    k = femur_fe.fe.assemble_stiffness(mesh, np.full(mesh.n_cells, 1000.0))
     assert isinstance(k, sp.csr_matrix)
     assert k.indices.dtype == np.int32 and k.indptr.dtype == np.int32
     assert k.has_sorted_indices
@@ -265,8 +270,8 @@ def test_body_force_total_and_first_moment(cell_type):
 def _volume_moments(mesh: Mesh) -> tuple[float, np.ndarray]:
     """Volume and integral of x over the mesh, by a higher-order rule (degree 7 simplex /
     4^3 Gauss) than the loads use, exact for curved tet10 (det J cubic, x quadratic)."""
-    from femur_fe.elements import jacobians
-    from femur_fe.loads import simplex_rule
+    from femur_fe.fe.elements import jacobians
+    from femur_fe.fe.loads import simplex_rule
 
     if mesh.cell_type == "hexahedron":
         t, w = np.polynomial.legendre.leggauss(4)

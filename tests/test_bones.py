@@ -13,21 +13,30 @@ import numpy as np
 import pytest
 
 import femur_fe as ff
-from femur_fe.bones import (STATE_DENSITIES, STATES, SYNTHETIC_CALIBRATION, FemurParams, VertebraParams,
-                            _anat_from_world, _FemurGeom, hu_from_k2hpo4_mg, k2hpo4_mg_from_hu)
-from femur_fe.ct import read_ct
+from femur_fe.bone.bundled import (
+    STATE_DENSITIES,
+    STATES,
+    SYNTHETIC_CALIBRATION,
+    FemurParams,
+    VertebraParams,
+    _anat_from_world,
+    _FemurGeom,
+    hu_from_k2hpo4_mg,
+    k2hpo4_mg_from_hu,
+)
+from femur_fe.bone.meshing import fit_sphere
 from femur_fe.errors import FemurFeError
-from femur_fe.surface import fit_sphere
+from femur_fe.io.ct import read_ct
 
 
 @pytest.fixture(scope="module")
 def femur():
-    return ff.make_femur(element_size=3.0)
+    return ff.bone.make_femur(element_size=3.0)
 
 
 @pytest.fixture(scope="module")
 def vertebra():
-    return ff.make_vertebra()   # the bundled resolution (2 mm): also compared with meshes/
+    return ff.bone.make_vertebra()   # the bundled resolution (2 mm): also compared with meshes/
 
 
 def _angle_deg(a, b):
@@ -58,7 +67,7 @@ def test_femur_head_centre_and_radius(femur):
     np.testing.assert_allclose(c, [0.0, 0.0, 0.0], atol=0.1)
     assert r == pytest.approx(fp.head_diameter_mm / 2, abs=0.1)
     # the independent geometric landmark finder agrees within 2 mm
-    lm = ff.femur_landmarks(femur.surface)
+    lm = ff.bone.femur_landmarks(femur.surface)
     assert np.linalg.norm(lm.head_centre - c0) < 2.0
     assert abs(lm.head_radius - r) < 1.5
 
@@ -112,7 +121,7 @@ def _shaft_axis_measured(bone):
 
 @pytest.mark.parametrize("nsa", [None, 138.0])
 def test_neck_shaft_angle_measured_back(femur, nsa):
-    bone = femur if nsa is None else ff.make_femur(element_size=3.0, neck_shaft_angle_deg=nsa)
+    bone = femur if nsa is None else ff.bone.make_femur(element_size=3.0, neck_shaft_angle_deg=nsa)
     neck, _ = _neck_axis_measured(bone)
     shaft = _shaft_axis_measured(bone)
     measured = _angle_deg(neck, -shaft)
@@ -160,7 +169,7 @@ def test_femur_anatomy_is_recognisable(femur):
 
 @pytest.mark.slow
 def test_left_femur_is_mirror(femur):
-    left = ff.make_femur(element_size=3.0, side="left")
+    left = ff.bone.make_femur(element_size=3.0, side="left")
     np.testing.assert_allclose(left.surface.bounds[:, 0], -femur.surface.bounds[::-1, 0], atol=0.05)
     np.testing.assert_allclose(left.surface.bounds[:, 1:], femur.surface.bounds[:, 1:], atol=0.05)
     assert left.mesh.validate().ok
@@ -169,13 +178,13 @@ def test_left_femur_is_mirror(femur):
 
 def test_bad_parameters_are_rejected():
     with pytest.raises(FemurFeError, match="narrower than the head"):
-        ff.make_femur(neck_diameter_mm=50.0)
+        ff.bone.make_femur(neck_diameter_mm=50.0)
     with pytest.raises(FemurFeError, match="unknown FemurParams"):
-        ff.make_femur(neck_lenght_mm=50.0)
+        ff.bone.make_femur(neck_lenght_mm=50.0)
     with pytest.raises(FemurFeError, match="neck_shaft_angle_deg"):
         FemurParams(neck_shaft_angle_deg=90.0)
     with pytest.raises(FemurFeError, match="side"):
-        ff.make_femur(side="middle")
+        ff.bone.make_femur(side="middle")
     with pytest.raises(FemurFeError, match="body_width_mm"):
         VertebraParams(body_width_mm=-3.0)
 
@@ -207,7 +216,7 @@ def test_vertebra_geometry(vertebra):
 
 
 def test_vertebra_regeneration_is_deterministic_and_bundle_is_current(vertebra):
-    again = ff.make_vertebra()
+    again = ff.bone.make_vertebra()
     np.testing.assert_array_equal(again.mesh.points, vertebra.mesh.points)
     np.testing.assert_array_equal(again.mesh.cells, vertebra.mesh.cells)
     bundled = ff.read_mesh(ff.bundled_bone("vertebra", "healthy").mesh)
@@ -265,10 +274,10 @@ def test_bundled_files_small_and_consistent():
         assert info["name"] == name and info["generator_version"] >= 1
     cal = json.loads(ff.bundled_bone("femur", "healthy").calibration.read_text())
     assert cal == json.loads(json.dumps(SYNTHETIC_CALIBRATION))
-    from femur_fe.calibration import DensityCalibration
+    from femur_fe.bone.calibration import DensityCalibration
 
     dc = DensityCalibration.from_dict(cal)
-    ct, dc2 = ff.load_bundled_qct("vertebra", "healthy")
+    ct, dc2 = ff.bone.load_bundled_qct("vertebra", "healthy")
     assert ct.unit == "HU" and dc2 == dc
     # 1000 mg/cm^3 K2HPO4 <-> HU round trip through both implementations
     hu = hu_from_k2hpo4_mg(1000.0)
@@ -299,18 +308,18 @@ def test_femur_states_ordered_with_cortex():
 
 
 def test_synthetic_qct_is_deterministic_and_bundle_is_current():
-    ct = ff.synthetic_qct("vertebra", "osteoporotic")
-    again = ff.synthetic_qct("vertebra", "osteoporotic")
+    ct = ff.bone.synthetic_qct("vertebra", "osteoporotic")
+    again = ff.bone.synthetic_qct("vertebra", "osteoporotic")
     np.testing.assert_array_equal(ct.array, again.array)
     stored = read_ct(ff.bundled_bone("vertebra", "osteoporotic").ct, unit="HU")
     np.testing.assert_array_equal(stored.array, ct.array)
     np.testing.assert_allclose(stored.origin, ct.origin)
     with pytest.raises(FemurFeError, match="state"):
-        ff.synthetic_qct("vertebra", "fragile")
+        ff.bone.synthetic_qct("vertebra", "fragile")
 
 
 def test_cli_make_bone(tmp_path):
-    from femur_fe.cli import main
+    from femur_fe.commands.cli import main
 
     rc = main(["make-bone", "vertebra", "-o", str(tmp_path), "--state", "healthy", "--size", "4",
                "--param", "body_height_mm=30", "--param", "posterior_elements=false"])
@@ -328,7 +337,7 @@ def test_cli_make_bone(tmp_path):
 def test_meshes_dir_lookup_order(tmp_path, monkeypatch):
     import shutil
 
-    from femur_fe.bones import bundled_file_names, meshes_dir
+    from femur_fe.bone.bundled import bundled_file_names, meshes_dir
 
     src = ff.bundled_bone("vertebra", "healthy")
     for p in src:

@@ -16,7 +16,7 @@ ROD_HU = [462.936, 345.738, 176.712, -35.378, -69.549]
 
 
 def test_mindways_test_vector():
-    fit = ff.fit_phantom_calibration(ROD_HU, ROD_K2HPO4, water_mg=ROD_WATER)
+    fit = ff.bone.fit_phantom_calibration(ROD_HU, ROD_K2HPO4, water_mg=ROD_WATER)
     assert fit.method == "mindways"
     # reference values are printed to 5-6 significant digits: 1e-4 absolute covers that rounding
     assert fit.sigma_ref == pytest.approx(1.46696, abs=1e-4)
@@ -27,7 +27,7 @@ def test_mindways_test_vector():
     cal = fit.calibration
     assert cal.slope * 1000 == pytest.approx(0.80028, rel=1e-4)
     assert cal.intercept * 1000 == pytest.approx(8.1229, rel=1e-4)
-    pred = ff.qct_mg_from_hu(ROD_HU, cal, clamp=False)
+    pred = ff.bone.qct_mg_from_hu(ROD_HU, cal, clamp=False)
     assert pred == pytest.approx([378.60, 284.81, 149.54, -20.19, -47.54], rel=1e-4)
     assert cal.mineral == "k2hpo4" and "Mindways" in cal.source
 
@@ -35,7 +35,7 @@ def test_mindways_test_vector():
 def test_linear_phantom_fit_recovers_line():
     hu = np.array([-20.0, 100.0, 400.0, 800.0])
     rho = 0.7 * hu + 12.0  # HA rods, mg/cm3
-    fit = ff.fit_phantom_calibration(hu, rho, mineral="ha")
+    fit = ff.bone.fit_phantom_calibration(hu, rho, mineral="ha")
     assert fit.calibration.slope == pytest.approx(0.0007, rel=1e-12)
     assert fit.calibration.intercept == pytest.approx(0.012, rel=1e-12)
     assert np.allclose(fit.residuals_mg, 0.0, atol=1e-9)
@@ -44,68 +44,68 @@ def test_linear_phantom_fit_recovers_line():
 
 def test_phantom_fit_rejects_bad_input():
     with pytest.raises(MaterialError, match="same number"):
-        ff.fit_phantom_calibration([1.0, 2.0], [1.0, 2.0, 3.0])
+        ff.bone.fit_phantom_calibration([1.0, 2.0], [1.0, 2.0, 3.0])
     with pytest.raises(MaterialError, match="different"):
-        ff.fit_phantom_calibration([1.0, 1.0], [5.0, 5.0])
+        ff.bone.fit_phantom_calibration([1.0, 1.0], [5.0, 5.0])
     with pytest.raises(MaterialError, match="K2HPO4"):
-        ff.fit_phantom_calibration(ROD_HU, ROD_K2HPO4, water_mg=ROD_WATER, mineral="ha")
+        ff.bone.fit_phantom_calibration(ROD_HU, ROD_K2HPO4, water_mg=ROD_WATER, mineral="ha")
 
 
 def test_calibration_dict_roundtrip_and_units():
-    cal = ff.DensityCalibration.from_mg(0.80028, 8.1229, source="Mindways test")
+    cal = ff.bone.DensityCalibration.from_mg(0.80028, 8.1229, source="Mindways test")
     d = cal.to_dict()
     assert d["unit"] == "g/cm3" and d["density_type"] == "qct"
-    assert ff.DensityCalibration.from_dict(d) == cal
-    mg = ff.DensityCalibration.from_dict({"slope": 0.80028, "intercept": 8.1229, "unit": "mg/cm3"})
+    assert ff.bone.DensityCalibration.from_dict(d) == cal
+    mg = ff.bone.DensityCalibration.from_dict({"slope": 0.80028, "intercept": 8.1229, "unit": "mg/cm3"})
     assert mg.slope == pytest.approx(cal.slope) and mg.intercept == pytest.approx(cal.intercept)
     with pytest.raises(MaterialError, match="'unit'"):
-        ff.DensityCalibration.from_dict({"slope": 0.8, "intercept": 8.0})
-    with pytest.raises(MaterialError, match="unknown calibration keys"):
-        ff.DensityCalibration.from_dict({"slope": 0.8, "intercept": 8.0, "unit": "mg/cm3", "slop": 1})
+        ff.bone.DensityCalibration.from_dict({"slope": 0.8, "intercept": 8.0})
+    with pytest.raises(MaterialError, match="unknown key 'slop'; did you mean 'slope'"):
+        ff.bone.DensityCalibration.from_dict({"slope": 0.8, "intercept": 8.0, "unit": "mg/cm3", "slop": 1})
     with pytest.raises(MaterialError, match="from_mg"):
-        ff.DensityCalibration(0.8, 8.0)  # mg coefficients passed as g/cm3
+        ff.bone.DensityCalibration(0.8, 8.0)  # mg coefficients passed as g/cm3
     assert cal.hu(cal.density(300.0, clamp=False)) == pytest.approx(300.0)
 
 
 def test_negative_density_clamped_with_count(caplog):
-    cal = ff.DensityCalibration.from_mg(0.8, 0.0)
-    with caplog.at_level(logging.WARNING, logger="femur_fe.calibration"):
-        rho = ff.qct_from_hu([-100.0, -50.0, 0.0, 500.0], cal)
+    cal = ff.bone.DensityCalibration.from_mg(0.8, 0.0)
+    with caplog.at_level(logging.WARNING, logger="femur_fe.bone.calibration"):
+        rho = ff.bone.qct_from_hu([-100.0, -50.0, 0.0, 500.0], cal)
     assert rho.tolist() == [0.0, 0.0, 0.0, pytest.approx(0.4)]
     assert "2 of 4" in caplog.text and "clamped" in caplog.text
-    assert ff.qct_from_hu([-100.0], cal, clamp=False)[0] == pytest.approx(-0.08)
+    assert ff.bone.qct_from_hu([-100.0], cal, clamp=False)[0] == pytest.approx(-0.08)
 
 
 def test_density_conversions_spot_values():
     # Keyak 1994 (biomechanics.md 1.2 [C]): 200 mg/cm3 K2HPO4 -> 250.9 mg/cm3 ash
-    assert ff.ash_from_k2hpo4_keyak1994(0.200) == pytest.approx(0.2509, rel=1e-12)
-    assert ff.ash_mg_from_k2hpo4_mg_keyak1994(200.0) == pytest.approx(250.9, rel=1e-12)
+    assert ff.bone.ash_from_k2hpo4_keyak1994(0.200) == pytest.approx(0.2509, rel=1e-12)
+    assert ff.bone.ash_mg_from_k2hpo4_mg_keyak1994(200.0) == pytest.approx(250.9, rel=1e-12)
     # Ogo clamp check: -31 mg/cm3 -> 6.04 mg/cm3 ash
-    assert ff.ash_mg_from_k2hpo4_mg_keyak1994(-31.0) == pytest.approx(6.04, rel=1e-12)
+    assert ff.bone.ash_mg_from_k2hpo4_mg_keyak1994(-31.0) == pytest.approx(6.04, rel=1e-12)
     # Schileo 2008: ash / 0.6
-    assert ff.apparent_from_ash(0.6) == pytest.approx(1.0)
-    assert ff.ash_from_apparent(1.0) == pytest.approx(0.6)
-    assert ff.ash_from_qct_schileo2008(0.0) == pytest.approx(0.0789)
-    assert ff.ash_from_k2hpo4_keyak2005(1.0) == pytest.approx(1.2723)
+    assert ff.bone.apparent_from_ash(0.6) == pytest.approx(1.0)
+    assert ff.bone.ash_from_apparent(1.0) == pytest.approx(0.6)
+    assert ff.bone.ash_from_qct_schileo2008(0.0) == pytest.approx(0.0789)
+    assert ff.bone.ash_from_k2hpo4_keyak2005(1.0) == pytest.approx(1.2723)
 
 
 def test_convert_density_refuses_ambiguous_paths():
     with pytest.raises(MaterialError, match="qct_to_ash"):
-        ff.convert_density(0.3, "qct", "apparent")
+        ff.bone.convert_density(0.3, "qct", "apparent")
     with pytest.raises(MaterialError, match="back to QCT"):
-        ff.convert_density(0.3, "ash", "qct")
-    app = ff.convert_density(0.2, "qct", "apparent", qct_to_ash="keyak1994")
+        ff.bone.convert_density(0.3, "ash", "qct")
+    app = ff.bone.convert_density(0.2, "qct", "apparent", qct_to_ash="keyak1994")
     assert app == pytest.approx((1.06 * 0.2 + 0.0389) / 0.6)
-    assert ff.convert_density(0.3, "apparent", "ash") == pytest.approx(0.18)
-    assert ff.convert_density(0.3, "qct", "ash", qct_to_ash=lambda r: 2 * r) == pytest.approx(0.6)
+    assert ff.bone.convert_density(0.3, "apparent", "ash") == pytest.approx(0.18)
+    assert ff.bone.convert_density(0.3, "qct", "ash", qct_to_ash=lambda r: 2 * r) == pytest.approx(0.6)
 
 
 def test_calibrated_ct():
     a = np.linspace(-1000.0, 1500.0, 60).reshape(3, 4, 5)
-    ct = ff.CTImage.from_array(a, unit="HU")
-    cal = ff.DensityCalibration.from_mg(0.8, 10.0)
-    dens = ff.calibrated_ct(ct, cal)
+    ct = ff.io.CTImage.from_array(a, unit="HU")
+    cal = ff.bone.DensityCalibration.from_mg(0.8, 10.0)
+    dens = ff.bone.calibrated_ct(ct, cal)
     assert dens.unit == "g/cm3"
     assert np.allclose(dens.array, np.maximum(0.0008 * a + 0.01, 0.0))
     with pytest.raises(CTError, match="HU"):
-        ff.calibrated_ct(dens, cal)
+        ff.bone.calibrated_ct(dens, cal)

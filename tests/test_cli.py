@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from femur_fe.cli import main
+from femur_fe.commands.cli import main
 
 
 def test_run_bundled_vertebra_writes_results(tmp_path, capsys):
@@ -19,7 +19,10 @@ def test_run_bundled_vertebra_writes_results(tmp_path, capsys):
         assert key in s, key
     # the case that ran carries the bundled scanner calibration (HU CT)
     assert s["case"]["material"]["calibration"]["ct_unit"] == "HU"
-    assert len(s["inputs"]) == 2 and all(len(h) == 64 for h in s["inputs"].values())  # mesh + CT sha256
+    # mesh, CT and calibration file sha256
+    assert len(s["inputs"]) == 3 and all(len(h) == 64 for h in s["inputs"].values())
+    assert s["bone"] == "vertebra" and s["specimen"]["bundled"] == "vertebra"
+    assert s["material"]["calibration"]["method"] == "linear"
     forces = s["reaction_forces_N"]
     total = [sum(f[i] for f in forces.values()) for i in range(3)]
     assert max(abs(t) for t in total) <= 1e-6 * abs(s["load_force_N"])
@@ -46,7 +49,7 @@ def test_unknown_key_is_one_clean_line(tmp_path, capsys):
 
 
 def test_run_without_material_source_names_the_fix(tmp_path, capsys):
-    from femur_fe.bones import bundled_bone
+    from femur_fe.bone.bundled import bundled_bone
 
     rc = main(["run", "vertebral_compression", "--mesh", str(bundled_bone("vertebra").mesh), "-o", str(tmp_path)])
     err = capsys.readouterr().err

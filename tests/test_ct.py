@@ -7,10 +7,10 @@ import struct
 
 import numpy as np
 import pytest
+from conftest import gias3_file, require_shared
 
 import femur_fe as ff
 from femur_fe.errors import CTError
-from conftest import gias3_file, require_shared
 
 
 def _rotation(rng) -> np.ndarray:
@@ -29,7 +29,7 @@ def _hu_volume(shape=(12, 10, 8), rng=None) -> np.ndarray:
 # ------------------------------------------------------------------ geometry
 def test_affine_and_world_index_roundtrip(rng):
     d = _rotation(rng)
-    ct = ff.CTImage.from_array(_hu_volume(), spacing=(0.5, 0.7, 1.3), origin=(10.0, -20.0, 5.0), direction=d)
+    ct = ff.io.CTImage.from_array(_hu_volume(), spacing=(0.5, 0.7, 1.3), origin=(10.0, -20.0, 5.0), direction=d)
     a = ct.affine
     assert np.allclose(a[:3, :3], d @ np.diag([0.5, 0.7, 1.3]), atol=1e-15)
     assert np.allclose(a[:3, 3], [10.0, -20.0, 5.0])
@@ -43,7 +43,7 @@ def test_affine_and_world_index_roundtrip(rng):
 
 
 def test_bounds_and_orientation_of_flipped_image():
-    ct = ff.CTImage.from_array(_hu_volume((4, 5, 6)), spacing=(2.0, 1.0, 3.0), origin=(0, 0, 0),
+    ct = ff.io.CTImage.from_array(_hu_volume((4, 5, 6)), spacing=(2.0, 1.0, 3.0), origin=(0, 0, 0),
                                direction=np.diag([-1.0, -1.0, 1.0]))
     assert ct.orientation == "RAS"
     # i runs towards -x: voxel faces from +1 mm down to -(4-0.5)*2 = -7 mm
@@ -52,11 +52,11 @@ def test_bounds_and_orientation_of_flipped_image():
 
 def test_bad_geometry_rejected():
     with pytest.raises(CTError, match="spacing"):
-        ff.CTImage.from_array(_hu_volume(), spacing=(1.0, 0.0, 1.0))
+        ff.io.CTImage.from_array(_hu_volume(), spacing=(1.0, 0.0, 1.0))
     with pytest.raises(CTError, match="orthonormal"):
-        ff.CTImage.from_array(_hu_volume(), direction=np.diag([1.0, 2.0, 1.0]))
+        ff.io.CTImage.from_array(_hu_volume(), direction=np.diag([1.0, 2.0, 1.0]))
     with pytest.raises(CTError, match="3-D"):
-        ff.CTImage.from_array(np.zeros((4, 4)))
+        ff.io.CTImage.from_array(np.zeros((4, 4)))
 
 
 # ------------------------------------------------------------------ unit checks
@@ -69,9 +69,9 @@ def test_bad_geometry_rejected():
 ])
 def test_unit_contradicting_values_raises(values, unit, match):
     with pytest.raises(CTError, match=match):
-        ff.CTImage.from_array(values.reshape(3, 4, 5), unit=unit)
+        ff.io.CTImage.from_array(values.reshape(3, 4, 5), unit=unit)
     # the escape hatch exists and is explicit
-    ct = ff.CTImage.from_array(values.reshape(3, 4, 5), unit=unit, check_unit=False)
+    ct = ff.io.CTImage.from_array(values.reshape(3, 4, 5), unit=unit, check_unit=False)
     assert ct.unit == unit
 
 
@@ -91,12 +91,12 @@ def test_nan_voxels_counted_and_reported(tmp_path, caplog):
     a = _hu_volume()
     a[2, 3, 4] = np.nan
     a[5, 5, 5] = np.nan
-    ct = ff.CTImage.from_array(a)
+    ct = ff.io.CTImage.from_array(a)
     assert ct.n_nan == 2
     assert ct.summary()["n_nan"] == 2
     assert np.isfinite(ct.value_range).all()
-    ff.write_ct(tmp_path / "nan.mha", ct)
-    with caplog.at_level(logging.WARNING, logger="femur_fe.ct"):
+    ff.io.write_ct(tmp_path / "nan.mha", ct)
+    with caplog.at_level(logging.WARNING, logger="femur_fe.io.ct"):
         back = ff.read_ct(tmp_path / "nan.mha")
     assert back.n_nan == 2
     assert "2 NaN voxels" in caplog.text
@@ -108,9 +108,9 @@ def test_write_read_roundtrip_keeps_geometry(tmp_path, rng, name):
     d = _rotation(rng)
     if np.linalg.det(d) > 0:
         d[:, 0] *= -1  # a mirrored grid: the hardest case
-    ct = ff.CTImage.from_array(_hu_volume(rng=rng).astype(np.float32), spacing=(0.6, 0.8, 2.5),
+    ct = ff.io.CTImage.from_array(_hu_volume(rng=rng).astype(np.float32), spacing=(0.6, 0.8, 2.5),
                                origin=(-100.0, 30.0, 700.0), direction=d, unit="HU")
-    path = ff.write_ct(tmp_path / name, ct)
+    path = ff.io.write_ct(tmp_path / name, ct)
     back = ff.read_ct(path)
     assert back.unit == "HU"
     assert back.shape == ct.shape
@@ -122,19 +122,19 @@ def test_write_read_roundtrip_keeps_geometry(tmp_path, rng, name):
 
 
 def test_density_unit_stored_in_nrrd_header(tmp_path):
-    ct = ff.CTImage.from_array(np.linspace(-150.0, 1200.0, 60).reshape(3, 4, 5), unit="mg/cm3")
-    ff.write_ct(tmp_path / "d.nrrd", ct)
+    ct = ff.io.CTImage.from_array(np.linspace(-150.0, 1200.0, 60).reshape(3, 4, 5), unit="mg/cm3")
+    ff.io.write_ct(tmp_path / "d.nrrd", ct)
     assert ff.read_ct(tmp_path / "d.nrrd").unit == "mg/cm3"  # the range alone is ambiguous
     with pytest.raises(CTError, match="write_ct supports"):
-        ff.write_ct(tmp_path / "d.npy", ct)
+        ff.io.write_ct(tmp_path / "d.npy", ct)
 
 
 def test_index_order_against_voxel_positions(tmp_path):
     """A single bright voxel at [i, j, k] = [3, 1, 2] must land at its world position."""
     a = np.full((5, 4, 3), -1000.0)
     a[3, 1, 2] = 1000.0
-    ct = ff.CTImage.from_array(a, spacing=(1.0, 2.0, 3.0), origin=(10.0, 20.0, 30.0))
-    back = ff.read_ct(ff.write_ct(tmp_path / "p.nii.gz", ct))
+    ct = ff.io.CTImage.from_array(a, spacing=(1.0, 2.0, 3.0), origin=(10.0, 20.0, 30.0))
+    back = ff.read_ct(ff.io.write_ct(tmp_path / "p.nii.gz", ct))
     ijk = np.argwhere(back.array == 1000.0)[0]
     assert ijk.tolist() == [3, 1, 2]
     assert np.allclose(back.world_from_index(ijk), [13.0, 22.0, 36.0], atol=1e-4)
@@ -219,7 +219,7 @@ def test_totalseg_ct_geometry_and_frame():
     assert ct.value_range == (-1207.0, 3382.0)  # PROVENANCE.md
     assert ct.orientation == "RAS"  # nib.aff2axcodes = R,A,S per PROVENANCE.md
     # LPS affine = diag(-1,-1,1,1) @ RAS sform of the file header
-    assert np.allclose(ct.affine, ff.ct.LPS_FROM_RAS @ _nifti_sform(path), atol=1e-3)
+    assert np.allclose(ct.affine, ff.io.ct.LPS_FROM_RAS @ _nifti_sform(path), atol=1e-3)
 
 
 def test_verse_density_ct_needs_explicit_unit():
@@ -239,36 +239,36 @@ def test_verse_density_ct_needs_explicit_unit():
 def test_read_mask_label_file_and_threshold():
     base = require_shared("ct_totalseg_example")
     ct = ff.read_ct(base / "example_ct.nii.gz")
-    femur = ff.read_mask(base / "example_seg" / "femur_right.nii.gz", reference=ct)
+    femur = ff.io.read_mask(base / "example_seg" / "femur_right.nii.gz", reference=ct)
     assert femur.dtype == bool and femur.shape == ct.shape
     assert int(femur.sum()) == 3782  # PROVENANCE.md
     assert np.median(ct.array[femur]) == pytest.approx(154, abs=2)  # HU p50 per PROVENANCE.md
-    bone = ff.read_mask(base / "example_seg" / "femur_right.nii.gz", threshold=200.0, reference=ct)
+    bone = ff.io.read_mask(base / "example_seg" / "femur_right.nii.gz", threshold=200.0, reference=ct)
     assert 0 < bone.sum() < femur.sum()
     assert np.all(ct.array[bone] >= 200.0)
-    thr = ff.read_mask(threshold=(200.0, 1000.0), reference=ct)
+    thr = ff.io.read_mask(threshold=(200.0, 1000.0), reference=ct)
     assert np.all((ct.array[thr] >= 200) & (ct.array[thr] <= 1000))
     with pytest.raises(CTError, match="empty"):
-        ff.read_mask(threshold=5000.0, reference=ct)
+        ff.io.read_mask(threshold=5000.0, reference=ct)
     with pytest.raises(CTError, match="no voxel has label"):
-        ff.read_mask(base / "example_seg" / "femur_right.nii.gz", label=7, reference=ct)
+        ff.io.read_mask(base / "example_seg" / "femur_right.nii.gz", label=7, reference=ct)
 
 
 def test_mask_on_another_grid_is_refused():
     ct = ff.read_ct(require_shared("ct_totalseg_example", "example_ct.nii.gz"))
     other = require_shared("ct_verse004_L2_density", "sub-verse004_0000_vertebra_21_seg.nii.gz")
     with pytest.raises(CTError, match=r"shape .*spacing .*origin .*direction"):
-        ff.read_mask(other, reference=ct)
+        ff.io.read_mask(other, reference=ct)
     with pytest.raises(CTError, match="shape"):
-        ff.read_mask(np.ones((3, 3, 3), dtype=bool), reference=ct)
+        ff.io.read_mask(np.ones((3, 3, 3), dtype=bool), reference=ct)
 
 
 def test_mask_with_shifted_origin_names_the_difference(tmp_path):
-    ct = ff.CTImage.from_array(_hu_volume((6, 6, 6)), spacing=(1, 1, 1))
-    lab = ff.CTImage.from_array(np.ones((6, 6, 6)), spacing=(1, 1, 1), origin=(0, 0, 2.0), check_unit=False)
-    ff.write_ct(tmp_path / "lab.nrrd", lab)
+    ct = ff.io.CTImage.from_array(_hu_volume((6, 6, 6)), spacing=(1, 1, 1))
+    lab = ff.io.CTImage.from_array(np.ones((6, 6, 6)), spacing=(1, 1, 1), origin=(0, 0, 2.0), check_unit=False)
+    ff.io.write_ct(tmp_path / "lab.nrrd", lab)
     with pytest.raises(CTError, match="origin") as exc:
-        ff.read_mask(tmp_path / "lab.nrrd", reference=ct)
+        ff.io.read_mask(tmp_path / "lab.nrrd", reference=ct)
     assert "shape" not in str(exc.value) and "spacing" not in str(exc.value)
 
 
@@ -288,8 +288,8 @@ def _info(argv, capsys):
 def test_info_ct(tmp_path, capsys):
     a = _hu_volume((6, 5, 4))
     a[1, 1, 1] = np.nan
-    ct = ff.CTImage.from_array(a, spacing=(0.5, 0.5, 2.0), direction=np.diag([-1.0, 1.0, 1.0]))
-    ff.write_ct(tmp_path / "v.nrrd", ct)
+    ct = ff.io.CTImage.from_array(a, spacing=(0.5, 0.5, 2.0), direction=np.diag([-1.0, 1.0, 1.0]))
+    ff.io.write_ct(tmp_path / "v.nrrd", ct)
     rc, out = _info([tmp_path / "v.nrrd"], capsys)
     assert rc == 0
     assert "6 x 5 x 4" in out and "(0.5, 0.5, 2) mm" in out and "RPS" in out and "NaN voxels:  1" in out
@@ -318,10 +318,10 @@ def test_info_surface_and_mesh(tmp_path, capsys):
     rc, out = _info([tmp_path / "cup.stl"], capsys)
     assert "watertight:  no" in out and "metres?" in out
 
-    ct = ff.CTImage.from_array(_hu_volume((6, 6, 6)), spacing=(1.0, 1.0, 1.0))
+    ct = ff.io.CTImage.from_array(_hu_volume((6, 6, 6)), spacing=(1.0, 1.0, 1.0))
     mask = np.zeros(ct.shape, dtype=bool)
     mask[1:5, 1:4, 2:5] = True
-    ff.write_mesh(tmp_path / "vox.vtu", ff.hexmesh_from_mask(mask, ct))
+    ff.write_mesh(tmp_path / "vox.vtu", ff.bone.hexmesh_from_mask(mask, ct))
     rc, out = _info([tmp_path / "vox.vtu"], capsys)
     assert rc == 0
     assert "hexahedron" in out and "36 cells" in out and "status:      OK" in out and "hu" in out

@@ -1,4 +1,4 @@
-"""Tests of femur_fe.failure: criteria, registry, parameter checks and linear strength.
+"""Tests of femur_fe.analysis.failure: criteria, registry, parameter checks and linear strength.
 
 Regression tests of biomechanics.md 6.6: Pistoia on a synthetic EES array with an exact
 answer, and the Schileo max-principal-strain criterion on a uniaxial bar assembled and
@@ -13,29 +13,23 @@ import numpy as np
 import pytest
 
 import femur_fe as ff
+from femur_fe.analysis.failure import (
+    SITE_COMPRESSIVE_YIELD_STRAIN,
+    ApparentStrain,
+    DensityYieldStress,
+    MaxPrincipalStrain,
+    Pistoia,
+    SiteYieldStrain,
+    ees_at_critical_volume,
+    failure_criterion,
+    pistoia_ees_count_n88tools,
+)
 from femur_fe.errors import FemurFeError, LoadCaseError
-from femur_fe.failure import (SITE_COMPRESSIVE_YIELD_STRAIN, ApparentStrain, DensityYieldStress, MaxPrincipalStrain,
-                              Pistoia,
-                              SiteYieldStrain, ees_at_critical_volume, failure_criterion,
-                              pistoia_ees_count_n88tools)
 
 
 def hex_grid(n=(5, 5, 4), h=1.0):
     """Voxel mesh of n cubes of edge h (mm), VTK hexahedron node order."""
-    nx, ny, nz = n
-    g = np.stack(np.meshgrid(*[np.arange(k + 1) * h for k in n], indexing="ij"), axis=-1).reshape(-1, 3)
-
-    def nid(i, j, k):
-        return (i * (ny + 1) + j) * (nz + 1) + k
-
-    cells = []
-    for i in range(nx):
-        for j in range(ny):
-            for k in range(nz):
-                cells.append([nid(i, j, k), nid(i + 1, j, k), nid(i + 1, j + 1, k), nid(i, j + 1, k),
-                              nid(i, j, k + 1), nid(i + 1, j, k + 1), nid(i + 1, j + 1, k + 1),
-                              nid(i, j + 1, k + 1)])
-    return ff.Mesh(g, np.array(cells), "hexahedron")
+    return ff.fe.boxes.hex_grid(n, tuple(h * k for k in n))
 
 
 def tet_box(n=(3, 3, 8), size=(10.0, 10.0, 40.0)):
@@ -175,8 +169,8 @@ def _bar_solution(mesh, young, delta):
     xnode = np.flatnonzero((pts[:, 0] == pts[:, 0].max()) & (pts[:, 1] == 0) & (pts[:, 2] == 0))[0]
     fixed = np.r_[3 * bottom + 2, 3 * top + 2, 3 * origin, 3 * origin + 1, 3 * xnode + 1]
     values = np.r_[np.zeros(len(bottom)), np.full(len(top), delta), 0.0, 0.0, 0.0]
-    k = ff.StiffnessAssembler(mesh, 0.3).assemble(np.full(mesh.n_cells, young))
-    sol = ff.LinearSolver(k, fixed, points=mesh, method="direct").solve(np.zeros(k.shape[0]), values)
+    k = ff.fe.StiffnessAssembler(mesh, 0.3).assemble(np.full(mesh.n_cells, young))
+    sol = ff.fe.LinearSolver(k, fixed, points=mesh, method="direct").solve(np.zeros(k.shape[0]), values)
     return sol, top, bottom
 
 
@@ -189,12 +183,12 @@ def test_schileo_bar_fails_at_eps_times_EA(sign):
     load = sign * sol.reaction_force(top)[2]  # along the load direction, positive
     # linear elastic bar: F = E A delta / L (tet4 reproduces the uniform strain exactly)
     assert load == pytest.approx(young * area * abs(delta) / length, rel=1e-9)
-    from femur_fe.fields import nodal_average
+    from femur_fe.fe.recovery import node_average
 
     strain = _strain_tet4(mesh, sol.u.reshape(-1, 3))
     res = failure_criterion("max_principal_strain").linear_strength(
         load, mesh, strain=strain, young=np.full(mesh.n_cells, young),
-        strain_nodal=nodal_average(mesh, strain), bc_nodes=np.r_[top, bottom])
+        strain_nodal=node_average(mesh, strain), bc_nodes=np.r_[top, bottom])
     limit = 0.0073 if sign > 0 else 0.0104
     # exact up to the solver's round-off (direct solve, residual ~1e-15)
     assert res.strength_N == pytest.approx(limit * young * area, rel=1e-9)
@@ -252,7 +246,7 @@ def test_apparent_strain_needs_plate_displacement_and_height():
 
 
 def _strain_tet4(mesh, u):
-    """Centroid strains of tet4 elements (independent of femur_fe.recovery)."""
+    """Centroid strains of tet4 elements (independent of femur_fe.fe.recovery)."""
     x = mesh.points[mesh.cells]
     d = np.stack([x[:, 1] - x[:, 0], x[:, 2] - x[:, 0], x[:, 3] - x[:, 0]], axis=1)  # (m, 3, 3) rows
     du = np.stack([u[mesh.cells[:, i]] - u[mesh.cells[:, 0]] for i in (1, 2, 3)], axis=1)
@@ -331,7 +325,7 @@ def test_pistoia_parameter_errors(kw, msg):
 def test_values_used_are_logged(caplog):
     mesh = hex_grid((2, 1, 1))
     strain, stress, young = fields_from_ees([0.001, 0.002])
-    with caplog.at_level(logging.INFO, logger="femur_fe.failure"):
+    with caplog.at_level(logging.INFO, logger="femur_fe.analysis.failure"):
         Pistoia(critical_strain=0.011, critical_volume=0.07).linear_strength(
             100.0, mesh, strain=strain, stress=stress, young=young)
     assert "'critical_strain': 0.011" in caplog.text and "'critical_volume': 0.07" in caplog.text

@@ -1,4 +1,4 @@
-"""Compiled kernels against their NumPy twins in femur_fe.reference.
+"""Compiled kernels against their NumPy twins in femur_fe.fe.reference.
 
 Tolerance: the kernels and the twins evaluate the same integrals in double precision
 with different formulations (index formula vs B^T D B, cofactor inverse vs LU solve), so
@@ -7,28 +7,21 @@ they differ by a few ulps per term; 1e-12 relative to the largest entry leaves a
 """
 from __future__ import annotations
 
-import importlib.util
 from math import factorial
-from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
 import femur_fe
-from femur_fe import _kernels, reference
-from femur_fe.assembly import StiffnessAssembler, element_stiffness
-from femur_fe.elements import quadrature, reference_nodes
 from femur_fe.errors import FemurFeError
-from femur_fe.loads import face_shape, simplex_rule
-from femur_fe.mesh import Mesh
-from femur_fe.recovery import strain
-
-_spec = importlib.util.spec_from_file_location(
-    "femur_fe_bench_box_mesh", Path(__file__).resolve().parents[1] / "benchmarks" / "box_mesh.py")
-_box = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_box)
-box_mesh = _box.box_mesh
+from femur_fe.fe import _kernels, reference
+from femur_fe.fe.assembly import StiffnessAssembler, element_stiffness
+from femur_fe.fe.boxes import box_mesh
+from femur_fe.fe.elements import quadrature, reference_nodes
+from femur_fe.fe.loads import face_shape, simplex_rule
+from femur_fe.fe.mesh import Mesh
+from femur_fe.fe.recovery import strain
 
 CELL_TYPES = ["tetra", "tetra10", "hexahedron"]
 NQ = {"tetra": 1, "tetra10": 4, "hexahedron": 8}
@@ -81,7 +74,7 @@ def test_element_stiffness_matches_twin(cell_type, per_qp):
 @pytest.mark.parametrize("cell_type", CELL_TYPES)
 def test_unit_modulus_default_and_femur_fe_export(cell_type):
     mesh = random_elements(cell_type, 5, seed=1)
-    assert rel_err(femur_fe.element_stiffness(mesh), reference.element_stiffness(mesh, None)) < RTOL
+    assert rel_err(femur_fe.fe.element_stiffness(mesh), reference.element_stiffness(mesh, None)) < RTOL
 
 
 @pytest.mark.parametrize("cell_type", CELL_TYPES)
@@ -165,19 +158,19 @@ def test_face_shape_functions(kf):
 
 def test_openmp_is_enabled_on_this_machine():
     # gcc here supports OpenMP: a silently serial build must not pass
-    assert femur_fe.openmp_enabled() is True
+    assert femur_fe.fe.openmp_enabled() is True
 
 
 def test_effective_n_threads_semantics():
     all_cores = _kernels.omp_max_threads()
-    assert femur_fe.effective_n_threads(None) == all_cores
-    assert femur_fe.effective_n_threads(-1) == all_cores
-    assert femur_fe.effective_n_threads(-all_cores - 5) == 1
-    assert femur_fe.effective_n_threads(3) == 3
-    assert femur_fe.effective_n_threads(np.int64(2)) == 2
+    assert femur_fe.fe.effective_n_threads(None) == all_cores
+    assert femur_fe.fe.effective_n_threads(-1) == all_cores
+    assert femur_fe.fe.effective_n_threads(-all_cores - 5) == 1
+    assert femur_fe.fe.effective_n_threads(3) == 3
+    assert femur_fe.fe.effective_n_threads(np.int64(2)) == 2
     for bad in (0, 1.5, "2", True):
         with pytest.raises(FemurFeError, match="n_threads"):
-            femur_fe.effective_n_threads(bad)
+            femur_fe.fe.effective_n_threads(bad)
 
 
 @pytest.mark.parametrize("cell_type", CELL_TYPES)

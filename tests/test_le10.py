@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from femur_fe.cli import main
-from femur_fe.commands.verify import LE10_TARGET, run_le10
+from femur_fe.commands.cli import main
+from femur_fe.fe.verification import LE10_TARGET, run_le10
 
 
 def test_le10_sigma_yy_at_d_within_3_percent():

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
+from femur_fe.case.loadcase import LoadCase, dumps_toml, load_case, register_section
 from femur_fe.errors import LoadCaseError
-from femur_fe.loadcase import LoadCase, dumps_toml, load_case, register_section
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = sorted((ROOT / "loadcases").glob("*.toml"))
@@ -126,8 +126,12 @@ def test_unknown_key_names_file_table_and_suggestion(tmp_path):
      ["missing required key 'flexion_deg'"]),
     ({"schema_version": 1, "material": {"poisson": 0.5}}, ["[material]", "poisson = 0.5", "< 0.5"]),
     ({"schema_version": 1, "material": {"law": "morgan2003_femoralneck"}}, ["unknown material law", "morgan2003"]),
-    ({"schema_version": 1, "material": {"calibration": {"ct_unit": "HU"}}},
+    ({"schema_version": 1, "material": {"calibration": {"ct_unit": "HU", "method": "linear"}}},
      ["[material.calibration]", "needs a calibration"]),
+    ({"schema_version": 1, "material": {"calibration": {"method": "internal"}}},
+     ["[material.calibration]", "calibrates an HU CT"]),
+    ({"schema_version": 1, "material": {"calibration": {"ct_unit": "HU", "tissue_hu": {"fat": -100.0}}}},
+     ["[material.calibration]", "unknown tissue 'fat'"]),
     ({"schema_version": 1, "material": {"calibration": {"ct_unit": "HU", "slope": 800.0, "intercept": 8.0,
                                                           "unit": "g/cm3"}}}, ["too large"]),
     ({"schema_version": 1, "caps": {"kind": "steel"}}, ["[caps]", "kind must be one of"]),
@@ -238,7 +242,7 @@ def test_extension_section_registry():
         with pytest.raises(LoadCaseError, match="core load-case key"):
             register_section("loading", parse)
     finally:
-        from femur_fe import loadcase
+        from femur_fe.case import loadcase
 
         loadcase._EXTENSIONS.pop("scenario_test", None)
 
@@ -250,7 +254,7 @@ def test_dumps_toml_round_trip():
 
 
 def test_cli_check_prints_resolved_case(capsys, tmp_path):
-    from femur_fe.cli import main
+    from femur_fe.commands.cli import main
 
     assert main(["check", str(ROOT / "loadcases" / "stance.toml")]) == 0
     out = capsys.readouterr().out

@@ -5,13 +5,13 @@ import logging
 
 import numpy as np
 import pytest
+from conftest import require_shared
 from scipy.spatial import Delaunay
 
 import femur_fe as ff
-from femur_fe.elements import quadrature, shape_functions
+from femur_fe.bone.mapping import integration_rule
 from femur_fe.errors import CTError, MaterialError
-from femur_fe.mapping import integration_rule
-from conftest import require_shared
+from femur_fe.fe.elements import quadrature, shape_functions
 
 GRAD = np.array([3.0, -2.0, 5.0])  # HU per mm
 C0 = 120.0
@@ -25,7 +25,7 @@ def _linear_ct(direction=None, spacing=(0.9, 1.1, 1.3), shape=(40, 36, 30), orig
     d = np.eye(3) if direction is None else np.asarray(direction)
     if origin is None:
         origin = -d @ (np.asarray(spacing) * (np.asarray(shape) - 1) / 2.0)
-    base = ff.CTImage.from_array(np.zeros(shape), spacing, origin, d, check_unit=False)
+    base = ff.io.CTImage.from_array(np.zeros(shape), spacing, origin, d, check_unit=False)
     ijk = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1).reshape(-1, 3)
     vals = (base.world_from_index(ijk) @ GRAD + C0).reshape(shape)
     return base.with_array(vals)
@@ -112,10 +112,10 @@ def test_linear_field_tet4_exact(rng, direction):
     exact = _field(mesh.cell_centroids())  # mean of a linear field over a tet = value at the centroid
     scale = np.abs(exact).max()
     for method in ("centroid", "element_average"):
-        res = ff.map_ct(mesh, ct, method=method)
+        res = ff.bone.map_ct(mesh, ct, method=method)
         assert res.unit == "HU" and res.report.ok
         assert np.max(np.abs(res.values - exact)) < 1e-10 * scale
-    q = ff.map_ct(mesh, ct, method="quadrature")
+    q = ff.bone.map_ct(mesh, ct, method="quadrature")
     assert q.values.shape == (mesh.n_cells, 1)
 
 
@@ -124,18 +124,18 @@ def test_linear_field_tet10_exact_straight_and_curved(rng):
     tet4 = _tet4_mesh(rng)
     straight = _tet10_mesh(tet4, rng)
     exact = _field(tet4.cell_centroids())
-    res = ff.map_ct(straight, ct, method="element_average", n_steps=2)
+    res = ff.bone.map_ct(straight, ct, method="element_average", n_steps=2)
     assert np.max(np.abs(res.values - exact)) < 1e-10 * np.abs(exact).max()
     curved = _tet10_mesh(_kuhn_tets(_hex_mesh(rng, n=3)), rng, bend=0.04)
     assert np.all(curved.jacobian_determinants() > 0)
     # on a curved element f(x(xi)) det J has degree 5: exact from n_steps = 3 on
-    a3 = ff.map_ct(curved, ct, method="element_average", n_steps=3).values
-    a6 = ff.map_ct(curved, ct, method="element_average", n_steps=6).values
+    a3 = ff.bone.map_ct(curved, ct, method="element_average", n_steps=3).values
+    a6 = ff.bone.map_ct(curved, ct, method="element_average", n_steps=6).values
     assert np.max(np.abs(a3 - a6)) < 1e-10 * np.abs(a6).max()
     straight_mean = _field(curved.tet4().cell_centroids())
     assert np.max(np.abs(a3 - straight_mean)) > 1e-3  # the curvature really moved the mean
     # quadrature samples equal the field at the physical quadrature points
-    q = ff.map_ct(curved, ct, method="quadrature")
+    q = ff.bone.map_ct(curved, ct, method="quadrature")
     xq = np.einsum("qk,mkd->mqd", shape_functions("tetra10", quadrature("tetra10").points), curved.points[curved.cells])
     assert q.values.shape == (curved.n_cells, 4)
     assert np.max(np.abs(q.values - _field(xq))) < 1e-10 * np.abs(a6).max()
@@ -146,14 +146,14 @@ def test_linear_field_hex8_exact(rng):
     shear = np.array([[1.0, 0.2, 0.0], [0.0, 1.0, 0.1], [0.0, 0.0, 0.9]])
     affine = _hex_mesh(rng, shear=shear)
     exact = _field(affine.cell_centroids())  # parallelepipeds: mean = value at vertex mean
-    res = ff.map_ct(affine, ct, method="element_average", n_steps=2)
+    res = ff.bone.map_ct(affine, ct, method="element_average", n_steps=2)
     assert np.max(np.abs(res.values - exact)) < 1e-10 * np.abs(exact).max()
     distorted = _hex_mesh(rng, distort=0.2)
     assert np.all(distorted.jacobian_determinants() > 0)
-    a2 = ff.map_ct(distorted, ct, method="element_average", n_steps=2).values
-    a7 = ff.map_ct(distorted, ct, method="element_average", n_steps=7).values
+    a2 = ff.bone.map_ct(distorted, ct, method="element_average", n_steps=2).values
+    a7 = ff.bone.map_ct(distorted, ct, method="element_average", n_steps=7).values
     assert np.max(np.abs(a2 - a7)) < 1e-10 * np.abs(a7).max()
-    q = ff.map_ct(distorted, ct, method="quadrature")
+    q = ff.bone.map_ct(distorted, ct, method="quadrature")
     xq = np.einsum("qk,mkd->mqd", shape_functions("hexahedron", quadrature("hexahedron").points),
                    distorted.points[distorted.cells])
     assert q.values.shape == (distorted.n_cells, 8)
@@ -168,9 +168,9 @@ def test_outside_policies(rng):
     # x in [6.5, 10.5]: the last layer of elements (centroids at x = 10) is outside
     mesh = mesh.with_points(mesh.points + np.array([8.5, 4.5, 4.5]))
     with pytest.raises(CTError, match="outside the CT") as exc:
-        ff.map_ct(mesh, ct, method="centroid")
+        ff.bone.map_ct(mesh, ct, method="centroid")
     assert "outside='nearest'" in str(exc.value)
-    res = ff.map_ct(mesh, ct, method="centroid", outside="value", fill_value=-1000.0)
+    res = ff.bone.map_ct(mesh, ct, method="centroid", outside="value", fill_value=-1000.0)
     rep = res.report
     xc = mesh.cell_centroids()
     out = xc[:, 0] > 9.5
@@ -178,13 +178,13 @@ def test_outside_policies(rng):
     assert rep.elements_affected.tolist() == np.flatnonzero(out).tolist()
     assert np.all(res.values[out] == -1000.0)
     assert np.allclose(res.values[~out], _field(xc[~out]))
-    near = ff.map_ct(mesh, ct, method="centroid", outside="nearest")
+    near = ff.bone.map_ct(mesh, ct, method="centroid", outside="nearest")
     clamped = xc[out].copy()
     clamped[:, 0] = 9.0  # nearest voxel-centre plane
     assert np.allclose(near.values[out], _field(clamped))
     assert near.report.n_elements_affected == 16
     with pytest.raises(CTError, match="fill_value"):
-        ff.map_ct(mesh, ct, outside="value")
+        ff.bone.map_ct(mesh, ct, outside="value")
 
 
 def test_mesh_completely_outside_raises_whatever_the_policy(rng):
@@ -193,9 +193,9 @@ def test_mesh_completely_outside_raises_whatever_the_policy(rng):
     far = mesh.with_points(mesh.points + 100.0)
     for policy, fill in (("error", None), ("nearest", None), ("value", 0.0)):
         with pytest.raises(CTError, match="completely outside"):
-            ff.map_ct(far, ct, outside=policy, fill_value=fill)
+            ff.bone.map_ct(far, ct, outside=policy, fill_value=fill)
     with pytest.raises(CTError, match="completely outside"):
-        ff.map_ct(mesh.scaled(1e-3).with_points(mesh.scaled(1e-3).points + 100.0), ct)
+        ff.bone.map_ct(mesh.scaled(1e-3).with_points(mesh.scaled(1e-3).points + 100.0), ct)
 
 
 def test_nan_voxels_reported_and_handled(rng):
@@ -205,8 +205,8 @@ def test_nan_voxels_reported_and_handled(rng):
     nct = ct.with_array(a)
     mesh = _hex_mesh(rng, n=4, half=2.0).with_points(_hex_mesh(rng, n=4, half=2.0).points + 5.0)  # [3, 7]^3
     with pytest.raises(CTError, match="NaN"):
-        ff.map_ct(mesh, nct, method="element_average")
-    res = ff.map_ct(mesh, nct, method="element_average", outside="nearest")
+        ff.bone.map_ct(mesh, nct, method="element_average")
+    res = ff.bone.map_ct(mesh, nct, method="element_average", outside="nearest")
     rep = res.report
     assert rep.n_samples_nan > 0 and rep.n_samples_outside == 0
     # only elements within one voxel of [5,5,5] can touch it
@@ -216,88 +216,88 @@ def test_nan_voxels_reported_and_handled(rng):
     # renormalised interpolation of a linear field is not exact, but stays between its neighbours
     ok = np.setdiff1d(np.arange(mesh.n_cells), rep.elements_nan)
     assert np.allclose(res.values[ok], _field(xc[ok]))
-    val = ff.map_ct(mesh, nct, method="centroid", outside="value", fill_value=0.0)
+    val = ff.bone.map_ct(mesh, nct, method="centroid", outside="value", fill_value=0.0)
     assert val.report.n_samples_nan == np.count_nonzero(val.values == 0.0)
 
 
 def test_ras_frame(rng):
     ct = _linear_ct(ROT)
     mesh = _tet4_mesh(rng)
-    ras_mesh = mesh.with_points(ff.ras_from_lps(mesh.points))
-    a = ff.map_ct(mesh, ct, method="centroid").values
-    b = ff.map_ct(ras_mesh, ct, method="centroid", frame="RAS").values
+    ras_mesh = mesh.with_points(ff.io.ras_from_lps(mesh.points))
+    a = ff.bone.map_ct(mesh, ct, method="centroid").values
+    b = ff.bone.map_ct(ras_mesh, ct, method="centroid", frame="RAS").values
     assert np.allclose(a, b, rtol=0, atol=1e-9)
     pts = mesh.cell_centroids()
-    assert np.allclose(ff.sample_ct(ct, pts), _field(pts))
+    assert np.allclose(ff.bone.sample_ct(ct, pts), _field(pts))
 
 
 # ------------------------------------------------------------------ density and modulus chain
 def test_modulus_average_constant_and_jensen(rng):
-    cal = ff.DensityCalibration.from_mg(0.8, 0.0)
-    const = ff.CTImage.from_array(np.full((20, 20, 20), 500.0), spacing=(1, 1, 1), origin=(-10, -10, -10),
+    cal = ff.bone.DensityCalibration.from_mg(0.8, 0.0)
+    const = ff.io.CTImage.from_array(np.full((20, 20, 20), 500.0), spacing=(1, 1, 1), origin=(-10, -10, -10),
                                   check_unit=False)
     mesh = _tet4_mesh(rng, half=5.0)
-    law = ff.material_law("keyak1994_chain")
-    e = ff.map_young_modulus(mesh, const, law, calibration=cal)
+    law = ff.bone.material_law("keyak1994_chain")
+    e = ff.bone.map_young_modulus(mesh, const, law, calibration=cal)
     assert e.unit == "MPa" and np.allclose(e.values, law.young(0.4), rtol=1e-12)
     ct = _linear_ct()  # HU from about -80 to 320 inside the mesh
-    v3 = ff.map_young_modulus(mesh, ct, law, calibration=cal, method="modulus_average").values
-    v2 = ff.map_young_modulus(mesh, ct, law, calibration=cal, method="element_average").values
+    v3 = ff.bone.map_young_modulus(mesh, ct, law, calibration=cal, method="modulus_average").values
+    v2 = ff.bone.map_young_modulus(mesh, ct, law, calibration=cal, method="element_average").values
     assert np.all(v3 >= v2 * (1 - 1e-12))  # E convex in HU: mean of E >= E of mean (Jensen)
     with pytest.raises(CTError, match="calibration"):
-        ff.map_young_modulus(mesh, ct, law)
+        ff.bone.map_young_modulus(mesh, ct, law)
     with pytest.raises(MaterialError, match="qct_to_ash"):
-        ff.map_young_modulus(mesh, ct, ff.material_law("morgan2003_femoral_neck"), calibration=cal)
+        ff.bone.map_young_modulus(mesh, ct, ff.bone.material_law("morgan2003_femoral_neck"), calibration=cal)
 
 
 def test_map_density_types_and_clamp(rng, caplog):
     ct = _linear_ct()
     mesh = _tet4_mesh(rng)
-    cal = ff.DensityCalibration.from_mg(0.8, -100.0)  # HU 60..180 in the mesh: some negative densities
-    hu = ff.map_ct(mesh, ct).values
+    cal = ff.bone.DensityCalibration.from_mg(0.8, -100.0)  # HU 60..180 in the mesh: some negative densities
+    hu = ff.bone.map_ct(mesh, ct).values
     with caplog.at_level(logging.WARNING):
-        qct = ff.map_density(mesh, ct, calibration=cal)
+        qct = ff.bone.map_density(mesh, ct, calibration=cal)
     rho = 0.0008 * hu - 0.1
     n_neg = int(np.count_nonzero(rho < 0))
     assert n_neg > 0 and qct.report.n_densities_clamped == n_neg
     assert f"{n_neg} of {mesh.n_cells}" in caplog.text
     assert np.allclose(qct.values, np.maximum(rho, 0.0))
-    app = ff.map_density(mesh, ct, calibration=cal, density_type="apparent", qct_to_ash="keyak1994")
+    app = ff.bone.map_density(mesh, ct, calibration=cal, density_type="apparent", qct_to_ash="keyak1994")
     assert np.allclose(app.values, np.maximum((1.06 * rho + 0.0389) / 0.6, 0.0))
-    dens = ff.CTImage.from_array(np.full((10, 10, 10), 300.0), unit="mg/cm3", origin=(-5, -5, -5))
+    dens = ff.io.CTImage.from_array(np.full((10, 10, 10), 300.0), unit="mg/cm3", origin=(-5, -5, -5))
     small = _tet4_mesh(rng, half=3.0)
-    r = ff.map_ct(small, dens)
+    r = ff.bone.map_ct(small, dens)
     assert r.unit == "g/cm3" and np.allclose(r.values, 0.3)
-    e = ff.map_young_modulus(small, dens, ff.material_law("eberle2013"))
+    e = ff.bone.map_young_modulus(small, dens, ff.bone.material_law("eberle2013"))
     assert np.allclose(e.values, 12486 * 0.3 ** 1.16)
     with pytest.raises(CTError, match="already in"):
-        ff.map_density(small, dens, calibration=cal)
+        ff.bone.map_density(small, dens, calibration=cal)
 
 
 def test_totalseg_femur_modulus_mapping():
     base = require_shared("ct_totalseg_example")
     ct = ff.read_ct(base / "example_ct.nii.gz")
-    mask = ff.read_mask(base / "example_seg" / "femur_right.nii.gz", reference=ct)
-    mesh = ff.hexmesh_from_mask(mask, ct, coarsen=2)
-    centroid = ff.map_ct(mesh, ct, method="centroid")
+    mask = ff.io.read_mask(base / "example_seg" / "femur_right.nii.gz", reference=ct)
+    mesh = ff.bone.hexmesh_from_mask(mask, ct, coarsen=2)
+    centroid = ff.bone.map_ct(mesh, ct, method="centroid")
     assert centroid.report.ok
     # a coarse element's centroid lies at the corner shared by its 8 voxels: the trilinear value
     # there is the mean of those 8 voxels, which equals the cell's "hu" when the block is full
     full = mesh.cell_data["mask_fraction"] == 1.0
     assert np.allclose(centroid.values[full], mesh.cell_data["hu"][full], atol=1e-9)
-    cal = ff.DensityCalibration.from_mg(0.80028, 8.1229, source="Mindways test vector (assumed)")
-    law = ff.material_law("keyak1994_chain")
-    e = ff.map_young_modulus(mesh, ct, law, calibration=cal, n_steps=2)
+    cal = ff.bone.DensityCalibration.from_mg(0.80028, 8.1229, source="Mindways test vector (assumed)")
+    law = ff.bone.material_law("keyak1994_chain")
+    e = ff.bone.map_young_modulus(mesh, ct, law, calibration=cal, n_steps=2)
     assert e.report.n_densities_clamped > 0  # marrow/fat below the K2HPO4 zero
     # 6 mm elements on a 3 mm scan: partial volume keeps moduli far below cortical values
     assert np.all(e.values >= 0.1) and 300 < np.percentile(e.values, 95) < 5000
-    v2 = ff.map_young_modulus(mesh, ct, law, calibration=cal, n_steps=2, method="element_average")
+    v2 = ff.bone.map_young_modulus(mesh, ct, law, calibration=cal, n_steps=2, method="element_average")
     assert np.all(e.values >= v2.values * (1 - 1e-12))  # E convex in HU (Jensen)
 
 
 # ------------------------------------------------------------------ graded bar (mapping + laws + FE)
 def _bar_solution(mesh, young, length, force, area):
-    k = ff.assemble_stiffness(mesh, young, poisson=0.0)
+    k = ff.fe.assemble_stiffness(mesh, young, poisson=0.0)
     x = mesh.points
     left = np.flatnonzero(np.isclose(x[:, 0], 0.0))
     right = np.flatnonzero(np.isclose(x[:, 0], length))
@@ -305,7 +305,7 @@ def _bar_solution(mesh, young, length, force, area):
     f[3 * right] = force / len(right)  # square end face of bilinear quads: equal nodal shares
     # nu = 0: the exact 3-D solution is uniaxial with u_y = u_z = 0, so fixing them is consistent
     fixed = np.concatenate([3 * left, 3 * np.arange(mesh.n_points) + 1, 3 * np.arange(mesh.n_points) + 2])
-    sol = ff.solve(k, f, fixed)
+    sol = ff.fe.solve(k, f, fixed)
     return sol.u[3 * right].mean()
 
 
@@ -317,7 +317,7 @@ def test_graded_bar_end_displacement(method):
     # density CT (QCT, g/cm3) linear in x; voxels 0.5 mm, bar well inside
     nx, ny = 100, 12
     vals = rho0 + slope * ((np.arange(nx) * 0.5 - 4.0)[:, None, None] + np.zeros((1, ny, ny)))
-    ct = ff.CTImage.from_array(vals, spacing=(0.5, 0.5, 0.5), origin=(-4.0, -2.0, -2.0), unit="g/cm3")
+    ct = ff.io.CTImage.from_array(vals, spacing=(0.5, 0.5, 0.5), origin=(-4.0, -2.0, -2.0), unit="g/cm3")
     g = np.linspace(0.0, length, n_el + 1)
     yz = np.array([0.0, width])
     pts = np.stack(np.meshgrid(g, yz, yz, indexing="ij"), axis=-1).reshape(-1, 3)
@@ -326,8 +326,8 @@ def test_graded_bar_end_displacement(method):
     cells = np.stack([c, c + 4, c + 6, c + 2, c + 1, c + 5, c + 7, c + 3], axis=1)
     mesh = ff.Mesh(pts, cells, "hexahedron")
     assert np.all(mesh.jacobian_determinants() > 0)
-    law = ff.PowerLaw(a_mpa=a_mpa, b=b, density_type="qct", e_min_mpa=0.0)
-    e = ff.map_young_modulus(mesh, ct, law, method=method).values
+    law = ff.bone.PowerLaw(a_mpa=a_mpa, b=b, density_type="qct", e_min_mpa=0.0)
+    e = ff.bone.map_young_modulus(mesh, ct, law, method=method).values
     force, area = 100.0, width * width
     u = _bar_solution(mesh, e, length, force, area)
     # u(L) = F/A int_0^L dx / (a (rho0 + s x)^b)
@@ -340,3 +340,42 @@ def test_graded_bar_end_displacement(method):
         # with element-constant E the FE bar is a series of springs: exact to round-off
         series = force / area * np.sum((g[1:] - g[:-1]) / e)
         assert u == pytest.approx(series, rel=1e-9)
+
+
+def test_curved_hu_calibration_converts_every_sample(rng):
+    """Any HU calibration with ``density(hu, clamp=)`` and ``mineral`` (the HUCalibration protocol) maps a
+    HU CT; a curve is applied to every sample before the element average (a convex curve: mean density
+    above the density of the mean HU, Jensen), a line gives the same numbers as DensityCalibration."""
+    from femur_fe.bone.internal_calibration import fit_internal_calibration
+
+    ct = _linear_ct()
+    mesh = _tet4_mesh(rng)
+    line = ff.bone.DensityCalibration.from_mg(0.8, 8.0)
+
+    class Line:                      # the protocol, without being a DensityCalibration
+        mineral = "k2hpo4"
+
+        def density(self, hu, *, clamp=True):
+            return line.density(hu, clamp=clamp)
+
+        def to_dict(self):
+            return line.to_dict()
+
+    assert isinstance(Line(), ff.bone.HUCalibration)
+    # averaging densities instead of HU changes a line's result only by rounding
+    assert np.allclose(ff.bone.map_density(mesh, ct, calibration=Line()).values,
+                       ff.bone.map_density(mesh, ct, calibration=line).values, rtol=1e-12)
+    curve = fit_internal_calibration({"air": -997.5, "adipose": -105.7, "muscle": 23.5})
+    hu_mean = ff.bone.map_ct(mesh, ct).values
+    rho = ff.bone.map_density(mesh, ct, calibration=curve, clamp=False).values
+    assert np.all(rho >= curve.density(hu_mean, clamp=False) - 1e-12)
+    assert np.any(rho > curve.density(hu_mean, clamp=False) + 1e-9)
+    cen = ff.bone.map_density(mesh, ct, calibration=curve, method="centroid", clamp=False).values
+    assert np.allclose(cen, curve.density(ff.bone.map_ct(mesh, ct, method="centroid").values, clamp=False),
+                       rtol=1e-12)
+    law = ff.bone.material_law("keyak1994_chain")
+    e = ff.bone.map_young_modulus(mesh, ct, law, calibration=curve, method="centroid").values
+    assert np.allclose(e, law.young_from_density(np.maximum(cen, 0.0), "qct", qct_to_ash=None), rtol=1e-12)
+    assert np.allclose(ff.bone.qct_from_hu([0.0, 200.0], curve, clamp=False), curve.density([0.0, 200.0], clamp=False))
+    with pytest.raises(MaterialError, match="must be a HU calibration"):
+        ff.bone.qct_from_hu([0.0], object())

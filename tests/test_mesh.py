@@ -5,7 +5,12 @@ import numpy as np
 import pytest
 
 import femur_fe as ff
-from femur_fe.elements import quadrature, shape_functions, shape_gradients, reference_nodes
+from femur_fe.fe.elements import (
+    quadrature,
+    reference_nodes,
+    shape_functions,
+    shape_gradients,
+)
 
 
 def _unit_tet():
@@ -76,7 +81,7 @@ def test_validate_reports_each_problem_with_ids():
     # metres
     rep = _unit_tet().scaled(1e-3).validate()
     assert rep.suspected_metres and "scale the mesh by 1000" in str(rep)
-    with pytest.raises(ff.MeshError, match="metres"):
+    with pytest.raises(ff.errors.MeshError, match="metres"):
         _unit_tet().scaled(1e-3).validate(raise_on_error=True)
 
 
@@ -88,11 +93,11 @@ def test_mirror_keeps_positive_jacobians():
 
 
 def test_bad_constructor_input_names_the_problem():
-    with pytest.raises(ff.MeshError, match=r"shape \(n, 3\)"):
+    with pytest.raises(ff.errors.MeshError, match=r"shape \(n, 3\)"):
         ff.Mesh(np.zeros((4, 2)), [[0, 1, 2, 3]])
-    with pytest.raises(ff.MeshError, match="unsupported cell type 'wedge'"):
+    with pytest.raises(ff.errors.MeshError, match="unsupported cell type 'wedge'"):
         ff.Mesh(np.zeros((4, 3)), [[0, 1, 2, 3]], "wedge")
-    with pytest.raises(ff.MeshError, match="0-based"):
+    with pytest.raises(ff.errors.MeshError, match="0-based"):
         ff.Mesh(np.zeros((4, 3)), [[1, 2, 3, 4]])
 
 
@@ -122,13 +127,13 @@ def test_read_mesh_converts_metres_with_warning(tmp_path, caplog):
 def test_read_mesh_rejects_surface(tmp_path):
     import meshio
     meshio.write(tmp_path / "s.vtu", meshio.Mesh(np.eye(3), [("triangle", [[0, 1, 2]])]))
-    with pytest.raises(ff.MeshError, match="surface cells"):
+    with pytest.raises(ff.errors.MeshError, match="surface cells"):
         ff.read_mesh(tmp_path / "s.vtu")
 
 
 @pytest.mark.parametrize("ct", ["tetra", "tetra10", "hexahedron"])
 def test_physical_gradients_reproduce_linear_field(ct, rng):
-    from femur_fe.elements import shape_gradients_physical
+    from femur_fe.fe.elements import shape_gradients_physical
 
     a = np.array([[2.0, 0.3, 0.1], [0.2, 1.5, 0.4], [0.1, 0.2, 3.0]])
     x = reference_nodes(ct) @ a + 1.0  # distorted (sheared) element
@@ -152,7 +157,7 @@ def test_atomic_write_gives_normal_permissions(tmp_path):
 
 
 def test_element_mask_from_mask_or_ids():
-    from femur_fe.mesh import element_mask
+    from femur_fe.fe.mesh import element_mask
 
     np.testing.assert_array_equal(element_mask([0, 2], 4, "x"), [True, False, True, False])
     np.testing.assert_array_equal(element_mask(np.array([False, True]), 2, "x"), [False, True])

@@ -1,4 +1,4 @@
-"""Tests of femur_fe.nonlinear against analytic load-displacement curves.
+"""Tests of femur_fe.fe.nonlinear against analytic load-displacement curves.
 
 * one hexahedron in uniaxial tension/compression: yield load E A eps_y, plateau (h = 0)
   or hardening line E A (eps_y + h (eps - eps_y));
@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 import femur_fe as ff
+from femur_fe.analysis.failure import DensityYieldStress, MaxPrincipalStrain
+from femur_fe.analysis.risk import summary_fields
 from femur_fe.errors import LoadCaseError
-from femur_fe.failure import DensityYieldStress, MaxPrincipalStrain
-from femur_fe.nonlinear import SecantYield, nonlinear_strength, secant_modulus
-from femur_fe.risk import summary_fields
+from femur_fe.fe.nonlinear import SecantYield, nonlinear_strength, secant_modulus
 
 
 def one_hex(size=(1.0, 1.0, 2.0)):
@@ -135,7 +135,7 @@ def test_load_through_rigid_tie_or_nodes_and_auto_displacement(how):
     kw = dict(poisson=0.0, fixed_dofs=fixed, load_direction=[0, 0, 1], yield_model=SecantYield(eps_t, 0.0104),
               n_steps=8, rtol=1e-8)
     if how == "tie":
-        cap = ff.RigidTie(top, [5.0, 5.0, 40.0], prescribed={k: 0.0 for k in ("ux", "uy", "uz", "rx", "ry", "rz")},
+        cap = ff.fe.RigidTie(top, [5.0, 5.0, 40.0], prescribed={k: 0.0 for k in ("ux", "uy", "uz", "rx", "ry", "rz")},
                           name="cap")
         res = nonlinear_strength(mesh, young, ties=[cap], load_tie="cap", **kw)
     else:
@@ -210,7 +210,7 @@ def _series_with_plate():
     pts = mesh.points
     top = np.flatnonzero(pts[:, 2] == 40.0)
     fixed = (3 * np.flatnonzero(pts[:, 2] == 0.0)[:, None] + np.arange(3)).ravel()
-    cap = ff.RigidTie(top, [5.0, 5.0, 40.0], prescribed={"uz": 0.0}, name="cap")
+    cap = ff.fe.RigidTie(top, [5.0, 5.0, 40.0], prescribed={"uz": 0.0}, name="cap")
     kw = dict(poisson=0.0, fixed_dofs=fixed, ties=[cap], load_tie="cap", yield_model=SecantYield(eps_t, 0.0104))
     return mesh, young, kw
 

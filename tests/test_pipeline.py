@@ -5,13 +5,12 @@ import json
 
 import numpy as np
 import pytest
+from conftest import require_shared
 
 import femur_fe as ff
+from femur_fe.analysis.prepare import prepare
+from femur_fe.bone.model import Model
 from femur_fe.errors import LoadCaseError
-from femur_fe.model import Model
-from femur_fe.pipeline import prepare, run_case
-
-from conftest import require_shared
 
 
 def _cylinder(radius=3.0, length=96.0, size=2.0):
@@ -60,7 +59,7 @@ def test_cylinder_through_rigid_cap_matches_EA_over_L(cylinder, poisson, tol):
     mesh = cylinder
     e = 2000.0
     model = Model(mesh, np.full(mesh.n_cells, 2.0), np.full(mesh.n_cells, e), None, "apparent", poisson)
-    res = run_case(_cylinder_case(), model)
+    res = ff.run(_cylinder_case(), model)
     area = mesh.cell_volumes().sum() / 96.0
     expected = e * area / 96.0
     assert res.stiffness_N_per_mm == pytest.approx(expected, rel=tol)
@@ -71,12 +70,12 @@ def test_cylinder_through_rigid_cap_matches_EA_over_L(cylinder, poisson, tol):
 def test_reactions_balance_and_displacement_control_scales(cylinder):
     mesh = cylinder
     model = Model(mesh, np.full(mesh.n_cells, 1.0), np.full(mesh.n_cells, 1500.0), None, "apparent", 0.3)
-    res_f = run_case(_cylinder_case(), model)
+    res_f = ff.run(_cylinder_case(), model)
     total = sum(np.asarray(v) for v in res_f.reaction_forces.values())
     # equilibrium of the whole bone: 1e-6 relative to the load (issue acceptance)
     assert np.linalg.norm(total) <= 1e-6 * 500.0
     case_d = _cylinder_case().with_values({"loading.mode": "displacement", "loading.displacement_mm": 0.05})
-    res_d = run_case(case_d, model)
+    res_d = ff.run(case_d, model)
     assert res_d.plate_displacement_mm == pytest.approx(0.05, rel=1e-10)
     assert res_d.stiffness_N_per_mm == pytest.approx(res_f.stiffness_N_per_mm, rel=1e-9)
     # linear strength is load-independent
@@ -87,7 +86,7 @@ def test_linear_strength_of_uniform_bar_is_analytic(cylinder):
     """Uniform bar in compression: first node reaches eps_c = 1.04 % at F = E A eps_c (nu = 0)."""
     mesh = cylinder
     model = Model(mesh, np.full(mesh.n_cells, 1.0), np.full(mesh.n_cells, 1000.0), None, "apparent", 0.0)
-    res = run_case(_cylinder_case(), model)
+    res = ff.run(_cylinder_case(), model)
     area = mesh.cell_volumes().sum() / 96.0
     assert res.linear.strength_N == pytest.approx(1000.0 * area * 0.0104, rel=1e-6)
 
@@ -103,7 +102,7 @@ def test_nonlinear_strength_of_uniform_bar_through_the_pipeline(cylinder):
       iterations -> 1e-3).
     * Peak definition: the same plateau.
     """
-    from femur_fe.pipeline import run_nonlinear
+    from femur_fe.analysis.prepare import run_nonlinear
 
     mesh = cylinder
     e = 1000.0
@@ -117,7 +116,7 @@ def test_nonlinear_strength_of_uniform_bar_through_the_pipeline(cylinder):
     assert nl.endpoint_mm == pytest.approx(0.04 * 96.0, rel=1e-9) and nl.endpoint_reached
     assert nl.strength_N == pytest.approx(e * area * 0.0104, rel=1e-3)
     s = res.strength_summary
-    from femur_fe.risk import summary_fields
+    from femur_fe.analysis.risk import summary_fields
 
     assert s["strength_nonlinear_N"] == pytest.approx(nl.strength_N)
     # a vertebral case refers the factor of risk and the classification to the nonlinear strength ...
@@ -145,7 +144,7 @@ def test_nonlinear_strength_of_uniform_bar_through_the_pipeline(cylinder):
 def test_results_written(tmp_path, cylinder):
     mesh = cylinder
     model = Model(mesh, np.full(mesh.n_cells, 1.0), np.full(mesh.n_cells, 1500.0), None, "apparent", 0.3)
-    run_case(_cylinder_case(), model, out=tmp_path)
+    ff.run(_cylinder_case(), model, out=tmp_path)
     s = json.loads((tmp_path / "summary.json").read_text())
     for key in ("stiffness_N_per_mm", "reaction_forces_N", "n_dofs", "solver", "case", "inputs",
                 "femur_fe_version", "strength_linear_N", "criterion", "classification"):
@@ -166,14 +165,15 @@ def test_bad_boundary_region_is_named(cylinder):
         "boundary": [{"region": "top", "apply": "load"}, {"region": "bottom", "fix": "along_load"}],
     })
     model = Model(cylinder, np.full(cylinder.n_cells, 1.0), np.full(cylinder.n_cells, 1500.0))
-    with pytest.raises(ff.UnderConstrainedError, match="translation"):
-        run_case(case, model)
+    with pytest.raises(ff.errors.UnderConstrainedError, match="translation"):
+        ff.run(case, model)
 
 
 # ----------------------------------------------------------------------------- femur, real geometry
 @pytest.fixture(scope="module")
 def proximal_femur():
-    from femur_fe.surface import cut_proximal_femur, read_surface, tetmesh_from_surface
+    from femur_fe.bone.meshing import cut_proximal_femur, tetmesh_from_surface
+    from femur_fe.io.surface import read_surface
 
     path = require_shared("femur_gfxmorph", "femur.stl")
     surf = cut_proximal_femur(read_surface(path), 60.0)
@@ -184,9 +184,9 @@ def proximal_femur():
 
 
 def _fall_stiffness(mesh, rho):
-    law = ff.material_law("keller1994_combined")
+    law = ff.bone.material_law("keller1994_combined")
     case = ff.load_case("loadcases/sideways_fall.toml")
-    res = run_case(case, Model.from_density(mesh, rho, law))
+    res = ff.run(case, Model.from_density(mesh, rho, law))
     total = sum(np.asarray(v) for v in res.reaction_forces.values())
     assert np.linalg.norm(total) <= 1e-6 * abs(res.load_force_N)
     return res
@@ -208,7 +208,7 @@ def test_sideways_fall_invariant_under_rigid_motion_and_mirroring(proximal_femur
 
 def test_many_fall_directions_reuse_one_setup(proximal_femur):
     mesh, rho = proximal_femur
-    law = ff.material_law("keller1994_combined")
+    law = ff.bone.material_law("keller1994_combined")
     an = prepare(ff.load_case("loadcases/sideways_fall.toml"), Model.from_density(mesh, rho, law))
     dirs = [None] + [{"adduction_deg": a, "internal_rotation_deg": r} for a in (0.0, 20.0) for r in (0.0, 30.0)]
     res = an.solve_directions(dirs)
@@ -230,7 +230,7 @@ def test_density_change_reuses_setup_and_matches_fresh_solve(proximal_femur):
     of the load/displacement map, far below 1e-6 here.
     """
     mesh, rho = proximal_femur
-    law = ff.material_law("keller1994_combined")
+    law = ff.bone.material_law("keller1994_combined")
     case = ff.load_case("loadcases/sideways_fall.toml")
     model = Model.from_density(mesh, rho, law)
     an = prepare(case, model)
@@ -238,6 +238,6 @@ def test_density_change_reuses_setup_and_matches_fresh_solve(proximal_femur):
     new = model.with_density(rho * 1.1)
     reused = an.solve(model=new)
     assert reused.solver.method == "cg-reuse"
-    fresh = run_case(case, new)
+    fresh = ff.run(case, new)
     assert reused.stiffness_N_per_mm == pytest.approx(fresh.stiffness_N_per_mm, rel=1e-6)
     assert reused.linear.strength_N == pytest.approx(fresh.linear.strength_N, rel=1e-6)

@@ -8,10 +8,16 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
+from femur_fe.analysis.regions import (
+    frame_for,
+    load_direction,
+    regions_mesh,
+    select_regions,
+    wedge_hinge,
+)
+from femur_fe.case.loadcase import load_case
 from femur_fe.errors import RegionError
-from femur_fe.loadcase import load_case
-from femur_fe.mesh import Mesh
-from femur_fe.regions import frame_for, load_direction, regions_mesh, select_regions, wedge_hinge
+from femur_fe.fe.mesh import Mesh
 
 MIRROR = np.diag([-1.0, 1.0, 1.0])
 
@@ -96,7 +102,7 @@ def test_sideways_fall_regions_on_synthetic_femur(synth_mesh):
     assert distal.normal @ [0, 0, -1] > 0.99
     assert set(regs["head_contact"].nodes).isdisjoint(regs["trochanter_contact"].nodes)
     # faces, ids and areas are consistent with the mesh boundary
-    from femur_fe.topology import boundary_faces
+    from femur_fe.fe.topology import boundary_faces
 
     bf, _ = boundary_faces(synth_mesh)
     assert np.array_equal(bf[head.face_ids], head.faces)
@@ -207,7 +213,7 @@ def test_region_errors_name_region_and_fix(synth_mesh):
 
 
 def test_regions_mesh_and_cli(synth_mesh, tmp_path):
-    from femur_fe.cli import main
+    from femur_fe.commands.cli import main
     from femur_fe.io import read_mesh, write_mesh
 
     regs = select_regions(synth_mesh, FALL)
@@ -236,7 +242,7 @@ def test_regions_mesh_and_cli(synth_mesh, tmp_path):
 # --------------------------------------------------------------------------- bundled parametric bones
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_parametric_femur(side):
-    bones = pytest.importorskip("femur_fe.bones")
+    bones = pytest.importorskip("femur_fe.bone.bundled")
     bone = bones.make_femur(side=side, element_size=4.0)
     frame = frame_for(bone.mesh, FALL)
     assert frame.side == side
@@ -255,7 +261,7 @@ def test_parametric_femur(side):
 
 
 def test_parametric_vertebra():
-    bones = pytest.importorskip("femur_fe.bones")
+    bones = pytest.importorskip("femur_fe.bone.bundled")
     bone = bones.make_vertebra(element_size=3.0)
     frame = frame_for(bone.mesh, COMPRESSION)
     # generator frame is LPS: superior +z, anterior -y

@@ -1,4 +1,4 @@
-"""Tests of femur_fe.risk: fall impact force, factor of risk, classification, summary fields."""
+"""Tests of femur_fe.analysis.risk: fall impact force, factor of risk, classification, summary fields."""
 from __future__ import annotations
 
 import json
@@ -7,10 +7,15 @@ import math
 import numpy as np
 import pytest
 
+from femur_fe.analysis.failure import Pistoia
+from femur_fe.analysis.risk import (
+    FRAGILE_THRESHOLDS_N,
+    classify_strength,
+    factor_of_risk,
+    fall_impact_force,
+    summary_fields,
+)
 from femur_fe.errors import FemurFeError
-from femur_fe.failure import Pistoia
-from femur_fe.risk import (FRAGILE_THRESHOLDS_N, classify_strength, factor_of_risk, fall_impact_force,
-                           summary_fields)
 
 
 def test_fall_force_spot_value_and_attenuation():

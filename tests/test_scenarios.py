@@ -6,13 +6,25 @@ import math
 import numpy as np
 import pytest
 
-from femur_fe.cellmodels import CellTherapy, bone_mass_ratio
+from femur_fe.case.scenarios import load_scenarios, scenarios_from_dict
 from femur_fe.errors import ScenarioError
-from femur_fe.remodeling import hex_grid
-from femur_fe.scenarios import (DENSITY_UPPER_BOUND, AnnualChange, CellModelChange, CompartmentChange,
-                                CorticalThickening, DefectFill, LocalInjection, Scenario, UniformChange,
-                                available_landmarks, load_scenarios, match_added_mass, maturation_fraction,
-                                resolve_landmark, scenarios_from_dict)
+from femur_fe.fe.boxes import hex_grid
+from femur_fe.therapy.cellmodels import CellTherapy, bone_mass_ratio
+from femur_fe.therapy.scenarios import (
+    DENSITY_UPPER_BOUND,
+    AnnualChange,
+    CellModelChange,
+    CompartmentChange,
+    CorticalThickening,
+    DefectFill,
+    LocalInjection,
+    Scenario,
+    UniformChange,
+    available_landmarks,
+    match_added_mass,
+    maturation_fraction,
+    resolve_landmark,
+)
 
 
 @pytest.fixture
@@ -71,8 +83,8 @@ def test_gaussian_injection_mass_matches_integral():
 
 
 def _frame():
-    # a real FemurFrame value (as femur_fe.femur_frame returns), with simple geometry
-    FemurFrame = pytest.importorskip("femur_fe.anatomy").FemurFrame
+    # a real FemurFrame value (as femur_fe.bone.femur_frame returns), with simple geometry
+    FemurFrame = pytest.importorskip("femur_fe.bone.anatomy").FemurFrame
     return FemurFrame(head_centre=np.array([5.0, 5.0, 9.0]), head_radius=2.0, head_fit_rms=0.01, head_coverage=0.8,
                       neck_axis=np.array([0.0, 0.6, 0.8]), shaft_axis=np.array([0.0, 0.0, 1.0]),
                       shaft_point=np.array([5.0, 1.0, 2.0]), greater_trochanter=np.array([5.0, 1.0, 8.0]),
@@ -141,7 +153,7 @@ def test_cortical_thickening_depth_and_cavity():
     mesh = hex_grid((6, 6, 6), (6.0, 6.0, 6.0))
     c = mesh.cell_centroids()
     keep = ~np.all((c > 2.0) & (c < 4.0), axis=1)
-    from femur_fe.mesh import Mesh
+    from femur_fe.fe.mesh import Mesh
 
     mesh = Mesh(mesh.points, mesh.cells[keep], "hexahedron")
     c = mesh.cell_centroids()
@@ -248,11 +260,11 @@ def test_toml_round_trip(tmp_path, cube):
 
 
 @pytest.mark.parametrize("text,match", [
-    ('[[scenario]]\nname="a"\n[[scenario.operator]]\ntype="uniform"\npercnt=3\n', r"unknown key.*percnt.*allowed keys: type, percent"),
-    ('[[scenario]]\nname="a"\n[[scenario.operator]]\ntype="magic"\n', r"unknown operator type 'magic'; allowed: uniform"),
-    ('[[scenario]]\nname="a"\ncolour="red"\n', r"unknown key.*colour.*allowed: name, operator"),
+    ('[[scenario]]\nname="a"\n[[scenario.operator]]\ntype="uniform"\npercnt=3\n', r"unknown key 'percnt'; did you mean 'percent'.*allowed keys: type, percent"),
+    ('[[scenario]]\nname="a"\n[[scenario.operator]]\ntype="magic"\n', r"type must be one of 'uniform'.*got 'magic'"),
+    ('[[scenario]]\nname="a"\ncolour="red"\n', r"unknown key 'colour'.*allowed keys: name, operator"),
     ('[[scenario]]\nname="a"\n[[scenario]]\nname="a"\n', "duplicate scenario name"),
-    ('title="x"\n[[scenario]]\nname="a"\n', "unknown top-level key"),
+    ('title="x"\n[[scenario]]\nname="a"\n', "top level: unknown key 'title'"),
 ])
 def test_toml_errors(tmp_path, text, match):
     p = tmp_path / "bad.toml"
@@ -278,7 +290,12 @@ def test_comparison_rows_json_csv(tmp_path, cube):
     import csv
     import json
 
-    from femur_fe.comparison import ScenarioRecord, comparison_rows, format_table, write_comparison
+    from femur_fe.studies.table import (
+        ScenarioRecord,
+        comparison_rows,
+        format_table,
+        write_comparison,
+    )
 
     mesh, rho = cube
     outcome = Scenario("injection", (LocalInjection(center_mm=(5, 5, 5), radius_mm=2.0, peak_gain_g_cm3=0.2),),

@@ -1,4 +1,4 @@
-"""Tests of femur_fe.solvers and femur_fe.constraints.
+"""Tests of femur_fe.fe.solvers and femur_fe.fe.constraints.
 
 Stiffness matrices are assembled independently with scikit-fem (the reference assembler)
 on tet4 boxes; scikit-fem's vector P1 DOFs are already interleaved (3 * node + component),
@@ -14,9 +14,9 @@ import pytest
 import scipy.sparse as sp
 
 import femur_fe as ff
-from femur_fe.constraints import RigidTie, TieReduction
 from femur_fe.errors import LoadCaseError, SolverError, UnderConstrainedError
-from femur_fe.solvers import _have_cholmod
+from femur_fe.fe.constraints import RigidTie, TieReduction
+from femur_fe.fe.solvers import _have_cholmod
 
 skfem = pytest.importorskip("skfem")
 from skfem.helpers import ddot, sym_grad, trace  # noqa: E402
@@ -62,7 +62,7 @@ def column():
 
 
 def test_rigid_body_modes_are_in_the_kernel_of_K(column):
-    b = ff.rigid_body_modes(column["points"])
+    b = ff.fe.rigid_body_modes(column["points"])
     assert b.shape == (3 * len(column["points"]), 6)
     kb = column["K"] @ b
     # K B = 0 up to round-off: |K| ~ E h ~ 1e3 * 2.5 N/mm, |B| ~ 10 mm -> scale 1e4, eps 1e-16
@@ -86,7 +86,7 @@ def _dense_reference(k, f, fixed, g):
 
 def test_direct_matches_dense_elimination_and_reactions_balance(column):
     k, f, fixed = column["K"], column["f"], column["fixed"]
-    sol = ff.solve(k, f, fixed, points=column["points"], method="direct-superlu")
+    sol = ff.fe.solve(k, f, fixed, points=column["points"], method="direct-superlu")
     ref = _dense_reference(k, f, fixed, np.zeros_like(f))
     # same linear system, two factorisations: agreement to ~cond * eps ~ 1e-10 relative
     np.testing.assert_allclose(sol.u, ref, rtol=0, atol=1e-10 * np.abs(ref).max())
@@ -104,8 +104,8 @@ def test_amg_and_cholmod_agree_with_superlu(column, method):
     if method == "direct-cholmod" and not _have_cholmod():
         pytest.skip("scikit-sparse (CHOLMOD) not installed")
     k, f, fixed = column["K"], column["f"], column["fixed"]
-    ref = ff.solve(k, f, fixed, points=column["points"], method="direct-superlu").u
-    sol = ff.solve(k, f, fixed, points=column["points"], method=method, rtol=1e-10)
+    ref = ff.fe.solve(k, f, fixed, points=column["points"], method="direct-superlu").u
+    sol = ff.fe.solve(k, f, fixed, points=column["points"], method=method, rtol=1e-10)
     # CG to rtol 1e-10 in the residual; with cond(K_FF) ~ 1e4 the error is << 1e-6
     np.testing.assert_allclose(sol.u, ref, rtol=0, atol=1e-6 * np.abs(ref).max())
     if method == "amg":
@@ -117,7 +117,7 @@ def test_reuse_setup_for_many_loads_and_prescribed_values(column):
     k, f, fixed, pts = column["K"], column["f"], column["fixed"], column["points"]
     top = column["top"]
     for method in ("direct-superlu", "amg"):
-        solver = ff.LinearSolver(k, fixed, points=pts, method=method, rtol=1e-11)
+        solver = ff.fe.LinearSolver(k, fixed, points=pts, method=method, rtol=1e-11)
         s1 = solver.solve(f)
         # prescribe a rigid lift of the bottom (the load is unchanged): u = s1.u + lift
         g = np.zeros_like(f)
@@ -141,7 +141,7 @@ def test_reuse_setup_for_many_loads_and_prescribed_values(column):
 
 
 def test_report_is_readable_and_json(column):
-    sol = ff.solve(column["K"], column["f"], column["fixed"], points=column["points"], method="amg")
+    sol = ff.fe.solve(column["K"], column["f"], column["fixed"], points=column["points"], method="amg")
     line = str(sol.report)
     assert "amg-cg" in line and "iterations" in line and "\n" not in line
     d = json.loads(json.dumps(sol.as_dict()))
@@ -152,7 +152,7 @@ def test_report_is_readable_and_json(column):
 
 
 def test_auto_picks_direct_for_small_problems(column):
-    s = ff.LinearSolver(column["K"], column["fixed"], points=column["points"])
+    s = ff.fe.LinearSolver(column["K"], column["fixed"], points=column["points"])
     assert s.method.startswith("direct")
 
 
@@ -164,7 +164,7 @@ def test_cg_nonconvergence_raises_with_advice():
     f = np.zeros(k.shape[0])
     f[2::3] = -1.0
     with pytest.raises(SolverError, match=r"did not converge: 2 iterations.*method='direct'"):
-        ff.solve(k, f, dofs(bottom), points=pts, method="amg", maxiter=2, rtol=1e-12)
+        ff.fe.solve(k, f, dofs(bottom), points=pts, method="amg", maxiter=2, rtol=1e-12)
 
 
 # ---------------------------------------------------------------------- under-constraint
@@ -172,14 +172,14 @@ def test_under_constrained_names_free_modes(column):
     k, pts, bottom = column["K"], column["points"], column["bottom"]
     # only u_z fixed on the bottom: x, y translations and rotation about z are free
     with pytest.raises(UnderConstrainedError) as exc:
-        ff.LinearSolver(k, dofs(bottom, [2]), points=pts)
+        ff.fe.LinearSolver(k, dofs(bottom, [2]), points=pts)
     msg = str(exc.value)
     assert "translation along x" in msg and "translation along y" in msg and "rotation about z" in msg
     assert "translation along z" not in msg and "rotation about x" not in msg
     assert "Fix:" in msg
     # one node fully fixed: the three rotations about that node are free
     with pytest.raises(UnderConstrainedError) as exc:
-        ff.LinearSolver(k, dofs(bottom[:1]), points=pts)
+        ff.fe.LinearSolver(k, dofs(bottom[:1]), points=pts)
     msg = str(exc.value)
     assert np.allclose(pts[bottom[0]], 0)
     # the axes go through the fixed node (0, 0, 0); named by their point closest to the
@@ -190,9 +190,9 @@ def test_under_constrained_names_free_modes(column):
     assert "translation" not in msg
     # without coordinates only translations can be checked
     with pytest.raises(UnderConstrainedError, match="translation along x"):
-        ff.LinearSolver(k, dofs(bottom, [2]))
+        ff.fe.LinearSolver(k, dofs(bottom, [2]))
     # three non-collinear nodes fully fixed restrain everything
-    ff.LinearSolver(k, dofs(bottom[[0, 4, 20]]), points=pts, method="direct-superlu")
+    ff.fe.LinearSolver(k, dofs(bottom[[0, 4, 20]]), points=pts, method="direct-superlu")
 
 
 def test_under_constrained_second_part_is_named():
@@ -205,7 +205,7 @@ def test_under_constrained_second_part_is_named():
     assert np.all(fixed // 3 < len(p1))
     for where in (pts, mesh):  # components from K's pattern, and from the mesh topology
         with pytest.raises(UnderConstrainedError) as exc:
-            ff.LinearSolver(k, fixed, points=where)
+            ff.fe.LinearSolver(k, fixed, points=where)
         msg = str(exc.value)
         assert f"e.g. node {len(p1)}" in msg  # the second part
         assert msg.count("\n  part ") == 1
@@ -220,11 +220,11 @@ def test_orphan_nodes_are_fixed_with_warning(column, caplog):
     pts2 = np.vstack([pts, [[50.0, 50.0, 50.0], [60.0, 0.0, 0.0]]])
     k2 = sp.block_diag([k, sp.csr_matrix((6, 6))]).tocsr()
     f2 = np.r_[f, np.zeros(6)]
-    with caplog.at_level(logging.WARNING, logger="femur_fe.solvers"):
-        sol = ff.solve(k2, f2, fixed, points=pts2, method="direct-superlu")
+    with caplog.at_level(logging.WARNING, logger="femur_fe.fe.solvers"):
+        sol = ff.fe.solve(k2, f2, fixed, points=pts2, method="direct-superlu")
     assert "2 orphan node(s)" in caplog.text
     assert np.all(sol.u[3 * n:] == 0)
-    ref = ff.solve(k, f, fixed, points=pts, method="direct-superlu")
+    ref = ff.fe.solve(k, f, fixed, points=pts, method="direct-superlu")
     np.testing.assert_allclose(sol.u[: 3 * n], ref.u, atol=1e-12)
     assert sol.report.n_orphan_nodes == 2
 
@@ -232,14 +232,14 @@ def test_orphan_nodes_are_fixed_with_warning(column, caplog):
 def test_bad_inputs_are_named(column):
     k, pts = column["K"], column["points"]
     with pytest.raises(SolverError, match="fixed_dofs must be in"):
-        ff.LinearSolver(k, [0, 3 * len(pts)], points=pts)
+        ff.fe.LinearSolver(k, [0, 3 * len(pts)], points=pts)
     with pytest.raises(SolverError, match="duplicates"):
-        ff.LinearSolver(k, [0, 0, 1], points=pts)
+        ff.fe.LinearSolver(k, [0, 0, 1], points=pts)
     with pytest.raises(SolverError, match="method must be one of"):
-        ff.LinearSolver(k, column["fixed"], points=pts, method="cholesky")
+        ff.fe.LinearSolver(k, column["fixed"], points=pts, method="cholesky")
     with pytest.raises(SolverError, match="sparse"):
-        ff.LinearSolver(k.toarray(), column["fixed"], points=pts)
-    s = ff.LinearSolver(k, column["fixed"], points=pts, method="direct-superlu")
+        ff.fe.LinearSolver(k.toarray(), column["fixed"], points=pts)
+    s = ff.fe.LinearSolver(k, column["fixed"], points=pts, method="direct-superlu")
     with pytest.raises(SolverError, match="f must have shape"):
         s.solve(np.zeros(5))
     with pytest.raises(SolverError, match="fixed_values must have length"):
@@ -261,7 +261,7 @@ def test_tie_reduction_reproduces_rigid_motion(column):
     expect = z[d[:3]] + np.cross(z[d[3:]], pts[top] - [5.0, 5.0, 20.0])
     np.testing.assert_allclose(u[top], expect, atol=1e-14)
     # the near-null space in z maps to the rigid-body modes of all nodes
-    np.testing.assert_allclose(red.expand(red.near_null_space(pts)), ff.rigid_body_modes(pts), atol=1e-12)
+    np.testing.assert_allclose(red.expand(red.near_null_space(pts)), ff.fe.rigid_body_modes(pts), atol=1e-12)
 
 
 def test_fully_prescribed_tie_equals_dirichlet(column):
@@ -269,10 +269,10 @@ def test_fully_prescribed_tie_equals_dirichlet(column):
     delta = np.array([0.01, -0.02, -0.05])
     cap = RigidTie(top, [5.0, 5.0, 15.0], prescribed=dict(zip(("ux", "uy", "uz", "rx", "ry", "rz"),
                                                                [*delta, 0, 0, 0])), name="cap")
-    tie_sol = ff.solve(k, np.zeros_like(f), dofs(bottom), points=pts, method="direct-superlu", constraints=[cap])
+    tie_sol = ff.fe.solve(k, np.zeros_like(f), dofs(bottom), points=pts, method="direct-superlu", constraints=[cap])
     g = np.zeros_like(f)
     g[dofs(top)] = np.tile(delta, len(top))
-    dir_sol = ff.solve(k, np.zeros_like(f), np.r_[dofs(bottom), dofs(top)], g, points=pts,
+    dir_sol = ff.fe.solve(k, np.zeros_like(f), np.r_[dofs(bottom), dofs(top)], g, points=pts,
                        method="direct-superlu")
     np.testing.assert_allclose(tie_sol.u, dir_sol.u, atol=1e-12)
     res = tie_sol.ties["cap"]
@@ -294,12 +294,12 @@ def test_force_controlled_tie_and_displacement_control_agree(column, method):
     ref_pt = [5.0, 5.0, 17.0]
     # displacement control: uz = -0.1 mm, everything else of the cap locked
     disp = RigidTie(top, ref_pt, prescribed={"ux": 0, "uy": 0, "uz": -0.1, "rx": 0, "ry": 0, "rz": 0}, name="cap")
-    s1 = ff.solve(k, zero, dofs(bottom), points=pts, method=method, constraints=[disp], rtol=1e-12)
+    s1 = ff.fe.solve(k, zero, dofs(bottom), points=pts, method=method, constraints=[disp], rtol=1e-12)
     fz = s1.ties["cap"].force[2]
     assert fz < 0  # the cap pushes the column down
     # force control with the measured force on a free uz gives back uz = -0.1 mm
     force = RigidTie(top, ref_pt, prescribed=["ux", "uy", "rx", "ry", "rz"], force=[0, 0, fz], name="cap")
-    solver = ff.LinearSolver(k, dofs(bottom), points=pts, method=method, constraints=[force], rtol=1e-12)
+    solver = ff.fe.LinearSolver(k, dofs(bottom), points=pts, method=method, constraints=[force], rtol=1e-12)
     s2 = solver.solve(zero)
     np.testing.assert_allclose(s2.ties["cap"].displacement[2], -0.1, rtol=1e-7)
     np.testing.assert_allclose(s2.u, s1.u, atol=1e-7 * 0.1)
@@ -318,7 +318,7 @@ def test_moment_on_free_rotation_is_balanced(column):
     ref_pt = np.array([5.0, 5.0, 15.0])
     torque = np.array([0.0, 0.0, 2000.0])  # N mm about z
     cap = RigidTie(top, ref_pt, moment=torque, name="cap")  # all six reference DOFs free
-    sol = ff.solve(k, np.zeros(k.shape[0]), dofs(bottom), points=pts, method="direct-superlu", constraints=[cap])
+    sol = ff.fe.solve(k, np.zeros(k.shape[0]), dofs(bottom), points=pts, method="direct-superlu", constraints=[cap])
     res = sol.ties["cap"]
     np.testing.assert_allclose(res.moment, torque, atol=1e-8 * 2000)
     np.testing.assert_allclose(res.force, 0, atol=1e-8 * 2000 / 10)
@@ -333,8 +333,8 @@ def test_tie_values_override_and_amg_with_ties_matches_direct(column):
     k, pts, bottom, top = column["K"], column["points"], column["bottom"], column["top"]
     zero = np.zeros(k.shape[0])
     cap = RigidTie(top, [5.0, 5.0, 15.0], prescribed={"uz": -0.1, "ux": 0, "uy": 0}, name="cap")  # rotations free
-    d = ff.LinearSolver(k, dofs(bottom), points=pts, method="direct-superlu", constraints=[cap])
-    a = ff.LinearSolver(k, dofs(bottom), points=pts, method="amg", constraints=[cap], rtol=1e-11)
+    d = ff.fe.LinearSolver(k, dofs(bottom), points=pts, method="direct-superlu", constraints=[cap])
+    a = ff.fe.LinearSolver(k, dofs(bottom), points=pts, method="amg", constraints=[cap], rtol=1e-11)
     for val in (-0.1, -0.3):
         sd = d.solve(zero, tie_values={"cap": {"uz": val}})
         sa = a.solve(zero, tie_values={0: {"uz": val}})
@@ -358,9 +358,9 @@ def test_tie_joins_disconnected_parts():
     f[3 * top2 + 2] = -10.0 / len(top2)
     # without the tie the upper box floats
     with pytest.raises(UnderConstrainedError, match=f"e.g. node {n1}"):
-        ff.LinearSolver(k, dofs(bottom), points=pts)
+        ff.fe.LinearSolver(k, dofs(bottom), points=pts)
     link = RigidTie(np.r_[top1, bot2], [5.0, 5.0, 17.5], name="link")  # a rigid spacer
-    sol = ff.solve(k, f, dofs(bottom), points=pts, constraints=[link], method="direct-superlu")
+    sol = ff.fe.solve(k, f, dofs(bottom), points=pts, constraints=[link], method="direct-superlu")
     np.testing.assert_allclose(sol.reaction_force(bottom), [0, 0, 10.0], atol=1e-9)
     # the spacer transmits the load: the upper box's bottom nodes sit on the spacer
     np.testing.assert_allclose(sol.reaction_force(bot2), [0, 0, 10.0], atol=1e-9)
@@ -371,14 +371,14 @@ def test_tie_errors_are_clear(column):
     # collinear tie nodes with free rotations: a mechanism
     line = top[np.abs(pts[top, 1]) < 1e-9]
     with pytest.raises(UnderConstrainedError, match="collinear"):
-        ff.LinearSolver(k, dofs(bottom), points=pts, constraints=[RigidTie(line, [5, 0, 15])])
+        ff.fe.LinearSolver(k, dofs(bottom), points=pts, constraints=[RigidTie(line, [5, 0, 15])])
     # ... fine with prescribed rotations
-    ff.LinearSolver(k, dofs(bottom), points=pts, method="direct-superlu",
+    ff.fe.LinearSolver(k, dofs(bottom), points=pts, method="direct-superlu",
                     constraints=[RigidTie(line, [5, 0, 15], prescribed=["rx", "ry", "rz"])])
     with pytest.raises(LoadCaseError, match="also have fixed DOFs"):
-        ff.LinearSolver(k, dofs(bottom), points=pts, constraints=[RigidTie(bottom, [5, 5, 0])])
+        ff.fe.LinearSolver(k, dofs(bottom), points=pts, constraints=[RigidTie(bottom, [5, 5, 0])])
     with pytest.raises(LoadCaseError, match="share"):
-        ff.LinearSolver(k, dofs(bottom), points=pts,
+        ff.fe.LinearSolver(k, dofs(bottom), points=pts,
                         constraints=[RigidTie(top, [0, 0, 0], name="a"), RigidTie(top[:3], [0, 0, 0], name="b")])
     with pytest.raises(LoadCaseError, match="unknown reference DOF 'uw'"):
         RigidTie(top, [0, 0, 0], prescribed={"uw": 1.0})
@@ -387,4 +387,4 @@ def test_tie_errors_are_clear(column):
     with pytest.raises(LoadCaseError, match="empty"):
         RigidTie([], [0, 0, 0])
     with pytest.raises(SolverError, match="points="):
-        ff.LinearSolver(k, dofs(bottom), constraints=[RigidTie(top, [0, 0, 0])])
+        ff.fe.LinearSolver(k, dofs(bottom), constraints=[RigidTie(top, [0, 0, 0])])

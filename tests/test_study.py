@@ -4,11 +4,10 @@ from __future__ import annotations
 import csv
 import json
 
-import numpy as np
 import pytest
 
 import femur_fe as ff
-from femur_fe.cli import main
+from femur_fe.commands.cli import main
 
 
 def _spec(**extra):
@@ -29,7 +28,7 @@ def _spec(**extra):
 
 
 def test_compare_rows_files_and_consistency(tmp_path):
-    spec = ff.load_comparison(_spec())
+    spec = ff.studies.load_comparison(_spec())
     res = ff.compare(spec, tmp_path)
     rows = {r["scenario"]: r for r in res.rows}
     assert list(rows)[0] == "baseline"
@@ -62,20 +61,20 @@ def test_compare_rows_files_and_consistency(tmp_path):
 
 
 def test_bad_comparison_input_is_named(tmp_path):
-    with pytest.raises(ff.LoadCaseError, match="unknown top-level"):
-        ff.load_comparison(_spec(extra_table={}))
-    with pytest.raises(ff.ScenarioError, match="density_type"):
-        ff.compare(ff.load_comparison(_spec(scenario=[
+    with pytest.raises(ff.errors.LoadCaseError, match="top level: unknown key .extra_table."):
+        ff.studies.load_comparison(_spec(extra_table={}))
+    with pytest.raises(ff.errors.ScenarioError, match="density_type"):
+        ff.compare(ff.studies.load_comparison(_spec(scenario=[
             {"name": "x", "density_type": "ash", "operator": [{"type": "uniform", "percent": 1.0}]}])), tmp_path)
 
 
 def test_fit_annual_rate_refuses_a_scenario_in_another_density_type():
     # an ash scenario on a qct law would apply the ash bound and ash g/cm^3 gains to qct values
-    spec = ff.load_comparison(_spec(scenario=[
+    spec = ff.studies.load_comparison(_spec(scenario=[
         {"name": "x", "density_type": "ash", "operator": [{"type": "annual_change", "percent_per_year": 1.0}]}],
         comparison={"reference": "x", "time_points_months": [0.0]}))
-    with pytest.raises(ff.ScenarioError, match="density_type = 'qct'"):
-        ff.fit_annual_rate(spec, "x", 5.0)
+    with pytest.raises(ff.errors.ScenarioError, match="density_type = 'qct'"):
+        ff.studies.fit_annual_rate(spec, "x", 5.0)
 
 
 def test_demo_vertebra(tmp_path, capsys):

@@ -9,14 +9,18 @@ import logging
 
 import numpy as np
 import pytest
+from conftest import gias3_file, require_shared
 
 import femur_fe as ff
-from femur_fe.elements import reference_nodes
+from femur_fe.bone.meshing import (
+    femur_landmarks,
+    nodes_on_plane,
+    proximal_cut_plane,
+    surface_topology,
+)
 from femur_fe.errors import SurfaceError
-from femur_fe.surface import (Surface, femur_landmarks, nodes_on_plane, proximal_cut_plane,
-                              surface_topology)
-
-from conftest import gias3_file, require_shared
+from femur_fe.fe.elements import reference_nodes
+from femur_fe.io.surface import Surface
 
 
 def _check_mesh(mesh, surface_volume, rel_vol=0.02):
@@ -39,7 +43,7 @@ def _icosphere(r=10.0, n=3):
     import pyvista as pv
 
     s = pv.Icosphere(radius=r, nsub=n)
-    return ff.Surface.from_pyvista(s, "icosphere")
+    return ff.io.Surface.from_pyvista(s, "icosphere")
 
 
 # --------------------------------------------------------------------------- reading
@@ -55,7 +59,7 @@ def test_read_femur_stl_is_closed_mm(femur_stl):
 
 def test_read_obj_in_metres_converts_with_warning(caplog):
     path = require_shared("lumbar_vhm_remus", "L3_body.obj")
-    with caplog.at_level(logging.WARNING, logger="femur_fe.surface"):
+    with caplog.at_level(logging.WARNING, logger="femur_fe.bone.meshing"):
         s = ff.read_surface(path)
     assert any("metres" in r.getMessage() for r in caplog.records)
     # per-facet duplicated vertices are merged: the body is one closed manifold
@@ -88,7 +92,7 @@ def test_repair_fills_holes_and_drops_components():
     broken = Surface(pts, faces, "broken ball")
     topo = surface_topology(broken)
     assert topo.boundary_edges == len(around0) and topo.n_components == 2 and not topo.watertight
-    fixed, rep = ff.repair_surface(broken)
+    fixed, rep = ff.bone.repair_surface(broken)
     assert fixed.is_watertight and rep.watertight_after and not rep.watertight_before
     assert rep.components_dropped == 1 and rep.duplicate_faces_removed == 1
     assert rep.holes_filled >= 1 and rep.meshfix_used
@@ -102,38 +106,38 @@ def test_repair_flips_inward_surface():
     ball = _icosphere(5.0, 2)
     inward = Surface(ball.points, ball.faces[:, [0, 2, 1]], "inward")
     assert inward.volume < 0
-    fixed, rep = ff.repair_surface(inward)
+    fixed, rep = ff.bone.repair_surface(inward)
     assert rep.orientation_flipped and fixed.volume == pytest.approx(-inward.volume)
 
 
 def test_unrepairable_surface_raises_naming_file():
     tri = Surface(np.array([[0.0, 0, 0], [1, 0, 0], [0, 1, 0]]), [[0, 1, 2]], "one_triangle.stl")
     with pytest.raises(SurfaceError, match="one_triangle.stl"):
-        ff.repair_surface(tri)
+        ff.bone.repair_surface(tri)
 
 
 def test_prox_femur_inp_is_repaired_and_meshed():
     s = ff.read_surface(gias3_file("prox_femur.inp"))
     assert s.n_faces == 9212
     assert not s.is_watertight            # open distal end (and its rim) in the file
-    fixed, rep = ff.repair_surface(s)
+    fixed, rep = ff.bone.repair_surface(s)
     assert fixed.is_watertight and rep.meshfix_used and rep.boundary_edges_before > 0
-    mesh = ff.tetmesh_from_surface(s, element_size=4.0)   # repairs automatically (warning)
+    mesh = ff.bone.tetmesh_from_surface(s, element_size=4.0)   # repairs automatically (warning)
     _check_mesh(mesh, fixed.volume, rel_vol=0.03)
 
 
 # --------------------------------------------------------------------------- tet meshing
 def test_femur_stl_tet4_and_tet10(femur_stl):
-    m1 = ff.tetmesh_from_surface(femur_stl, element_size=6.0)
+    m1 = ff.bone.tetmesh_from_surface(femur_stl, element_size=6.0)
     assert m1.cell_type == "tetra"
     _check_mesh(m1, femur_stl.volume)
     # element size is honoured: mean edge within a factor ~1.5 of the target
     e = m1.points[m1.cells[:, [0, 1, 0, 2, 0, 3, 1, 2, 1, 3, 2, 3]].reshape(-1, 2)]
     mean_edge = np.linalg.norm(e[:, 0] - e[:, 1], axis=1).mean()
     assert 6.0 / 1.6 < mean_edge < 6.0 * 1.2
-    mn, _ = ff.dihedral_angles(m1.points, m1.cells)
+    mn, _ = ff.bone.dihedral_angles(m1.points, m1.cells)
     assert np.percentile(mn, 1) > 8.0     # quality: 99 % of cells above 8 degrees
-    m2 = ff.tet10_from_tet4(m1)
+    m2 = ff.fe.tet10_from_tet4(m1)
     assert m2.cell_type == "tetra10" and m2.n_cells == m1.n_cells
     _check_mesh(m2, femur_stl.volume)
     # mid-edge nodes sit at the midpoints of the VTK/meshio edges (0,1),(1,2),(0,2),(0,3),(1,3),(2,3)
@@ -150,30 +154,30 @@ def test_femur_stl_tet4_and_tet10(femur_stl):
 
 def test_order2_direct_and_bad_arguments(femur_stl):
     with pytest.raises(SurfaceError, match="order"):
-        ff.tetmesh_from_surface(femur_stl, order=3)
+        ff.bone.tetmesh_from_surface(femur_stl, order=3)
     with pytest.raises(SurfaceError, match="element_size"):
-        ff.tetmesh_from_surface(femur_stl, element_size=-1.0)
+        ff.bone.tetmesh_from_surface(femur_stl, element_size=-1.0)
     with pytest.raises(SurfaceError, match="quality"):
-        ff.tetmesh_from_surface(femur_stl, quality=(1.0, 40.0))
+        ff.bone.tetmesh_from_surface(femur_stl, quality=(1.0, 40.0))
 
 
 def test_not_watertight_without_repair_raises():
     ball = _icosphere(10.0, 2)
     holed = Surface(ball.points, ball.faces[1:], "holed")
     with pytest.raises(SurfaceError, match="not closed"):
-        ff.tetmesh_from_surface(holed, repair=False)
+        ff.bone.tetmesh_from_surface(holed, repair=False)
 
 
 def test_mean_L3_meshes():
     s = ff.read_surface(require_shared("lumbar_mean_clouthier", "mean_L3.stl"))
     assert s.is_watertight and s.topology().euler == 0      # genus 1 (vertebral foramen)
-    mesh = ff.tetmesh_from_surface(s, element_size=4.0)
+    mesh = ff.bone.tetmesh_from_surface(s, element_size=4.0)
     _check_mesh(mesh, s.volume, rel_vol=0.03)
 
 
 def test_L3_body_obj_meshes():
     s = ff.read_surface(require_shared("lumbar_vhm_remus", "L3_body.obj"))
-    mesh = ff.tetmesh_from_surface(s, element_size=3.0, order=2)
+    mesh = ff.bone.tetmesh_from_surface(s, element_size=3.0, order=2)
     assert mesh.cell_type == "tetra10"
     # sharp prism edges are chamfered by the voxel remeshing: allow 3 %
     _check_mesh(mesh, s.volume, rel_vol=0.03)
@@ -181,7 +185,7 @@ def test_L3_body_obj_meshes():
 
 def test_no_remesh_keeps_surface_exactly():
     ball = _icosphere(10.0, 3)
-    mesh = ff.tetmesh_from_surface(ball, element_size=3.0, remesh=False)
+    mesh = ff.bone.tetmesh_from_surface(ball, element_size=3.0, remesh=False)
     # every input vertex is a mesh node and the volume equals the polyhedron's
     d = np.min(np.linalg.norm(mesh.points[mesh.node_sets["surface"]][:, None] - ball.points[None], axis=2), axis=0)
     assert d.max() < 1e-9
@@ -197,7 +201,7 @@ def test_femur_landmarks_and_proximal_cut(femur_stl):
     assert femur_stl.bounds[1, 2] - lm.head_centre[2] == pytest.approx(lm.head_radius, abs=4.0)
     drop = -lm.axial(lm.lesser_trochanter)
     assert 40.0 < drop < 90.0              # lesser trochanter 4-9 cm below the head centre
-    cut = ff.cut_proximal_femur(femur_stl, 50.0, landmarks=lm)
+    cut = ff.bone.cut_proximal_femur(femur_stl, 50.0, landmarks=lm)
     assert cut.is_watertight and cut.volume > 0
     origin, normal = proximal_cut_plane(femur_stl, 50.0, landmarks=lm)
     z = (cut.points - origin) @ normal
@@ -210,7 +214,7 @@ def test_femur_landmarks_and_proximal_cut(femur_stl):
     on_cap = np.abs(z[cut.faces]).max(axis=1) < 1e-6
     cap_area = cut.face_areas()[on_cap].sum()
     assert 300.0 < cap_area < 1200.0        # a shaft of ~20-38 mm diameter
-    mesh = ff.tetmesh_from_surface(cut, element_size=5.0)
+    mesh = ff.bone.tetmesh_from_surface(cut, element_size=5.0)
     _check_mesh(mesh, cut.volume)
     ids = nodes_on_plane(mesh, origin, normal)
     assert len(ids) > 10
@@ -218,7 +222,7 @@ def test_femur_landmarks_and_proximal_cut(femur_stl):
 
 def test_cut_too_low_raises(femur_stl):
     with pytest.raises(SurfaceError, match="below the bone"):
-        ff.cut_proximal_femur(femur_stl, 500.0)
+        ff.bone.cut_proximal_femur(femur_stl, 500.0)
 
 
 # --------------------------------------------------------------------------- masks
@@ -235,28 +239,28 @@ def test_surface_from_mask_ball_with_affine():
     world = ijk @ affine[:3, :3].T + affine[:3, 3]
     centre = affine[:3, :3] @ c_idx + affine[:3, 3]
     mask = (np.linalg.norm(world - centre, axis=1) < r).reshape(n, n, n)
-    s = ff.surface_from_mask(mask, affine)
+    s = ff.bone.surface_from_mask(mask, affine)
     assert s.is_watertight and s.volume > 0
     # analytic ball volume within 4 % at ~1 mm voxels
     assert s.volume == pytest.approx(4 / 3 * np.pi * r ** 3, rel=0.04)
     np.testing.assert_allclose(s.points.mean(axis=0), centre, atol=0.3)
-    mesh = ff.tetmesh_from_surface(s, element_size=3.0)
+    mesh = ff.bone.tetmesh_from_surface(s, element_size=3.0)
     _check_mesh(mesh, s.volume)
     # the same with spacing/origin/direction
-    s2 = ff.surface_from_mask(mask, spacing=sp, origin=affine[:3, 3], direction=rot)
+    s2 = ff.bone.surface_from_mask(mask, spacing=sp, origin=affine[:3, 3], direction=rot)
     np.testing.assert_allclose(s2.points, s.points)
 
 
 def test_surface_from_mask_rejects_bad_input():
     with pytest.raises(SurfaceError, match="empty"):
-        ff.surface_from_mask(np.zeros((5, 5, 5), bool), np.eye(4))
+        ff.bone.surface_from_mask(np.zeros((5, 5, 5), bool), np.eye(4))
     with pytest.raises(SurfaceError, match="0/1"):
-        ff.surface_from_mask(np.full((5, 5, 5), 3), np.eye(4))
+        ff.bone.surface_from_mask(np.full((5, 5, 5), 3), np.eye(4))
 
 
 # --------------------------------------------------------------------------- CLI
 def test_cli_mesh_writes_vtu(tmp_path, capsys):
-    from femur_fe.cli import main
+    from femur_fe.commands.cli import main
 
     out = tmp_path / "L3.vtu"
     rc = main(["mesh", str(require_shared("lumbar_vhm_remus", "L3_body.obj")), "-o", str(out), "--size", "4"])

@@ -1,4 +1,4 @@
-"""Tests of femur_fe.sweep: spec and expansion, the built-in FE task, the Dask engine,
+"""Tests of femur_fe.studies.sweep: spec and expansion, the built-in FE task, the Dask engine,
 resume after killed workers / a killed client / crashing and hanging tasks, and the CLI.
 
 Every sweep runs a real FE task (``column_task``: assembly + LinearSolver on a small tet4
@@ -24,8 +24,15 @@ import pytest
 
 import femur_fe
 from femur_fe.errors import SweepError
-from femur_fe.sweep import (COLUMN_CASE, SweepSpec, TaskInputs, clear_worker_cache, column_task, load_sweep,
-                            run_sweep)
+from femur_fe.studies.sweep import (
+    COLUMN_CASE,
+    SweepSpec,
+    TaskInputs,
+    clear_worker_cache,
+    column_task,
+    load_sweep,
+    run_sweep,
+)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -77,12 +84,17 @@ def cluster():
     lc.close()
 
 
+def ff_box(size, divisions):
+    """tet4 box [0, size] mm with ``divisions`` cells per axis."""
+    return femur_fe.fe.boxes.structured_mesh(tuple(divisions), mapping=lambda p: p * np.asarray(size, float))[0]
+
+
 # ----------------------------------------------------------------------------- spec and expansion
 def test_grid_expansion_order_and_nested_toml_tables(tmp_path):
     toml = tmp_path / "s.toml"
     toml.write_text(textwrap.dedent("""
         name = "g"
-        task = "femur_fe.sweep:column_task"
+        task = "femur_fe.studies.sweep:column_task"
         [parameters]
         density.scale = { linspace = [0.5, 1.5, 3] }
         "loading.angle_deg" = [0, 15]
@@ -154,10 +166,9 @@ def test_random_and_lhs_are_seeded_and_in_range():
 def test_explicit_list_and_mesh_glob(tmp_path):
     mesh_dir = tmp_path / "cohort"
     mesh_dir.mkdir()
-    from femur_fe.sweep import _box_mesh
 
     for i, n in enumerate([2, 3]):
-        femur_fe.write_mesh(mesh_dir / f"bone{i}.vtu", _box_mesh([10.0, 10.0, 20.0], [2, 2, n]))
+        femur_fe.write_mesh(mesh_dir / f"bone{i}.vtu", ff_box([10.0, 10.0, 20.0], [2, 2, n]))
     spec = SweepSpec(base=SMALL, task=probe_task, parameters={"mesh": {"glob": "cohort/*.vtu"},
                                                               "density.scale": [1.0, 2.0]}, root=tmp_path)
     tasks = spec.expand()
@@ -195,18 +206,18 @@ def test_example_sweep_files_expand():
     assert len(col) == 16
     spec = load_sweep(ROOT / "examples" / "sweeps" / "femur_density_direction.toml")
     tasks = spec.expand()
-    assert len(tasks) == 48 and spec.task_name == "femur_fe.sweep:pipeline_task"
+    assert len(tasks) == 48 and spec.task_name == "femur_fe.studies.sweep:pipeline_task"
     assert {t.scenario["operator"][0]["percent"] for t in tasks} == {-15.0, -10.0, -5.0, 5.0, 10.0, 15.0}
     assert all(t.case.solver.method == "direct" for t in tasks)
-    from femur_fe.sweep import _pipeline_share_key
+    from femur_fe.studies.sweep import _pipeline_share_key
 
     keys = {_pipeline_share_key(t.inputs()) for t in tasks}
     assert len(keys) == 6          # one solver set-up per density field, shared by its 8 directions
 
 
 def test_default_task_follows_the_base():
-    assert SweepSpec(base=COLUMN_CASE).task_name == "femur_fe.sweep:column_task"
-    assert SweepSpec(base=ROOT / "loadcases" / "stance.toml").task_name == "femur_fe.sweep:pipeline_task"
+    assert SweepSpec(base=COLUMN_CASE).task_name == "femur_fe.studies.sweep:column_task"
+    assert SweepSpec(base=ROOT / "loadcases" / "stance.toml").task_name == "femur_fe.studies.sweep:pipeline_task"
     case = femur_fe.load_case(ROOT / "loadcases" / "stance.toml").to_dict()
     tasks = SweepSpec(base=case, parameters={"loading.frontal_deg": [5.0, 20.0]}).expand()
     assert [t.case.loading.frontal_deg for t in tasks] == [5.0, 20.0]     # a dict base became a LoadCase
@@ -283,10 +294,10 @@ def test_serial_run_resume_and_reorder(tmp_path):
     new = df2.set_index("task_id")["stiffness_N_per_mm"]
     assert np.array_equal(old.values, new.loc[old.index].values)
     assert len(json.loads((tmp_path / "sweep.json").read_text())["runs"]) == 2
-    stored = femur_fe.read_results(tmp_path)
+    stored = femur_fe.studies.read_results(tmp_path)
     assert list(stored["task_id"]) == list(df2["task_id"]) and (stored["status"] == "ok").all()
     with pytest.raises(SweepError, match="run the sweep first"):
-        femur_fe.read_results(tmp_path / "nothing")
+        femur_fe.studies.read_results(tmp_path / "nothing")
 
 
 def test_failed_tasks_are_recorded_and_retried_on_resume(tmp_path):
@@ -321,9 +332,8 @@ def test_dask_matches_serial_and_groups_by_density(tmp_path, cluster):
     assert (setups == 1).all() and len(setups) <= 5
     assert (par["cache_misses"] == 0).sum() >= 12 - 5
     # an in-memory Mesh is broadcast to the workers once and gives the same numbers as the box
-    from femur_fe.sweep import _box_mesh
 
-    mesh = _box_mesh(SMALL["geometry"]["size_mm"], SMALL["geometry"]["divisions"])
+    mesh = ff_box(SMALL["geometry"]["size_mm"], SMALL["geometry"]["divisions"])
     spec_m = spec_for({"mesh": mesh, "density.scale": [0.8, 1.2], "loading.angle_deg": [10.0]})
     mem = run_sweep(spec_m, tmp_path / "mesh", scheduler=lc.scheduler_address)
     assert (mem["status"] == "ok").all() and mem["mesh"].str.startswith("<Mesh ").all()
@@ -332,7 +342,7 @@ def test_dask_matches_serial_and_groups_by_density(tmp_path, cluster):
 
 
 def test_group_assignment_balances_and_keeps_groups_together():
-    from femur_fe.sweep import _group_assignment
+    from femur_fe.studies.sweep import _group_assignment
 
     tasks = spec_for({"density.scale": [0.8, 1.0, 1.2], "loading.angle_deg": [0.0, 10.0, 20.0, 30.0]}).expand()
     groups = {}
@@ -467,10 +477,8 @@ def test_killed_client_loses_nothing_and_resume_completes(tmp_path, cluster):
 # ----------------------------------------------------------------------------- the pipeline task
 def test_pipeline_task_matches_run_case_and_applies_scenarios(tmp_path):
     """Default task on the bundled L3 vertebra (osteoporotic): the baseline row equals a direct
-    femur_fe.run_case; a uniform +5 % ash-density scenario adds exactly 5 % of the bone mass
+    femur_fe.run; a uniform +5 % ash-density scenario adds exactly 5 % of the bone mass
     (no element reaches the 1.2 g/cm^3 cap) and stiffens the bone."""
-    from femur_fe.study import with_ct_calibration
-
     case_path = ROOT / "loadcases" / "vertebral_compression.toml"
     spec = SweepSpec(base=case_path, parameters={"state": ["osteoporotic"], "scenario": ["baseline", "gain"]},
                      scenarios=[{"name": "gain", "density_type": "ash",
@@ -478,11 +486,7 @@ def test_pipeline_task_matches_run_case_and_applies_scenarios(tmp_path):
     df = run_sweep(spec, tmp_path, scheduler="serial")
     assert list(df["status"]) == ["ok", "ok"], df["error"].tolist()
     base, gain = df.iloc[0], df.iloc[1]
-    files = femur_fe.bundled_bone("vertebra", "osteoporotic")
-    case = with_ct_calibration(femur_fe.load_case(case_path), files.calibration)
-    ct = femur_fe.read_ct(files.ct, unit=case.material.calibration.ct_unit)
-    model = femur_fe.Model.from_ct(femur_fe.read_mesh(files.mesh), ct, case.material)
-    ref = femur_fe.run_case(case, model)
+    ref = femur_fe.run(case_path, femur_fe.Specimen(bundled="vertebra", state="osteoporotic"))
     # same operations in the same order: equal to round-off
     assert base["stiffness_N_per_mm"] == pytest.approx(ref.stiffness_N_per_mm, rel=1e-9)
     assert base["strength_linear_N"] == pytest.approx(ref.linear.strength_N, rel=1e-9)
@@ -493,10 +497,9 @@ def test_pipeline_task_matches_run_case_and_applies_scenarios(tmp_path):
 
 
 def test_pipeline_task_errors_are_rows(tmp_path):
-    from femur_fe.sweep import _box_mesh
 
     mesh_file = tmp_path / "box.vtu"
-    femur_fe.write_mesh(mesh_file, _box_mesh([10.0, 10.0, 20.0], [2, 2, 4]))
+    femur_fe.write_mesh(mesh_file, ff_box([10.0, 10.0, 20.0], [2, 2, 4]))
     spec = SweepSpec(base=ROOT / "loadcases" / "vertebral_compression.toml",
                      parameters={"mesh": [str(mesh_file)], "state": ["healthy"]}, retries=0)
     df = run_sweep(spec, tmp_path / "out", scheduler="serial")
@@ -514,7 +517,7 @@ def test_pipeline_task_errors_are_rows(tmp_path):
 
 # ----------------------------------------------------------------------------- CLI
 def test_cli_dry_run_and_run(tmp_path, capsys):
-    from femur_fe.cli import main
+    from femur_fe.commands.cli import main
 
     toml = ROOT / "examples" / "sweeps" / "column_density_direction.toml"
     assert main(["sweep", str(toml), "--out", str(tmp_path), "--dry-run"]) == 0

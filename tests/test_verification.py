@@ -1,8 +1,8 @@
 """Physics verification of the core engine: patch tests, cantilever, Lamé cylinder,
 equilibrium of reactions, direct vs AMG-CG.
 
-Stiffness from femur_fe.assemble_stiffness; loads from femur_fe.assemble_* ; solves through
-femur_fe.LinearSolver. Every tolerance is justified where it is used.
+Stiffness from femur_fe.fe.assemble_stiffness; loads from femur_fe.assemble_* ; solves through
+femur_fe.fe.LinearSolver. Every tolerance is justified where it is used.
 """
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import femur_fe as ff
-from femur_fe.commands import verify as V
+from femur_fe.fe import boxes as B
+from femur_fe.fe import verification as V
 
 
 def _boundary(params):
@@ -23,7 +24,7 @@ def distorted_cube(cell_type: str, n: int = 3, seed: int = 7, size: float = 10.0
     tet10 mid-edge nodes sit at edge midpoints (affine elements) unless ``curved``, where
     they are moved too (isoparametric, still positive Jacobians).
     """
-    mesh, params = V.structured_mesh((n, n, n), cell_type=cell_type)
+    mesh, params = B.structured_mesh((n, n, n), cell_type=cell_type)
     rng = np.random.default_rng(seed)
     pts = params * size
     h = size / n
@@ -31,7 +32,7 @@ def distorted_cube(cell_type: str, n: int = 3, seed: int = 7, size: float = 10.0
     interior = np.setdiff1d(np.arange(nv), _boundary(params))
     pts[interior] += rng.uniform(-0.2 * h, 0.2 * h, size=(len(interior), 3))
     if cell_type == "tetra10":
-        for j, (a, b) in enumerate(V._TET10_EDGES):
+        for j, (a, b) in enumerate(ff.fe.mesh.TET10_EDGES):
             pts[mesh.cells[:, 4 + j]] = 0.5 * (pts[mesh.cells[:, a]] + pts[mesh.cells[:, b]])
         if curved:
             mids = np.setdiff1d(np.unique(mesh.cells[:, 4:]), _boundary(params))
@@ -43,13 +44,13 @@ def distorted_cube(cell_type: str, n: int = 3, seed: int = 7, size: float = 10.0
 
 def macneal_harder_patch() -> ff.Mesh:
     """MacNeal & Harder (1985) 7-hexahedron patch of the unit cube (biomechanics.md 6.4)."""
-    outer = V._CUBE[V._HEX_VTK].astype(float)  # unit cube corners in VTK hexahedron order
+    outer = B._CUBE[B._HEX_VTK].astype(float)  # unit cube corners in VTK hexahedron order
     inner = np.array([[0.249, 0.342, 0.192], [0.826, 0.288, 0.288], [0.850, 0.649, 0.263],
                       [0.273, 0.750, 0.230], [0.320, 0.186, 0.643], [0.677, 0.305, 0.683],
                       [0.788, 0.693, 0.644], [0.165, 0.745, 0.702]])  # near corners 0..7
     pts = np.vstack([outer, inner])
     cells = [list(range(8, 16))]  # the inner hexahedron
-    for face in ff.elements.FACES["hexahedron"]:  # one hexahedron between each face and the inner one
+    for face in ff.fe.elements.FACES["hexahedron"]:  # one hexahedron between each face and the inner one
         cells.append([*face, *(face + 8)])
     mesh = ff.Mesh(pts, np.array(cells), "hexahedron")
     rep = mesh.validate()
@@ -67,10 +68,10 @@ _GRAD = 1e-3 * np.array([[1.0, 0.5, 0.5], [0.5, 1.0, 0.5], [0.5, 0.5, 1.0]])  # 
 
 
 def _solve_with_boundary_field(mesh, young, poisson, boundary, field, f=None, method="direct"):
-    k = ff.assemble_stiffness(mesh, young, poisson)
+    k = ff.fe.assemble_stiffness(mesh, young, poisson)
     g = field(mesh.points).ravel()
     fixed = (3 * boundary[:, None] + np.arange(3)).ravel()
-    return ff.solve(k, np.zeros(3 * mesh.n_points) if f is None else f, fixed, g, points=mesh.points,
+    return ff.fe.solve(k, np.zeros(3 * mesh.n_points) if f is None else f, fixed, g, points=mesh.points,
                     method=method)
 
 
@@ -87,7 +88,7 @@ def test_linear_patch_distorted_cube(cell_type):
     # (|u| ~ 2e-2 mm, cond(K) ~ 1e3 on this patch -> 1e-10 relative is ample margin)
     err = np.abs(sol.u.reshape(-1, 3) - exact).max()
     assert err < 1e-10 * np.abs(exact).max()
-    eps = ff.strain(mesh, sol.u, at="quadrature")
+    eps = ff.fe.strain(mesh, sol.u, at="quadrature")
     np.testing.assert_allclose(eps, np.broadcast_to(_GRAD, eps.shape), rtol=0, atol=1e-10 * 1e-3)
 
 
@@ -100,7 +101,7 @@ def test_macneal_harder_hex_patch():
     np.testing.assert_allclose(u[8], [5.16e-4, 5.63e-4, 4.88e-4], atol=0.5e-6)  # 3 digits printed
     # eps_xx = eps_yy = eps_zz = gamma_ij = 1e-3; E = 1e6, nu = 0.25 -> lambda = mu = 4e5:
     # sigma_ii = lambda * 3e-3 + 2 mu 1e-3 = 2000, tau_ij = mu * gamma = 400 (MacNeal-Harder)
-    sig = ff.stress(mesh, sol.u, 1e6, 0.25, at="quadrature")
+    sig = ff.fe.stress(mesh, sol.u, 1e6, 0.25, at="quadrature")
     expect = np.array([[2000.0, 400.0, 400.0], [400.0, 2000.0, 400.0], [400.0, 400.0, 2000.0]])
     np.testing.assert_allclose(sig, np.broadcast_to(expect, sig.shape), rtol=0, atol=1e-10 * 2000)
 
@@ -121,7 +122,7 @@ def test_quadratic_patch_tet10_with_body_force():
     # sigma = lam tr(eps) I + 2 mu eps; div sigma = (lam + mu) grad(div u) + mu lap(u)
     # div u = a (2X + 2Y + 0.6Z) -> grad div u = a (2, 2, 0.6); lap u = a (2, 2, 0.6)
     div_sigma = (lam + mu) * a * np.array([2.0, 2.0, 0.6]) + mu * a * np.array([2.0, 2.0, 0.6])
-    f = ff.assemble_body_force(mesh, -div_sigma)
+    f = ff.fe.assemble_body_force(mesh, -div_sigma)
     sol = _solve_with_boundary_field(mesh, young, nu, _boundary(params), field, f=f)
     exact = field(mesh.points)
     # exact up to round-off (|u| ~ 0.15 mm)
@@ -163,16 +164,16 @@ def test_lame_l2_convergence_rate(cell_type, order):
 
 def test_direct_and_amg_agree_and_reactions_balance():
     """Heterogeneous tet10 column: AMG-CG vs CHOLMOD/SuperLU to 1e-6, reactions vs load to 1e-8."""
-    mesh, params = V.structured_mesh((4, 4, 8), lambda p: p * [10.0, 10.0, 20.0], "tetra10")
+    mesh, params = B.structured_mesh((4, 4, 8), lambda p: p * [10.0, 10.0, 20.0], "tetra10")
     rng = np.random.default_rng(3)
     young = np.exp(rng.uniform(np.log(100.0), np.log(20000.0), mesh.n_cells))  # bone-like range
-    k = ff.assemble_stiffness(mesh, young, 0.3)
+    k = ff.fe.assemble_stiffness(mesh, young, 0.3)
     bottom = np.flatnonzero(params[:, 2] == 0.0)
     top_faces = V._faces_where(mesh, params, 2, 1.0)
-    f = ff.assemble_traction(mesh, top_faces, [5.0, 0.0, -20.0])  # N/mm^2 on 100 mm^2
+    f = ff.fe.assemble_traction(mesh, top_faces, [5.0, 0.0, -20.0])  # N/mm^2 on 100 mm^2
     fixed = (3 * bottom[:, None] + np.arange(3)).ravel()
-    direct = ff.solve(k, f, fixed, points=mesh, method="direct")
-    amg = ff.solve(k, f, fixed, points=mesh, method="amg", rtol=1e-10)
+    direct = ff.fe.solve(k, f, fixed, points=mesh, method="direct")
+    amg = ff.fe.solve(k, f, fixed, points=mesh, method="amg", rtol=1e-10)
     umax = np.abs(direct.u).max()
     assert np.abs(amg.u - direct.u).max() <= 1e-6 * umax
     load = f.reshape(-1, 3).sum(axis=0)

@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 
 import femur_fe as ff
-from femur_fe import _voxel
-from femur_fe.assembly import assemble_stiffness
+from femur_fe.bone import Kopperdahl2002, hexmesh_from_mask
 from femur_fe.errors import LoadCaseError, MaterialError, MeshError, UnderConstrainedError
-from femur_fe.solvers import LinearSolver
-from femur_fe.voxel_solver import (
+from femur_fe.fe import RigidTie, _voxel
+from femur_fe.fe.assembly import assemble_stiffness
+from femur_fe.fe.solvers import LinearSolver
+from femur_fe.fe.voxel_solver import (
     VoxelGrid,
     VoxelSolver,
     _coarsen,
@@ -21,6 +22,7 @@ from femur_fe.voxel_solver import (
     prolong_numpy,
     restrict_numpy,
 )
+from femur_fe.io import read_labels
 
 VERSE = ("ct_verse004_L2_density",)
 
@@ -171,9 +173,9 @@ def test_rigid_ties_match_direct_solver():
     f[3 * top[:5] + 1] = 0.2
     ties = [
         # a plate held parallel and pushed down (the vertebra case)
-        ff.RigidTie(top, pts[top].mean(0), prescribed={"uz": -0.02, "rx": 0, "ry": 0, "rz": 0}, name="plate"),
+        RigidTie(top, pts[top].mean(0), prescribed={"uz": -0.02, "rx": 0, "ry": 0, "rz": 0}, name="plate"),
         # a femoral-head-like cap: all six reference DOFs free, loaded off-centre
-        ff.RigidTie(top, pts[top].mean(0) + [0.3, -0.2, 2.0], force=[3.0, -2.0, -40.0], moment=[5.0, -3.0, 2.0],
+        RigidTie(top, pts[top].mean(0) + [0.3, -0.2, 2.0], force=[3.0, -2.0, -40.0], moment=[5.0, -3.0, 2.0],
                     name="head"),
     ]
     direct = {}
@@ -243,16 +245,16 @@ def test_verse_l2_with_pmma_caps_and_plate_matches_direct_solver(shared_data):
     superior cap (rotations held, pushed 0.2 mm), inferior face clamped."""
     folder = shared_data(*VERSE)
     ct = ff.read_ct(folder / "sub-verse004_0000_vertebra_21_im.nii.gz", unit="mg/cm3")
-    labels = ff.read_labels(folder / "sub-verse004_0000_vertebra_21_seg.nii.gz", reference=ct)
-    mesh = ff.hexmesh_from_mask(labels, ct, coarsen=3)
-    young = ff.Kopperdahl2002(e_min_mpa=10.0).young(mesh.cell_data["density"])
+    labels = read_labels(folder / "sub-verse004_0000_vertebra_21_seg.nii.gz", reference=ct)
+    mesh = hexmesh_from_mask(labels, ct, coarsen=3)
+    young = Kopperdahl2002(e_min_mpa=10.0).young(mesh.cell_data["density"])
     for lab in (5, 6):  # the upstream model's PMMA caps
         young[mesh.cell_sets[f"label_{lab}"]] = 2500.0
     z = mesh.points[:, 2]
     bottom = np.flatnonzero(z <= z.min() + 1e-6)
     top = np.flatnonzero(z >= z.max() - 1e-6)
     fixed = (3 * bottom[:, None] + np.arange(3)).ravel()
-    plate = ff.RigidTie(top, mesh.points[top].mean(0), prescribed={"uz": -0.2, "rx": 0, "ry": 0, "rz": 0},
+    plate = RigidTie(top, mesh.points[top].mean(0), prescribed={"uz": -0.2, "rx": 0, "ry": 0, "rz": 0},
                         name="plate")
     f = np.zeros(3 * mesh.n_points)
     ref = LinearSolver(assemble_stiffness(mesh, young, 0.3), fixed, points=mesh, method="direct",
@@ -280,7 +282,7 @@ def test_refuses_what_it_cannot_solve():
         VoxelSolver(grid, bad, 0.3, fixed)
     with pytest.raises(MaterialError, match="per element"):
         VoxelSolver(grid, young[:-1], 0.3, fixed)
-    plate = ff.RigidTie(bottom, [0.0, 0.0, 0.0], prescribed=["ux", "uy", "uz", "rx", "ry", "rz"], name="p")
+    plate = RigidTie(bottom, [0.0, 0.0, 0.0], prescribed=["ux", "uy", "uz", "rx", "ry", "rz"], name="p")
     with pytest.raises(LoadCaseError, match="also have fixed DOFs"):
         VoxelSolver(grid, young, 0.3, fixed, ties=[plate])
     mesh = grid.to_mesh()
@@ -297,20 +299,17 @@ def test_refuses_what_it_cannot_solve():
 def test_pipeline_analysis_on_voxels_gives_the_pipelines_answer(shared_data):
     """What ``Analysis.solver_for`` would hand the voxel solver: the load-frame mesh (rotated voxels),
     the moduli, the supports and the plate tie of ``prepare`` (vertebral compression, rigid caps)."""
-    from femur_fe.loadcase import load_case
-    from femur_fe.model import Model
-    from femur_fe.pipeline import prepare
-    from femur_fe.presets import resolve_case_path
+    from femur_fe.case.presets import resolve_case_path
 
     folder = shared_data(*VERSE)
     ct = ff.read_ct(folder / "sub-verse004_0000_vertebra_21_im.nii.gz", unit="mg/cm3")
-    labels = ff.read_labels(folder / "sub-verse004_0000_vertebra_21_seg.nii.gz", reference=ct)
+    labels = read_labels(folder / "sub-verse004_0000_vertebra_21_seg.nii.gz", reference=ct)
     bone = np.where(labels <= 4, labels, 0).astype(labels.dtype)  # the bone without the upstream caps
-    mesh = ff.hexmesh_from_mask(bone, ct, coarsen=3)
-    case = load_case(resolve_case_path("vertebral_compression")).with_values({"caps.kind": "rigid"})
-    model = Model.from_density(mesh, mesh.cell_data["density"], ff.Kopperdahl2002(e_min_mpa=10.0),
+    mesh = hexmesh_from_mask(bone, ct, coarsen=3)
+    case = ff.load_case(resolve_case_path("vertebral_compression")).with_values({"caps.kind": "rigid"})
+    model = ff.Model.from_density(mesh, mesh.cell_data["density"], Kopperdahl2002(e_min_mpa=10.0),
                                density_type="qct")
-    an = prepare(case, model)
+    an = ff.prepare(case, model)
     assert is_voxel_mesh(an.fe_mesh)
     ref = an.solver_for()
     vs = VoxelSolver(an.fe_mesh, an.fe_young(), model.poisson, an.fixed_dofs, ties=[an.tie], rtol=1e-11)

@@ -5,19 +5,19 @@
 Bones (``/work/shared/data`` or ``$FEMUR_FE_SHARED/data``; see each folder's PROVENANCE.md):
 
 * ``femur_gfxmorph/femur.stl``: a whole femur surface, cut 50 mm below the lesser
-  trochanter (:func:`femur_fe.cut_proximal_femur`), sideways fall
+  trochanter (:func:`femur_fe.bone.cut_proximal_femur`), sideways fall
   (``loadcases/sideways_fall.toml``);
 * ``lumbar_mean_clouthier/mean_L3.stl`` and ``lumbar_vhm_remus/L3_body.obj``: two L3
   vertebrae, axial compression (``loadcases/vertebral_compression.toml``).
 
-Each surface is meshed with :func:`femur_fe.tetmesh_from_surface` (tet4; 3 mm femur,
+Each surface is meshed with :func:`femur_fe.bone.tetmesh_from_surface` (tet4; 3 mm femur,
 2.5 mm vertebra) and written once to ``OUT/meshes/``. These are geometries without CT, so
 the element densities of each bone state are ASSUMED, from the same density model as the
-bundled synthetic bones (:data:`femur_fe.bones.STATE_DENSITIES`): a cortical shell of
+bundled synthetic bones (:data:`femur_fe.bone.bundled.STATE_DENSITIES`): a cortical shell of
 thickness ``cortex_factor x`` the default cortical thickness of the parametric bone
-(:class:`femur_fe.bones.FemurParams` ``neck_cortex_mm``, :class:`~femur_fe.bones.VertebraParams`
+(:class:`femur_fe.bone.bundled.FemurParams` ``neck_cortex_mm``, :class:`~femur_fe.bone.bundled.VertebraParams`
 ``shell_thickness_mm``) at the cortical K2HPO4 density, and the trabecular density
-inside, converted to ash density with Keyak 1994 (:func:`femur_fe.ash_from_k2hpo4_keyak1994`).
+inside, converted to ash density with Keyak 1994 (:func:`femur_fe.bone.ash_from_k2hpo4_keyak1994`).
 They are stored as cell data ``density_<state>`` (g/cm^3 ash), which the sweep's pipeline
 task reads for ``state = <state>``. This is a two-compartment illustration, not a
 subject-specific density.
@@ -73,9 +73,9 @@ VERTEBRA_SCENARIOS = [
 
 def state_densities(mesh, bone: str) -> dict[str, np.ndarray]:
     """Assumed two-compartment ash densities (g/cm^3) per state (see the module docstring)."""
-    from femur_fe.bones import STATE_DENSITIES, FemurParams, VertebraParams
-    from femur_fe.calibration import ash_from_k2hpo4_keyak1994
-    from femur_fe.scenarios import distance_to_triangles, periosteal_triangles
+    from femur_fe.bone.bundled import STATE_DENSITIES, FemurParams, VertebraParams
+    from femur_fe.bone.calibration import ash_from_k2hpo4_keyak1994
+    from femur_fe.therapy.scenarios import distance_to_triangles, periosteal_triangles
 
     tri = mesh.points[periosteal_triangles(mesh)]
     depth = distance_to_triangles(mesh.cell_centroids(), tri)
@@ -101,10 +101,10 @@ def prepare_meshes(out: Path) -> dict[str, list[str]]:
             continue
         dst = folder / f"{name}.vtu"
         if not dst.exists():
-            surf, _ = ff.repair_surface(ff.read_surface(src))
+            surf, _ = ff.bone.repair_surface(ff.read_surface(src))
             if bone == "femur":
-                surf = ff.cut_proximal_femur(surf, 50.0)
-            mesh = ff.tetmesh_from_surface(surf, element_size=size)
+                surf = ff.bone.cut_proximal_femur(surf, 50.0)
+            mesh = ff.bone.tetmesh_from_surface(surf, element_size=size)
             dens = state_densities(mesh, bone)
             mesh = ff.Mesh(mesh.points, mesh.cells, mesh.cell_type, node_sets=mesh.node_sets,
                            cell_data={f"density_{k}": v for k, v in dens.items()})
@@ -179,12 +179,12 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     import distributed  # noqa: F401  (sets its logger levels on import: override after it)
 
-    for name in ("distributed", "femur_fe.mapping"):
+    for name in ("distributed", "femur_fe.bone.mapping"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
     import femur_fe as ff
-    from femur_fe.scenarios import load_scenarios
-    from femur_fe.sweep import BASELINE, SweepSpec, run_sweep
+    from femur_fe.case.scenarios import load_scenarios
+    from femur_fe.studies.sweep import BASELINE, SweepSpec, run_sweep
 
     out = Path(args.out)
     meshes = prepare_meshes(out)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..case.loadcase import load_case
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -19,8 +21,6 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..loadcase import load_case
-
     case = load_case(args.case)
     if args.json:
         print(json.dumps(case.to_dict(), indent=2))

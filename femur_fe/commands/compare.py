@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import sys
 
+from ..studies.compare import compare
+
 
 def register(sub) -> None:
     p = sub.add_parser("compare", help="compare baseline and therapy scenarios (strength gained)",
@@ -15,10 +17,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..study import compare
-
     progress = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     res = compare(args.spec, args.out, progress=progress)
     print(res.table())
-    print(f"written to {args.out}/ in {res.seconds:.1f} s")
+    print(f"written to {args.out}/ in {res.seconds:.1f} s; report: {res.files['report_html']}")
     return 0

@@ -18,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..ct import CT_SUFFIXES, read_ct, suffix_of
 from ..errors import MeshError
+from ..io.ct import CT_SUFFIXES, read_ct, suffix_of
+from ..io.mesh_io import read_mesh
+from ..io.surface import read_surface, surface_topology
 
 SURFACE_SUFFIXES = (".stl", ".obj", ".ply", ".vtp")
 
@@ -71,8 +73,6 @@ def ct_info(path: Path, args) -> dict:
 
 
 def surface_info(path: Path) -> dict:
-    from ..surface import read_surface, surface_topology
-
     surf = read_surface(path, units="mm")
     topo = surface_topology(surf)
     lo, hi = surf.points.min(axis=0), surf.points.max(axis=0)
@@ -87,8 +87,6 @@ def surface_info(path: Path) -> dict:
 
 
 def mesh_info(path: Path) -> dict:
-    from ..io.mesh_io import read_mesh
-
     mesh = read_mesh(path, units="mm")
     rep = mesh.validate()
     b = mesh.bounds

@@ -9,6 +9,9 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import time
+
+from ..bone.bundled import STATES, write_bone
 
 
 def _param(text: str) -> tuple[str, str]:
@@ -43,9 +46,6 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import time
-
-    from ..bones import STATES, write_bone
 
     t0 = time.perf_counter()
     states = tuple(dict.fromkeys(args.state)) if args.state else STATES

@@ -11,6 +11,20 @@ from __future__ import annotations
 import argparse
 import time
 
+import numpy as np
+
+from ..bone.meshing import (
+    cut_proximal_femur,
+    dihedral_angles,
+    femur_landmarks,
+    nodes_on_plane,
+    proximal_cut_plane,
+    repair_surface,
+    tetmesh_from_surface,
+)
+from ..io.mesh_io import write_mesh
+from ..io.surface import read_surface
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -42,11 +56,6 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from ..io.mesh_io import write_mesh
-    from ..surface import (cut_proximal_femur, dihedral_angles, femur_landmarks, nodes_on_plane,
-                           proximal_cut_plane, read_surface, repair_surface, tetmesh_from_surface)
 
     t0 = time.perf_counter()
     surf = read_surface(args.surface, units=args.units)

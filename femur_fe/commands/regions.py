@@ -14,6 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..analysis.regions import frame_for, load_direction, regions_mesh, select_regions
+from ..case.loadcase import load_case
+from ..io import atomic_path, read_mesh, write_json_atomic, write_mesh
+
 log = logging.getLogger(__name__)
 
 
@@ -33,9 +37,6 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import meshio
 
-    from ..io import atomic_path, read_mesh, write_json_atomic, write_mesh
-    from ..loadcase import load_case
-    from ..regions import frame_for, load_direction, regions_mesh, select_regions
 
     case = load_case(args.case)
     mesh = read_mesh(args.mesh)

@@ -11,7 +11,10 @@ Running the same command again resumes: finished tasks are kept, failed ones re-
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+
+from ..studies.sweep import expand_sweep, load_sweep, run_sweep
 
 
 def register(subparsers) -> None:
@@ -42,9 +45,6 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import logging
-
-    from ..sweep import expand_sweep, load_sweep, run_sweep
 
     if getattr(args, "verbose", 0) < 2:   # Dask's own INFO chatter only with -vv
         import distributed  # noqa: F401  (sets its logger levels on import: override after it)

@@ -11,6 +11,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..io.results import read_result
+from ..viz.views import (
+    available_fields,
+    display_available,
+    field_spec,
+    plot,
+    plot_comparison,
+)
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -19,7 +28,7 @@ def register(subparsers) -> None:
         description=("Show a field of a result folder (result.vtu + summary.json) with the load regions and the "
                      "load arrow. Without a display use --screenshot FILE.png."),
     )
-    p.add_argument("result", help="result folder written by `femur-fe run` / femur_fe.run_case(..., out=DIR)")
+    p.add_argument("result", help="result folder written by `femur-fe run` / femur_fe.run(..., out=DIR)")
     p.add_argument("--field", default="von_mises",
                    help="density, modulus, displacement, von_mises, principal_strain_max, principal_strain_min, "
                         "risk, sed, effective_strain or any array name (default %(default)s)")
@@ -38,9 +47,6 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..plotting import available_fields, display_available, field_spec, plot, plot_comparison
-    from ..results_io import read_result
-
     res = read_result(args.result)
     if args.list_fields:
         for name in available_fields(res):

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..elements import CELL_TYPES
 from ..errors import MeshError
-from ..mesh import Mesh
+from ..fe.elements import CELL_TYPES
+from ..fe.mesh import Mesh
 from .atomic import atomic_path
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ def mesh_from_meshio(m, *, path: str = "<meshio.Mesh>") -> Mesh:
         if any(t in _SURFACE_TYPES for t in types):
             raise MeshError(
                 f"{path}: holds only surface cells ({', '.join(sorted(set(types)))}); mesh it to tetrahedra "
-                "with femur_fe.tetmesh_from_surface or `femur-fe mesh SURFACE -o OUT.vtu`"
+                "with femur_fe.bone.tetmesh_from_surface or `femur-fe mesh SURFACE -o OUT.vtu`"
             )
         raise MeshError(f"{path}: no supported volume cells (found {sorted(set(types))}; "
                         f"supported: {', '.join(CELL_TYPES)})")
