@@ -72,9 +72,11 @@ from .constraints import (
     _check_load_on_free,
     _parse_tie_dofs,
     _skew_rows,
+    _tie_names,
     describe_free_modes,
     free_rigid_modes,
     tie_overrides,
+    tie_slave_index,
 )
 from .mesh import Mesh
 from .parallel import effective_n_threads
@@ -732,24 +734,15 @@ class VoxelSolver:
 
     # ---------------------------------------------------------------- constraints
     def _tie_data(self, ties: list) -> list[_TieData]:
-        names = [t.name or f"tie{k}" for k, t in enumerate(ties)] if ties else []
-        if len(set(names)) != len(names):
-            raise LoadCaseError(f"RigidTie names must be unique, got {names}; give each tie its own name=")
-        out = []
-        owner = np.full(self.n_nodes, -1, dtype=np.int64)
-        pts = self.grid.points if ties else None
-        for k, (tie, name) in enumerate(zip(ties, names)):
+        for tie in ties:
             if not isinstance(tie, RigidTie):
                 raise SolverError(f"ties must be RigidTie objects, got {type(tie).__name__}")
+        names = _tie_names(ties)
+        tie_slave_index(self.n_nodes, ties, names)  # checks ids and disjoint node sets
+        out = []
+        pts = self.grid.points if ties else None
+        for tie, name in zip(ties, names):
             ids = tie.node_ids
-            if ids.max() >= self.n_nodes:
-                raise LoadCaseError(f"RigidTie {name!r}: node ids up to {ids.max()} but the model has "
-                                    f"{self.n_nodes} nodes (ids are 0-based)")
-            clash = ids[owner[ids] >= 0]
-            if clash.size:
-                raise LoadCaseError(f"RigidTie {name!r} and {names[int(owner[clash[0]])]!r} share {clash.size} "
-                                    "node(s); a node can follow one rigid body only: make the node sets disjoint")
-            owner[ids] = k
             fixed_here = self.fixed_mask.reshape(-1, 3)[ids].any(axis=1)
             if fixed_here.any():
                 raise LoadCaseError(
