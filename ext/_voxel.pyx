@@ -84,29 +84,6 @@ def matvec(const int32_t[:, ::1] cells, const int64_t[::1] layer_ptr, const modu
                     _element_product(kp, xp, yp, &cells[e, 0], <real_t> young[e])
 
 
-def diagonal(const int32_t[:, ::1] cells, const int64_t[::1] layer_ptr, const modulus_t[::1] young,
-             const double[::1] kdiag, double[::1] out, int n_threads):
-    """``out = diag(K)`` (out is overwritten); ``kdiag`` is the (24,) diagonal of K_hat."""
-    cdef Py_ssize_t n = out.shape[0], i, t, half, e, lay
-    cdef Py_ssize_t n_layers = layer_ptr.shape[0] - 1
-    cdef int parity, a, c
-    cdef int64_t d
-    cdef double w
-    with nogil:
-        for i in prange(n, num_threads=n_threads, schedule="static"):
-            out[i] = 0
-        for parity in range(2):
-            half = (n_layers - parity + 1) // 2
-            for t in prange(half, num_threads=n_threads, schedule="dynamic", chunksize=1):
-                lay = 2 * t + parity
-                for e in range(layer_ptr[lay], layer_ptr[lay + 1]):
-                    w = young[e]
-                    for a in range(8):
-                        d = 3 * <int64_t> cells[e, a]
-                        for c in range(3):
-                            out[d + c] += w * kdiag[3 * a + c]
-
-
 def prolong_add(const int64_t[::1] fine_flat, const int64_t[::1] fine_dims, const int32_t[::1] coarse_map,
                 const int64_t[::1] coarse_dims, const int64_t[::1] shift, const real_t[::1] xc, real_t[::1] xf,
                 int n_threads):

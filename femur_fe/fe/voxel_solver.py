@@ -338,7 +338,7 @@ def matvec_numpy(cells: np.ndarray, young: np.ndarray, khat: np.ndarray, x: np.n
 
 
 def diagonal_numpy(cells: np.ndarray, young: np.ndarray, khat: np.ndarray, n_dofs: int) -> np.ndarray:
-    """NumPy twin of ``_voxel.diagonal``."""
+    """NumPy twin of ``_Level.diagonal`` (the compiled product with the diagonal of the template)."""
     dofs = element_dofs(cells)
     return np.bincount(dofs.ravel(), (young[:, None] * np.diag(khat)[None, :]).ravel(), minlength=n_dofs)
 
@@ -413,9 +413,10 @@ class _Level:
         return out
 
     def diagonal(self) -> np.ndarray:
+        """diag(K): the product of the diagonal part of the template with a vector of ones."""
         d = np.empty(self.n)
-        _voxel.diagonal(self.cells, self.layer_ptr, self.young, np.ascontiguousarray(np.diag(self.khat64)), d,
-                        self.nt)
+        _voxel.matvec(self.cells, self.layer_ptr, self.young, np.diag(np.diag(self.khat64)).reshape(-1),
+                      np.ones(self.n), d, self.nt)
         return d
 
     def nbytes(self) -> int:
