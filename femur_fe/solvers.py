@@ -8,8 +8,10 @@ prescribed values:
 1. rigid ties (:class:`femur_fe.RigidTie`) are eliminated master-slave, ``u = T z``;
 2. Dirichlet DOFs are eliminated (not penalised): ``K_FF z_F = f_F - K_FP z_P``;
 3. ``K_FF`` is factorised (CHOLMOD if scikit-sparse is importable, else SciPy SuperLU) or
-   preconditioned by pyamg smoothed aggregation whose near-null space is the six
-   rigid-body modes of the free DOFs, and solved with conjugate gradients.
+   solved by conjugate gradients preconditioned by smoothed-aggregation multigrid
+   (:mod:`femur_fe.amg`) whose near-null space is the six rigid-body modes; the AMG path
+   keeps the reduced matrix whole (3x3 blocks, no copy of a BSR ``K`` without ties) and masks
+   the prescribed DOFs instead of cutting them out.
 
 Before anything is factorised the constraints are checked for rigid-body modes left free
 in each connected part of the mesh (:class:`femur_fe.UnderConstrainedError`), and nodes in
@@ -20,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -59,22 +61,6 @@ AUTO_DIRECT_MAX_FREE_CHOLMOD = 80_000
 #: ... and only if the estimated factor fits in this fraction of the available memory.
 AUTO_DIRECT_MEMORY_FRACTION = 0.5
 
-#: pyamg smoothed-aggregation settings (see benchmarks/bench_solvers.py for the tuning):
-#: strength 'symmetric' with theta=0 keeps every node-node coupling (elasticity matrices
-#: have positive off-diagonal entries that a classical strength test would drop), one
-#: Jacobi prolongation smoothing step, symmetric Gauss-Seidel smoothing, a direct coarse
-#: solve of at most ``max_coarse`` DOFs (sparse LU: pyamg's default dense pinv costs an SVD
-#: of the coarse matrix, seconds at 1000 DOFs), and the tentative prolongator/aggregates
-#: discarded (keep=False) to save memory.
-AMG_OPTIONS: dict[str, Any] = dict(
-    strength=("symmetric", {"theta": 0.0}),
-    smooth=("jacobi", {"omega": 4.0 / 3.0, "degree": 1}),
-    presmoother=("gauss_seidel", {"sweep": "symmetric", "iterations": 1}),
-    postsmoother=("gauss_seidel", {"sweep": "symmetric", "iterations": 1}),
-    max_coarse=1000,
-    coarse_solver="splu",
-    keep=False,
-)
 DEFAULT_MAXITER = 2000
 
 
@@ -159,10 +145,12 @@ class Solution:
 
 
 # ---------------------------------------------------------------------- input checks
-def _as_csr(k) -> sp.csr_matrix:
+def _as_csr(k) -> sp.csr_matrix | sp.bsr_matrix:
+    """``k`` as CSR, or as it is when it is a 3x3-block BSR matrix (no copy)."""
     if not sp.issparse(k):
         raise SolverError(f"K must be a SciPy sparse matrix (e.g. from femur_fe.assemble_stiffness), got {type(k).__name__}")
-    k = k.tocsr()
+    if not (k.format == "bsr" and k.blocksize == (3, 3)):
+        k = k.tocsr()
     if k.shape[0] != k.shape[1] or k.shape[0] % 3:
         raise SolverError(f"K must be square with 3 DOFs per node (interleaved), got shape {k.shape}")
     if not np.issubdtype(k.dtype, np.floating):
@@ -200,7 +188,12 @@ def _node_components(k: sp.csr_matrix, mesh: Mesh | None) -> np.ndarray:
         return connected_components(mesh)[1]
     from scipy.sparse.csgraph import connected_components as cc
 
-    kxx = k[0::3, 0::3]  # node-node pattern through the x-x blocks (structural nonzeros)
+    if k.format == "bsr":  # node-node pattern: the block pattern
+        nb = k.shape[0] // 3
+        kxx = sp.csr_matrix((np.ones(int(k.indptr[-1]), dtype=np.int8), k.indices[:k.indptr[-1]], k.indptr),
+                            shape=(nb, nb))
+    else:
+        kxx = k[0::3, 0::3]  # node-node pattern through the x-x blocks (structural nonzeros)
     return cc(kxx, directed=False)[1]
 
 
@@ -227,10 +220,12 @@ class LinearSolver:
     maxiter : CG iteration limit (default 2000).
     constraints : list of :class:`femur_fe.RigidTie`.
     preconditioner : another :class:`LinearSolver` set up for the same constraints (same
-        fixed DOFs and ties) on a *nearby* matrix, e.g. the same bone before a density change.
-        Its factorisation or AMG hierarchy is reused as the preconditioner of CG on ``K``
-        (method ``"cg-reuse"``): no new set-up, and few iterations when the moduli changed
-        moderately. The answer still meets ``rtol`` on ``K`` itself.
+        fixed DOFs and ties) on the same mesh, e.g. the same bone before a density change.
+        A factorisation is reused as the preconditioner of CG on ``K`` (method ``"cg-reuse"``):
+        no new set-up, and few iterations when the moduli changed moderately. An AMG set-up
+        gives its aggregates and tentative prolongators (geometry only) to a new hierarchy for
+        ``K``, of which only the prolongator smoothing and the Galerkin products are recomputed
+        (method ``"amg-reuse"``). The answer still meets ``rtol`` on ``K`` itself.
 
     Raises
     ------
@@ -306,11 +301,24 @@ class LinearSolver:
         self._presc = np.flatnonzero(fz)
         if self._free.size == 0:
             raise SolverError("every DOF is prescribed: nothing to solve (check fixed_dofs)")
+        self.n_free = int(self._free.size)
+        self._nnz_free = _free_rows_nnz(kz, self._free)
+        amg_base = preconditioner is not None and getattr(preconditioner, "amg", None) is not None
+        if amg_base or (preconditioner is None and self._choose(method) == "amg-cg"):
+            # AMG-CG works on the whole reduced matrix (3x3 blocks, no copy when K is BSR and
+            # there are no ties): the prescribed DOFs are masked, not cut out
+            self._setup_amg(kz, fz, preconditioner if amg_base else None)
+            self.setup_seconds = time.perf_counter() - t0
+            log.info("solver set up: %s, %d DOFs (%d free), %.2f s", self.method, self.n_dofs, self.n_free,
+                     self.setup_seconds)
+            return
+        self.amg = None
+        if sp.isspmatrix_bsr(kz):
+            kz = kz.tocsr()
         rows = kz[self._free]
         self.A = rows[:, self._free].tocsr()
         self._kfp = rows[:, self._presc].tocsr()
         del rows, kz
-        self.n_free = int(self._free.size)
         if preconditioner is not None:
             self._reuse(preconditioner)
         else:
@@ -320,6 +328,61 @@ class LinearSolver:
         log.info("solver set up: %s, %d DOFs (%d free), %.2f s", self.method, self.n_dofs, self.n_free,
                  self.setup_seconds)
 
+    def _setup_amg(self, kz, pinned: np.ndarray, base: "LinearSolver | None") -> None:
+        """Smoothed-aggregation hierarchy (:mod:`femur_fe.amg`) on the masked reduced matrix."""
+        from .amg import SmoothedAggregation
+
+        if self.points is None:
+            raise SolverError("method='amg' needs node coordinates for the rigid-body near-null space: "
+                              "pass points=mesh.points (or the Mesh)")
+        if kz.shape[0] % 3:
+            raise SolverError(f"the reduced matrix has {kz.shape[0]} DOFs, not 3 per node")
+        if not (sp.isspmatrix_bsr(kz) and kz.blocksize == (3, 3)):
+            kz = kz.tobsr(blocksize=(3, 3))
+        if kz.dtype != np.float64:
+            kz = kz.astype(np.float64)
+        self._kz = kz
+        self._pinned = pinned
+        self.A = None
+        if base is not None:
+            if base.n_free != self.n_free or not np.array_equal(base._free, self._free) \
+                    or base.tie_names != self.tie_names:
+                raise SolverError("preconditioner was set up for other constraints (free DOFs or ties differ); "
+                                  "it can only be reused for the same fixed DOFs and ties")
+            self.amg = base.amg.refresh(kz)
+            self.method = "amg-reuse"
+        else:
+            self.amg = SmoothedAggregation(kz, self.red.near_null_space(self.points), pinned)
+            self.method = "amg-cg"
+        self.memory_estimate_bytes = int(self.amg.nbytes + 8 * self.n_free * 6)
+
+    def _amg_matvec(self, x: np.ndarray) -> np.ndarray:
+        """Masked reduced matrix times x (prescribed rows zero)."""
+        from . import _amg
+
+        k = self._kz
+        y = np.empty(k.shape[0])
+        _amg.bsr_matvec(k.indptr, k.indices, k.data, np.ascontiguousarray(x, dtype=np.float64), y, False,
+                        self.amg.n_threads)
+        y[self._pinned] = 0.0
+        return y
+
+    def free_preconditioner(self) -> spla.LinearOperator:
+        """The set-up (factor solve or one AMG V-cycle) as an operator on the free DOFs, in the
+        order of the free DOFs of the reduced system (no ties: the unconstrained DOFs)."""
+        n = self.n_free
+        if self.amg is not None:
+            nz = self._kz.shape[0]
+
+            def mv(r):
+                full = np.zeros(nz)
+                full[self._free] = np.asarray(r).ravel()
+                return self.amg(full)[self._free]
+
+            return spla.LinearOperator((n, n), matvec=mv, dtype=float)
+        fn = self._solve_fn if self.method.startswith("direct") else self._precond.matvec
+        return spla.LinearOperator((n, n), matvec=lambda v: np.asarray(fn(v)).reshape(-1), dtype=float)
+
     def _reuse(self, other: "LinearSolver") -> None:
         """Use ``other``'s set-up as the CG preconditioner for this matrix."""
         if not isinstance(other, LinearSolver):
@@ -328,14 +391,7 @@ class LinearSolver:
                 or other.tie_names != self.tie_names:
             raise SolverError("preconditioner was set up for other constraints (free DOFs or ties differ); "
                               "it can only be reused for the same fixed DOFs and ties")
-        if other.method.startswith("direct"):
-            fn = other._solve_fn
-        elif other.method == "amg-cg":
-            fn = other._precond.matvec
-        else:  # a reuse of a reuse: go to the original set-up
-            fn = other._precond.matvec
-        n = self.n_free
-        self._precond = spla.LinearOperator((n, n), matvec=lambda v: np.asarray(fn(v)).reshape(-1), dtype=float)
+        self._precond = other.free_preconditioner()
         self.method = "cg-reuse"
         self.memory_estimate_bytes = int(getattr(other, "memory_estimate_bytes", 0))
 
@@ -428,7 +484,7 @@ class LinearSolver:
         # supernodal Cholesky fill of 3-D FE meshes grows ~ n^(1/3) (nested dissection:
         # nnz(L) ~ n^(4/3)); the constant 1.5 fits SuperLU/CHOLMOD on tet4 boxes (bench_solvers)
         fill = 1.5 * self.n_free ** (1.0 / 3.0)
-        return int(self.A.nnz * fill * 12)
+        return int(self._nnz_free * fill * 12)
 
     def _choose(self, method: str) -> str:
         have_cholmod = _have_cholmod()
@@ -474,36 +530,7 @@ class LinearSolver:
             self._solve_fn = lu.solve
             self.memory_estimate_bytes = int((lu.L.nnz + lu.U.nnz) * 12 + a.data.nbytes + a.indices.nbytes)
         else:
-            import pyamg
-
-            if self.points is None:
-                raise SolverError("method='amg' needs node coordinates for the rigid-body near-null space: "
-                                  "pass points=mesh.points (or the Mesh)")
-            b = self.red.near_null_space(self.points)[self._free]
-            if self.n_free % 3 == 0 and np.array_equal(self._free[0::3] % 3, np.zeros(self.n_free // 3)) \
-                    and np.array_equal(self._free[1::3], self._free[0::3] + 1) \
-                    and np.array_equal(self._free[2::3], self._free[0::3] + 2):
-                # whole nodes are free: hand pyamg the 3x3-block matrix it would build anyway and
-                # keep only that copy (one matrix fewer in memory; CG runs on it as well)
-                a = a.tobsr(blocksize=(3, 3))
-                self.A = a
-            self.ml = pyamg.smoothed_aggregation_solver(a, B=b, **AMG_OPTIONS)
-            if sp.isspmatrix_bsr(self.ml.levels[0].A):
-                # after the set-up (its temporaries are freed): CSR matvec and point Gauss-Seidel on
-                # the finest level are faster in SciPy/pyamg than their 3x3-block versions
-                fine = self.ml.levels[0].A.tocsr()
-                self.ml.levels[0].A = fine
-                self.A = fine
-                del a
-            self._precond = self.ml.aspreconditioner(cycle="V")
-            self._precond.matvec(np.zeros(self.n_free))  # pyamg factorises the coarse level lazily
-            mem = 0
-            for lvl in self.ml.levels:
-                for name in ("A", "P", "R"):
-                    m = getattr(lvl, name, None)
-                    if m is not None and sp.issparse(m):
-                        mem += m.data.nbytes + m.indices.nbytes + m.indptr.nbytes
-            self.memory_estimate_bytes = int(mem + 6 * 8 * self.n_free)
+            raise SolverError(f"unknown set-up method {self.method!r}")
         log.debug("set-up %s done", self.method)
 
     # ------------------------------------------------------------------ solve
@@ -592,6 +619,32 @@ class LinearSolver:
             its.append(count[0])
         return x, its
 
+    def _solve_amg(self, fz: np.ndarray, zp: np.ndarray) -> tuple[np.ndarray, list[int], list[float]]:
+        """AMG-preconditioned CG on the masked reduced system for each column; z (n_z, r)."""
+        from .amg import pcg
+
+        nz, r = fz.shape
+        z = np.zeros((nz, r))
+        its, res = [], []
+        for j in range(r):
+            g = np.zeros(nz)
+            g[self._presc] = zp[:, j]
+            b = fz[:, j] - self._kz @ g if np.any(g) else fz[:, j].copy()
+            b[self._pinned] = 0.0
+            x, it, rj = pcg(self._amg_matvec, b, self.amg, rtol=self.rtol, maxiter=self.maxiter)
+            if rj > self.rtol:
+                raise SolverError(
+                    f"{self.method} preconditioned CG did not converge: {it} iterations, relative residual {rj:.3e} "
+                    f"> rtol {self.rtol:.1e}. Try method='direct' (if memory allows), check the constraints "
+                    "(nearly free rigid modes, parts hanging on a few nodes) and the material (E spanning many "
+                    "orders of magnitude, nu close to 0.5), or raise maxiter"
+                )
+            x[self._presc] = zp[:, j]
+            z[:, j] = x
+            its.append(it)
+            res.append(rj)
+        return z, its, res
+
     def solve(self, f, fixed_values=None, *, tie_values: Mapping | Sequence | None = None,
               tie_loads: Mapping | Sequence | None = None) -> Solution:
         """Solve for load(s) ``f`` and prescribed values, reusing the set-up.
@@ -625,15 +678,18 @@ class LinearSolver:
         loads = self._tie_loads(tie_loads)
         for k in range(red.n_ties):
             fz[red.tie_dof(k)] += loads[k][:, None]
-        b = fz[self._free] - self._kfp @ zp
-        xf, its = self._solve_free(b)
-        res = []
-        for j in range(r):
-            nb = np.linalg.norm(b[:, j])
-            res.append(float(np.linalg.norm(self.A @ xf[:, j] - b[:, j]) / nb) if nb > 0 else 0.0)
-        z = np.zeros((red.n_z, r))
-        z[self._free] = xf
-        z[self._presc] = zp
+        if self.amg is not None:
+            z, its, res = self._solve_amg(fz, zp)
+        else:
+            b = fz[self._free] - self._kfp @ zp
+            xf, its = self._solve_free(b)
+            res = []
+            for j in range(r):
+                nb = np.linalg.norm(b[:, j])
+                res.append(float(np.linalg.norm(self.A @ xf[:, j] - b[:, j]) / nb) if nb > 0 else 0.0)
+            z = np.zeros((red.n_z, r))
+            z[self._free] = xf
+            z[self._presc] = zp
         u = np.asarray(red.expand(z))
         reac = self.K @ u - fa
         ties = {}
@@ -651,6 +707,16 @@ class LinearSolver:
         if one:
             u, reac = u[:, 0], reac[:, 0]
         return Solution(u, reac, report, ties)
+
+
+def _free_rows_nnz(k, free: np.ndarray) -> int:
+    """Stored entries in the rows ``free`` of the CSR or 3x3-BSR matrix ``k`` (an upper bound of
+    nnz(K_FF), exact up to the columns of the prescribed DOFs)."""
+    if k.format == "bsr":
+        per_row = np.repeat(np.diff(k.indptr) * k.blocksize[1], k.blocksize[0])
+    else:
+        per_row = np.diff(k.indptr)
+    return int(per_row[free].sum())
 
 
 def _squeeze(a: np.ndarray, one: bool) -> np.ndarray:
