@@ -51,6 +51,8 @@ PROLONGATION_OMEGA = 4.0 / 3.0
 #: CG (Lanczos) steps of the largest-eigenvalue estimate
 LANCZOS_STEPS = 10
 MAX_LEVELS = 12
+#: levels with fewer block rows run their kernels on one thread (thread start-up dominates)
+SERIAL_BELOW = 20000
 
 
 @dataclass
@@ -58,11 +60,62 @@ class _Level:
     A: sp.bsr_matrix                      # float32 level matrix
     dinv: np.ndarray                      # (nb, R, R) float32 inverse block diagonal
     lmax: float = 0.0                     # estimate of the largest eigenvalue of D^-1 A
-    agg: sp.csr_matrix | None = None      # aggregation (nb, n_agg), geometry only
-    T: sp.bsr_matrix | None = None        # tentative prolongator, geometry only
+    geo: "_Structure | None" = None       # aggregates, T and patterns (geometry only)
     P: sp.bsr_matrix | None = None        # smoothed prolongator (float32)
     scratch: np.ndarray | None = None     # (n_threads, n_coarse) for P^T r
     work: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Structure:
+    """The geometry-only part of one level: aggregates, tentative prolongator, patterns."""
+    agg: np.ndarray          # (nb,) int32 aggregate of each node (-1: none)
+    tblk: np.ndarray         # (nb, R, C) block of T in each row (zero where agg < 0)
+    pip: np.ndarray          # pattern of P (indptr, indices), int32, sorted rows
+    pix: np.ndarray
+    cip: np.ndarray          # pattern of A_c = P^T A P
+    cix: np.ndarray
+    max_touched: int         # bound on the coarse columns of one row of A P
+    lower: np.ndarray        # positions of the blocks (I, J) with J < I in the pattern of A_c
+    mirror: np.ndarray       # ... and of their transposes (J, I)
+
+    @property
+    def n_coarse(self) -> int:
+        return len(self.cip) - 1
+
+
+def _pattern(a) -> sp.csr_matrix:
+    nb = a.shape[0] // a.blocksize[0]
+    mb = a.shape[1] // a.blocksize[1]
+    nnzb = int(a.indptr[-1])
+    return sp.csr_matrix((np.ones(nnzb, dtype=np.int32), a.indices[:nnzb].copy(), a.indptr.copy()), shape=(nb, mb))
+
+
+def _structure(a: sp.bsr_matrix, aggop: sp.csr_matrix, T: sp.bsr_matrix, dtype) -> _Structure:
+    nb = aggop.shape[0]
+    r, c = T.blocksize
+    agg = np.full(nb, -1, dtype=np.int32)
+    has = np.diff(aggop.indptr) > 0
+    agg[has] = aggop.indices[aggop.indptr[:-1][has]]
+    tblk = np.zeros((nb, r, c), dtype=dtype)
+    trows = np.repeat(np.arange(nb), np.diff(T.indptr))
+    tblk[trows] = T.data[:T.indptr[-1]]
+    ap = _pattern(a)
+    agg_op = sp.csr_matrix((np.ones(int(has.sum()), dtype=np.int32), agg[has], np.r_[0, np.cumsum(has)]),
+                           shape=aggop.shape)
+    pp = ap @ agg_op
+    pp.sort_indices()
+    plen = np.diff(pp.indptr).astype(np.int64)
+    max_touched = int((ap @ plen).max()) if nb else 0
+    cp = pp.T.tocsr() @ (ap @ pp)
+    cp.sort_indices()
+    rows = np.repeat(np.arange(cp.shape[0]), np.diff(cp.indptr))
+    lower = np.flatnonzero(cp.indices < rows)
+    pos = sp.csr_matrix((np.arange(cp.nnz) + 1, cp.indices, cp.indptr), shape=cp.shape)
+    mirror = np.asarray(pos.T.tocsr()[rows[lower], cp.indices[lower]]).ravel() - 1  # position of (J, I)
+    i32 = np.int32
+    return _Structure(agg, tblk, pp.indptr.astype(i32), pp.indices.astype(i32), cp.indptr.astype(i32),
+                      cp.indices.astype(i32), max_touched, lower, mirror.astype(np.int64))
 
 
 def _bsr(a, blocksize: int, dtype) -> sp.bsr_matrix:
@@ -86,7 +139,23 @@ def _invert_blocks(d: np.ndarray) -> np.ndarray:
     if zero.any():
         n_idx, i_idx = np.nonzero(zero)
         d[n_idx, i_idx, i_idx] = 1.0
-    return np.linalg.inv(d)
+    if d.shape[1] != 3:
+        return np.linalg.inv(d)
+    # 3x3: adjugate / determinant (vectorised; several times faster than a batched LU)
+    a, b, c = d[:, 0, 0], d[:, 0, 1], d[:, 0, 2]
+    e, f, g = d[:, 1, 0], d[:, 1, 1], d[:, 1, 2]
+    h, i, j = d[:, 2, 0], d[:, 2, 1], d[:, 2, 2]
+    adj = np.empty_like(d)
+    adj[:, 0, 0], adj[:, 0, 1], adj[:, 0, 2] = f * j - g * i, c * i - b * j, b * g - c * f
+    adj[:, 1, 0], adj[:, 1, 1], adj[:, 1, 2] = g * h - e * j, a * j - c * h, c * e - a * g
+    adj[:, 2, 0], adj[:, 2, 1], adj[:, 2, 2] = e * i - f * h, b * h - a * i, a * f - b * e
+    det = a * adj[:, 0, 0] + b * adj[:, 1, 0] + c * adj[:, 2, 0]
+    if not np.all(det > 0):
+        bad = np.flatnonzero(~(det > 0))
+        raise SolverError(f"{bad.size} node(s) have a 3x3 diagonal stiffness block that is not positive definite "
+                          f"(e.g. block {bad[0]}); check the moduli (E > 0, nu < 0.5) and the element orientation")
+    adj /= det[:, None, None]
+    return adj
 
 
 def pin_dofs(a: sp.bsr_matrix, pinned: np.ndarray, dtype=np.float32) -> sp.bsr_matrix:
@@ -95,20 +164,23 @@ def pin_dofs(a: sp.bsr_matrix, pinned: np.ndarray, dtype=np.float32) -> sp.bsr_m
     r = a.blocksize[0]
     data = a.data.astype(dtype)
     pin = pinned.reshape(-1, r)
-    node_pin = pin.any(axis=1)
-    if node_pin.any():
-        counts = np.diff(a.indptr)
-        rows = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
-        hit = node_pin[rows]
-        data[hit] *= (~pin[rows[hit]])[:, :, None].astype(dtype)
-        hit = node_pin[a.indices]
+    pnodes = np.flatnonzero(pin.any(axis=1))
+    if pnodes.size:
+        node_pin = np.zeros(len(pin), dtype=bool)
+        node_pin[pnodes] = True
+        # blocks in the rows of pinned nodes
+        starts, stops = a.indptr[pnodes].astype(np.int64), a.indptr[pnodes + 1].astype(np.int64)
+        cnt = stops - starts
+        blk = np.repeat(starts - np.r_[0, np.cumsum(cnt)[:-1]], cnt) + np.arange(int(cnt.sum()))
+        brow = np.repeat(pnodes, cnt)
+        data[blk] *= (~pin[brow])[:, :, None].astype(dtype)
+        # blocks in the columns of pinned nodes
+        hit = np.flatnonzero(node_pin[a.indices])
         data[hit] *= (~pin[a.indices[hit]])[:, None, :].astype(dtype)
-        diag = np.flatnonzero(rows == a.indices)
-        dn = rows[diag]
-        sel = node_pin[dn]
+        on = blk[a.indices[blk] == brow]  # diagonal blocks of the pinned nodes
         for c in range(r):
-            rows_c = diag[sel][pin[dn[sel], c]]
-            data[rows_c, c, c] = 1.0
+            sel = on[pin[a.indices[on], c]]
+            data[sel, c, c] = 1.0
     return sp.bsr_matrix((data, a.indices.astype(np.int32, copy=False), a.indptr.astype(np.int32, copy=False)),
                          shape=a.shape)
 
@@ -167,20 +239,21 @@ class SmoothedAggregation:
             lvl = _Level(A=a, dinv=dinv)
             levels.append(lvl)
             old = reuse[depth] if reuse is not None and depth < len(reuse) else None
-            if reuse is not None and (old is None or old.T is None):
+            if reuse is not None and (old is None or old.geo is None):
                 break  # the coarsest level of the original hierarchy
             if reuse is None and (a.shape[0] <= self.max_coarse or depth + 1 >= MAX_LEVELS):
                 break
             lvl.lmax = self._lmax(lvl)
             if old is not None:
-                lvl.agg, lvl.T = old.agg, old.T
+                lvl.geo = old.geo
             else:
                 skip = self.pinned.reshape(-1, 3).all(axis=1) if depth == 0 else None
                 agg = standard_aggregation(self._graph(a, skip))[0]
                 if agg.shape[1] == 0 or agg.shape[1] * B.shape[1] >= a.shape[0]:
                     break  # no coarsening possible
                 T, B = fit_candidates(agg, B)
-                lvl.agg, lvl.T = agg, _bsr_rect(T, r, B.shape[1], np.float64)
+                lvl.geo = _structure(a, agg, _bsr_rect(T, r, B.shape[1], self.dtype), self.dtype)
+                del T, agg
             lvl.P = self._smooth_prolongator(lvl)
             a = self._galerkin(lvl)
             lvl.scratch = np.empty((self.n_threads, lvl.P.shape[1]), dtype=self.dtype)
@@ -195,30 +268,42 @@ class SmoothedAggregation:
             self._coarse = ("pinv", np.linalg.pinv(coarse, hermitian=True))
         self.levels = levels
 
+    def _threads(self, rows: int) -> int:
+        """Threads for a level of ``rows`` block rows (small levels run serially)."""
+        return self.n_threads if rows >= SERIAL_BELOW else 1
+
     def _smooth_prolongator(self, lvl: _Level) -> sp.bsr_matrix:
-        """P = T - omega / lmax D^-1 A T (float32)."""
-        T = lvl.T
-        at = lvl.A.astype(np.float64) @ T
-        at = sp.bsr_matrix(at, blocksize=T.blocksize)
-        rows = np.repeat(np.arange(at.shape[0] // at.blocksize[0]), np.diff(at.indptr))
-        data = np.einsum("kab,kbc->kac", lvl.dinv.astype(np.float64)[rows], at.data)
-        data *= -PROLONGATION_OMEGA / lvl.lmax
-        p = sp.bsr_matrix((data, at.indices, at.indptr), shape=at.shape) + T
-        return _bsr_rect(p, T.blocksize[0], T.blocksize[1], self.dtype)
+        """P = T - omega / lmax D^-1 A T on the stored pattern (compiled, parallel)."""
+        g, a = lvl.geo, lvl.A
+        r, c = g.tblk.shape[1:]
+        pd = np.empty((len(g.pix), r, c), dtype=self.dtype)
+        _amg.smooth_prolongator(a.indptr, a.indices, a.data, lvl.dinv, g.agg, g.tblk, g.pip, g.pix, pd,
+                                PROLONGATION_OMEGA / lvl.lmax, self._threads(len(g.agg)))
+        return sp.bsr_matrix((pd, g.pix, g.pip), shape=(len(g.agg) * r, g.n_coarse * c))
 
     def _galerkin(self, lvl: _Level) -> sp.bsr_matrix:
-        P64 = lvl.P.astype(np.float64)
-        ap = sp.bsr_matrix(lvl.A.astype(np.float64) @ P64, blocksize=P64.blocksize)
-        ac = (P64.T.tobsr(blocksize=(P64.blocksize[1], P64.blocksize[0])) @ ap)
-        c = P64.blocksize[1]
-        return _bsr(sp.bsr_matrix(ac, blocksize=(c, c)), c, self.dtype)
+        """A_c = P^T A P on the stored pattern (compiled, parallel, no A P kept)."""
+        g, a, P = lvl.geo, lvl.A, lvl.P
+        r, c = P.blocksize
+        nc = g.n_coarse
+        nt = self._threads(len(g.agg))
+        cd = np.empty((len(g.cix), c, c), dtype=self.dtype)
+        work = np.cumsum(np.diff(g.cip))
+        split = np.searchsorted(work, np.arange(1, nt) * work[-1] / nt).astype(np.int32) if nc else np.zeros(0, np.int32)
+        split = np.r_[0, np.minimum(split + 1, nc), nc].astype(np.int32)
+        iwork = np.empty((nt, 4 * nc + 1), dtype=np.int32)
+        acc = np.empty((nt, max(g.max_touched, 1) * r * c), dtype=self.dtype)
+        _amg.galerkin(a.indptr, a.indices, a.data, P.indptr, P.indices, P.data, g.cip, g.cix, cd, split, iwork,
+                      acc, nt)
+        cd[g.lower] = cd[g.mirror].transpose(0, 2, 1)  # symmetric: lower blocks from the upper ones
+        return sp.bsr_matrix((cd, g.cix, g.cip), shape=(nc * c, nc * c))
 
     def _dinv_apply(self, lvl: _Level, r: np.ndarray) -> np.ndarray:
         nb, R = lvl.dinv.shape[:2]
         return np.einsum("nab,nb->na", lvl.dinv, r.reshape(nb, R)).ravel()
 
     def _matvec(self, a: sp.bsr_matrix, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        _amg.bsr_matvec(a.indptr, a.indices, a.data, x, y, False, self.n_threads)
+        _amg.bsr_matvec(a.indptr, a.indices, a.data, x, y, False, self._threads(a.indptr.shape[0] - 1))
         return y
 
     def _lmax(self, lvl: _Level) -> float:
@@ -277,18 +362,22 @@ class SmoothedAggregation:
     def nbytes(self) -> int:
         total = 0
         for lvl in self.levels:
-            for m in (lvl.A, lvl.P, lvl.T):
+            for m in (lvl.A, lvl.P):
                 if m is not None:
                     total += m.data.nbytes + m.indices.nbytes + m.indptr.nbytes
+            if lvl.geo is not None:
+                total += sum(x.nbytes for x in (lvl.geo.agg, lvl.geo.tblk, lvl.geo.pip, lvl.geo.pix, lvl.geo.cip,
+                                                lvl.geo.cix))
             total += lvl.dinv.nbytes
         return int(total)
 
     def _smooth(self, lvl: _Level, b: np.ndarray, x: np.ndarray, zero: bool, residual: bool) -> np.ndarray:
         """Chebyshev smoothing of A x = b (in place on x); returns the residual b - A x if
         ``residual`` (one more product), else a work array."""
-        a, nt = lvl.A, self.n_threads
+        a = lvl.A
+        nt = self._threads(a.indptr.shape[0] - 1)
         w = lvl.work
-        if not w:
+        if "r" not in w:
             w.update(r=np.empty_like(b), d0=np.empty_like(b), d1=np.empty_like(b))
         r, d0, d1 = w["r"], w["d0"], w["d1"]
         upper = CHEB_SAFETY * lvl.lmax
@@ -318,30 +407,38 @@ class SmoothedAggregation:
             b64 = b.astype(np.float64)
             x = sla.cho_solve(fac, b64, check_finite=False) if kind == "chol" else fac @ b64
             return x.astype(self.dtype)
-        x = np.empty_like(b)
+        if "x" not in lvl.work:
+            lvl.work.update(x=np.empty_like(b), bc=np.empty(lvl.P.shape[1], dtype=self.dtype))
+        x, bc = lvl.work["x"], lvl.work["bc"]
         r = self._smooth(lvl, b, x, zero=True, residual=True)
         P = lvl.P
-        bc = np.empty(P.shape[1], dtype=self.dtype)
-        _amg.bsr_rmatvec(P.indptr, P.indices, P.data, r, bc, lvl.scratch, self.n_threads)
+        nt = self._threads(P.indptr.shape[0] - 1)
+        _amg.bsr_rmatvec(P.indptr, P.indices, P.data, r, bc, lvl.scratch, nt)
         xc = self._cycle(depth + 1, bc)
-        _amg.bsr_matvec(P.indptr, P.indices, P.data, xc, x, True, self.n_threads)
+        _amg.bsr_matvec(P.indptr, P.indices, P.data, xc, x, True, nt)
         self._smooth(lvl, b, x, zero=False, residual=False)
         return x
 
-    def __call__(self, b: np.ndarray) -> np.ndarray:
+    def __call__(self, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """One V-cycle applied to ``b`` (float64 in, float64 out; pinned DOFs pass through 0)."""
-        bb = np.asarray(b, dtype=self.dtype)
-        x = self._cycle(0, np.ascontiguousarray(bb))
-        out = x.astype(np.float64)
+        w = self.levels[0].work
+        if "b" not in w:
+            w["b"] = np.empty(self.n, dtype=self.dtype)
+        w["b"][:] = b
+        x = self._cycle(0, w["b"])
+        out = np.empty(self.n) if out is None else out
+        out[:] = x
         out[self.pinned] = 0.0
         return out
 
 
-def _bsr_rect(a, r: int, c: int, dtype) -> sp.bsr_matrix:
-    """``a`` as BSR with (r, c) blocks, sorted, int32 indices, exactly nnzb stored blocks."""
+def _bsr_rect(a, r: int, c: int, dtype, *, temporary: bool = False) -> sp.bsr_matrix:
+    """``a`` as BSR with (r, c) blocks, sorted, int32 indices, exactly nnzb stored blocks
+    (``temporary``: ``a`` may be sorted in place)."""
     a = a if sp.isspmatrix_bsr(a) and a.blocksize == (r, c) else sp.bsr_matrix(a, blocksize=(r, c))
     if not a.has_sorted_indices:
-        a = a.copy()
+        if not temporary:
+            a = a.copy()
         a.sort_indices()
     nnzb = int(a.indptr[-1])
     return sp.bsr_matrix((np.ascontiguousarray(a.data[:nnzb], dtype=dtype),
