@@ -111,8 +111,13 @@ def _structure(a: sp.bsr_matrix, aggop: sp.csr_matrix, T: sp.bsr_matrix, dtype) 
     cp.sort_indices()
     rows = np.repeat(np.arange(cp.shape[0]), np.diff(cp.indptr))
     lower = np.flatnonzero(cp.indices < rows)
-    pos = sp.csr_matrix((np.arange(cp.nnz) + 1, cp.indices, cp.indptr), shape=cp.shape)
-    mirror = np.asarray(pos.T.tocsr()[rows[lower], cp.indices[lower]]).ravel() - 1  # position of (J, I)
+    # the pattern is symmetric: its transpose, sorted, lists for every entry (I, J) the position
+    # of (J, I)
+    pos = sp.csr_matrix((np.arange(cp.nnz, dtype=np.int64), cp.indices, cp.indptr), shape=cp.shape).T.tocsr()
+    pos.sort_indices()
+    if not (np.array_equal(pos.indptr, cp.indptr) and np.array_equal(pos.indices, cp.indices)):
+        raise SolverError("the coarse matrix pattern is not symmetric; the stiffness pattern must be symmetric")
+    mirror = pos.data[lower]
     i32 = np.int32
     return _Structure(agg, tblk, pp.indptr.astype(i32), pp.indices.astype(i32), cp.indptr.astype(i32),
                       cp.indices.astype(i32), max_touched, lower, mirror.astype(np.int64))

@@ -176,7 +176,7 @@ class StiffnessAssembler:
     constructor; :meth:`assemble` only computes values. The assembler keeps a private
     copy of the node coordinates and cells, or, instead, the scaled shape-function
     gradients ``sqrt(w det J) dN/dX`` at the quadrature points when these take at most
-    60% of the size of the assembled matrix (otherwise they are recomputed at every
+    60% of the size of the assembled matrix in 3x3 blocks (otherwise they are recomputed at every
     assembly: closed form for tet4, precomputed reference gradients for tet10/hex8).
     Voxel meshes use one template element matrix.
 
@@ -301,8 +301,10 @@ class StiffnessAssembler:
         m, k = self._cells.shape
         nq = len(self._wq)
         nbytes = m * nq * k * 3 * 8
-        csr_bytes = self.nnz * (8 + np.dtype(self.index_dtype).itemsize)
-        if request is None and nbytes > _CACHE_FRACTION * csr_bytes:
+        # the matrix as 3x3 blocks (8-byte values, one int32 index per block), the layout the
+        # AMG solver keeps: a cache larger than 60 % of it is recomputed instead (general hex8)
+        matrix_bytes = self.nnz * 8 + (self.nnz // 9) * 4
+        if request is None and nbytes > _CACHE_FRACTION * matrix_bytes:
             return None
         geo = np.empty((m, nq, k, 3))
         bad = np.zeros(m, dtype=np.int8)
