@@ -62,6 +62,12 @@ AUTO_DIRECT_MAX_FREE_CHOLMOD = 80_000
 AUTO_DIRECT_MEMORY_FRACTION = 0.5
 
 DEFAULT_MAXITER = 2000
+#: ``preconditioner=`` an AMG solver: CG first uses the base hierarchy as it is, and rebuilds it
+#: (re-smoothed prolongators and Galerkin products on the base's aggregates) for the new
+#: moduli when that takes more than this many times the base's last iteration count
+REUSE_ITERATION_FACTOR = 1.5
+#: ... but never below this many iterations
+REUSE_MIN_ITERATIONS = 20
 
 
 def _have_cholmod() -> bool:
@@ -223,9 +229,11 @@ class LinearSolver:
         fixed DOFs and ties) on the same mesh, e.g. the same bone before a density change.
         A factorisation is reused as the preconditioner of CG on ``K`` (method ``"cg-reuse"``):
         no new set-up, and few iterations when the moduli changed moderately. An AMG set-up
-        gives its aggregates and tentative prolongators (geometry only) to a new hierarchy for
-        ``K``, of which only the prolongator smoothing and the Galerkin products are recomputed
-        (method ``"amg-reuse"``). The answer still meets ``rtol`` on ``K`` itself.
+        (method ``"amg-reuse"``) is first used as it is; when CG on ``K`` needs more than
+        ``REUSE_ITERATION_FACTOR`` (1.5) times the base's last iteration count, a hierarchy for
+        ``K`` is built on the base's aggregates and tentative prolongators (geometry only):
+        only the prolongator smoothing and the Galerkin products are recomputed, and CG goes
+        on from where it stopped. The answer meets ``rtol`` on ``K`` itself either way.
 
     Raises
     ------
@@ -267,6 +275,7 @@ class LinearSolver:
         fixed, self._fixed_given = _fixed_mask(fixed_dofs, self.n_dofs)
         self.red = TieReduction(n_nodes, pts, ties)
         self.tie_names = self.red.names
+        self.last_iterations = 0
 
         slave_nodes = np.flatnonzero(self.red.slave_of >= 0)
         clash = slave_nodes[fixed.reshape(-1, 3)[slave_nodes].any(axis=1)]
@@ -349,10 +358,14 @@ class LinearSolver:
                     or base.tie_names != self.tie_names:
                 raise SolverError("preconditioner was set up for other constraints (free DOFs or ties differ); "
                                   "it can only be reused for the same fixed DOFs and ties")
-            self.amg = base.amg.refresh(kz)
+            # the base hierarchy first; rebuilt on the aggregation of the base (geometry only)
+            # when CG with it needs more than REUSE_ITERATION_FACTOR x the base's iterations
+            self.amg = base.amg
+            self._refresh_from = base
             self.method = "amg-reuse"
         else:
             self.amg = SmoothedAggregation(kz, self.red.near_null_space(self.points), pinned)
+            self._refresh_from = None
             self.method = "amg-cg"
         self.memory_estimate_bytes = int(self.amg.nbytes + 8 * self.n_free * 6)
 
@@ -619,7 +632,8 @@ class LinearSolver:
             its.append(count[0])
         return x, its
 
-    def _solve_amg(self, fz: np.ndarray, zp: np.ndarray) -> tuple[np.ndarray, list[int], list[float]]:
+    def _solve_amg(self, fz: np.ndarray, zp: np.ndarray, z0: np.ndarray | None
+                   ) -> tuple[np.ndarray, list[int], list[float]]:
         """AMG-preconditioned CG on the masked reduced system for each column; z (n_z, r)."""
         from .amg import pcg
 
@@ -631,7 +645,26 @@ class LinearSolver:
             g[self._presc] = zp[:, j]
             b = fz[:, j] - self._kz @ g if np.any(g) else fz[:, j].copy()
             b[self._pinned] = 0.0
-            x, it, rj = pcg(self._amg_matvec, b, self.amg, rtol=self.rtol, maxiter=self.maxiter)
+            x0 = None
+            if z0 is not None:
+                x0 = np.array(z0[:, min(j, z0.shape[1] - 1)], dtype=np.float64)
+                x0[self._pinned] = 0.0
+            if self._refresh_from is not None:
+                base = self._refresh_from
+                cap = max(REUSE_MIN_ITERATIONS, int(REUSE_ITERATION_FACTOR * max(base.last_iterations, 1)))
+                x, it, rj = pcg(self._amg_matvec, b, self.amg, rtol=self.rtol, maxiter=min(cap, self.maxiter),
+                                x0=x0)
+                if rj > self.rtol:
+                    log.info("CG with the base AMG hierarchy: %d iterations, residual %.1e; rebuilding the "
+                             "hierarchy on its aggregates for the new moduli", it, rj)
+                    self.amg = base.amg.refresh(self._kz)
+                    self._refresh_from = None
+                    self.memory_estimate_bytes = int(self.amg.nbytes + 8 * self.n_free * 6)
+                    x, it2, rj = pcg(self._amg_matvec, b, self.amg, rtol=self.rtol,
+                                     maxiter=max(self.maxiter - it, 1), x0=x)
+                    it += it2
+            else:
+                x, it, rj = pcg(self._amg_matvec, b, self.amg, rtol=self.rtol, maxiter=self.maxiter, x0=x0)
             if rj > self.rtol:
                 raise SolverError(
                     f"{self.method} preconditioned CG did not converge: {it} iterations, relative residual {rj:.3e} "
@@ -646,7 +679,7 @@ class LinearSolver:
         return z, its, res
 
     def solve(self, f, fixed_values=None, *, tie_values: Mapping | Sequence | None = None,
-              tie_loads: Mapping | Sequence | None = None) -> Solution:
+              tie_loads: Mapping | Sequence | None = None, initial_u=None) -> Solution:
         """Solve for load(s) ``f`` and prescribed values, reusing the set-up.
 
         Parameters
@@ -660,6 +693,9 @@ class LinearSolver:
             reference values of ties (mm, rad); DOFs must be prescribed in the tie.
         tie_loads : ``{tie name or index: (Fx, Fy, Fz, Mx, My, Mz)}`` (N, N mm) overriding
             the ties' force/moment on free reference DOFs.
+        initial_u : (3n,) or (3n, r) displacements (mm) to start CG from, e.g. the solution of
+            the same load on the previous moduli (AMG methods; direct methods ignore it). Its
+            values at prescribed DOFs are replaced by the prescribed ones.
         """
         t0 = time.perf_counter()
         fa = np.asarray(f, dtype=np.float64)
@@ -679,7 +715,17 @@ class LinearSolver:
         for k in range(red.n_ties):
             fz[red.tie_dof(k)] += loads[k][:, None]
         if self.amg is not None:
-            z, its, res = self._solve_amg(fz, zp)
+            z0 = None
+            if initial_u is not None:
+                u0 = np.asarray(initial_u, dtype=np.float64)
+                u0 = u0[:, None] if u0.ndim == 1 else u0
+                if u0.ndim != 2 or u0.shape[0] != self.n_dofs or u0.shape[1] not in (1, r) \
+                        or not np.isfinite(u0).all():
+                    raise SolverError(f"initial_u must be finite with shape ({self.n_dofs},) or ({self.n_dofs}, "
+                                      f"{r}), got {np.shape(initial_u)}")
+                z0 = np.zeros((red.n_z, u0.shape[1]))
+                z0[: red.n_master] = u0[red.master_dofs]
+            z, its, res = self._solve_amg(fz, zp, z0)
         else:
             b = fz[self._free] - self._kfp @ zp
             xf, its = self._solve_free(b)
@@ -700,6 +746,7 @@ class LinearSolver:
                 ties[self.tie_names[k]] = TieResult(
                     self.tie_names[k], _squeeze(z[d[:3]], one), _squeeze(z[d[3:]], one),
                     _squeeze(rz[d[:3]], one), _squeeze(rz[d[3:]], one))
+        self.last_iterations = int(max(its))
         report = SolveReport(self.method, int(max(its)), float(max(res)), self.setup_seconds,
                              time.perf_counter() - t0, int(self.memory_estimate_bytes), self.n_dofs, self.n_free,
                              r, red.n_ties, int(self.orphan_nodes.size))
