@@ -10,7 +10,7 @@ or float64; vectors have the same float type. Each output entry is written by on
 summed in a fixed order, so results do not depend on the number of threads (except
 :func:`bsr_rmatvec`, whose per-thread partial sums are added in thread order).
 """
-from cython.parallel cimport prange
+from cython.parallel cimport prange, threadid
 from libc.stdint cimport int32_t
 
 import numpy as np
@@ -21,6 +21,7 @@ ctypedef fused real_t:
 
 cdef enum:
     MAXB = 8   # largest block dimension (3 DOFs per node, 6 rigid-body modes)
+    ROWS_PER_TASK = 1024  # rows per dynamically scheduled task (threads that lag on a busy machine get fewer)
 
 
 cdef inline void _row_product_n(const int32_t* indptr, const int32_t* indices, const real_t* data,
@@ -93,7 +94,7 @@ def bsr_matvec(const int32_t[::1] indptr, const int32_t[::1] indices, const real
     cdef const real_t* px = &x[0]
     cdef real_t* py = &y[0]
     with nogil:
-        for i in prange(n, num_threads=n_threads, schedule="static"):
+        for i in prange(n, num_threads=n_threads, schedule="dynamic", chunksize=ROWS_PER_TASK):
             _matvec_row(ip, ix, d, px, py, i, R, C, add)
 
 
@@ -112,21 +113,22 @@ cdef inline void _matvec_row(const int32_t* ip, const int32_t* ix, const real_t*
 
 def bsr_rmatvec(const int32_t[::1] indptr, const int32_t[::1] indices, const real_t[:, :, ::1] data,
                 const real_t[::1] x, real_t[::1] y, real_t[:, ::1] scratch, int n_threads):
-    """y = A^T x. ``scratch`` (n_threads, y.size): per-thread partial sums (rows split in
-    contiguous chunks), added in thread order."""
+    """y = A^T x. ``scratch`` (k, y.size): partial sums of k contiguous chunks of rows (taken
+    by the threads as they come free), added in chunk order: the result depends on k, not on
+    the number of threads."""
     cdef Py_ssize_t n = indptr.shape[0] - 1, m = y.shape[0], i, p, t, j, lo, hi, chunk
-    cdef int R = data.shape[1], C = data.shape[2], r, c, nt = n_threads
+    cdef int R = data.shape[1], C = data.shape[2], r, c, nt = n_threads, nk = scratch.shape[0]
     cdef const real_t* blk
     cdef real_t* out
     cdef double s
-    if x.shape[0] != n * R or m % C or scratch.shape[0] < nt or scratch.shape[1] != m:
+    if x.shape[0] != n * R or m % C or nk < 1 or scratch.shape[1] != m:
         raise ValueError("bsr_rmatvec: inconsistent shapes")
     if n == 0 or m == 0:
         y[:] = 0
         return
-    chunk = (n + nt - 1) // nt
+    chunk = (n + nk - 1) // nk
     with nogil:
-        for t in prange(nt, num_threads=nt, schedule="static"):
+        for t in prange(nk, num_threads=nt, schedule="dynamic", chunksize=1):
             out = &scratch[t, 0]
             for j in range(m):
                 out[j] = 0
@@ -141,7 +143,7 @@ def bsr_rmatvec(const int32_t[::1] indptr, const int32_t[::1] indices, const rea
                             s = s + blk[r * C + c] * x[i * R + r]
                         out[<Py_ssize_t>indices[p] * C + c] += <real_t>s
         for j in prange(m, num_threads=nt, schedule="static"):
-            y[j] = _column_sum(&scratch[0, 0], m, nt, j)
+            y[j] = _column_sum(&scratch[0, 0], m, nk, j)
 
 
 def bsr_residual(const int32_t[::1] indptr, const int32_t[::1] indices, const real_t[:, :, ::1] data,
@@ -154,7 +156,7 @@ def bsr_residual(const int32_t[::1] indptr, const int32_t[::1] indices, const re
     if n == 0:
         return
     with nogil:
-        for i in prange(n, num_threads=n_threads, schedule="static"):
+        for i in prange(n, num_threads=n_threads, schedule="dynamic", chunksize=ROWS_PER_TASK):
             _residual_row(&indptr[0], &indices[0], &data[0, 0, 0], &x[0], &b[0], &r_out[0], i, R)
 
 
@@ -186,7 +188,7 @@ def cheb_first(const real_t[:, :, ::1] dinv, const real_t[::1] r, real_t[::1] d,
     if n == 0:
         return
     with nogil:
-        for i in prange(n, num_threads=n_threads, schedule="static"):
+        for i in prange(n, num_threads=n_threads, schedule="dynamic", chunksize=ROWS_PER_TASK):
             for a in range(R):
                 s = 0.0
                 for b in range(R):
@@ -207,7 +209,7 @@ def cheb_step(const int32_t[::1] indptr, const int32_t[::1] indices, const real_
     if n == 0:
         return
     with nogil:
-        for i in prange(n, num_threads=n_threads, schedule="static"):
+        for i in prange(n, num_threads=n_threads, schedule="dynamic", chunksize=ROWS_PER_TASK):
             _cheb_row(&indptr[0], &indices[0], &data[0, 0, 0], &dinv[0, 0, 0], &d_old[0], &d_new[0], &r[0],
                       &x[0], i, R, alpha, c)
 
@@ -326,7 +328,7 @@ def smooth_prolongator(const int32_t[::1] aip, const int32_t[::1] aix, const rea
     if n == 0 or pix.shape[0] == 0:
         return
     with nogil:
-        for i in prange(n, num_threads=n_threads, schedule="static"):
+        for i in prange(n, num_threads=n_threads, schedule="dynamic", chunksize=ROWS_PER_TASK):
             _smooth_row(&aip[0], &aix[0], &ad[0, 0, 0], &dinv[0, 0, 0], &agg[0], &tblk[0, 0, 0], &pip[0],
                         &pix[0], &pd[0, 0, 0], i, R, C, w)
 
@@ -373,6 +375,8 @@ cdef void _galerkin_range(const int32_t* aip, const int32_t* aix, const real_t* 
                     continue  # lower triangle: the transpose of (J, I), filled by the caller
                 v = cip[I] + pos[J]
                 _gemm_tn_add(pd + q * rc, acc + <Py_ssize_t>k * rc, cd + v * cc, R, C, C)
+        for k in range(nt_):  # the stamps are per thread and outlive this task
+            stamp[touched[k]] = -1
 
 
 def galerkin(const int32_t[::1] aip, const int32_t[::1] aix, const real_t[:, :, ::1] ad,
@@ -382,15 +386,15 @@ def galerkin(const int32_t[::1] aip, const int32_t[::1] aix, const real_t[:, :, 
     """Upper block triangle (J >= I) of the Galerkin product A_c = P^T A P on the symmetric
     pattern (cip, cix) of A_c (sorted rows); the lower blocks are left at zero.
 
-    Thread t owns the coarse rows split[t] <= I < split[t + 1] and walks the fine rows in
+    Task t owns the coarse rows split[t] <= I < split[t + 1] and walks the fine rows in
     order, computing (A P)_i only for rows whose P row touches its range, so every entry is
-    summed in the same order for any thread count. ``iwork`` (n_threads, 3 nc + 1) int32 and
+    summed in the same order for any thread count; tasks go to threads as they come free. ``iwork`` (n_threads, 3 nc + 1) int32 and
     ``acc`` (n_threads, max_touched * R * C) scratch; ``cd`` is overwritten."""
-    cdef Py_ssize_t n = aip.shape[0] - 1, nc = cip.shape[0] - 1, t
-    cdef int R = ad.shape[1], C = pd.shape[2], nt = n_threads
+    cdef Py_ssize_t n = aip.shape[0] - 1, nc = cip.shape[0] - 1, t, tasks = split.shape[0] - 1
+    cdef int R = ad.shape[1], C = pd.shape[2], nt = n_threads, tid
     if (R > MAXB or C > MAXB or ad.shape[2] != R or pd.shape[1] != R or pip.shape[0] != n + 1
             or cd.shape[0] != cix.shape[0] or cd.shape[1] != C or cd.shape[2] != C
-            or split.shape[0] != nt + 1 or iwork.shape[0] < nt or iwork.shape[1] < 4 * nc + 1
+            or split.shape[0] < 2 or iwork.shape[0] < nt or iwork.shape[1] < 4 * nc + 1
             or acc.shape[0] < nt):
         raise ValueError("galerkin: inconsistent shapes")
     cd[:, :, :] = 0
@@ -398,7 +402,8 @@ def galerkin(const int32_t[::1] aip, const int32_t[::1] aix, const real_t[:, :, 
         return
     iwork[:, :] = -1
     with nogil:
-        for t in prange(nt, num_threads=nt, schedule="static"):
+        for t in prange(tasks, num_threads=nt, schedule="dynamic", chunksize=1):
+            tid = threadid()
             _galerkin_range(&aip[0], &aix[0], &ad[0, 0, 0], &pip[0], &pix[0], &pd[0, 0, 0], &cip[0], &cix[0],
-                            &cd[0, 0, 0], n, R, C, split[t], split[t + 1], &iwork[t, 0], &iwork[t, nc],
-                            &iwork[t, 3 * nc], &acc[t, 0], &iwork[t, 2 * nc], &iwork[t, 4 * nc])
+                            &cd[0, 0, 0], n, R, C, split[t], split[t + 1], &iwork[tid, 0], &iwork[tid, nc],
+                            &iwork[tid, 3 * nc], &acc[tid, 0], &iwork[tid, 2 * nc], &iwork[tid, 4 * nc])

@@ -53,6 +53,10 @@ LANCZOS_STEPS = 10
 MAX_LEVELS = 12
 #: levels with fewer block rows run their kernels on one thread (thread start-up dominates)
 SERIAL_BELOW = 20000
+#: row chunks of the restriction P^T r (partial sums added in chunk order: thread-count independent)
+RESTRICT_CHUNKS = 8
+#: coarse-row tasks per thread of the Galerkin product (dynamic scheduling on a busy machine)
+GALERKIN_TASKS_PER_THREAD = 8
 
 
 @dataclass
@@ -62,7 +66,7 @@ class _Level:
     lmax: float = 0.0                     # estimate of the largest eigenvalue of D^-1 A
     geo: "_Structure | None" = None       # aggregates, T and patterns (geometry only)
     P: sp.bsr_matrix | None = None        # smoothed prolongator (float32)
-    scratch: np.ndarray | None = None     # (n_threads, n_coarse) for P^T r
+    scratch: np.ndarray | None = None     # (RESTRICT_CHUNKS, n_coarse) for P^T r
     work: dict = field(default_factory=dict)
 
 
@@ -261,7 +265,7 @@ class SmoothedAggregation:
                 del T, agg
             lvl.P = self._smooth_prolongator(lvl)
             a = self._galerkin(lvl)
-            lvl.scratch = np.empty((self.n_threads, lvl.P.shape[1]), dtype=self.dtype)
+            lvl.scratch = np.empty((RESTRICT_CHUNKS, lvl.P.shape[1]), dtype=self.dtype)
             depth += 1
         coarse = levels[-1].A.toarray().astype(np.float64)
         diag = np.diag(coarse).copy()
@@ -293,9 +297,11 @@ class SmoothedAggregation:
         nc = g.n_coarse
         nt = self._threads(len(g.agg))
         cd = np.empty((len(g.cix), c, c), dtype=self.dtype)
+        # coarse row ranges of equal pattern size, GALERKIN_TASKS_PER_THREAD per thread
+        tasks = nt * GALERKIN_TASKS_PER_THREAD
         work = np.cumsum(np.diff(g.cip))
-        split = np.searchsorted(work, np.arange(1, nt) * work[-1] / nt).astype(np.int32) if nc else np.zeros(0, np.int32)
-        split = np.r_[0, np.minimum(split + 1, nc), nc].astype(np.int32)
+        split = np.searchsorted(work, np.arange(1, tasks) * work[-1] / tasks) + 1 if nc else np.zeros(0, np.int64)
+        split = np.unique(np.r_[0, np.minimum(split, nc), nc]).astype(np.int32)
         iwork = np.empty((nt, 4 * nc + 1), dtype=np.int32)
         acc = np.empty((nt, max(g.max_touched, 1) * r * c), dtype=self.dtype)
         _amg.galerkin(a.indptr, a.indices, a.data, P.indptr, P.indices, P.data, g.cip, g.cix, cd, split, iwork,
@@ -456,12 +462,20 @@ def pcg(matvec, b: np.ndarray, precond, *, rtol: float, maxiter: int, x0: np.nda
     """Preconditioned conjugate gradients in float64: ``||b - A x|| <= rtol ||b||``.
 
     Returns (x, iterations, relative residual); the residual is recomputed from ``matvec`` at
-    the end and CG restarts from x if the recursive residual drifted (at most twice).
+    the end and CG restarts from x if the recursive residual drifted (at most twice). A guess
+    ``x0`` is first scaled by the factor that minimises the energy norm of the error along it,
+    ``(x0 . b) / (x0 . A x0)`` (never worse than x0 or 0; a global stiffness change only rescales
+    the displacement).
     """
     nb = float(np.linalg.norm(b))
-    x = np.zeros_like(b) if x0 is None else np.array(x0, dtype=np.float64)
     if nb == 0.0:
         return np.zeros_like(b), 0, 0.0
+    x = np.zeros_like(b)
+    if x0 is not None:
+        x = np.array(x0, dtype=np.float64)
+        ax = matvec(x)
+        xax = float(x @ ax)
+        x *= float(x @ b) / xax if xax > 0 else 0.0
     its = 0
     for _restart in range(3):
         r = b - matvec(x) if (x0 is not None or its) else b.copy()

@@ -145,7 +145,8 @@ def test_set_up_does_not_depend_on_thread_count():
             assert np.array_equal(l1.A.data, l2.A.data)
             if l1.P is not None:
                 assert np.array_equal(l1.P.data, l2.P.data)
-        np.testing.assert_allclose(h1(b), h2(b), rtol=1e-6, atol=1e-6 * np.abs(h1(b)).max())
+        # every kernel sums in a fixed order: the V-cycle is bitwise the same
+        np.testing.assert_array_equal(h1(b), h2(b))
     finally:
         amg.SERIAL_BELOW = old
 
