@@ -8,9 +8,17 @@ The public API is re-exported here lazily (modules are imported on first use so 
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
 
 __version__ = "0.1.0"
+
+# OpenMP threads that finish a parallel loop sleep instead of spinning (read once, when the
+# compiled kernels first load the OpenMP runtime; an explicit OMP_WAIT_POLICY wins). On a
+# machine whose cores are shared, spinning threads take the time the lagging thread needs:
+# AMG-CG at 300k DOFs with 2 threads under load ~10 took 30 s spinning and 14 s sleeping
+# (benchmarks/bench_speed.py); on idle cores the difference is a few microseconds per loop.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # public name -> submodule that defines it
 _EXPORTS: dict[str, str] = {
