@@ -108,7 +108,10 @@ def build(problem: str, size: int):
         values = np.concatenate([np.zeros(3 * len(bottom)), np.full(len(top), -0.2)])
         f = np.zeros(3 * mesh.n_points)
     else:
-        from femur_fe.commands.verify import structured_mesh
+        try:  # the structured verification meshes (femur_fe.fe.boxes in the subpackage layout)
+            from femur_fe.fe.boxes import structured_mesh
+        except ImportError:
+            from femur_fe.commands.verify import structured_mesh
 
         cell_type = {"tet4": "tetra", "tet10": "tetra10", "hex8": "hexahedron"}[problem]
         n = size
