@@ -18,7 +18,8 @@ How a case becomes an FE problem
    or force (exact: the model is linear and the free plate DOFs carry no load). The wedge
    case prescribes the plate rotation instead.
 5. Supports: ``fix = "all"`` holds all DOFs of the region (or of its cap's top),
-   ``fix = "along_load"`` only the component along the load.
+   ``fix = "along_load"`` only the component along the load, ``fix = "across_load"`` the two
+   components perpendicular to it (the region slides freely along the load).
 
 Several load directions on one model (:meth:`Analysis.solve_directions`) reuse the
 assembled matrix and the solver set-up (factorisation or AMG hierarchy): only the
@@ -223,6 +224,8 @@ class Analysis:
                                    plate_rotation=(tie_res.rotation * scale) @ R,
                                    plate_moment=(tie_res.moment * scale) @ R)
         res.height_mm = self.height_mm
+        if hasattr(self.frame, "to_dict"):  # what the anatomy found, for checking (summary.json "frame")
+            res.extra["frame"] = self.frame.to_dict()
         if strength:
             res.evaluate_strength()
         log.info("solved %s: stiffness %s N/mm, load %.4g N, %.2f s", self.case.name,
@@ -289,7 +292,7 @@ def prepare(case, model: Model, *, frame=None, regions=None) -> Analysis:
         if not b.fix:
             continue
         nodes = region_fe_nodes[b.region]
-        comps = np.arange(3) if b.fix == "all" else np.array([2])
+        comps = {"all": np.arange(3), "along_load": np.array([2]), "across_load": np.array([0, 1])}[b.fix]
         fixed.append((3 * nodes[:, None] + comps).ravel())
     fixed_dofs = np.unique(np.concatenate(fixed)) if fixed else np.zeros(0, dtype=np.int64)
     load_name = case.loaded_regions[0]

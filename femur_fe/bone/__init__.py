@@ -3,7 +3,15 @@ anatomy, bundled bones, the Model (mesh + density + modulus).
 """
 from __future__ import annotations
 
-from .anatomy import FemurFrame, VertebraFrame, femur_frame, vertebra_frame
+from .anatomy import (
+    FemurFrame,
+    VertebraFrame,
+    VertebralBody,
+    femur_frame,
+    fit_sphere,
+    vertebra_frame,
+    vertebral_body,
+)
 from .bundled import (
     BoneModel,
     BundledBone,
@@ -62,11 +70,9 @@ from .materials import (
     material_law_names,
 )
 from .meshing import (
-    FemurLandmarks,
     RepairReport,
     cut_proximal_femur,
     dihedral_angles,
-    femur_landmarks,
     remesh_surface,
     repair_surface,
     surface_from_mask,
@@ -88,7 +94,6 @@ __all__ = [
     "DensityModulusLaw",
     "Eberle2013",
     "FemurFrame",
-    "FemurLandmarks",
     "FemurParams",
     "Keaveny1997",
     "Keller1994",
@@ -105,6 +110,7 @@ __all__ = [
     "PowerLaw",
     "RepairReport",
     "VertebraFrame",
+    "VertebralBody",
     "VertebraParams",
     "apparent_from_ash",
     "ash_from_apparent",
@@ -118,7 +124,7 @@ __all__ = [
     "cut_proximal_femur",
     "dihedral_angles",
     "femur_frame",
-    "femur_landmarks",
+    "fit_sphere",
     "fit_phantom_calibration",
     "hexmesh_from_mask",
     "load_bundled_qct",
@@ -142,5 +148,6 @@ __all__ = [
     "tet10_from_tet4",
     "tetmesh_from_surface",
     "vertebra_frame",
+    "vertebral_body",
     "write_bone",
 ]

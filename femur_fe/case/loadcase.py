@@ -33,10 +33,16 @@ Tables and their defaults (presets in ``loadcases/`` show them with their source
                                   # validated with; the vertebra laws take QCT density directly)
     source = ""
 
-    [anatomy]
+    [anatomy]                     # overrides of the automatic frame, in the mesh's (world) mm
     side = "auto"                 # femur: "auto" | "left" | "right"
+    head_centre_mm = "auto"       # femur: or [x, y, z]
+    head_radius_mm = "auto"       # femur: or a radius in mm
+    shaft_axis = "auto"           # femur: or a direction [x, y, z] (either sign)
+    neck_axis = "auto"            # femur: or a direction [x, y, z] (either sign)
+    greater_trochanter_mm = "auto"  # femur: or [x, y, z]
     anterior = "auto"             # vertebra: "auto" or an approximate direction [x, y, z]
     superior = "auto"             # vertebra: "auto" or an approximate direction [x, y, z]
+    body_axis = "auto"            # vertebra: or a direction [x, y, z] (either sign)
 
     [loading]
     mode = "displacement"         # or "force" (then force_n is required)
@@ -60,7 +66,7 @@ Tables and their defaults (presets in ``loadcases/`` show them with their source
     kind = "head_patch"           # patch_angle_deg = 30
          | "trochanter_patch"     # depth_mm = 5, radius_mm = 30
          | "distal_cut"           # depth_mm = 5, volume = false
-         | "superior_endplate" | "inferior_endplate"   # depth_mm = 2, normal_angle_deg = 45
+         | "superior_endplate" | "inferior_endplate"   # depth_mm = 5, normal_angle_deg = 45
          | "node_set"             # node_set = "name stored in the mesh"
          | "nodes"                # nodes = [0-based node ids]
     min_nodes = 3                 min_area_mm2 = 1.0 (automatic kinds) | 0.0 (explicit)
@@ -131,8 +137,8 @@ REGION_KINDS: dict[str, dict[str, Any]] = {
     "head_patch": {"patch_angle_deg": 30.0},
     "trochanter_patch": {"depth_mm": 5.0, "radius_mm": 30.0},
     "distal_cut": {"depth_mm": 5.0, "volume": False},
-    "superior_endplate": {"depth_mm": 2.0, "normal_angle_deg": 45.0},
-    "inferior_endplate": {"depth_mm": 2.0, "normal_angle_deg": 45.0},
+    "superior_endplate": {"depth_mm": 5.0, "normal_angle_deg": 45.0},
+    "inferior_endplate": {"depth_mm": 5.0, "normal_angle_deg": 45.0},
     "node_set": {"node_set": None},
     "nodes": {"nodes": None},
 }
@@ -184,7 +190,7 @@ class _Table:
 
     def get(self, key: str, kind: str, default: Any = _MISSING, *, choices=None, lo=None, hi=None,
             lo_open=False, hi_open=False) -> Any:
-        """kind: float | int | str | bool | vec3 | strlist | intlist | table | str_or_vec3."""
+        """kind: float | int | str | bool | vec3 | strlist | intlist | table | str_or_vec3 | str_or_point3."""
         self.allowed.append(key)
         if key not in self.raw:
             if default is _MISSING:
@@ -208,16 +214,18 @@ class _Table:
         elif kind == "bool":
             if not isinstance(v, bool):
                 raise self.err(f"{key} must be true or false, got {_typename(v)} {v!r}")
-        elif kind in ("vec3", "str_or_vec3"):
-            if kind == "str_or_vec3" and isinstance(v, str):
+        elif kind in ("vec3", "str_or_vec3", "str_or_point3"):
+            if kind != "vec3" and isinstance(v, str):
                 pass
             elif not (isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) and
                                                                    not isinstance(x, bool) for x in v)):
-                raise self.err(f"{key} must be {'a string or ' if kind == 'str_or_vec3' else ''}an array of "
+                raise self.err(f"{key} must be {'a string or ' if kind != 'vec3' else ''}an array of "
                                f"3 numbers [x, y, z], got {v!r}")
             else:
                 v = tuple(float(x) for x in v)
-                if math.sqrt(sum(x * x for x in v)) == 0:
+                if not all(math.isfinite(x) for x in v):
+                    raise self.err(f"{key} must be finite, got {list(v)}")
+                if kind != "str_or_point3" and math.sqrt(sum(x * x for x in v)) == 0:
                     raise self.err(f"{key} must be a non-zero direction, got {list(v)}")
         elif kind == "strlist":
             if not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
@@ -311,11 +319,32 @@ class Material:
 
 @dataclass(frozen=True)
 class Anatomy:
-    """``[anatomy]``: overrides for the automatic frame (side, anterior, superior)."""
+    """``[anatomy]``: overrides for the automatic frame, world mm / directions ("auto" = found).
+
+    Femur: side, head_centre_mm, head_radius_mm, shaft_axis, neck_axis, greater_trochanter_mm.
+    Vertebra: anterior, superior, body_axis.
+    """
 
     side: str = "auto"
     anterior: Any = "auto"
     superior: Any = "auto"
+    head_centre_mm: Any = "auto"
+    head_radius_mm: Any = "auto"
+    shaft_axis: Any = "auto"
+    neck_axis: Any = "auto"
+    greater_trochanter_mm: Any = "auto"
+    body_axis: Any = "auto"
+
+    def overrides(self, bone: str) -> dict[str, Any]:
+        """The keys of ``bone`` that are set (not "auto"), by [anatomy] name."""
+        keys = FEMUR_ANATOMY_KEYS if bone == "femur" else VERTEBRA_ANATOMY_KEYS
+        return {k: getattr(self, k) for k in keys if getattr(self, k) != "auto"}
+
+
+#: [anatomy] keys and their kinds: side choice, points (world mm), directions, a length
+FEMUR_ANATOMY_KEYS = {"side": "side", "head_centre_mm": "point", "head_radius_mm": "length",
+                      "shaft_axis": "direction", "neck_axis": "direction", "greater_trochanter_mm": "point"}
+VERTEBRA_ANATOMY_KEYS = {"anterior": "direction", "superior": "direction", "body_axis": "direction"}
 
 
 @dataclass(frozen=True)
@@ -371,7 +400,7 @@ class RegionSpec:
 
 @dataclass(frozen=True)
 class Boundary:
-    """``[[boundary]]``: ``apply = "load"`` or ``fix = "all" | "along_load"`` on a region."""
+    """``[[boundary]]``: ``apply = "load"`` or ``fix = "all" | "along_load" | "across_load"`` on a region."""
 
     region: str
     apply: str | None = None
@@ -480,17 +509,22 @@ def _parse_material(raw: Any, source: str, bone: str) -> Material:
 
 def _parse_anatomy(raw: Any, source: str, bone: str) -> Anatomy:
     t = _Table(raw, "[anatomy]", source)
-    if bone == "femur":
-        side = t.get("side", "str", "auto", choices=("auto", "left", "right"))
-        t.finish()
-        return Anatomy(side=side)
-    anterior = t.get("anterior", "str_or_vec3", "auto")
-    superior = t.get("superior", "str_or_vec3", "auto")
-    for key, v in (("anterior", anterior), ("superior", superior)):
-        if isinstance(v, str) and v != "auto":
-            raise t.err(f"{key} must be 'auto' or a direction [x, y, z], got {v!r}")
+    values: dict[str, Any] = {}
+    for key, kind in (FEMUR_ANATOMY_KEYS if bone == "femur" else VERTEBRA_ANATOMY_KEYS).items():
+        if kind == "side":
+            values[key] = t.get(key, "str", "auto", choices=("auto", "left", "right"))
+        elif kind == "length":
+            v = t.raw.get(key, "auto")
+            values[key] = t.get(key, "str", "auto", choices=("auto",)) if isinstance(v, str) else \
+                t.get(key, "float", "auto", lo=0.0, lo_open=True)
+        else:
+            v = t.get(key, "str_or_point3" if kind == "point" else "str_or_vec3", "auto")
+            if isinstance(v, str) and v != "auto":
+                what = "a point [x, y, z] in world mm" if kind == "point" else "a direction [x, y, z]"
+                raise t.err(f"{key} must be 'auto' or {what}, got {v!r}")
+            values[key] = v
     t.finish()
-    return Anatomy(anterior=anterior, superior=superior)
+    return Anatomy(**values)
 
 
 def _parse_loading(raw: Any, source: str, bone: str) -> Loading:
@@ -590,10 +624,11 @@ def _parse_boundary(raw: Any, source: str, i: int) -> Boundary:
     t = _Table(raw, f"[[boundary]] #{i + 1}", source)
     region = t.get("region", "str")
     apply = t.get("apply", "str", None, choices=("load",))
-    fix = t.get("fix", "str", None, choices=("all", "along_load"))
+    fix = t.get("fix", "str", None, choices=("all", "along_load", "across_load"))
     t.finish()
     if (apply is None) == (fix is None):
-        raise t.err(f"region {region!r} needs exactly one of apply = 'load' or fix = 'all' | 'along_load'")
+        raise t.err(f"region {region!r} needs exactly one of apply = 'load' or fix = 'all' | 'along_load' | "
+                    "'across_load'")
     return Boundary(region, apply, fix)
 
 
@@ -731,8 +766,8 @@ class LoadCase:
                          "e_min_mpa": self.material.e_min_mpa, "mapping": self.material.mapping,
                          "params": dict(self.material.params),
                          "calibration": {k: getattr(cal, k) for k in Calibration.__dataclass_fields__}},
-            "anatomy": ({"side": self.anatomy.side} if self.bone == "femur" else
-                        {"anterior": self.anatomy.anterior, "superior": self.anatomy.superior}),
+            "anatomy": {k: getattr(self.anatomy, k) for k in
+                        (FEMUR_ANATOMY_KEYS if self.bone == "femur" else VERTEBRA_ANATOMY_KEYS)},
             "loading": {"mode": self.loading.mode, "direction": self.loading.direction,
                         "displacement_mm": self.loading.displacement_mm, "force_n": self.loading.force_n,
                         **dict(self.loading.angles)},

@@ -23,18 +23,11 @@ from ..studies.compare import with_ct_calibration
 SURFACE_SUFFIXES = (".stl", ".obj", ".ply", ".vtp")
 
 
-def register(sub) -> None:
-    p = sub.add_parser("run", help="run a load case on a bone (mesh or surface, optionally a CT)",
-                       description="Run a load case: writes DIR/result.vtu and DIR/summary.json.")
+def add_bone_arguments(p) -> None:
+    """The bone-source options shared by ``run`` and ``regions`` (mesh, surface, mask, CT, --set)."""
     p.add_argument("case", help="load-case TOML file or preset name (e.g. sideways_fall)")
     p.add_argument("--mesh", help="volume mesh (.vtu/.msh/.inp...) or closed surface (.stl/.obj/.ply/.vtp)")
     p.add_argument("--ct", help="CT volume (NIfTI/NRRD/MHA/DICOM folder) for the material")
-    p.add_argument("--bundled", choices=("femur", "vertebra"),
-                   help="use a bundled bone (mesh + synthetic QCT + its calibration) instead of --mesh/--ct")
-    p.add_argument("--state", choices=("healthy", "osteopenic", "osteoporotic"), default="osteoporotic",
-                   help="bone state of --bundled (default %(default)s)")
-    p.add_argument("--calibration", help="HU -> mineral density calibration JSON (slope, intercept, unit); "
-                                         "sets the case's [material.calibration] for an HU CT")
     p.add_argument("--ct-unit", choices=("HU", "mg/cm3", "g/cm3"),
                    help="unit of --ct (default: [material.calibration] ct_unit of the case)")
     p.add_argument("--mask", help="mask/label image: mesh the bone from it when --mesh is not given")
@@ -42,9 +35,22 @@ def register(sub) -> None:
     p.add_argument("--mask-mesh", choices=("tet", "hex"), default="tet",
                    help="mesh built from --mask: tetrahedra from its surface or hex voxels (default %(default)s)")
     p.add_argument("--size", type=float, default=3.0, help="element size in mm when meshing (default %(default)s)")
-    p.add_argument("--out", "-o", required=True, help="output folder")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a case value by TOML key path, e.g. loading.adduction_deg=20")
+                   help="override a case value by TOML key path, e.g. loading.adduction_deg=20 or "
+                        "anatomy.head_centre_mm=[x,y,z]")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="run a load case on a bone (mesh or surface, optionally a CT)",
+                       description="Run a load case: writes DIR/result.vtu and DIR/summary.json.")
+    add_bone_arguments(p)
+    p.add_argument("--bundled", choices=("femur", "vertebra"),
+                   help="use a bundled bone (mesh + synthetic QCT + its calibration) instead of --mesh/--ct")
+    p.add_argument("--state", choices=("healthy", "osteopenic", "osteoporotic"), default="osteoporotic",
+                   help="bone state of --bundled (default %(default)s)")
+    p.add_argument("--calibration", help="HU -> mineral density calibration JSON (slope, intercept, unit); "
+                                         "sets the case's [material.calibration] for an HU CT")
+    p.add_argument("--out", "-o", required=True, help="output folder")
     p.add_argument("--nonlinear", action="store_true", help="also run the nonlinear strength analysis")
     p.add_argument("--sex", choices=("female", "male"), help="subject sex (fragility classification)")
     p.add_argument("--mass", type=float, help="body mass in kg (fall impact force, factor of risk)")
@@ -82,7 +88,8 @@ def load_bone_mesh(args, case):
     return tetmesh_from_surface(surface_from_mask(mask, geom.affine), element_size=args.size)
 
 
-def run(args) -> int:
+def case_from_args(args):
+    """The load case of ``args.case`` with the ``--set KEY=VALUE`` overrides applied."""
     case = load_case(resolve_case_path(args.case))
     if args.set:
         values = {}
@@ -92,6 +99,11 @@ def run(args) -> int:
             k, v = item.split("=", 1)
             values[k.strip()] = _parse_value(v.strip())
         case = case.with_values(values)
+    return case
+
+
+def run(args) -> int:
+    case = case_from_args(args)
     if args.bundled:
         if args.mesh or args.ct or args.mask:
             raise LoadCaseError("--bundled replaces --mesh/--ct/--mask: give one or the other")
