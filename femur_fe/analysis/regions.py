@@ -15,11 +15,15 @@ loads and caps can be built on it. Selection rules (parameters from ``[regions.<
 * ``distal_cut``: boundary faces within ``depth_mm`` of the most distal point along the
   shaft axis; when at least half of their area is one flat face (normals within 25 deg),
   the whole flat cut face is taken (faces within 1 mm of its plane), so an oblique cut is
-  selected completely. ``volume = true`` adds every mesh node in the distal slab.
-* ``superior_endplate`` / ``inferior_endplate``: boundary faces of the vertebral body (within
-  the body's depth and width around its centre) whose normal is within
-  ``normal_angle_deg`` of the endplate normal, within ``depth_mm`` below the most superior
-  (inferior) such face along the normal.
+  selected completely. ``volume = true`` adds every mesh node in the distal slab. On a
+  femur truncated above the lesser trochanter this is the cut face in the trochanteric
+  region, which carries part of the load: a warning says so.
+* ``superior_endplate`` / ``inferior_endplate``: boundary faces of the vertebral body
+  (:meth:`~femur_fe.bone.anatomy.VertebraFrame.in_body`: the body separated from the
+  posterior elements) whose normal is within ``normal_angle_deg`` of the endplate normal,
+  within ``depth_mm`` below the most superior (inferior) such face along the normal. They
+  are refused (:func:`check_endplates`) under 300 mm^2, with a mean normal more than 30 deg
+  off the body axis, or when the two differ in area by more than 2x.
 * ``node_set`` / ``nodes``: explicit node ids (faces: boundary faces whose corner nodes all
   belong to the set).
 

@@ -73,7 +73,7 @@ Tables and their defaults (presets in ``loadcases/`` show them with their source
 
     [[boundary]]                  # one of apply / fix
     region = "head_contact"       apply = "load"
-    region = "distal_cut"         fix = "all"      # "all" | "along_load"
+    region = "distal_cut"         fix = "all"      # "all" | "along_load" | "across_load" (free along the load)
         defaults: sideways_fall: head_contact load, trochanter_contact fix all, distal_cut fix all
                   stance: head_contact load, distal_cut fix all
                   axial / wedge: superior_endplate load, inferior_endplate fix all
