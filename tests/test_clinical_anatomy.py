@@ -111,6 +111,18 @@ def test_right_femur_moved_rotated_mirrored_same_frame_and_strength(right_femur,
     assert 1500.0 < base.linear.strength_N < 8000.0
 
 
+def test_truncated_femur_distal_support_free_along_the_load(right_femur):
+    """fix = "across_load" on the cut face: it holds the two components perpendicular to the fall
+    and none along it, so the trochanter carries the whole fall load (to solver precision)."""
+    mesh, model, case = right_femur
+    res = run_case(case.with_values({"boundary.2.fix": "across_load"}), model)
+    d = res.load_direction
+    along = {k: float(np.asarray(v) @ d) for k, v in res.reaction_forces.items()}
+    assert abs(along["distal_cut"]) < 1e-6 * res.load_force_N
+    assert along["trochanter_contact"] == pytest.approx(-res.load_force_N, rel=1e-6)
+    assert np.linalg.norm(res.reaction_forces["distal_cut"]) > 1e-3 * res.load_force_N  # it still holds
+
+
 def test_femur_overrides_and_refusals_name_the_override(right_femur):
     mesh, _, _ = right_femur
     fr = femur_frame(mesh)
@@ -132,7 +144,7 @@ def test_head_radius_plausibility_names_the_value_and_override():
     """A femur at half scale (a radius of about 11 mm, e.g. a surface in the wrong unit)."""
     from test_anatomy import synthetic_femur
 
-    pts, faces = synthetic_femur(spacing=1.0)
+    pts, faces = synthetic_femur()
     with pytest.raises(RegionError, match=r"head radius 1[01]\.\d mm .*17-30 mm.*anatomy\.head_centre_mm"):
         femur_frame((0.5 * pts, faces))
 

@@ -16,8 +16,13 @@ loads and caps can be built on it. Selection rules (parameters from ``[regions.<
   shaft axis; when at least half of their area is one flat face (normals within 25 deg),
   the whole flat cut face is taken (faces within 1 mm of its plane), so an oblique cut is
   selected completely. ``volume = true`` adds every mesh node in the distal slab. On a
-  femur truncated above the lesser trochanter this is the cut face in the trochanteric
-  region, which carries part of the load: a warning says so.
+  short proximal segment (a femur cut or truncated by the scan less than 3.5 head radii
+  below the head centre) this is a cut face next to the trochanteric region, and a warning
+  says so: on the bundled femur (``benchmarks/truncated_femur.py``, 3 mm tet4) a cut 10 mm
+  below the lesser trochanter kept the stiffness within 20 % but put the first failure next
+  to the cut (0.69x the strength; 1.05x with ``exclude_margin_mm = 10``), and a cut 26 mm
+  below the head centre (the clinical right femur of the shared CT) made the femur 2.6x
+  stiffer, the cut face taking 76 % of the fall load (1.9x with ``fix = "across_load"``).
 * ``superior_endplate`` / ``inferior_endplate``: boundary faces of the vertebral body
   (:meth:`~femur_fe.bone.anatomy.VertebraFrame.in_body`: the body separated from the
   posterior elements) whose normal is within ``normal_angle_deg`` of the endplate normal,
@@ -199,13 +204,15 @@ def _select_faces(spec, frame, d: np.ndarray, bnd: _Boundary) -> np.ndarray:
         h = c @ d
         return cand & (h >= h[cand].max() - spec.depth_mm)
     if kind == "distal_cut":
-        if getattr(frame, "methods", {}).get("shaft_axis") == "cut_face_normal" and frame.lesser_trochanter is None:
+        if getattr(frame, "methods", {}).get("shaft_axis") == "cut_face_normal":
+            where = "above the lesser trochanter" if frame.lesser_trochanter is None else "close below the trochanters"
             log.warning(
-                "region %r: the femur ends %.0f mm below the head centre, above the lesser trochanter (truncated): the "
-                "distal support is its cut face in the trochanteric region, next to the neck, and takes part of the "
-                "load; results are not those of a whole proximal femur (the bundled femur cut alike, 26 mm below "
-                "the head centre, was 2.5x stiffer and first failed next to the cut at 0.68x the load); image the "
-                "femur to below the lesser trochanter", spec.name, float(-frame.axial(c).min()))
+                "region %r: the femur ends %.0f mm below the head centre, %s (a short proximal segment, less than 3.5 "
+                "head radii): the distal support is its cut face, next to the trochanteric region; it can take part "
+                "of the load and the first failure can sit next to it, so stiffness and strength differ from those "
+                "of a longer proximal femur (benchmarks/truncated_femur.py); image the femur to 3.5 head radii or "
+                "more below the head centre, or set [failure.params] exclude_margin_mm / fix = \"across_load\" on "
+                "this region", spec.name, float(-frame.axial(c).min()), where)
         s = (c - frame.head_centre) @ frame.proximal
         sel = s <= s.min() + spec.depth_mm
         w = bnd.areas[sel]
