@@ -57,7 +57,7 @@ CASES = {
 
 
 def _mesh(case: str):
-    from box_mesh import box_mesh
+    from femur_fe.fe.boxes import box_mesh
 
     ct, n, dist, _ = CASES[case]
     return box_mesh(ct, n, n, n, h=1.0, distortion=dist, seed=1)
@@ -139,7 +139,16 @@ def worker_femur(case: str, n_threads: int | None) -> dict:
 
 
 def worker_skfem(case: str) -> dict:
-    from skfem import Basis, ElementHex1, ElementTetP1, ElementTetP2, ElementVector, MeshHex, MeshTet, asm
+    from skfem import (
+        Basis,
+        ElementHex1,
+        ElementTetP1,
+        ElementTetP2,
+        ElementVector,
+        MeshHex,
+        MeshTet,
+        asm,
+    )
     from skfem.models.elasticity import lame_parameters, linear_elasticity
 
     from femur_fe.fe.elements import reference_nodes
@@ -196,7 +205,7 @@ def main(argv=None) -> int:
         return 0
 
     print(f"# femur_fe assembly benchmark: {os.cpu_count()} cores, load average "
-          f"{'/'.join(f'{x:.1f}' for x in os.getloadavg())} (shared machine: timings are noisy)")
+          f"{'/'.join(f'{x:.1f}' for x in os.getloadavg())} (other load on the machine makes timings noisy)")
     head = (f"{'element':<22}{'DOFs':>9}{'cells':>9}{'first s':>9}{'pattern s':>10}{'re-asm s':>9}"
             f"{'skfem s':>9}{'ratio':>7}{'CSR MB':>8}{'peak MB':>8}{'peak/CSR':>9}{'RSS MB':>8}")
     print(head)

@@ -9,14 +9,14 @@ from __future__ import annotations
 import time
 
 import femur_fe as ff
-from femur_fe.bone.model import Model
 from femur_fe.analysis.prepare import prepare
-from femur_fe.studies.compare import with_ct_calibration
+from femur_fe.bone.model import Model
+from femur_fe.studies.run import case_for
 
 
 def main() -> None:
     files = ff.bundled_bone("femur", "osteoporotic")
-    case = with_ct_calibration(ff.load_case(ff.case.loadcases_dir() / "sideways_fall.toml"), files.calibration)
+    case = case_for(ff.load_case("loadcases/sideways_fall.toml"), ff.Specimen(bundled="femur"))
     model = Model.from_ct(ff.read_mesh(files.mesh), ff.read_ct(files.ct, unit="HU"), case.material,
                           outside="nearest")
     t0 = time.perf_counter()

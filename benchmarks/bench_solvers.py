@@ -31,7 +31,7 @@ import numpy as np
 
 def build(ncell: int, seed: int = 0):
     import femur_fe as ff
-    from femur_fe.commands.verify import structured_mesh
+    from femur_fe.fe.boxes import structured_mesh
 
     mesh, params = structured_mesh((ncell, ncell, int(round(1.5 * ncell))),
                                    mapping=lambda p: p * np.array([100.0, 100.0, 150.0]))

@@ -11,14 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
-import tomllib
 
 import numpy as np
+import tomllib
 
 import femur_fe as ff
-from femur_fe.bone.model import Model
 from femur_fe.analysis.prepare import prepare, run_nonlinear
-from femur_fe.studies.compare import anatomical_zones, with_ct_calibration
+from femur_fe.bone.model import Model
+from femur_fe.studies.compare import anatomical_zones
+from femur_fe.studies.run import case_for
 
 CASES = {"femur": "sideways_fall.toml", "vertebra": "vertebral_compression.toml"}
 
@@ -84,7 +85,7 @@ def main(argv=None) -> None:
         for state in ("healthy", "osteopenic", "osteoporotic"):
             t0 = time.perf_counter()
             files = ff.bundled_bone(bone, state)
-            c = with_ct_calibration(case, files.calibration)
+            c = case_for(case, ff.Specimen(bundled=bone, state=state))
             model = Model.from_ct(ff.read_mesh(files.mesh), ff.read_ct(files.ct, unit="HU"), c.material,
                                   outside="nearest")
             an = prepare(c, model)

@@ -38,9 +38,10 @@ import femur_fe as ff
 from femur_fe.analysis.prepare import prepare
 from femur_fe.bone.meshing import surface_from_mesh, tetmesh_from_surface
 from femur_fe.bone.model import Model
+from femur_fe.bone.specimen import Specimen
 from femur_fe.io import read_mesh
 from femur_fe.io.surface import Surface
-from femur_fe.studies.compare import with_ct_calibration
+from femur_fe.studies.run import case_for
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
@@ -56,8 +57,8 @@ def main() -> None:
     ap.add_argument("--size", type=float, default=3.0, help="element size, mm (default %(default)s)")
     args = ap.parse_args()
     files = ff.bundled_bone("femur", "osteoporotic")
-    base = with_ct_calibration(ff.load_case(ROOT / "loadcases" / "sideways_fall.toml")
-                               .with_values({"anatomy.side": "right"}), str(files.calibration))
+    base = case_for(ff.load_case(ROOT / "loadcases" / "sideways_fall.toml").with_values({"anatomy.side": "right"}),
+                    Specimen.from_dict({"bundled": "femur", "state": "osteoporotic"}))
     bundled = read_mesh(files.mesh)
     frame = ff.bone.femur_frame(bundled)
     surf = surface_from_mesh(bundled)

@@ -19,14 +19,16 @@ from __future__ import annotations
 from . import analysis, bone, case, fe, io, studies, therapy, viz  # noqa: E402  (layer order)
 from ._version import __version__
 from .analysis import Analysis, Result, Subject, prepare
-from .bone import Model, bundled_bone
-from .case import LoadCase, load_case
+from .bone import Model, Specimen, bundled_bone
+from .case import LoadCase, load_case, load_scenarios
 from .errors import FemurFeError
 from .fe import Mesh
 from .io import read_ct, read_mesh, read_result, read_surface, write_mesh
-from .studies import SweepSpec, compare
+from .io.abaqus import export_abaqus
+from .io.febio import export_febio
+from .studies import SweepSpec, compare, run
 from .studies import run_sweep as sweep
-from .therapy import Scenario, load_scenarios
+from .therapy import Scenario
 
 __all__ = [
     "Analysis",
@@ -36,11 +38,14 @@ __all__ = [
     "Model",
     "Result",
     "Scenario",
+    "Specimen",
     "Subject",
     "SweepSpec",
     "__version__",
     "bundled_bone",
     "compare",
+    "export_abaqus",
+    "export_febio",
     "load_case",
     "load_scenarios",
     "prepare",
@@ -48,6 +53,7 @@ __all__ = [
     "read_mesh",
     "read_result",
     "read_surface",
+    "run",
     "sweep",
     "write_mesh",
 ]

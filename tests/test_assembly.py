@@ -8,29 +8,25 @@ is caught.
 """
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 import femur_fe
-from femur_fe.fe import reference
-from femur_fe.fe.assembly import StiffnessAssembler, assemble_stiffness, element_stiffness
-from femur_fe.fe.elements import quadrature, reference_nodes, shape_functions
 from femur_fe.errors import FemurFeError, LoadCaseError, MaterialError, MeshError
+from femur_fe.fe import reference
+from femur_fe.fe.assembly import (
+    StiffnessAssembler,
+    assemble_stiffness,
+    element_stiffness,
+)
+from femur_fe.fe.boxes import box_mesh
+from femur_fe.fe.elements import quadrature, reference_nodes, shape_functions
 from femur_fe.fe.loads import assemble_body_force, assemble_pressure, assemble_traction
-from femur_fe.fe.mesh import Mesh
+from femur_fe.fe.mesh import TET10_EDGES, Mesh, tet10_from_tet4
 from femur_fe.fe.recovery import strain, stress
 from femur_fe.fe.topology import boundary_faces
-
-_spec = importlib.util.spec_from_file_location(
-    "femur_fe_bench_box_mesh", Path(__file__).resolve().parents[1] / "benchmarks" / "box_mesh.py")
-_box = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_box)
-box_mesh, tet10_from_tet4 = _box.box_mesh, _box.tet10_from_tet4
 
 CELL_TYPES = ["tetra", "tetra10", "hexahedron"]
 NQ = {"tetra": 1, "tetra10": 4, "hexahedron": 8}
@@ -47,7 +43,16 @@ def frob_rel(a: sp.spmatrix, b: sp.spmatrix) -> float:
 # ----------------------------------------------------------------------------- scikit-fem
 def skfem_stiffness(mesh: Mesh, young: np.ndarray, nu: float) -> sp.csr_matrix:
     """scikit-fem's global matrix, reordered to femur_fe's interleaved DOFs."""
-    from skfem import Basis, ElementHex1, ElementTetP1, ElementTetP2, ElementVector, MeshHex, MeshTet, asm
+    from skfem import (
+        Basis,
+        ElementHex1,
+        ElementTetP1,
+        ElementTetP2,
+        ElementVector,
+        MeshHex,
+        MeshTet,
+        asm,
+    )
     from skfem.models.elasticity import lame_parameters, linear_elasticity
 
     ct = mesh.cell_type
@@ -77,7 +82,7 @@ def skfem_stiffness(mesh: Mesh, young: np.ndarray, nu: float) -> sp.csr_matrix:
     if ct == "tetra10":
         edges = np.sort(smesh.edges.T, axis=1)
         key = edges[:, 0] * nverts + edges[:, 1]
-        pairs = np.sort(mesh.cells[:, :4][:, _box._EDGES].reshape(-1, 2), axis=1)
+        pairs = np.sort(mesh.cells[:, :4][:, TET10_EDGES].reshape(-1, 2), axis=1)
         order = np.argsort(key)
         eidx = order[np.searchsorted(key[order], pairs[:, 0] * nverts + pairs[:, 1])]
         assert np.array_equal(key[eidx], pairs[:, 0] * nverts + pairs[:, 1])

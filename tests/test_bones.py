@@ -13,11 +13,20 @@ import numpy as np
 import pytest
 
 import femur_fe as ff
-from femur_fe.bone.bundled import (STATE_DENSITIES, STATES, SYNTHETIC_CALIBRATION, FemurParams, VertebraParams,
-                            _anat_from_world, _FemurGeom, hu_from_k2hpo4_mg, k2hpo4_mg_from_hu)
-from femur_fe.io.ct import read_ct
+from femur_fe.bone.bundled import (
+    STATE_DENSITIES,
+    STATES,
+    SYNTHETIC_CALIBRATION,
+    FemurParams,
+    VertebraParams,
+    _anat_from_world,
+    _FemurGeom,
+    hu_from_k2hpo4_mg,
+    k2hpo4_mg_from_hu,
+)
+from femur_fe.bone.anatomy import femur_frame, fit_sphere
 from femur_fe.errors import FemurFeError
-from femur_fe.bone.anatomy import fit_sphere, femur_frame
+from femur_fe.io.ct import read_ct
 
 
 @pytest.fixture(scope="module")

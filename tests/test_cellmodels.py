@@ -6,9 +6,15 @@ import math
 import numpy as np
 import pytest
 
-from femur_fe.therapy.cellmodels import (DAYS_PER_MONTH, CellTherapy, Komarova2003, bone_mass_ratio, days_from_months,
-                                 months_from_days)
 from femur_fe.errors import ScenarioError
+from femur_fe.therapy.cellmodels import (
+    DAYS_PER_MONTH,
+    CellTherapy,
+    Komarova2003,
+    bone_mass_ratio,
+    days_from_months,
+    months_from_days,
+)
 
 
 def test_steady_state_published_values():

@@ -7,10 +7,10 @@ import struct
 
 import numpy as np
 import pytest
+from conftest import gias3_file, require_shared
 
 import femur_fe as ff
 from femur_fe.errors import CTError
-from conftest import gias3_file, require_shared
 
 
 def _rotation(rng) -> np.ndarray:

@@ -13,29 +13,23 @@ import numpy as np
 import pytest
 
 import femur_fe as ff
+from femur_fe.analysis.failure import (
+    SITE_COMPRESSIVE_YIELD_STRAIN,
+    ApparentStrain,
+    DensityYieldStress,
+    MaxPrincipalStrain,
+    Pistoia,
+    SiteYieldStrain,
+    ees_at_critical_volume,
+    failure_criterion,
+    pistoia_ees_count_n88tools,
+)
 from femur_fe.errors import FemurFeError, LoadCaseError
-from femur_fe.analysis.failure import (SITE_COMPRESSIVE_YIELD_STRAIN, ApparentStrain, DensityYieldStress, MaxPrincipalStrain,
-                              Pistoia,
-                              SiteYieldStrain, ees_at_critical_volume, failure_criterion,
-                              pistoia_ees_count_n88tools)
 
 
 def hex_grid(n=(5, 5, 4), h=1.0):
     """Voxel mesh of n cubes of edge h (mm), VTK hexahedron node order."""
-    nx, ny, nz = n
-    g = np.stack(np.meshgrid(*[np.arange(k + 1) * h for k in n], indexing="ij"), axis=-1).reshape(-1, 3)
-
-    def nid(i, j, k):
-        return (i * (ny + 1) + j) * (nz + 1) + k
-
-    cells = []
-    for i in range(nx):
-        for j in range(ny):
-            for k in range(nz):
-                cells.append([nid(i, j, k), nid(i + 1, j, k), nid(i + 1, j + 1, k), nid(i, j + 1, k),
-                              nid(i, j, k + 1), nid(i + 1, j, k + 1), nid(i + 1, j + 1, k + 1),
-                              nid(i, j + 1, k + 1)])
-    return ff.Mesh(g, np.array(cells), "hexahedron")
+    return ff.fe.boxes.hex_grid(n, tuple(h * k for k in n))
 
 
 def tet_box(n=(3, 3, 8), size=(10.0, 10.0, 40.0)):
@@ -189,12 +183,12 @@ def test_schileo_bar_fails_at_eps_times_EA(sign):
     load = sign * sol.reaction_force(top)[2]  # along the load direction, positive
     # linear elastic bar: F = E A delta / L (tet4 reproduces the uniform strain exactly)
     assert load == pytest.approx(young * area * abs(delta) / length, rel=1e-9)
-    from femur_fe.fe.fields import nodal_average
+    from femur_fe.fe.recovery import node_average
 
     strain = _strain_tet4(mesh, sol.u.reshape(-1, 3))
     res = failure_criterion("max_principal_strain").linear_strength(
         load, mesh, strain=strain, young=np.full(mesh.n_cells, young),
-        strain_nodal=nodal_average(mesh, strain), bc_nodes=np.r_[top, bottom])
+        strain_nodal=node_average(mesh, strain), bc_nodes=np.r_[top, bottom])
     limit = 0.0073 if sign > 0 else 0.0104
     # exact up to the solver's round-off (direct solve, residual ~1e-15)
     assert res.strength_N == pytest.approx(limit * young * area, rel=1e-9)

@@ -7,29 +7,21 @@ they differ by a few ulps per term; 1e-12 relative to the largest entry leaves a
 """
 from __future__ import annotations
 
-import importlib.util
 from math import factorial
-from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
 import femur_fe
-from femur_fe.fe import _kernels
-from femur_fe.fe import reference
-from femur_fe.fe.assembly import StiffnessAssembler, element_stiffness
-from femur_fe.fe.elements import quadrature, reference_nodes
 from femur_fe.errors import FemurFeError
+from femur_fe.fe import _kernels, reference
+from femur_fe.fe.assembly import StiffnessAssembler, element_stiffness
+from femur_fe.fe.boxes import box_mesh
+from femur_fe.fe.elements import quadrature, reference_nodes
 from femur_fe.fe.loads import face_shape, simplex_rule
 from femur_fe.fe.mesh import Mesh
 from femur_fe.fe.recovery import strain
-
-_spec = importlib.util.spec_from_file_location(
-    "femur_fe_bench_box_mesh", Path(__file__).resolve().parents[1] / "benchmarks" / "box_mesh.py")
-_box = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_box)
-box_mesh = _box.box_mesh
 
 CELL_TYPES = ["tetra", "tetra10", "hexahedron"]
 NQ = {"tetra": 1, "tetra10": 4, "hexahedron": 8}

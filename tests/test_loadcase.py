@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
-from femur_fe.errors import LoadCaseError
 from femur_fe.case.loadcase import LoadCase, dumps_toml, load_case, register_section
+from femur_fe.errors import LoadCaseError
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = sorted((ROOT / "loadcases").glob("*.toml"))
@@ -126,8 +126,12 @@ def test_unknown_key_names_file_table_and_suggestion(tmp_path):
      ["missing required key 'flexion_deg'"]),
     ({"schema_version": 1, "material": {"poisson": 0.5}}, ["[material]", "poisson = 0.5", "< 0.5"]),
     ({"schema_version": 1, "material": {"law": "morgan2003_femoralneck"}}, ["unknown material law", "morgan2003"]),
-    ({"schema_version": 1, "material": {"calibration": {"ct_unit": "HU"}}},
+    ({"schema_version": 1, "material": {"calibration": {"ct_unit": "HU", "method": "linear"}}},
      ["[material.calibration]", "needs a calibration"]),
+    ({"schema_version": 1, "material": {"calibration": {"method": "internal"}}},
+     ["[material.calibration]", "calibrates an HU CT"]),
+    ({"schema_version": 1, "material": {"calibration": {"ct_unit": "HU", "tissue_hu": {"fat": -100.0}}}},
+     ["[material.calibration]", "unknown tissue 'fat'"]),
     ({"schema_version": 1, "material": {"calibration": {"ct_unit": "HU", "slope": 800.0, "intercept": 8.0,
                                                           "unit": "g/cm3"}}}, ["too large"]),
     ({"schema_version": 1, "caps": {"kind": "steel"}}, ["[caps]", "kind must be one of"]),

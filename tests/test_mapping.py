@@ -5,13 +5,13 @@ import logging
 
 import numpy as np
 import pytest
+from conftest import require_shared
 from scipy.spatial import Delaunay
 
 import femur_fe as ff
-from femur_fe.fe.elements import quadrature, shape_functions
-from femur_fe.errors import CTError, MaterialError
 from femur_fe.bone.mapping import integration_rule
-from conftest import require_shared
+from femur_fe.errors import CTError, MaterialError
+from femur_fe.fe.elements import quadrature, shape_functions
 
 GRAD = np.array([3.0, -2.0, 5.0])  # HU per mm
 C0 = 120.0
@@ -340,3 +340,42 @@ def test_graded_bar_end_displacement(method):
         # with element-constant E the FE bar is a series of springs: exact to round-off
         series = force / area * np.sum((g[1:] - g[:-1]) / e)
         assert u == pytest.approx(series, rel=1e-9)
+
+
+def test_curved_hu_calibration_converts_every_sample(rng):
+    """Any HU calibration with ``density(hu, clamp=)`` and ``mineral`` (the HUCalibration protocol) maps a
+    HU CT; a curve is applied to every sample before the element average (a convex curve: mean density
+    above the density of the mean HU, Jensen), a line gives the same numbers as DensityCalibration."""
+    from femur_fe.bone.internal_calibration import fit_internal_calibration
+
+    ct = _linear_ct()
+    mesh = _tet4_mesh(rng)
+    line = ff.bone.DensityCalibration.from_mg(0.8, 8.0)
+
+    class Line:                      # the protocol, without being a DensityCalibration
+        mineral = "k2hpo4"
+
+        def density(self, hu, *, clamp=True):
+            return line.density(hu, clamp=clamp)
+
+        def to_dict(self):
+            return line.to_dict()
+
+    assert isinstance(Line(), ff.bone.HUCalibration)
+    # averaging densities instead of HU changes a line's result only by rounding
+    assert np.allclose(ff.bone.map_density(mesh, ct, calibration=Line()).values,
+                       ff.bone.map_density(mesh, ct, calibration=line).values, rtol=1e-12)
+    curve = fit_internal_calibration({"air": -997.5, "adipose": -105.7, "muscle": 23.5})
+    hu_mean = ff.bone.map_ct(mesh, ct).values
+    rho = ff.bone.map_density(mesh, ct, calibration=curve, clamp=False).values
+    assert np.all(rho >= curve.density(hu_mean, clamp=False) - 1e-12)
+    assert np.any(rho > curve.density(hu_mean, clamp=False) + 1e-9)
+    cen = ff.bone.map_density(mesh, ct, calibration=curve, method="centroid", clamp=False).values
+    assert np.allclose(cen, curve.density(ff.bone.map_ct(mesh, ct, method="centroid").values, clamp=False),
+                       rtol=1e-12)
+    law = ff.bone.material_law("keyak1994_chain")
+    e = ff.bone.map_young_modulus(mesh, ct, law, calibration=curve, method="centroid").values
+    assert np.allclose(e, law.young_from_density(np.maximum(cen, 0.0), "qct", qct_to_ash=None), rtol=1e-12)
+    assert np.allclose(ff.bone.qct_from_hu([0.0, 200.0], curve, clamp=False), curve.density([0.0, 200.0], clamp=False))
+    with pytest.raises(MaterialError, match="must be a HU calibration"):
+        ff.bone.qct_from_hu([0.0], object())

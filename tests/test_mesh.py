@@ -5,7 +5,12 @@ import numpy as np
 import pytest
 
 import femur_fe as ff
-from femur_fe.fe.elements import quadrature, shape_functions, shape_gradients, reference_nodes
+from femur_fe.fe.elements import (
+    quadrature,
+    reference_nodes,
+    shape_functions,
+    shape_gradients,
+)
 
 
 def _unit_tet():

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 import femur_fe as ff
-from femur_fe.errors import LoadCaseError
 from femur_fe.analysis.failure import DensityYieldStress, MaxPrincipalStrain
-from femur_fe.fe.nonlinear import SecantYield, nonlinear_strength, secant_modulus
 from femur_fe.analysis.risk import summary_fields
+from femur_fe.errors import LoadCaseError
+from femur_fe.fe.nonlinear import SecantYield, nonlinear_strength, secant_modulus
 
 
 def one_hex(size=(1.0, 1.0, 2.0)):

@@ -5,14 +5,12 @@ import json
 
 import numpy as np
 import pytest
+from conftest import require_shared
 
 import femur_fe as ff
-from femur_fe.errors import LoadCaseError
-from femur_fe.bone.model import Model
 from femur_fe.analysis.prepare import prepare
-from femur_fe.studies.run import run_case
-
-from conftest import require_shared
+from femur_fe.bone.model import Model
+from femur_fe.errors import LoadCaseError
 
 
 def _cylinder(radius=3.0, length=96.0, size=2.0):
@@ -56,12 +54,12 @@ def test_cylinder_through_rigid_cap_matches_EA_over_L(cylinder, poisson, tol):
     only error is the solver's (1e-6 covers rtol and round-off; A is the faceted area of the
     mesh, volume / length). With nu = 0.3 the plate and the fixed base stop the lateral
     expansion of the end faces and stiffen the bar; for L/D = 16 that end effect stays
-    below 1 % (measured 0.63 %; 1.2 % at L/D = 8), the acceptance band of the issue.
+    below 1 % (measured 0.63 %; 1.2 % at L/D = 8).
     """
     mesh = cylinder
     e = 2000.0
     model = Model(mesh, np.full(mesh.n_cells, 2.0), np.full(mesh.n_cells, e), None, "apparent", poisson)
-    res = run_case(_cylinder_case(), model)
+    res = ff.run(_cylinder_case(), model)
     area = mesh.cell_volumes().sum() / 96.0
     expected = e * area / 96.0
     assert res.stiffness_N_per_mm == pytest.approx(expected, rel=tol)
@@ -72,12 +70,12 @@ def test_cylinder_through_rigid_cap_matches_EA_over_L(cylinder, poisson, tol):
 def test_reactions_balance_and_displacement_control_scales(cylinder):
     mesh = cylinder
     model = Model(mesh, np.full(mesh.n_cells, 1.0), np.full(mesh.n_cells, 1500.0), None, "apparent", 0.3)
-    res_f = run_case(_cylinder_case(), model)
+    res_f = ff.run(_cylinder_case(), model)
     total = sum(np.asarray(v) for v in res_f.reaction_forces.values())
     # equilibrium of the whole bone: 1e-6 relative to the load (issue acceptance)
     assert np.linalg.norm(total) <= 1e-6 * 500.0
     case_d = _cylinder_case().with_values({"loading.mode": "displacement", "loading.displacement_mm": 0.05})
-    res_d = run_case(case_d, model)
+    res_d = ff.run(case_d, model)
     assert res_d.plate_displacement_mm == pytest.approx(0.05, rel=1e-10)
     assert res_d.stiffness_N_per_mm == pytest.approx(res_f.stiffness_N_per_mm, rel=1e-9)
     # linear strength is load-independent
@@ -88,7 +86,7 @@ def test_linear_strength_of_uniform_bar_is_analytic(cylinder):
     """Uniform bar in compression: first node reaches eps_c = 1.04 % at F = E A eps_c (nu = 0)."""
     mesh = cylinder
     model = Model(mesh, np.full(mesh.n_cells, 1.0), np.full(mesh.n_cells, 1000.0), None, "apparent", 0.0)
-    res = run_case(_cylinder_case(), model)
+    res = ff.run(_cylinder_case(), model)
     area = mesh.cell_volumes().sum() / 96.0
     assert res.linear.strength_N == pytest.approx(1000.0 * area * 0.0104, rel=1e-6)
 
@@ -146,7 +144,7 @@ def test_nonlinear_strength_of_uniform_bar_through_the_pipeline(cylinder):
 def test_results_written(tmp_path, cylinder):
     mesh = cylinder
     model = Model(mesh, np.full(mesh.n_cells, 1.0), np.full(mesh.n_cells, 1500.0), None, "apparent", 0.3)
-    run_case(_cylinder_case(), model, out=tmp_path)
+    ff.run(_cylinder_case(), model, out=tmp_path)
     s = json.loads((tmp_path / "summary.json").read_text())
     for key in ("stiffness_N_per_mm", "reaction_forces_N", "n_dofs", "solver", "case", "inputs",
                 "femur_fe_version", "strength_linear_N", "criterion", "classification"):
@@ -168,7 +166,7 @@ def test_bad_boundary_region_is_named(cylinder):
     })
     model = Model(cylinder, np.full(cylinder.n_cells, 1.0), np.full(cylinder.n_cells, 1500.0))
     with pytest.raises(ff.errors.UnderConstrainedError, match="translation"):
-        run_case(case, model)
+        ff.run(case, model)
 
 
 # ----------------------------------------------------------------------------- femur, real geometry
@@ -188,7 +186,7 @@ def proximal_femur():
 def _fall_stiffness(mesh, rho):
     law = ff.bone.material_law("keller1994_combined")
     case = ff.load_case("loadcases/sideways_fall.toml")
-    res = run_case(case, Model.from_density(mesh, rho, law))
+    res = ff.run(case, Model.from_density(mesh, rho, law))
     total = sum(np.asarray(v) for v in res.reaction_forces.values())
     assert np.linalg.norm(total) <= 1e-6 * abs(res.load_force_N)
     return res
@@ -240,6 +238,6 @@ def test_density_change_reuses_setup_and_matches_fresh_solve(proximal_femur):
     new = model.with_density(rho * 1.1)
     reused = an.solve(model=new)
     assert reused.solver.method == "cg-reuse"
-    fresh = run_case(case, new)
+    fresh = ff.run(case, new)
     assert reused.stiffness_N_per_mm == pytest.approx(fresh.stiffness_N_per_mm, rel=1e-6)
     assert reused.linear.strength_N == pytest.approx(fresh.linear.strength_N, rel=1e-6)

@@ -35,9 +35,17 @@ iio = pytest.importorskip("imageio.v3")
 
 import femur_fe  # noqa: E402
 from femur_fe.errors import FemurFeError  # noqa: E402
-from femur_fe.viz.views import (FIELDS, animate_density, available_fields, clip_plane, plot,  # noqa: E402
-                               plot_comparison, warp_factor)
 from femur_fe.io.results import read_result  # noqa: E402
+from femur_fe.viz.views import (  # noqa: E402
+    FIELDS,
+    animate_density,
+    available_fields,
+    clip_plane,
+    difference_range,
+    plot,
+    plot_comparison,
+    warp_factor,
+)
 
 HERE = Path(__file__).resolve().parent
 IMAGE_CACHE = HERE / "image_cache"
@@ -63,7 +71,7 @@ BLOCK_CASE = {
 def block_model(inputs: dict | None = None):
     """The block model: hex8, QCT density with a bump at x = 5 mm (g/cm^3), Kopperdahl 2002."""
     from femur_fe.bone.model import Model
-    from femur_fe.therapy.remodeling import hex_grid
+    from femur_fe.fe.boxes import hex_grid
 
     m = hex_grid((10, 8, 6), (30.0, 24.0, 18.0), (-15.0, -12.0, -9.0))
     z = m.points[:, 2]
@@ -76,14 +84,17 @@ def block_model(inputs: dict | None = None):
 def run_block(out: Path, *, left_factor: float = 1.0, strength: bool = True, nonlinear: bool = False,
               inputs: dict | None = None, case: dict | None = None):
     """Run the block case (density of the x < 0 half times ``left_factor``) into ``out``."""
-    from femur_fe.studies.run import run_case
-
     model = block_model(inputs)
     if left_factor != 1.0:
         rho = model.density.copy()
         rho[model.mesh.cell_centroids()[:, 0] < 0] *= left_factor
         model = model.with_density(rho)
-    return run_case(femur_fe.load_case(case or BLOCK_CASE), model, out=out, strength=strength, nonlinear=nonlinear)
+    case = femur_fe.load_case(case or BLOCK_CASE)
+    if not strength:  # a result folder without a failure evaluation
+        res = femur_fe.prepare(case, model).solve(strength=False)
+        res.write(out)
+        return res
+    return femur_fe.run(case, model, out=out, nonlinear=nonlinear)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +109,6 @@ def block(tmp_path_factory):
 def femur(tmp_path_factory):
     bones = pytest.importorskip("femur_fe.bone.bundled")
     from femur_fe.bone.model import Model
-    from femur_fe.studies.run import run_case
 
     bone = bones.make_femur(element_size=7.0)
     m = bone.mesh
@@ -106,7 +116,7 @@ def femur(tmp_path_factory):
     rho = np.clip(0.3 + 0.5 * np.exp(z / 80.0), 0.2, 1.2)  # ash density rising towards the head, g/cm^3
     model = Model.from_density(m, rho, femur_fe.bone.material_law("keller1994_combined"))
     d = tmp_path_factory.mktemp("femur") / "sideways_fall"
-    run_case(femur_fe.load_case(HERE.parent / "loadcases" / "sideways_fall.toml"), model, out=d)
+    femur_fe.run(femur_fe.load_case(HERE.parent / "loadcases" / "sideways_fall.toml"), model, out=d)
     return d
 
 
@@ -184,7 +194,7 @@ def test_read_result_fields_and_helpers(block):
 
 
 def test_read_result_missing_pieces_are_named(block, tmp_path):
-    with pytest.raises(FemurFeError, match="does not exist.*run_case"):
+    with pytest.raises(FemurFeError, match="does not exist.*femur_fe.run"):
         read_result(tmp_path / "nowhere")
     d = tmp_path / "no_summary"
     shutil.copytree(block / "baseline", d)
@@ -275,9 +285,8 @@ def test_warp_factor_is_a_round_magnification(block):
 
 
 def test_in_memory_result_is_plotted(tmp_path):
-    from femur_fe.studies.run import run_case
 
-    r = run_case(femur_fe.load_case(BLOCK_CASE), block_model())
+    r = femur_fe.run(femur_fe.load_case(BLOCK_CASE), block_model())
     img = render(tmp_path, plot, r, "von_mises", window_size=(200, 150))
     assert content_fraction(img) > 0.1
 
@@ -390,3 +399,21 @@ def test_baselines_are_small():
     assert len(pngs) >= 3
     for p in pngs:
         assert p.stat().st_size < 100_000, f"{p} is {p.stat().st_size} bytes; keep baselines under 100 KB"
+
+
+def test_difference_range_is_centred_and_robust():
+    """Change maps: symmetric about 0; a few outliers (a graft, a support) do not flatten the rest."""
+    rng = np.random.default_rng(3)
+    small = rng.uniform(-0.01, 0.01, 10_000)
+    lo, hi = difference_range(small)
+    assert lo == -hi and hi == np.max(np.abs(small))  # no outliers (max within 1.25 x p99): the whole range
+    spiked = small.copy()
+    spiked[:20] = 0.5  # 0.2 % of the elements change 50x more (a local graft)
+    lo, hi = difference_range(spiked)
+    assert lo == -hi and hi == pytest.approx(np.percentile(np.abs(spiked), 99.0))
+    assert 0.0095 < hi < 0.01  # the 99th percentile of |U(-0.01, 0.01)| is 0.0099
+    tails = rng.normal(0.0, 0.01, 10_000)  # Gaussian tails reach 1.5 x p99: drawn in the end colours
+    assert difference_range(tails)[1] == pytest.approx(np.percentile(np.abs(tails), 99.0))
+    assert difference_range(np.zeros(5)) == (-1.0, 1.0)
+    assert difference_range(np.r_[np.zeros(999), 1.0]) == (-1.0, 1.0)  # 99 % unchanged: up to the largest
+    assert difference_range(np.array([np.nan, -2.0, 1.0])) == (-2.0, 2.0)

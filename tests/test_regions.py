@@ -8,10 +8,16 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from femur_fe.errors import RegionError
+from femur_fe.analysis.regions import (
+    frame_for,
+    load_direction,
+    regions_mesh,
+    select_regions,
+    wedge_hinge,
+)
 from femur_fe.case.loadcase import load_case
+from femur_fe.errors import RegionError
 from femur_fe.fe.mesh import Mesh
-from femur_fe.analysis.regions import frame_for, load_direction, regions_mesh, select_regions, wedge_hinge
 
 MIRROR = np.diag([-1.0, 1.0, 1.0])
 

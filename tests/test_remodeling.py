@@ -1,15 +1,20 @@
 """SED-driven remodeling: Weinans 1992 plate, baseline loss and therapies, solver reuse."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 
-from femur_fe.errors import ScenarioError
 from femur_fe.bone.materials import material_law
-from femur_fe.therapy.remodeling import (BoundaryConditions, RemodelingModel, RemodelingParameters, Therapy,
-                                 checkerboard_index, hex_grid, weinans_plate)
+from femur_fe.errors import ScenarioError
+from femur_fe.fe.boxes import hex_grid
+from femur_fe.therapy.remodeling import (
+    BoundaryConditions,
+    RemodelingModel,
+    RemodelingParameters,
+    Therapy,
+    checkerboard_index,
+    weinans_plate,
+)
 from femur_fe.therapy.scenarios import LocalInjection
 
 

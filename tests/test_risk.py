@@ -7,10 +7,15 @@ import math
 import numpy as np
 import pytest
 
-from femur_fe.errors import FemurFeError
 from femur_fe.analysis.failure import Pistoia
-from femur_fe.analysis.risk import (FRAGILE_THRESHOLDS_N, classify_strength, factor_of_risk, fall_impact_force,
-                           summary_fields)
+from femur_fe.analysis.risk import (
+    FRAGILE_THRESHOLDS_N,
+    classify_strength,
+    factor_of_risk,
+    fall_impact_force,
+    summary_fields,
+)
+from femur_fe.errors import FemurFeError
 
 
 def test_fall_force_spot_value_and_attenuation():

@@ -6,13 +6,25 @@ import math
 import numpy as np
 import pytest
 
-from femur_fe.therapy.cellmodels import CellTherapy, bone_mass_ratio
+from femur_fe.case.scenarios import load_scenarios, scenarios_from_dict
 from femur_fe.errors import ScenarioError
-from femur_fe.therapy.remodeling import hex_grid
-from femur_fe.therapy.scenarios import (DENSITY_UPPER_BOUND, AnnualChange, CellModelChange, CompartmentChange,
-                                CorticalThickening, DefectFill, LocalInjection, Scenario, UniformChange,
-                                available_landmarks, load_scenarios, match_added_mass, maturation_fraction,
-                                resolve_landmark, scenarios_from_dict)
+from femur_fe.fe.boxes import hex_grid
+from femur_fe.therapy.cellmodels import CellTherapy, bone_mass_ratio
+from femur_fe.therapy.scenarios import (
+    DENSITY_UPPER_BOUND,
+    AnnualChange,
+    CellModelChange,
+    CompartmentChange,
+    CorticalThickening,
+    DefectFill,
+    LocalInjection,
+    Scenario,
+    UniformChange,
+    available_landmarks,
+    match_added_mass,
+    maturation_fraction,
+    resolve_landmark,
+)
 
 
 @pytest.fixture
@@ -248,11 +260,11 @@ def test_toml_round_trip(tmp_path, cube):
 
 
 @pytest.mark.parametrize("text,match", [
-    ('[[scenario]]\nname="a"\n[[scenario.operator]]\ntype="uniform"\npercnt=3\n', r"unknown key.*percnt.*allowed keys: type, percent"),
-    ('[[scenario]]\nname="a"\n[[scenario.operator]]\ntype="magic"\n', r"unknown operator type 'magic'; allowed: uniform"),
-    ('[[scenario]]\nname="a"\ncolour="red"\n', r"unknown key.*colour.*allowed: name, operator"),
+    ('[[scenario]]\nname="a"\n[[scenario.operator]]\ntype="uniform"\npercnt=3\n', r"unknown key 'percnt'; did you mean 'percent'.*allowed keys: type, percent"),
+    ('[[scenario]]\nname="a"\n[[scenario.operator]]\ntype="magic"\n', r"type must be one of 'uniform'.*got 'magic'"),
+    ('[[scenario]]\nname="a"\ncolour="red"\n', r"unknown key 'colour'.*allowed keys: name, operator"),
     ('[[scenario]]\nname="a"\n[[scenario]]\nname="a"\n', "duplicate scenario name"),
-    ('title="x"\n[[scenario]]\nname="a"\n', "unknown top-level key"),
+    ('title="x"\n[[scenario]]\nname="a"\n', "top level: unknown key 'title'"),
 ])
 def test_toml_errors(tmp_path, text, match):
     p = tmp_path / "bad.toml"
@@ -278,7 +290,12 @@ def test_comparison_rows_json_csv(tmp_path, cube):
     import csv
     import json
 
-    from femur_fe.studies.table import ScenarioRecord, comparison_rows, format_table, write_comparison
+    from femur_fe.studies.compare import (
+        ScenarioRecord,
+        comparison_rows,
+        format_table,
+        write_comparison,
+    )
 
     mesh, rho = cube
     outcome = Scenario("injection", (LocalInjection(center_mm=(5, 5, 5), radius_mm=2.0, peak_gain_g_cm3=0.2),),

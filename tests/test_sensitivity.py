@@ -4,11 +4,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from femur_fe.errors import ScenarioError
 from femur_fe.bone.materials import material_law
-from femur_fe.therapy.remodeling import BoundaryConditions, hex_grid
+from femur_fe.errors import ScenarioError
+from femur_fe.fe.boxes import hex_grid
+from femur_fe.therapy.remodeling import BoundaryConditions
 from femur_fe.therapy.scenarios import LocalInjection, UniformChange, match_added_mass
-from femur_fe.therapy.sensitivity import (StrengthProblem, StrengthSensitivity, optimal_placement, young_and_derivative)
+from femur_fe.therapy.sensitivity import (
+    StrengthProblem,
+    StrengthSensitivity,
+    optimal_placement,
+    young_and_derivative,
+)
 
 LAW = material_law("power", a_mpa=6850.0, b=1.49, density_type="apparent")  # Morgan 2003 femoral neck form
 
@@ -127,8 +133,8 @@ def test_placement_errors():
 def test_pipeline_analysis_adjoint_matches_finite_differences():
     """AnalysisSensitivity on a prepared pipeline analysis (rigid loading plate = RigidTie)."""
     import femur_fe as ff
-    from femur_fe.bone.model import Model
     from femur_fe.analysis.prepare import prepare
+    from femur_fe.bone.model import Model
     from femur_fe.therapy.sensitivity import AnalysisSensitivity
 
     mesh = hex_grid((3, 3, 6), (6.0, 6.0, 12.0))

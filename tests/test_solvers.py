@@ -14,8 +14,8 @@ import pytest
 import scipy.sparse as sp
 
 import femur_fe as ff
-from femur_fe.fe.constraints import RigidTie, TieReduction
 from femur_fe.errors import LoadCaseError, SolverError, UnderConstrainedError
+from femur_fe.fe.constraints import RigidTie, TieReduction
 from femur_fe.fe.solvers import _have_cholmod
 
 skfem = pytest.importorskip("skfem")

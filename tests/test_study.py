@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import json
 
-import numpy as np
 import pytest
 
 import femur_fe as ff
@@ -62,7 +61,7 @@ def test_compare_rows_files_and_consistency(tmp_path):
 
 
 def test_bad_comparison_input_is_named(tmp_path):
-    with pytest.raises(ff.errors.LoadCaseError, match="unknown top-level"):
+    with pytest.raises(ff.errors.LoadCaseError, match="top level: unknown key .extra_table."):
         ff.studies.load_comparison(_spec(extra_table={}))
     with pytest.raises(ff.errors.ScenarioError, match="density_type"):
         ff.compare(ff.studies.load_comparison(_spec(scenario=[

@@ -9,16 +9,18 @@ import logging
 
 import numpy as np
 import pytest
+from conftest import gias3_file, require_shared
 
 import femur_fe as ff
-from femur_fe.fe.elements import reference_nodes
-from femur_fe.errors import SurfaceError
-from femur_fe.io.surface import Surface
 from femur_fe.bone.anatomy import femur_frame
-from femur_fe.bone.meshing import (nodes_on_plane, proximal_cut_plane,
-                              surface_topology)
-
-from conftest import gias3_file, require_shared
+from femur_fe.bone.meshing import (
+    nodes_on_plane,
+    proximal_cut_plane,
+    surface_topology,
+)
+from femur_fe.errors import SurfaceError
+from femur_fe.fe.elements import reference_nodes
+from femur_fe.io.surface import Surface
 
 
 def _check_mesh(mesh, surface_volume, rel_vol=0.02):
@@ -135,7 +137,7 @@ def test_femur_stl_tet4_and_tet10(femur_stl):
     assert 6.0 / 1.6 < mean_edge < 6.0 * 1.2
     mn, _ = ff.bone.dihedral_angles(m1.points, m1.cells)
     assert np.percentile(mn, 1) > 8.0     # quality: 99 % of cells above 8 degrees
-    m2 = ff.bone.tet10_from_tet4(m1)
+    m2 = ff.fe.tet10_from_tet4(m1)
     assert m2.cell_type == "tetra10" and m2.n_cells == m1.n_cells
     _check_mesh(m2, femur_stl.volume)
     # mid-edge nodes sit at the midpoints of the VTK/meshio edges (0,1),(1,2),(0,2),(0,3),(1,3),(2,3)

@@ -24,8 +24,15 @@ import pytest
 
 import femur_fe
 from femur_fe.errors import SweepError
-from femur_fe.studies.sweep import (COLUMN_CASE, SweepSpec, TaskInputs, clear_worker_cache, column_task, load_sweep,
-                            run_sweep)
+from femur_fe.studies.sweep import (
+    COLUMN_CASE,
+    SweepSpec,
+    TaskInputs,
+    clear_worker_cache,
+    column_task,
+    load_sweep,
+    run_sweep,
+)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -75,6 +82,11 @@ def cluster():
     yield lc, client
     client.close()
     lc.close()
+
+
+def ff_box(size, divisions):
+    """tet4 box [0, size] mm with ``divisions`` cells per axis."""
+    return femur_fe.fe.boxes.structured_mesh(tuple(divisions), mapping=lambda p: p * np.asarray(size, float))[0]
 
 
 # ----------------------------------------------------------------------------- spec and expansion
@@ -154,10 +166,9 @@ def test_random_and_lhs_are_seeded_and_in_range():
 def test_explicit_list_and_mesh_glob(tmp_path):
     mesh_dir = tmp_path / "cohort"
     mesh_dir.mkdir()
-    from femur_fe.studies.sweep import _box_mesh
 
     for i, n in enumerate([2, 3]):
-        femur_fe.write_mesh(mesh_dir / f"bone{i}.vtu", _box_mesh([10.0, 10.0, 20.0], [2, 2, n]))
+        femur_fe.write_mesh(mesh_dir / f"bone{i}.vtu", ff_box([10.0, 10.0, 20.0], [2, 2, n]))
     spec = SweepSpec(base=SMALL, task=probe_task, parameters={"mesh": {"glob": "cohort/*.vtu"},
                                                               "density.scale": [1.0, 2.0]}, root=tmp_path)
     tasks = spec.expand()
@@ -321,9 +332,8 @@ def test_dask_matches_serial_and_groups_by_density(tmp_path, cluster):
     assert (setups == 1).all() and len(setups) <= 5
     assert (par["cache_misses"] == 0).sum() >= 12 - 5
     # an in-memory Mesh is broadcast to the workers once and gives the same numbers as the box
-    from femur_fe.studies.sweep import _box_mesh
 
-    mesh = _box_mesh(SMALL["geometry"]["size_mm"], SMALL["geometry"]["divisions"])
+    mesh = ff_box(SMALL["geometry"]["size_mm"], SMALL["geometry"]["divisions"])
     spec_m = spec_for({"mesh": mesh, "density.scale": [0.8, 1.2], "loading.angle_deg": [10.0]})
     mem = run_sweep(spec_m, tmp_path / "mesh", scheduler=lc.scheduler_address)
     assert (mem["status"] == "ok").all() and mem["mesh"].str.startswith("<Mesh ").all()
@@ -467,10 +477,8 @@ def test_killed_client_loses_nothing_and_resume_completes(tmp_path, cluster):
 # ----------------------------------------------------------------------------- the pipeline task
 def test_pipeline_task_matches_run_case_and_applies_scenarios(tmp_path):
     """Default task on the bundled L3 vertebra (osteoporotic): the baseline row equals a direct
-    femur_fe.studies.run_case; a uniform +5 % ash-density scenario adds exactly 5 % of the bone mass
+    femur_fe.run; a uniform +5 % ash-density scenario adds exactly 5 % of the bone mass
     (no element reaches the 1.2 g/cm^3 cap) and stiffens the bone."""
-    from femur_fe.studies.compare import with_ct_calibration
-
     case_path = ROOT / "loadcases" / "vertebral_compression.toml"
     spec = SweepSpec(base=case_path, parameters={"state": ["osteoporotic"], "scenario": ["baseline", "gain"]},
                      scenarios=[{"name": "gain", "density_type": "ash",
@@ -478,11 +486,7 @@ def test_pipeline_task_matches_run_case_and_applies_scenarios(tmp_path):
     df = run_sweep(spec, tmp_path, scheduler="serial")
     assert list(df["status"]) == ["ok", "ok"], df["error"].tolist()
     base, gain = df.iloc[0], df.iloc[1]
-    files = femur_fe.bundled_bone("vertebra", "osteoporotic")
-    case = with_ct_calibration(femur_fe.load_case(case_path), files.calibration)
-    ct = femur_fe.read_ct(files.ct, unit=case.material.calibration.ct_unit)
-    model = femur_fe.Model.from_ct(femur_fe.read_mesh(files.mesh), ct, case.material)
-    ref = femur_fe.studies.run_case(case, model)
+    ref = femur_fe.run(case_path, femur_fe.Specimen(bundled="vertebra", state="osteoporotic"))
     # same operations in the same order: equal to round-off
     assert base["stiffness_N_per_mm"] == pytest.approx(ref.stiffness_N_per_mm, rel=1e-9)
     assert base["strength_linear_N"] == pytest.approx(ref.linear.strength_N, rel=1e-9)
@@ -493,10 +497,9 @@ def test_pipeline_task_matches_run_case_and_applies_scenarios(tmp_path):
 
 
 def test_pipeline_task_errors_are_rows(tmp_path):
-    from femur_fe.studies.sweep import _box_mesh
 
     mesh_file = tmp_path / "box.vtu"
-    femur_fe.write_mesh(mesh_file, _box_mesh([10.0, 10.0, 20.0], [2, 2, 4]))
+    femur_fe.write_mesh(mesh_file, ff_box([10.0, 10.0, 20.0], [2, 2, 4]))
     spec = SweepSpec(base=ROOT / "loadcases" / "vertebral_compression.toml",
                      parameters={"mesh": [str(mesh_file)], "state": ["healthy"]}, retries=0)
     df = run_sweep(spec, tmp_path / "out", scheduler="serial")

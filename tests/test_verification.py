@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import femur_fe as ff
-from femur_fe.commands import verify as V
+from femur_fe.fe import boxes as B
+from femur_fe.fe import verification as V
 
 
 def _boundary(params):
@@ -23,7 +24,7 @@ def distorted_cube(cell_type: str, n: int = 3, seed: int = 7, size: float = 10.0
     tet10 mid-edge nodes sit at edge midpoints (affine elements) unless ``curved``, where
     they are moved too (isoparametric, still positive Jacobians).
     """
-    mesh, params = V.structured_mesh((n, n, n), cell_type=cell_type)
+    mesh, params = B.structured_mesh((n, n, n), cell_type=cell_type)
     rng = np.random.default_rng(seed)
     pts = params * size
     h = size / n
@@ -31,7 +32,7 @@ def distorted_cube(cell_type: str, n: int = 3, seed: int = 7, size: float = 10.0
     interior = np.setdiff1d(np.arange(nv), _boundary(params))
     pts[interior] += rng.uniform(-0.2 * h, 0.2 * h, size=(len(interior), 3))
     if cell_type == "tetra10":
-        for j, (a, b) in enumerate(V._TET10_EDGES):
+        for j, (a, b) in enumerate(ff.fe.mesh.TET10_EDGES):
             pts[mesh.cells[:, 4 + j]] = 0.5 * (pts[mesh.cells[:, a]] + pts[mesh.cells[:, b]])
         if curved:
             mids = np.setdiff1d(np.unique(mesh.cells[:, 4:]), _boundary(params))
@@ -43,7 +44,7 @@ def distorted_cube(cell_type: str, n: int = 3, seed: int = 7, size: float = 10.0
 
 def macneal_harder_patch() -> ff.Mesh:
     """MacNeal & Harder (1985) 7-hexahedron patch of the unit cube (biomechanics.md 6.4)."""
-    outer = V._CUBE[V._HEX_VTK].astype(float)  # unit cube corners in VTK hexahedron order
+    outer = B._CUBE[B._HEX_VTK].astype(float)  # unit cube corners in VTK hexahedron order
     inner = np.array([[0.249, 0.342, 0.192], [0.826, 0.288, 0.288], [0.850, 0.649, 0.263],
                       [0.273, 0.750, 0.230], [0.320, 0.186, 0.643], [0.677, 0.305, 0.683],
                       [0.788, 0.693, 0.644], [0.165, 0.745, 0.702]])  # near corners 0..7
@@ -163,7 +164,7 @@ def test_lame_l2_convergence_rate(cell_type, order):
 
 def test_direct_and_amg_agree_and_reactions_balance():
     """Heterogeneous tet10 column: AMG-CG vs CHOLMOD/SuperLU to 1e-6, reactions vs load to 1e-8."""
-    mesh, params = V.structured_mesh((4, 4, 8), lambda p: p * [10.0, 10.0, 20.0], "tetra10")
+    mesh, params = B.structured_mesh((4, 4, 8), lambda p: p * [10.0, 10.0, 20.0], "tetra10")
     rng = np.random.default_rng(3)
     young = np.exp(rng.uniform(np.log(100.0), np.log(20000.0), mesh.n_cells))  # bone-like range
     k = ff.fe.assemble_stiffness(mesh, young, 0.3)

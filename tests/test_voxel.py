@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import require_shared
 
 import femur_fe as ff
 from femur_fe.errors import CTError
-from conftest import require_shared
 
 
 def _ct(shape=(6, 5, 4), direction=None, spacing=(0.5, 0.8, 1.2), origin=(3.0, -7.0, 11.0)):

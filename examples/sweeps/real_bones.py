@@ -183,7 +183,7 @@ def main(argv=None) -> int:
         logging.getLogger(name).setLevel(logging.ERROR)
 
     import femur_fe as ff
-    from femur_fe.therapy.scenarios import load_scenarios
+    from femur_fe.case.scenarios import load_scenarios
     from femur_fe.studies.sweep import BASELINE, SweepSpec, run_sweep
 
     out = Path(args.out)

@@ -38,7 +38,7 @@ import numpy as np
 from ..bone.model import Model
 from ..errors import LoadCaseError, RegionError
 from ..fe.assembly import StiffnessAssembler
-from ..fe.constraints import RigidTie
+from ..fe.constraints import FIX_COMPONENTS, RigidTie
 from ..fe.mesh import Mesh
 from ..fe.nonlinear import SecantYield, nonlinear_strength
 from ..fe.solvers import LinearSolver
@@ -155,12 +155,16 @@ class Analysis:
         load = np.concatenate([direction_prime, np.zeros(3)])
         return solver.solve(np.zeros(n), tie_loads={self.tie.name: load})
 
-    def solve(self, model: Model | None = None, *, strength: bool = True) -> "Result":
-        """Solve the case (optionally on a model with new density) and return the result."""
-        return self.solve_directions([None], model=model, strength=strength)[0]
+    def solve(self, model: Model | None = None, *, strength: bool = True, subject: Any = None) -> "Result":
+        """Solve the case (optionally on a model with new density) and return the result.
+
+        ``subject`` (:class:`femur_fe.Subject`) is attached before the strength is evaluated, so
+        the factor of risk and the classification are in the result."""
+        return self.solve_directions([None], model=model, strength=strength, subject=subject)[0]
 
     def solve_directions(self, directions: Sequence[np.ndarray | Mapping | None], *,
-                         model: Model | None = None, strength: bool = True) -> list["Result"]:
+                         model: Model | None = None, strength: bool = True,
+                         subject: Any = None) -> list["Result"]:
         """Solve several load directions on the same matrix and solver set-up.
 
         ``directions``: each item is None (the case's own direction), a (3,) global vector, or
@@ -181,10 +185,10 @@ class Analysis:
                 if d.shape != (3,) or not np.isfinite(d).all() or np.linalg.norm(d) == 0:
                     raise LoadCaseError(f"load direction must be a finite non-zero 3-vector, got {item!r}")
                 d = d / np.linalg.norm(d)
-            out.append(self._solve_one(solver, m, d, strength=strength))
+            out.append(self._solve_one(solver, m, d, strength=strength, subject=subject))
         return out
 
-    def _solve_one(self, solver, m: Model, d: np.ndarray, *, strength: bool) -> "Result":
+    def _solve_one(self, solver, m: Model, d: np.ndarray, *, strength: bool, subject: Any = None) -> "Result":
         t0 = time.perf_counter()
         R = self.rotation
         loading = self.case.loading
@@ -224,8 +228,7 @@ class Analysis:
                                    plate_rotation=(tie_res.rotation * scale) @ R,
                                    plate_moment=(tie_res.moment * scale) @ R)
         res.height_mm = self.height_mm
-        if hasattr(self.frame, "to_dict"):  # what the anatomy found, for checking (summary.json "frame")
-            res.extra["frame"] = self.frame.to_dict()
+        res.subject = subject
         if strength:
             res.evaluate_strength()
         log.info("solved %s: stiffness %s N/mm, load %.4g N, %.2f s", self.case.name,
@@ -292,7 +295,7 @@ def prepare(case, model: Model, *, frame=None, regions=None) -> Analysis:
         if not b.fix:
             continue
         nodes = region_fe_nodes[b.region]
-        comps = {"all": np.arange(3), "along_load": np.array([2]), "across_load": np.array([0, 1])}[b.fix]
+        comps = np.asarray(FIX_COMPONENTS[b.fix])
         fixed.append((3 * nodes[:, None] + comps).ravel())
     fixed_dofs = np.unique(np.concatenate(fixed)) if fixed else np.zeros(0, dtype=np.int64)
     load_name = case.loaded_regions[0]

@@ -26,6 +26,7 @@ from .bundled import (
 )
 from .calibration import (
     DensityCalibration,
+    HUCalibration,
     PhantomFit,
     apparent_from_ash,
     ash_from_apparent,
@@ -41,6 +42,7 @@ from .calibration import (
 )
 from .internal_calibration import (
     InternalCalibration,
+    hu_calibration_from_dict,
     internal_calibration,
     sample_tissues,
 )
@@ -77,20 +79,24 @@ from .meshing import (
     repair_surface,
     surface_from_mask,
     surface_from_mesh,
-    tet10_from_tet4,
     tetmesh_from_surface,
 )
 from .model import Model, sha256_of
+from .specimen import DensitySpec, Specimen
 from .voxel import hexmesh_from_mask
 
 __all__ = [
+    "DensitySpec",
+    "Specimen",
     "InternalCalibration",
+    "hu_calibration_from_dict",
     "internal_calibration",
     "sample_tissues",
     "BoneModel",
     "BundledBone",
     "CarterHayes1977",
     "DensityCalibration",
+    "HUCalibration",
     "DensityModulusLaw",
     "Eberle2013",
     "FemurFrame",
@@ -145,7 +151,6 @@ __all__ = [
     "surface_from_mask",
     "surface_from_mesh",
     "synthetic_qct",
-    "tet10_from_tet4",
     "tetmesh_from_surface",
     "vertebra_frame",
     "vertebral_body",

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 
 from ..errors import CTError, MaterialError
 from ..io.ct import CTImage
+from ..io.tables import Table
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,34 @@ def clamp_negative(rho, *, what: str = "density", floor: float = 0.0) -> np.ndar
 
 
 # ---------------------------------------------------------------------------------------------
-# calibration object
+# calibration objects
 # ---------------------------------------------------------------------------------------------
+@runtime_checkable
+class HUCalibration(Protocol):
+    """What femur_fe needs to turn HU into QCT (mineral-equivalent) density.
+
+    Implemented by :class:`DensityCalibration` (a straight line, e.g. from a phantom) and by
+    :class:`femur_fe.bone.internal_calibration.InternalCalibration` (the two-component curve of the
+    phantomless calibration, quadratic in HU). Every function that takes a HU calibration
+    (:func:`qct_from_hu`, :func:`calibrated_ct`, :func:`femur_fe.bone.mapping.map_density`,
+    :func:`femur_fe.bone.mapping.map_young_modulus`) accepts any object with these members.
+
+    Attributes
+    ----------
+    mineral : ``"k2hpo4"`` or ``"ha"``: the mineral the density is equivalent to
+    """
+
+    mineral: str
+
+    def density(self, hu, *, clamp: bool = True) -> np.ndarray:
+        """QCT density (g/cm^3) of HU values; negatives clamped to 0 with a warning if ``clamp``."""
+        ...
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable record from which the calibration can be rebuilt."""
+        ...
+
+
 @dataclass(frozen=True)
 class DensityCalibration:
     """Linear HU -> QCT density calibration: ``rho_qct = slope * HU + intercept`` (g/cm^3).
@@ -108,25 +135,16 @@ class DensityCalibration:
         ``unit`` is required: a calibration whose unit is implicit is a 1000x error waiting
         to happen.
         """
-        allowed = {"slope", "intercept", "unit", "mineral", "source", "density_type"}
-        unknown = set(data) - allowed
-        if unknown:
-            raise MaterialError(f"unknown calibration keys {sorted(unknown)}; allowed: {sorted(allowed)}")
-        for key in ("slope", "intercept", "unit"):
-            if key not in data:
-                raise MaterialError(f"calibration needs {key!r} (e.g. slope = 0.80028, intercept = 8.1229, "
-                                    "unit = 'mg/cm3')")
-        if data.get("density_type", "qct") != "qct":
-            raise MaterialError(f"a HU calibration yields density_type 'qct', got {data['density_type']!r}")
-        unit = str(data["unit"]).replace("^", "").lower()
-        if unit in ("g/cm3", "g/cc"):
-            scale = 1.0
-        elif unit in ("mg/cm3", "mg/cc"):
-            scale = 1e-3
-        else:
-            raise MaterialError(f"calibration unit must be 'g/cm3' or 'mg/cm3', got {data['unit']!r}")
-        return cls(float(data["slope"]) * scale, float(data["intercept"]) * scale,
-                   str(data.get("mineral", "k2hpo4")), str(data.get("source", "")))
+        t = Table(data, "calibration", "", MaterialError, schema="calibration JSON (phantom)")
+        slope = t.get("slope", "float", lo=0.0, lo_open=True)
+        intercept = t.get("intercept", "float")
+        unit = t.get("unit", "str", choices=("g/cm3", "mg/cm3", "g/cc", "mg/cc"))
+        mineral = t.get("mineral", "str", "k2hpo4", choices=("k2hpo4", "ha"))
+        source = t.get("source", "str", "")
+        t.get("density_type", "str", "qct", choices=("qct",))
+        t.finish()
+        scale = 1.0 if unit in ("g/cm3", "g/cc") else 1e-3
+        return cls(slope * scale, intercept * scale, mineral, source)
 
 
 @dataclass(frozen=True)
@@ -202,15 +220,24 @@ def fit_phantom_calibration(hu, density_mg, *, water_mg=None, mineral: str = "k2
 # ---------------------------------------------------------------------------------------------
 # conversions (g/cm^3)
 # ---------------------------------------------------------------------------------------------
-def qct_from_hu(hu, calibration: DensityCalibration, *, clamp: bool = True) -> np.ndarray:
-    """QCT (mineral-equivalent) density in g/cm^3 from HU; negatives clamped with a warning."""
-    if not isinstance(calibration, DensityCalibration):
-        raise MaterialError("calibration must be a femur_fe.bone.DensityCalibration (e.g. DensityCalibration.from_mg("
-                            f"0.80028, 8.1229)), got {type(calibration).__name__}")
-    return calibration.density(hu, clamp=clamp)
+def check_hu_calibration(calibration) -> HUCalibration:
+    """Return ``calibration`` if it is a :class:`HUCalibration`, else raise MaterialError naming the fix."""
+    if not isinstance(calibration, HUCalibration):
+        raise MaterialError("calibration must be a HU calibration: a femur_fe.bone.DensityCalibration (e.g. "
+                            "DensityCalibration.from_mg(0.80028, 8.1229)) or the result of "
+                            f"femur_fe.bone.internal_calibration(...), got {type(calibration).__name__}")
+    return calibration
 
 
-def qct_mg_from_hu(hu, calibration: DensityCalibration, *, clamp: bool = True) -> np.ndarray:
+def qct_from_hu(hu, calibration: HUCalibration, *, clamp: bool = True) -> np.ndarray:
+    """QCT (mineral-equivalent) density in g/cm^3 from HU; negatives clamped with a warning.
+
+    ``calibration``: any :class:`HUCalibration` (a phantom line or the internal-calibration curve).
+    """
+    return check_hu_calibration(calibration).density(hu, clamp=clamp)
+
+
+def qct_mg_from_hu(hu, calibration: HUCalibration, *, clamp: bool = True) -> np.ndarray:
     """QCT density in mg/cm^3 from HU."""
     return 1000.0 * qct_from_hu(hu, calibration, clamp=clamp)
 
@@ -309,7 +336,7 @@ def convert_density(rho, from_type: str, to_type: str, *, qct_to_ash=None) -> np
     return ash_from_apparent(rho)  # apparent -> ash
 
 
-def calibrated_ct(ct, calibration: DensityCalibration, *, clamp: bool = True):
+def calibrated_ct(ct, calibration: HUCalibration, *, clamp: bool = True):
     """Return a copy of a HU :class:`~femur_fe.io.ct.CTImage` converted to QCT density in g/cm^3."""
     if not isinstance(ct, CTImage):
         raise CTError(f"ct must be a CTImage, got {type(ct).__name__}")

@@ -20,10 +20,12 @@ Ogo's ``ogo/calib/internal_calibration.py`` (``InternalCalibration``) [V-code]:
 
    with ``rho(HU)`` and ``u(HU)`` the two fitted lines and ``u_2`` the second component's mass
    attenuation. The product of two lines is **quadratic** in HU (Ogo's ``predict``);
-   :meth:`InternalCalibration.density` gives it. :meth:`InternalCalibration.density_calibration`
-   returns the straight line with the smallest relative error over the bone voxels' HU distribution
-   (the rest of femur_fe takes a linear :class:`~femur_fe.bone.calibration.DensityCalibration`) and records
-   its largest deviation from the curve. K2HPO4 and triglyceride attenuate alike above ~120 keV
+   :meth:`InternalCalibration.density` gives it, and the calibration object itself is a
+   :class:`~femur_fe.bone.calibration.HUCalibration` that the mapping takes directly.
+   :meth:`InternalCalibration.density_calibration` returns the straight line with the smallest
+   relative error over the bone voxels' HU distribution and records its largest deviation from the
+   curve. :meth:`InternalCalibration.to_dict` / :meth:`InternalCalibration.from_dict` round-trip the
+   record (summary.json). K2HPO4 and triglyceride attenuate alike above ~120 keV
    (they cross at 144 keV), where the split is refused.
 
 Attenuation data: ``xraydb`` (Elam, Ravel & Sieber 2002, Radiat Phys Chem 63:121; total
@@ -36,15 +38,42 @@ these agree with the NIST/Ogo tables within 0.05 % (tests/test_internal_calibrat
 
 Accuracy limits (numbers from tests/test_internal_calibration.py and the clinical example CT):
 
-* The R^2 criterion ranks energies by how linear HU is in *mass* attenuation. For real tissue HUs it
-  lands near 95-100 keV (Ogo: 97 keV on VerSe L2). It does not return the energy of a monoenergetic
-  forward model: ICRU-44 tissues at nominal density imaged at 89 keV give 96.5 keV.
-* In that forward model (the scanner whose K2HPO4-in-water slope is the bundled phantom's 0.80
-  mg/cm^3 per HU) the two-component split puts trabecular K2HPO4 about 15 % below the phantom line.
-* Cortical bone has the largest leverage. Where no voxel is fully cortical (3 mm voxels) the fit rests
-  on air, fat and muscle, R^2 is close to 1 over a wide energy band, and on the clinical example CT the
-  L3 trabecular vBMD is 74 mg/cm^3; with a cortical value of 1226 HU given it would be 102 mg/cm^3.
-  With three tissues a 10 HU error in muscle moves trabecular densities by about 5 %.
+* **Against a phantom in a physically consistent scan** (every voxel from the same monoenergetic
+  attenuation physics at 74.3 keV: ICRU-44 tissues, the bundled vertebra's K2HPO4 field in water,
+  Mindways-style rods; ``test_b_physical_scan_internal_vs_phantom``): the phantom fit recovers the
+  trabecular K2HPO4 density (169.1 vs 169.2 mg/cm^3); this method gives 132.0 mg/cm^3 (-22 %; the
+  difference grows with density: -5 % for an 80 mg/cm^3 K2HPO4 solution at 100 HU). The marrow
+  does not change the comparison at a given HU (both are functions of HU); it moves both away from
+  the true K2HPO4 content (fatty marrow lowers HU: the classic fat error of single-energy QCT). Two
+  causes, both in the method: (1) the R^2 criterion ranks energies by how linear HU is in *mass*
+  attenuation, but HU is linear in *linear* attenuation (rho mu/rho): it returns 93.5 keV (5 tissues;
+  about 84 keV for air, fat and muscle whatever the scan's energy); at the true energy R^2 is only
+  0.929. Ogo's 97 keV on a 120 kVp scan is such an energy, not a spectrum's mean energy. (2) Even at
+  the true energy the split (tissue lines for density and mu/rho, triglyceride second component) has
+  about half the phantom's slope and 85 mg/cm^3 at 0 HU; it crosses the phantom line near 175
+  mg/cm^3. No option of Michalski 2020 or Ogo (tissue subsets, triglyceride or water, energy grid)
+  removes this: -10 % to -100 % at 65-85 keV. Bartenschlager et al. 2023 (J Bone Miner Res 38:1689)
+  report 12.6 +- 13.2 mg/cm^3 against simultaneous phantom calibration for the phantomless method
+  without precalibration, and good agreement only with a precalibration on phantom scans.
+* The curve is quadratic in HU; :meth:`InternalCalibration.density` is the curve, and the rest of
+  femur_fe takes it directly (:class:`~femur_fe.bone.calibration.HUCalibration`). The straight line of
+  :meth:`InternalCalibration.density_calibration` deviates from it by up to 25 % on the clinical CT.
+* Clinical example CT (3 mm, air/fat/muscle): L1-L5 trabecular vBMD 76-80 mg/cm^3 with the paraspinal
+  and gluteal muscle sample (23.5 HU; 74-77 mg/cm^3 with soft tissue within 40 mm of bone, 28.3 HU,
+  which includes bowel and bladder wall). A 120 kVp K2HPO4 phantom line (0.80 HU + 8 mg/cm^3) would
+  give 95-101 mg/cm^3 at these HUs: -20 %, the bias of the physical scan. With three tissues a
+  10 HU error in muscle moves trabecular densities by about 5 %.
+* **Cortical bone** has the largest leverage (L1-L5 become 110-117 mg/cm^3 with the 1088 HU of the 33
+  densest shell voxels, 102-108 with 1226 HU: about 1 % per 10 HU). It is used only when at least
+  ``min_voxels`` of the densest 0.9 cm^3 of the bone-mask shell are found, i.e. where voxels are small
+  enough to lie wholly inside cortex (a femoral shaft, 4-7 mm cortex, at <= 1.5 mm voxels). At 3 mm
+  no robust value exists: vertebral and femoral-neck cortex (0.3-2 mm) is thinner than a voxel, the
+  clinical CT holds no femoral shaft (femoral head and neck only), its densest bone voxels (99.9th
+  percentile 1050-1150 HU, at most 1183 HU in the right femur and 1262 HU in the right hip) are
+  partial-volume averages, and a partial-volume correction needs the cortical thickness that 3 mm
+  voxels cannot resolve. A wrong cortical value (too low by partial volume) biases every density
+  by ~1 % per 10 HU, so at 3 mm the calibration rests on air, fat and muscle, and a value measured
+  elsewhere (a finer scan of the same scanner) can be given as ``tissue_hu={"cortical_bone": HU}``.
 
 The result is an estimate of K2HPO4-equivalent density, not a phantom measurement.
 
@@ -67,7 +96,7 @@ import numpy as np
 
 from ..errors import CTError, MaterialError
 from ..io.ct import CTImage, _sitk, read_labels, read_mask, suffix_of
-from .calibration import DensityCalibration, clamp_negative
+from .calibration import DensityCalibration, HUCalibration, clamp_negative
 
 log = logging.getLogger(__name__)
 
@@ -203,11 +232,31 @@ def physical_tissue_hu(energy_kev: float) -> dict[str, float]:
     ``HU = 1000 (rho mu/rho / mu_water - 1)``: a forward model used to make synthetic scans and to
     check samples, not part of the calibration.
     """
-    tab = _table((float(energy_kev),))
-    mu_w = float(tab["water"][0])
     _, rho_air = _xraydb().get_material("air")
     dens = dict(ICRU44_DENSITY, air=rho_air)
-    return {t: 1000.0 * (dens[t] * float(tab[t][0]) / mu_w - 1.0) for t in TISSUES}
+    return {t: float(mixture_hu(energy_kev, {t: dens[t]})) for t in TISSUES}
+
+
+def mixture_hu(energy_kev: float, partial_densities: Mapping[str, Any]) -> np.ndarray:
+    """HU of voxels holding materials at given partial densities, for a monoenergetic beam.
+
+    ``HU = 1000 (sum_m rho_m (mu/rho)_m / (mu/rho)_water - 1)`` with water at 1 g/cm^3 and
+    ``partial_densities`` material -> g/cm^3 (scalars or arrays of one shape; materials of
+    :data:`MATERIALS`). A forward model for synthetic scans and checks: e.g. a K2HPO4 solution of
+    ``k`` g/cm^3 in the Mindways model is ``{"k2hpo4": k, "water": 0.9996 - 0.2174 k}``.
+    """
+    tab = _table((float(energy_kev),))
+    mu_w = float(tab["water"][0])
+    total = None
+    for name, rho in partial_densities.items():
+        key = _ALIASES.get(str(name).lower(), str(name).lower())
+        if key not in tab:
+            raise MaterialError(f"unknown material {name!r}; known: {', '.join(MATERIALS)}")
+        term = np.asarray(rho, dtype=np.float64) * float(tab[key][0])
+        total = term if total is None else total + term
+    if total is None:
+        raise MaterialError("mixture_hu needs at least one material")
+    return 1000.0 * (total / mu_w - 1.0)
 
 
 # =============================================================================================
@@ -279,6 +328,10 @@ class InternalCalibration:
     attenuation_source: str = ""
     roi_labels: np.ndarray | None = field(default=None, repr=False)
     _geometry: tuple | None = field(default=None, repr=False)
+
+    #: the calibration gives K2HPO4-equivalent QCT density (:class:`~femur_fe.bone.calibration.HUCalibration`)
+    mineral = "k2hpo4"
+    density_type = "qct"
 
     # ------------------------------------------------------------------ conversions
     def mass_attenuation_of_hu(self, hu) -> np.ndarray:
@@ -392,7 +445,86 @@ class InternalCalibration:
                                     "max_deviation_mg_cm3": lin["max_deviation_mg_cm3"],
                                     "max_deviation_percent": lin["max_deviation_percent"]},
             "attenuation_data": self.attenuation_source,
+            "linear_fit_hu": [float(x) for x in self.linear_hu],
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "InternalCalibration":
+        """Rebuild the calibration from its :meth:`to_dict` record (e.g. read back from summary.json).
+
+        The curve (:meth:`density`) needs only the recorded line coefficients and mass attenuations,
+        so the rebuilt calibration gives the same densities as the original to the last digit. The
+        recorded straight line (``hu_to_k2hpo4_linear``), when present, must be reproduced from the
+        record (relative 1e-9), else MaterialError: the record was edited inconsistently. The ROI
+        label image is not part of the record.
+        """
+        if not isinstance(data, Mapping):
+            raise MaterialError(f"an internal calibration record is a mapping (summary.json 'calibration'), got "
+                                f"{type(data).__name__}")
+        if data.get("method") != "internal":
+            raise MaterialError(f"not an internal calibration record: method = {data.get('method')!r} (expected "
+                                "'internal'); a phantom line is read with DensityCalibration.from_dict")
+
+        def get(*keys: str):
+            node: Any = data
+            for k in keys:
+                if not isinstance(node, Mapping) or k not in node:
+                    raise MaterialError(f"internal calibration record lacks {'.'.join(keys)!r}")
+                node = node[k]
+            return node
+
+        def num(*keys: str) -> float:
+            v = get(*keys)
+            try:
+                x = float(v)
+            except (TypeError, ValueError):
+                raise MaterialError(f"internal calibration record: {'.'.join(keys)} must be a number, got {v!r}") from None
+            if not np.isfinite(x):
+                raise MaterialError(f"internal calibration record: {'.'.join(keys)} must be finite, got {v!r}")
+            return x
+
+        second = str(get("second_component"))
+        if second not in SECOND_COMPONENTS:
+            raise MaterialError(f"internal calibration record: second_component must be one of {SECOND_COMPONENTS}, "
+                                f"got {second!r}")
+        mu = {str(k): float(v) for k, v in dict(get("mass_attenuation_cm2_g")).items()}
+        for k in ("k2hpo4", second):
+            if k not in mu or not np.isfinite(mu[k]) or mu[k] <= 0:
+                raise MaterialError(f"internal calibration record: mass_attenuation_cm2_g lacks a positive {k!r}")
+        tissues: dict[str, TissueSample] = {}
+        for t in TISSUES:
+            rec = dict(get("tissues", t))
+
+            def _f(key: str) -> float:
+                v = rec.get(key)
+                return float("nan") if v is None else float(v)
+
+            tissues[t] = TissueSample(t, _f("mean_hu"), _f("std_hu"), int(rec.get("n_voxels", 0)),
+                                      bool(rec.get("used", False)), str(rec.get("source", "")),
+                                      str(rec.get("note", "")))
+        search = [float(x) for x in get("energy_search_kev")]
+        if len(search) != 3:
+            raise MaterialError("internal calibration record: energy_search_kev must be [start, stop, step] in keV")
+        lin_hu = data.get("linear_fit_hu")
+        cal = cls(
+            tissues=tissues, effective_energy_kev=num("effective_energy_kev"), r_squared=num("r_squared"),
+            energies_kev=(search[0], search[1], search[2]), mass_attenuation_cm2_g=mu,
+            hu_to_mass_attenuation_slope=num("hu_to_mass_attenuation", "slope"),
+            hu_to_mass_attenuation_intercept=num("hu_to_mass_attenuation", "intercept"),
+            hu_to_density_slope=num("hu_to_density", "slope"), hu_to_density_intercept=num("hu_to_density", "intercept"),
+            second_component=second,
+            linear_hu=tuple(np.linspace(0.0, 1000.0, 99).tolist()) if lin_hu is None else
+            tuple(float(x) for x in lin_hu),
+            attenuation_source=str(data.get("attenuation_data", "")))
+        rec_line = data.get("hu_to_k2hpo4_linear")
+        if isinstance(rec_line, Mapping) and "slope" in rec_line:
+            lin = cal.linear_fit()
+            for key in ("slope", "intercept"):
+                want = float(rec_line[key])
+                if not np.isclose(lin[key], want, rtol=1e-9, atol=1e-12):
+                    raise MaterialError(f"internal calibration record is inconsistent: hu_to_k2hpo4_linear.{key} = "
+                                        f"{want!r} but the recorded curve and linear_fit_hu give {lin[key]!r}")
+        return cal
 
     def roi_label_image(self) -> np.ndarray:
         """uint8 [i, j, k] image of the sampled voxels (91 adipose, 92 air, 93 blood, 94 cortical
@@ -472,7 +604,7 @@ def fit_internal_calibration(tissues: Mapping[str, TissueSample | float], *,
                              min_r2: float = DEFAULT_MIN_R2, second_component: str = "triglyceride",
                              linear_hu=None,
                              roi_labels: np.ndarray | None = None, geometry: tuple | None = None,
-                             check_plausible: bool = True) -> InternalCalibration:
+                             check_plausible: bool = True, energy_kev: float | None = None) -> InternalCalibration:
     """Fit the internal calibration to tissue HUs (Michalski 2020 / Ogo ``InternalCalibration.fit``).
 
     Parameters
@@ -490,6 +622,8 @@ def fit_internal_calibration(tissues: Mapping[str, TissueSample | float], *,
         default (default 0..1000 HU evenly)
     check_plausible : refuse a required tissue (and drop an optional one) whose mean HU is outside
         :data:`PLAUSIBLE_HU`
+    energy_kev : the effective energy when it is known (e.g. a virtual monoenergetic image of a
+        dual-energy scanner), keV: no search; R^2 is reported at that energy
 
     Raises
     ------
@@ -535,7 +669,14 @@ def fit_internal_calibration(tissues: Mapping[str, TissueSample | float], *,
                                 f"tissue_hu={{'{t}': ...}} or an ROI mask for it")
     used = [t for t in TISSUES if samples[t].used]
 
-    if energies_kev is None:
+    if energy_kev is not None:
+        if energies_kev is not None or attenuation is not None:
+            raise MaterialError("give either energy_kev (a known effective energy) or energies_kev/attenuation "
+                                "(an energy search), not both")
+        if not (np.isfinite(energy_kev) and 1.0 <= float(energy_kev) <= 1000.0):
+            raise MaterialError(f"energy_kev must be a finite energy in keV (1..1000), got {energy_kev!r}")
+        energies = np.array([float(energy_kev)])
+    elif energies_kev is None:
         energies = energy_grid()
     else:
         energies = np.asarray(energies_kev, dtype=np.float64).ravel()
@@ -563,8 +704,8 @@ def fit_internal_calibration(tissues: Mapping[str, TissueSample | float], *,
     best = int(np.argmax(r2))                                # first maximum, as Ogo's strict '>'
     e_best, r2_best = float(energies[best]), float(r2[best])
     lo_e, hi_e = float(energies[0]), float(energies[-1])
-    step = float(np.median(np.diff(energies)))
-    if best == 0 or best == energies.size - 1:
+    step = float(np.median(np.diff(energies))) if energies.size > 1 else 0.0
+    if energies.size > 1 and (best == 0 or best == energies.size - 1):
         raise MaterialError(f"internal calibration: the best effective energy {e_best:g} keV is at the edge of "
                             f"the search range {lo_e:g}..{hi_e:g} keV, so it is not a maximum of R2; check the "
                             f"tissue HUs ({_fmt(samples, used)}) or widen energies_kev")
@@ -616,15 +757,21 @@ class SamplingOptions:
     muscle_depth_mm: float = 10.0         # muscle voxels at least this deep inside the body
     bone_clearance_mm: float = 6.0        # soft-tissue samples this far from bone
     gas_clearance_mm: float = 10.0        # muscle this far from gas inside the body (bowel, lung)
-    muscle_near_bone_mm: float = 40.0     # without muscle masks: muscle within this of a bone mask
+    muscle_near_bone_mm: float = 40.0     # last resort: muscle within this of a bone mask
+    paraspinal_lateral_mm: float = 50.0   # paraspinal ROI: within this of the vertebra's mid-plane ...
+    paraspinal_reach_mm: float = 50.0     # ... and of the vertebra mask, posterior to its centroid
+    gluteal_reach_mm: float = 60.0        # gluteal ROI: within this of the femur mask, posterior to
+    gluteal_medial_mm: float = 20.0       # the femur centroid and at most this medial of it
+    max_bimodality: float = 5.0 / 9.0     # a muscle region with a larger bimodality coefficient is refused
     bone_hu: float = 300.0                # bone by threshold where no bone mask is given
     cortical_volume_mm3: float = 900.0    # Ogo get_cortical_bone: 899 densest voxels below the
     cortical_skip_mm3: float = 50.0       # 50 densest (at 1 mm voxels)
     trim_mad: float = 3.0                 # samples trimmed to median +- trim_mad * 1.4826 MAD
 
 
-def _classify_masks(masks, ct) -> dict[str, np.ndarray]:
-    """Group masks into ``bone``, ``vessel``, ``muscle`` and ``other`` boolean arrays."""
+def _classify_masks(masks, ct, named: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Group masks into ``bone``, ``vessel``, ``muscle`` and ``other`` boolean arrays; when ``named`` is
+    a dict, every bone and muscle mask is also put there under its (lower-case) name."""
 
     groups = {g: np.zeros(ct.shape, dtype=bool) for g in ("bone", "vessel", "muscle", "other")}
     if masks is None:
@@ -643,8 +790,12 @@ def _classify_masks(masks, ct) -> dict[str, np.ndarray]:
             groups["vessel"] |= arr
         elif any(w in key for w in _MUSCLE_WORDS):
             groups["muscle"] |= arr
+            if named is not None:
+                named[key] = named.get(key, False) | arr
         elif any(w in key for w in _BONE_WORDS):
             groups["bone"] |= arr
+            if named is not None:
+                named[key] = named.get(key, False) | arr
         else:
             groups["other"] |= arr
     return groups
@@ -749,9 +900,12 @@ def sample_tissues(ct, masks=None, *, options: SamplingOptions | None = None,
     * **adipose**: the subcutaneous shell 4-34 mm below the body outline, fat window -190..-30 HU,
       only voxels whose 6 neighbours are fat too, 6 mm from bone.
     * **skeletal muscle**: from muscle masks when given (e.g. TotalSegmentator ``autochthon_*``,
-      ``iliopsoas_*``), else body voxels at least 10 mm deep within 40 mm of a bone mask (or of
-      bone by a 300 HU threshold); muscle window -29..150 HU with 6 muscle neighbours, 6 mm from
-      bone, 10 mm from gas inside the body, outside any organ mask.
+      ``iliopsoas_*``, ``gluteus_*``), else the paraspinal region behind the vertebra masks and the
+      gluteal region behind the femur masks, each used only if unimodal (:func:`_muscle_roi`), else
+      body voxels within 40 mm of a bone mask (or of bone by a 300 HU threshold); always in the
+      muscle window -29..150 HU with 6 muscle neighbours, at least 10 mm deep in the body, 6 mm from
+      bone, 10 mm from gas inside the body, outside any organ mask. The note of the muscle sample
+      names the region(s) used with their voxel counts and mean HU.
     * **blood**: only from vessel masks (``aorta``, ``inferior_vena_cava``, ...), eroded by one voxel;
       otherwise not used.
     * **cortical bone**: the outer shell (one voxel) of the bone masks; the densest 0.9 cm^3 below
@@ -779,7 +933,8 @@ def sample_tissues(ct, masks=None, *, options: SamplingOptions | None = None,
     hu = np.asarray(ct.array, dtype=np.float32)
     finite = np.isfinite(hu)
     hu = np.where(finite, hu, np.float32(-1000.0))
-    groups = _classify_masks(masks, ct)
+    named: dict[str, np.ndarray] = {}
+    groups = _classify_masks(masks, ct, named)
     ax = _axial_axis(ct)
 
     # ---------------------------------------------------------------- exclusions
@@ -828,12 +983,7 @@ def sample_tissues(ct, masks=None, *, options: SamplingOptions | None = None,
     gas = body & (hu < -300.0)
     base = (body & ok & muscle_range & (depth >= opt.muscle_depth_mm) & (d_bone >= opt.bone_clearance_mm)
             & (_dist(gas, sp) >= opt.gas_clearance_mm) & ~groups["other"] & ~groups["vessel"])
-    if groups["muscle"].any():
-        roi["muscle"] = base & _interior(groups["muscle"])
-        muscle_note = "from muscle masks"
-    else:
-        roi["muscle"] = base & (d_bone <= opt.muscle_near_bone_mm)
-        muscle_note = f"soft tissue within {opt.muscle_near_bone_mm:g} mm of bone"
+    roi["muscle"], muscle_note = _muscle_roi(hu, base, named, groups, d_bone, body, ct, opt, min_voxels)
     if groups["vessel"].any():
         roi["blood"] = _interior(groups["vessel"]) & ok & _in(hu, (-200.0, 600.0))
     shell = groups["bone"] & ~_interior(groups["bone"]) & ok & (hu < opt.metal_hu)
@@ -858,7 +1008,8 @@ def sample_tissues(ct, masks=None, *, options: SamplingOptions | None = None,
             sel, source, note = roi.get(t), "automatic", notes[t]
         if sel is None or not sel.any():
             why = {"blood": "no vessel mask (give masks['aorta'] or tissue_hu['blood'])",
-                   "cortical_bone": "no bone mask"}.get(t, "no candidate voxel")
+                   "cortical_bone": "no bone mask", "muscle": f"no candidate voxel: {muscle_note}"}.get(
+                       t, "no candidate voxel")
             samples[t] = TissueSample(t, float("nan"), float("nan"), 0, False, "not found", why)
             continue
         idx = np.flatnonzero(sel.ravel())
@@ -885,6 +1036,99 @@ def sample_tissues(ct, masks=None, *, options: SamplingOptions | None = None,
     return samples, labels
 
 
+def bimodality_coefficient(values) -> float:
+    """Sarle's bimodality coefficient ``(g^2 + 1) / (k + 3 (n-1)^2 / ((n-2)(n-3)))`` of a sample
+    (g skewness, k excess kurtosis, both bias-corrected). Above 5/9 (its value for a uniform
+    distribution) the sample is taken to be bimodal (SAS Institute 1990; Pfister et al. 2013,
+    Front Psychol 4:700). NaN for fewer than 4 values."""
+    from scipy.stats import kurtosis, skew
+
+    v = np.asarray(values, dtype=np.float64).ravel()
+    n = v.size
+    if n < 4 or np.ptp(v) == 0:
+        return float("nan")
+    g = float(skew(v, bias=False))
+    k = float(kurtosis(v, bias=False))
+    return (g * g + 1.0) / (k + 3.0 * (n - 1) ** 2 / ((n - 2) * (n - 3)))
+
+
+def _muscle_roi(hu: np.ndarray, base: np.ndarray, named: Mapping[str, np.ndarray], groups: Mapping[str, np.ndarray],
+                d_bone: np.ndarray, body: np.ndarray, ct, opt: "SamplingOptions",
+                min_voxels: int) -> tuple[np.ndarray, str]:
+    """Skeletal-muscle ROI and a note saying which region it is.
+
+    In order of preference: (1) the muscle masks (``autochthon_*``, ``iliopsoas_*``, ``gluteus_*``...);
+    (2) anatomical regions located from the bone masks: **paraspinal** (erector spinae) behind each
+    vertebra mask (``vertebra*``): posterior to the mask's centroid, within ``paraspinal_lateral_mm`` of
+    its mid-sagittal plane, ``paraspinal_reach_mm`` of the mask and its axial extent; nothing but
+    muscle and fat lies there (no bowel, bladder or kidney), and **gluteal** around each femur mask
+    (``femur*``): posterior to its centroid, at most ``gluteal_medial_mm`` medial of it (the pelvic
+    contents lie medial), within ``gluteal_reach_mm`` of the mask;
+    (3) soft tissue within ``muscle_near_bone_mm`` of bone (may hold bowel or bladder wall). Each
+    candidate region (each vertebra, each femur) needs ``min_voxels`` voxels in the muscle window
+    and a unimodal HU distribution (:func:`bimodality_coefficient` <= ``max_bimodality``); the
+    accepted regions of the first class that has any are united.
+    """
+    if groups["muscle"].any():
+        names = sorted(k for k in named if any(w in k for w in _MUSCLE_WORDS))
+        return base & _interior(groups["muscle"]), "from muscle masks: " + ", ".join(names)
+    idx = np.argwhere(base)
+    if idx.size == 0:
+        return base, "no soft tissue in the muscle window"
+    world = np.asarray(ct.world_from_index(idx.astype(np.float64)))
+    vals = hu[tuple(idx.T)]
+    post = 1                                    # world y (LPS) grows towards posterior
+    regions: list[tuple[str, np.ndarray]] = []
+
+    def located(word: str):
+        """(name, world coordinates of the mask, its centroid, candidates' distance to it) per mask."""
+        for key in sorted(k for k in named if word in k):
+            if named[key].any():
+                w = np.asarray(ct.world_from_index(np.argwhere(named[key]).astype(np.float64)))
+                yield key, w, w.mean(axis=0), _dist(named[key], ct.spacing)[tuple(idx.T)]
+
+    for key, w, c, d in located("vertebra"):
+        sel = ((world[:, 2] >= w[:, 2].min()) & (world[:, 2] <= w[:, 2].max()) & (world[:, post] >= c[post])
+               & (np.abs(world[:, 0] - c[0]) <= opt.paraspinal_lateral_mm) & (d <= opt.paraspinal_reach_mm))
+        regions.append((f"paraspinal at {key}", sel))
+    mid_x = float(np.mean(np.asarray(ct.world_from_index(np.argwhere(body)[:: max(1, int(body.sum()) // 20000)]
+                                                         .astype(np.float64)))[:, 0]))
+    for key, w, c, d in located("femur"):
+        lateral = 1.0 if c[0] >= mid_x else -1.0
+        sel = ((world[:, post] >= c[post]) & ((world[:, 0] - c[0]) * lateral >= -opt.gluteal_medial_mm)
+               & (d <= opt.gluteal_reach_mm))
+        regions.append((f"gluteal at {key}", sel))
+    accepted, rejected = [], []
+    for name, sel in regions:
+        v = vals[sel].astype(np.float64)
+        v = v[_trimmed(v, opt.trim_mad)]
+        bc = bimodality_coefficient(v)
+        if v.size < min_voxels:
+            rejected.append(f"{name}: {v.size} voxels")
+        elif not bc <= opt.max_bimodality:
+            rejected.append(f"{name}: bimodal (coefficient {bc:.2f})")
+        else:
+            accepted.append((name, sel, v))
+    if rejected:
+        log.info("internal calibration: muscle regions not used: %s", "; ".join(rejected))
+    if accepted:
+        sel = np.zeros(len(idx), dtype=bool)
+        for _, s_, _ in accepted:
+            sel |= s_
+        out = np.zeros(hu.shape, dtype=bool)
+        out[tuple(idx[sel].T)] = True
+        parts = ", ".join(f"{n} ({v.size} voxels, {v.mean():.1f} HU)" for n, _, v in accepted)
+        return out, "anatomical: " + parts
+    near = base & (d_bone <= opt.muscle_near_bone_mm)
+    v = hu[near].astype(np.float64)
+    bc = bimodality_coefficient(v[_trimmed(v, opt.trim_mad)]) if v.size else float("nan")
+    note = f"soft tissue within {opt.muscle_near_bone_mm:g} mm of bone (no paraspinal or gluteal region"
+    note += f": {'; '.join(rejected)})" if rejected else ")"
+    if v.size and not bc <= opt.max_bimodality:
+        return np.zeros(hu.shape, dtype=bool), note + f" is bimodal (coefficient {bc:.2f})"
+    return near, note
+
+
 def _in(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     return (hu >= window[0]) & (hu <= window[1])
 
@@ -908,7 +1152,7 @@ def _cortical(hu: np.ndarray, shell: np.ndarray, voxel_volume: float, opt: Sampl
 # =============================================================================================
 def internal_calibration(ct=None, masks=None, tissue_hu: Mapping[str, float] | None = None,
                          roi_masks: Mapping[str, Any] | None = None, *,
-                         energies_kev=None, min_r2: float = DEFAULT_MIN_R2,
+                         energies_kev=None, energy_kev: float | None = None, min_r2: float = DEFAULT_MIN_R2,
                          min_voxels: int = DEFAULT_MIN_VOXELS, second_component: str = "triglyceride",
                          linear_hu_range: tuple[float, float] | None = None,
                          options: SamplingOptions | None = None) -> InternalCalibration:
@@ -925,7 +1169,7 @@ def internal_calibration(ct=None, masks=None, tissue_hu: Mapping[str, float] | N
         sequence of bone masks.
     tissue_hu : tissue -> mean HU given directly (overrides sampling for those tissues)
     roi_masks : tissue -> mask array or label file giving that tissue's ROI
-    energies_kev, min_r2, second_component : see :func:`fit_internal_calibration`
+    energies_kev, energy_kev, min_r2, second_component : see :func:`fit_internal_calibration`
     min_voxels : smallest voxel count of a sampled tissue
     linear_hu_range : HU range (evenly weighted) of the straight line of
         :meth:`InternalCalibration.density_calibration`; default the 1st..99th percentiles of the HU of
@@ -971,12 +1215,20 @@ def internal_calibration(ct=None, masks=None, tissue_hu: Mapping[str, float] | N
         if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
             raise MaterialError(f"linear_hu_range must be (low, high) in HU with high > low, got {linear_hu_range!r}")
         lin_hu = np.linspace(lo, hi, 401)
-    cal = fit_internal_calibration(samples, energies_kev=energies_kev, min_r2=min_r2,
+    cal = fit_internal_calibration(samples, energies_kev=energies_kev, energy_kev=energy_kev, min_r2=min_r2,
                                    second_component=second_component, linear_hu=lin_hu,
                                    roi_labels=labels, geometry=geometry)
     for line in cal.summary_lines():
         log.info("internal calibration: %s", line)
     return cal
+
+
+def hu_calibration_from_dict(data: Mapping[str, Any]) -> HUCalibration:
+    """Rebuild a HU calibration from its ``to_dict()`` record: ``method = "internal"`` gives an
+    :class:`InternalCalibration`, anything else a :class:`DensityCalibration` (phantom line)."""
+    if isinstance(data, Mapping) and data.get("method") == "internal":
+        return InternalCalibration.from_dict(data)
+    return DensityCalibration.from_dict(data)
 
 
 def trabecular_core(mask, spacing, depth_mm: float = 6.0) -> np.ndarray:

@@ -41,7 +41,7 @@ from ..errors import CTError, MaterialError
 from ..fe.elements import quadrature, shape_functions, shape_gradients
 from ..fe.mesh import Mesh
 from ..io.ct import CTImage, lps_from_ras
-from .calibration import DENSITY_TYPES, DensityCalibration, convert_density
+from .calibration import DENSITY_TYPES, HUCalibration, convert_density
 from .materials import DensityModulusLaw
 
 log = logging.getLogger(__name__)
@@ -306,10 +306,11 @@ def _ct_values_to_density(ct_unit: str, calibration, ct_density_type: str):
     if ct_density_type not in DENSITY_TYPES:
         raise MaterialError(f"ct_density_type must be one of {DENSITY_TYPES}, got {ct_density_type!r}")
     if ct_unit == "HU":
-        if not isinstance(calibration, DensityCalibration):
+        if not isinstance(calibration, HUCalibration):
             raise CTError("the CT is in HU: pass calibration=femur_fe.bone.DensityCalibration(...) (phantom fit or "
-                          "literature slope/intercept) to convert HU to density")
-        return "qct", lambda v: calibration.slope * v + calibration.intercept
+                          "literature slope/intercept) or the result of femur_fe.bone.internal_calibration(...) to "
+                          "convert HU to density")
+        return "qct", lambda v: calibration.density(v, clamp=False)
     if calibration is not None:
         raise CTError(f"the CT is already in {ct_unit}; do not pass a HU calibration")
     scale = 1e-3 if ct_unit == "mg/cm3" else 1.0
@@ -429,20 +430,31 @@ def map_ct(mesh: Mesh, ct: CTImage, *, method: str = "element_average", n_steps:
     return MappingResult(vals, ct.unit, "hu" if ct.unit == "HU" else "density", report)
 
 
-def map_density(mesh: Mesh, ct: CTImage, *, calibration: DensityCalibration | None = None,
+def map_density(mesh: Mesh, ct: CTImage, *, calibration: HUCalibration | None = None,
                 density_type: str = "qct", ct_density_type: str = "qct", qct_to_ash=None,
                 method: str = "element_average", n_steps: int = 3, outside: str = "error",
                 fill_value: float | None = None, frame: str = "LPS", clamp: bool = True) -> MappingResult:
     """Element (or quadrature-point) density in g/cm^3 of type ``density_type``.
 
-    HU CTs need ``calibration``; density CTs hold ``ct_density_type`` (default QCT). The
-    conversions are linear, so averaging HU and then converting equals averaging density.
-    Negative densities are clamped to 0 with a warning when ``clamp``.
+    HU CTs need ``calibration`` (any :class:`~femur_fe.bone.calibration.HUCalibration`: a phantom
+    line or the internal-calibration curve); every HU sample is converted to QCT density before
+    the element average, so a curved calibration gives the mean density, not the density of the
+    mean HU. Density CTs hold ``ct_density_type`` (default QCT). Negative densities are clamped to
+    0 with a warning when ``clamp``.
     """
-    res = map_ct(mesh, ct, method=method, n_steps=n_steps, outside=outside, fill_value=fill_value, frame=frame)
+    if method == "modulus_average":
+        raise CTError("method='modulus_average' needs a material law: use femur_fe.bone.map_young_modulus")
     unit = "HU" if ct.unit == "HU" else "g/cm3"
     src_type, to_rho = _ct_values_to_density(unit, calibration, ct_density_type)
-    rho = to_rho(res.values)
+    if unit == "HU":
+        vals, report = _map(mesh, ct, method=method, n_steps=n_steps, outside=outside, fill_value=fill_value,
+                            frame=frame, transform=lambda v: (to_rho(v), 0))
+        res = MappingResult(vals, "g/cm3", "density", report)
+        rho = vals
+    else:
+        res = map_ct(mesh, ct, method=method, n_steps=n_steps, outside=outside, fill_value=fill_value,
+                     frame=frame)
+        rho = to_rho(res.values)
     rho = convert_density(rho, src_type, density_type, qct_to_ash=qct_to_ash)
     if clamp:
         neg = rho < 0
@@ -454,7 +466,7 @@ def map_density(mesh: Mesh, ct: CTImage, *, calibration: DensityCalibration | No
     return MappingResult(rho, "g/cm3", f"{density_type}_density", res.report)
 
 
-def map_young_modulus(mesh: Mesh, ct: CTImage, law, *, calibration: DensityCalibration | None = None,
+def map_young_modulus(mesh: Mesh, ct: CTImage, law, *, calibration: HUCalibration | None = None,
                       ct_density_type: str = "qct", qct_to_ash=None, method: str = "modulus_average",
                       n_steps: int = 3, outside: str = "error", fill_value: float | None = None,
                       frame: str = "LPS") -> MappingResult:

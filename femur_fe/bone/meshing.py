@@ -39,7 +39,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import SurfaceError
-from ..fe.mesh import Mesh, remove_orphan_nodes
+from ..fe.mesh import Mesh, remove_orphan_nodes, tet10_from_tet4
 from ..fe.topology import boundary_faces
 from ..io.surface import (
     Surface,
@@ -434,7 +434,6 @@ def _orient_positive(nodes: np.ndarray, tets: np.ndarray) -> np.ndarray:
     return tets
 
 
-_TET10_EDGES = np.array([[0, 1], [1, 2], [0, 2], [0, 3], [1, 3], [2, 3]])
 _TET_FACES = np.array([[1, 2, 3], [0, 3, 2], [0, 1, 3], [0, 2, 1]])  # face i is opposite vertex i
 
 
@@ -520,27 +519,6 @@ def _peel_boundary_slivers(nodes: np.ndarray, tets: np.ndarray, min_dihedral_deg
         log.debug("peeled %d boundary sliver caps", len(bad))
         out = out[keep]
     return out
-
-
-def tet10_from_tet4(mesh: Mesh) -> Mesh:
-    """Add straight mid-edge nodes to a tet4 mesh (VTK/meshio ``tetra10`` node order).
-
-    Mid-edge node ids follow the sorted unique edge list, so the result is deterministic.
-    Node sets are carried over (vertices only); point data is dropped.
-    """
-    if mesh.cell_type != "tetra":
-        raise SurfaceError(f"tet10_from_tet4 needs a tet4 mesh, got {mesh.cell_type!r}")
-    c = mesh.cells
-    e = c[:, _TET10_EDGES].reshape(-1, 2)
-    srt = np.sort(e, axis=1)
-    n = np.int64(mesh.n_points)
-    _, first, inv = np.unique(srt[:, 0] * n + srt[:, 1], return_index=True, return_inverse=True)
-    uniq = srt[first]                      # sorted by (low id, high id): deterministic numbering
-    mids = 0.5 * (mesh.points[uniq[:, 0]] + mesh.points[uniq[:, 1]])
-    mid_ids = mesh.n_points + inv.ravel().reshape(-1, 6)
-    cells = np.hstack([c, mid_ids])
-    return Mesh(np.vstack([mesh.points, mids]), cells, "tetra10", mesh.node_sets, mesh.cell_sets,
-                mesh.cell_data, {})
 
 
 def surface_from_mesh(mesh: Mesh) -> Surface:

@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import CTError, LoadCaseError, MaterialError
 from ..fe.mesh import Mesh
 from ..io.ct import read_ct
+from .internal_calibration import internal_calibration
 from .mapping import map_density, map_young_modulus
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class Model:
         kept when the density changes so scenarios stay consistent with the baseline.
     inputs : file path -> sha256 of the inputs the model came from
     mapping : the mapping report as a dict (samples outside the CT, clamped densities)
+    calibration : how the CT became density (method, slope/intercept, internal-calibration fit)
     """
 
     mesh: Mesh
@@ -65,6 +67,7 @@ class Model:
     heterogeneity: np.ndarray | None = None
     inputs: dict = field(default_factory=dict)
     mapping: dict = field(default_factory=dict)
+    calibration: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         m = self.mesh.n_cells
@@ -98,22 +101,40 @@ class Model:
 
     @classmethod
     def from_ct(cls, mesh: Mesh, ct, material, *, outside: str = "nearest", n_steps: int = 3,
-                ct_path: str | os.PathLike | None = None) -> "Model":
+                ct_path: str | os.PathLike | None = None, calibration_masks=None) -> "Model":
         """Map a CT onto ``mesh`` with the ``[material]`` section of a load case.
 
         ``material`` is a :class:`femur_fe.case.loadcase.Material`. Elements with samples outside
         the scan use the nearest voxel (``outside="nearest"``) and are reported in
-        ``model.mapping``; use ``outside="error"`` to refuse them.
+        ``model.mapping``; use ``outside="error"`` to refuse them. An HU CT is calibrated as
+        ``[material.calibration]`` says: ``method = "linear"`` (a phantom's slope and intercept)
+        or ``"internal"`` (:func:`femur_fe.bone.internal_calibration` on this CT, helped by
+        ``calibration_masks``: name -> label image, e.g. the segmenter's masks); what was used is
+        recorded in ``model.calibration``.
         """
         law = material.build()
         cal = material.calibration
-        dcal = cal.density_calibration()
-        if cal.ct_unit == "HU" and dcal is None:
-            raise CTError("the CT is in HU but [material.calibration] gives no slope/intercept; add the "
-                          "phantom calibration (slope, intercept, unit) to the load case")
         if ct.unit == "HU" and cal.ct_unit != "HU":
-            raise CTError(f"the CT holds HU but the load case says ct_unit = {cal.ct_unit!r}; set "
-                          "[material.calibration] ct_unit = 'HU' with the phantom's slope and intercept")
+            raise CTError(f"the CT holds HU but the load case says ct_unit = {cal.ct_unit!r}; calibrate it: "
+                          "--calibration internal (phantomless) or --calibration PHANTOM.json (CLI), or "
+                          "[material.calibration] ct_unit = 'HU' with method = 'internal' or slope/intercept")
+        record: dict[str, Any] = {"ct_unit": cal.ct_unit, "ct_density_type": cal.ct_density_type,
+                                  "qct_to_ash": cal.qct_to_ash}
+        if cal.ct_unit == "HU" and cal.method == "internal":
+            ic = internal_calibration(ct, masks=calibration_masks or None,
+                                      tissue_hu=dict(cal.tissue_hu) or None)
+            dcal = ic  # the two-component curve itself (HUCalibration), not a line through it
+            record.update({**ic.to_dict(), "method": "internal"})
+            log.info("internal calibration: %.0f keV, R^2 %.6f, %s", ic.effective_energy_kev, ic.r_squared,
+                     ", ".join(f"{k} {v.mean_hu:.1f} HU" for k, v in ic.tissues.items() if v.used))
+        else:
+            dcal = cal.density_calibration()
+            if cal.ct_unit == "HU" and dcal is None:
+                raise CTError("the CT is in HU and has no calibration: --calibration internal (phantomless) or "
+                              "--calibration PHANTOM.json (CLI), or [material.calibration] method = 'internal' "
+                              "or slope/intercept/unit")
+            if dcal is not None:
+                record.update(method="linear", **dcal.to_dict())
         method = material.mapping
         point_method = "element_average" if method in ("modulus_average", "element_average") else method
         if point_method == "quadrature":
@@ -135,7 +156,7 @@ class Model:
             het = None
         inputs = {str(ct_path): sha256_of(ct_path)} if ct_path else {}
         return cls(mesh, rho.values, e, law, law.density_type, law.poisson, qct, het, inputs,
-                   rho.report.to_dict() | {"n_elements_affected": rho.report.n_elements_affected})
+                   rho.report.to_dict() | {"n_elements_affected": rho.report.n_elements_affected}, record)
 
     @classmethod
     def from_inputs(cls, mesh: Mesh, material, *, ct_path: str | os.PathLike | None = None,

@@ -1,104 +1,16 @@
 """Load-case files: TOML schema, validation into frozen dataclasses, resolved dump.
 
-A load case is a TOML file (read with the standard library ``tomllib``) with
-``schema_version = 1``. Every table is validated by its own small validator (see
-:func:`register_section` to add one, e.g. a ``[scenario]`` table): unknown keys are
-rejected with the closest valid key suggested, wrong types and ranges are named with the
-file and the table. :meth:`LoadCase.to_dict` returns the fully resolved case (every
-default filled in), which :func:`load_case` reads back to an equal case, so results can
-embed exactly what was run.
-
-Units: mm, N, MPa, degrees; densities as described in ``[material.calibration]``.
-
-Tables and their defaults (presets in ``loadcases/`` show them with their sources)::
-
-    schema_version = 1
-    name = "<file stem>"          description = ""
-    bone = "femur"                # "femur" | "vertebra"
-
-    [material]                    # femur_fe.bone.material_law(law, e_min_mpa=, poisson=, **params)
-    law = "morgan2003_femoral_neck" (femur) | "kopperdahl2002" (vertebra)
-    poisson = 0.3                 e_min_mpa = 0.1
-    mapping = "modulus_average"   # "centroid" | "element_average" | "modulus_average" | "quadrature"
-                                  # (aliases "integrate_hu" = element_average, "integrate_e" = modulus_average)
-    [material.params]             # extra law parameters (e.g. a_mpa, b for law = "power"); default none
-    [material.calibration]
-    ct_unit = "mg/cm3"            # what the CT voxels hold: "HU" | "mg/cm3" | "g/cm3"
-    ct_density_type = "qct"       # for a density CT: "qct" | "ash" | "apparent"
-    slope, intercept, unit        # HU -> QCT density (required for ct_unit = "HU" unless phantom)
-    mineral = "k2hpo4"            # "k2hpo4" | "ha"
-    phantom = ""                  # alternative to slope/intercept: a phantom table to fit
-    qct_to_ash = "schileo2008" (femur) | "keyak1994" (vertebra)  # or "keyak2005" | "identity"
-                                  # (femur default = the Bologna chain Schileo's strain limits were
-                                  # validated with; the vertebra laws take QCT density directly)
-    source = ""
-
-    [anatomy]                     # overrides of the automatic frame, in the mesh's (world) mm
-    side = "auto"                 # femur: "auto" | "left" | "right"
-    head_centre_mm = "auto"       # femur: or [x, y, z]
-    head_radius_mm = "auto"       # femur: or a radius in mm
-    shaft_axis = "auto"           # femur: or a direction [x, y, z] (either sign)
-    neck_axis = "auto"            # femur: or a direction [x, y, z] (either sign)
-    greater_trochanter_mm = "auto"  # femur: or [x, y, z]
-    anterior = "auto"             # vertebra: "auto" or an approximate direction [x, y, z]
-    superior = "auto"             # vertebra: "auto" or an approximate direction [x, y, z]
-    body_axis = "auto"            # vertebra: or a direction [x, y, z] (either sign)
-
-    [loading]
-    mode = "displacement"         # or "force" (then force_n is required)
-    displacement_mm = 1.0 (femur) | 0.2 (vertebra)   # magnitude along the load direction
-    force_n                       # magnitude, N (force mode)
-    direction = "sideways_fall" (femur) | "axial" (vertebra)
-        sideways_fall: adduction_deg = 10, internal_rotation_deg = 15
-        stance:        frontal_deg = 13, sagittal_deg = 8
-        axial:         (no angle)
-        wedge:         flexion_deg (required), hinge = "posterior_edge" | "centre",
-                       displacement_mm = 0 (extra axial displacement of the hinge, >= 0)
-        vector:        vector = [x, y, z] in the anatomical frame (x right, y anterior, z proximal/superior)
-
-    [caps]
-    kind = "pmma"                 # "none" | "rigid" | "pmma"
-    young_mpa = 2500.0            poisson = 0.3
-    thickness_mm = 2.0 (femur) | 10.0 (vertebra)
-    regions = [the head/trochanter patches or endplates used by [[boundary]]]
-
-    [regions.<name>]              # kind from the name for the standard names, else required
-    kind = "head_patch"           # patch_angle_deg = 30
-         | "trochanter_patch"     # depth_mm = 5, radius_mm = 30
-         | "distal_cut"           # depth_mm = 5, volume = false
-         | "superior_endplate" | "inferior_endplate"   # depth_mm = 5, normal_angle_deg = 45
-         | "node_set"             # node_set = "name stored in the mesh"
-         | "nodes"                # nodes = [0-based node ids]
-    min_nodes = 3                 min_area_mm2 = 1.0 (automatic kinds) | 0.0 (explicit)
-
-    [[boundary]]                  # one of apply / fix
-    region = "head_contact"       apply = "load"
-    region = "distal_cut"         fix = "all"      # "all" | "along_load" | "across_load" (free along the load)
-        defaults: sideways_fall: head_contact load, trochanter_contact fix all, distal_cut fix all
-                  stance: head_contact load, distal_cut fix all
-                  axial / wedge: superior_endplate load, inferior_endplate fix all
-
-    [failure]                     # femur_fe.analysis.failure_criterion(criterion, **params)
-    criterion = "max_principal_strain" (femur) | "apparent_strain" (vertebra, axial) | "pistoia" (wedge)
-    reference_strength = "linear" (femur) | "nonlinear" (vertebra)   # used for the factor of risk and
-                                  #   the classification; "nonlinear" = the nonlinear strength when it was run
-    [failure.params]              # criterion parameters; defaults filled from the criterion
-
-    [nonlinear]                   # femur_fe.analysis.run_nonlinear (only used when the nonlinear analysis runs)
-    strength = "endpoint"         # "endpoint": max force up to a displacement of endpoint_percent of the
-                                  #   characteristic length (Ogo hip and spine: 4 % [V-code]); "peak": the
-                                  #   peak / plateau of the curve
-    endpoint_percent = 4.0
-    characteristic_length_mm = "auto"   # or a length: "auto" = distance along the load between the
-                                  #   loaded plate and the farthest support (Ogo: model span / plate distance)
-    hardening = 0.0               # post-yield modulus / E (0 = perfectly plastic)
-
-    [solver]   method = "auto" ("direct" | "amg"), rtol = 1e-8, maxiter = 5000
-    [output]   fields = [...], reactions = [loaded and supported regions], format = "vtu"
+A load case is a TOML file (``schema_version = 1``) with the tables ``[material]``,
+``[anatomy]``, ``[loading]``, ``[caps]``, ``[regions.<name>]``, ``[[boundary]]``,
+``[failure]``, ``[nonlinear]``, ``[solver]`` and ``[output]``; every key, default, range and
+unit is listed in ``docs/schemas.md`` (generated from the validators here). Unknown keys are
+rejected with the closest valid key suggested; wrong types and ranges are named with the
+file and the table. :meth:`LoadCase.to_dict` returns the fully resolved case (every default
+filled in), which :func:`load_case` reads back to an equal case, so results embed exactly
+what was run. Units: mm, N, MPa, degrees.
 """
 from __future__ import annotations
 
-import difflib
 import inspect
 import logging
 import math
@@ -112,6 +24,7 @@ from ..analysis.failure import ALIASES, CRITERIA, failure_criterion
 from ..bone.calibration import DensityCalibration
 from ..bone.materials import material_law
 from ..errors import LoadCaseError
+from ..io.tables import MISSING, Table, freeze, plain, set_path, typename
 from ..io.toml_io import read_toml
 
 log = logging.getLogger(__name__)
@@ -159,124 +72,13 @@ DEFAULT_BOUNDARY = {
 DEFAULT_FIELDS = ("displacement", "von_mises", "principal_strain", "young_modulus")
 
 
-# =========================================================================== validation helper
-_MISSING = object()
-
-
-def _typename(v: Any) -> str:
-    return {bool: "boolean", int: "integer", float: "float", str: "string", list: "array",
-            dict: "table"}.get(type(v), type(v).__name__)
-
-
-class _Table:
-    """Take typed keys out of one TOML table; report unknown keys with a suggestion."""
-
-    def __init__(self, raw: Any, where: str, source: str):
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, Mapping):
-            raise LoadCaseError(f"{source}: {where} must be a table, got {_typename(raw)} {raw!r}")
-        self.raw = dict(raw)
-        self.where = where
-        self.source = source
-        self.seen: set[str] = set()
-        self.allowed: list[str] = []
-
-    def err(self, msg: str) -> LoadCaseError:
-        return LoadCaseError(f"{self.source}: {self.where}: {msg}")
-
-    def has(self, key: str) -> bool:
-        return key in self.raw
-
-    def get(self, key: str, kind: str, default: Any = _MISSING, *, choices=None, lo=None, hi=None,
-            lo_open=False, hi_open=False) -> Any:
-        """kind: float | int | str | bool | vec3 | strlist | intlist | table | str_or_vec3 | str_or_point3."""
-        self.allowed.append(key)
-        if key not in self.raw:
-            if default is _MISSING:
-                raise self.err(f"missing required key {key!r}")
-            return default
-        self.seen.add(key)
-        v = self.raw[key]
-        name = f"{key} = {v!r}"
-        if kind == "float":
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise self.err(f"{key} must be a number, got {_typename(v)} {v!r}")
-            v = float(v)
-            if not math.isfinite(v):
-                raise self.err(f"{name} must be finite")
-        elif kind == "int":
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise self.err(f"{key} must be an integer, got {_typename(v)} {v!r}")
-        elif kind == "str":
-            if not isinstance(v, str):
-                raise self.err(f"{key} must be a string, got {_typename(v)} {v!r}")
-        elif kind == "bool":
-            if not isinstance(v, bool):
-                raise self.err(f"{key} must be true or false, got {_typename(v)} {v!r}")
-        elif kind in ("vec3", "str_or_vec3", "str_or_point3"):
-            if kind != "vec3" and isinstance(v, str):
-                pass
-            elif not (isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) and
-                                                                   not isinstance(x, bool) for x in v)):
-                raise self.err(f"{key} must be {'a string or ' if kind != 'vec3' else ''}an array of "
-                               f"3 numbers [x, y, z], got {v!r}")
-            else:
-                v = tuple(float(x) for x in v)
-                if not all(math.isfinite(x) for x in v):
-                    raise self.err(f"{key} must be finite, got {list(v)}")
-                if kind != "str_or_point3" and math.sqrt(sum(x * x for x in v)) == 0:
-                    raise self.err(f"{key} must be a non-zero direction, got {list(v)}")
-        elif kind == "strlist":
-            if not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
-                raise self.err(f"{key} must be an array of strings, got {v!r}")
-            v = tuple(v)
-        elif kind == "intlist":
-            if not (isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v)):
-                raise self.err(f"{key} must be an array of integers (0-based node ids), got {v!r}")
-            v = tuple(v)
-        elif kind == "table":
-            if not isinstance(v, Mapping):
-                raise self.err(f"{key} must be a table, got {_typename(v)} {v!r}")
-            v = dict(v)
-        if choices is not None and v not in choices:
-            close = difflib.get_close_matches(str(v), [str(c) for c in choices], n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise self.err(f"{key} must be one of {', '.join(repr(c) for c in choices)}, got {v!r}{hint}")
-        if lo is not None and (v < lo or (lo_open and v == lo)):
-            raise self.err(f"{name} is out of range: must be {'>' if lo_open else '>='} {lo}")
-        if hi is not None and (v > hi or (hi_open and v == hi)):
-            raise self.err(f"{name} is out of range: must be {'<' if hi_open else '<='} {hi}")
-        return v
-
-    def finish(self, extra_allowed=()) -> None:
-        allowed = list(dict.fromkeys(self.allowed + list(extra_allowed)))
-        for key in self.raw:
-            if key not in self.seen and key not in extra_allowed:
-                close = difflib.get_close_matches(key, allowed, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise self.err(f"unknown key {key!r}{hint} (allowed keys: {', '.join(allowed) or 'none'})")
-
-
-def _freeze(d: Mapping[str, Any]) -> Mapping[str, Any]:
-    return MappingProxyType({k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
-
-
-def _plain(v: Any) -> Any:
-    """TOML/JSON-ready copy: tuples -> lists, mappings -> dicts, None dropped from tables."""
-    if isinstance(v, Mapping):
-        return {k: _plain(x) for k, x in v.items() if x is not None}
-    if isinstance(v, (tuple, list)):
-        return [_plain(x) for x in v]
-    return v
-
-
 # =========================================================================== sections
 @dataclass(frozen=True)
 class Calibration:
     """``[material.calibration]``: what the CT holds and how it becomes density.
 
-    ``ct_unit`` ``"HU"`` needs ``slope``/``intercept`` (with ``unit``) or ``phantom``;
+    ``ct_unit`` ``"HU"`` needs ``method = "internal"`` (phantomless, from the scan's own tissues;
+    ``tissue_hu`` may give their mean HU) or ``slope``/``intercept`` (with ``unit``) or ``phantom``;
     ``"mg/cm3"``/``"g/cm3"`` CTs hold ``ct_density_type`` density already.
     ``qct_to_ash`` chooses the QCT -> ash relation used when the law needs ash/apparent
     density (:func:`femur_fe.bone.calibration.convert_density`).
@@ -291,6 +93,8 @@ class Calibration:
     phantom: str = ""
     qct_to_ash: str = "keyak1994"
     source: str = ""
+    method: str = "linear"
+    tissue_hu: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
 
     def density_calibration(self):
         """The :class:`femur_fe.bone.DensityCalibration` for an HU CT (None for a density CT)."""
@@ -400,7 +204,8 @@ class RegionSpec:
 
 @dataclass(frozen=True)
 class Boundary:
-    """``[[boundary]]``: ``apply = "load"`` or ``fix = "all" | "along_load" | "across_load"`` on a region."""
+    """``[[boundary]]``: ``apply = "load"`` or ``fix = "all" | "along_load" | "across_load"`` on a region
+    (``across_load``: the two components perpendicular to the load, free along it)."""
 
     region: str
     apply: str | None = None
@@ -451,7 +256,7 @@ class Output:
 
 # ----------------------------------------------------------------------------- section parsers
 def _parse_calibration(raw: Any, source: str, bone: str) -> Calibration:
-    t = _Table(raw, "[material.calibration]", source)
+    t = Table(raw, "[material.calibration]", source, LoadCaseError, schema="load case [material.calibration]")
     ct_unit = t.get("ct_unit", "str", "mg/cm3", choices=("HU", "mg/cm3", "g/cm3"))
     ct_density_type = t.get("ct_density_type", "str", "qct", choices=("qct", "ash", "apparent"))
     slope = t.get("slope", "float", None)
@@ -462,19 +267,36 @@ def _parse_calibration(raw: Any, source: str, bone: str) -> Calibration:
     qct_to_ash = t.get("qct_to_ash", "str", "schileo2008" if bone == "femur" else "keyak1994",
                        choices=("keyak1994", "keyak2005", "schileo2008", "identity"))
     src = t.get("source", "str", "")
+    method = t.get("method", "str", "internal" if ct_unit == "HU" and slope is None and not phantom else "linear",
+                   choices=("linear", "internal"), note="default: internal for an HU CT without slope/intercept")
+    tissue_hu = t.get("tissue_hu", "table", {})
     t.finish()
+    tissues = ("air", "adipose", "muscle", "blood", "cortical_bone")
+    for k, v in tissue_hu.items():
+        if k not in tissues:
+            raise t.err(f"tissue_hu: unknown tissue {k!r}; tissues: {', '.join(tissues)}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not -1100 <= v <= 2500:
+            raise t.err(f"tissue_hu.{k} = {v!r} must be a mean HU in -1100..2500")
+    if method == "internal" and ct_unit != "HU":
+        raise t.err(f"method = 'internal' calibrates an HU CT; ct_unit = {ct_unit!r} is already a density")
+    if method == "internal" and (slope is not None or phantom):
+        raise t.err("method = 'internal' fits the calibration from the scan; remove slope/intercept/phantom")
+    if tissue_hu and method != "internal":
+        raise t.err("tissue_hu is for method = 'internal'")
     if (slope is None) != (intercept is None):
         raise t.err("give both slope and intercept (HU -> QCT density), or neither")
     if slope is not None and phantom:
         raise t.err("give either slope/intercept or phantom, not both")
-    if ct_unit == "HU" and slope is None and not phantom:
-        raise t.err("ct_unit = 'HU' needs a calibration: slope and intercept (with unit), or phantom = '<table>'")
+    if ct_unit == "HU" and method == "linear" and slope is None and not phantom:
+        raise t.err("ct_unit = 'HU' needs a calibration: method = 'internal' (phantomless), slope and intercept "
+                    "(with unit), or phantom = '<table>'")
     if ct_unit != "HU" and (slope is not None or phantom):
         raise t.err(f"ct_unit = {ct_unit!r} is already a density: remove slope/intercept/phantom "
                     "(or set ct_unit = 'HU')")
     if slope is not None and slope <= 0:
         raise t.err(f"slope = {slope} must be > 0 (density increases with HU)")
-    cal = Calibration(ct_unit, ct_density_type, slope, intercept, unit, mineral, phantom, qct_to_ash, src)
+    cal = Calibration(ct_unit, ct_density_type, slope, intercept, unit, mineral, phantom, qct_to_ash, src,
+                      method, freeze({k: float(v) for k, v in tissue_hu.items()}))
     if slope is not None:
         try:
             cal.density_calibration()
@@ -486,7 +308,7 @@ def _parse_calibration(raw: Any, source: str, bone: str) -> Calibration:
 
 
 def _parse_material(raw: Any, source: str, bone: str) -> Material:
-    t = _Table(raw, "[material]", source)
+    t = Table(raw, "[material]", source, LoadCaseError, schema="load case [material]")
     law = t.get("law", "str", "morgan2003_femoral_neck" if bone == "femur" else "kopperdahl2002")
     poisson = t.get("poisson", "float", 0.3, lo=-1.0, hi=0.5, lo_open=True, hi_open=True)
     e_min = t.get("e_min_mpa", "float", 0.1, lo=0.0)
@@ -498,8 +320,8 @@ def _parse_material(raw: Any, source: str, bone: str) -> Material:
     t.finish()
     for k, v in params.items():
         if not isinstance(v, (int, float, str, bool, list)):
-            raise t.err(f"params.{k} must be a number, string, boolean or array, got {_typename(v)}")
-    mat = Material(law, poisson, e_min, mapping, _freeze(params), cal)
+            raise t.err(f"params.{k} must be a number, string, boolean or array, got {typename(v)}")
+    mat = Material(law, poisson, e_min, mapping, freeze(params), cal)
     try:
         mat.build()
     except Exception as exc:
@@ -508,27 +330,29 @@ def _parse_material(raw: Any, source: str, bone: str) -> Material:
 
 
 def _parse_anatomy(raw: Any, source: str, bone: str) -> Anatomy:
-    t = _Table(raw, "[anatomy]", source)
+    t = Table(raw, "[anatomy]", source, LoadCaseError, schema="load case [anatomy]")
     values: dict[str, Any] = {}
     for key, kind in (FEMUR_ANATOMY_KEYS if bone == "femur" else VERTEBRA_ANATOMY_KEYS).items():
         if kind == "side":
             values[key] = t.get(key, "str", "auto", choices=("auto", "left", "right"))
-        elif kind == "length":
-            v = t.raw.get(key, "auto")
-            values[key] = t.get(key, "str", "auto", choices=("auto",)) if isinstance(v, str) else \
-                t.get(key, "float", "auto", lo=0.0, lo_open=True)
+            continue
+        if kind == "length":
+            v = t.get(key, "str_or_float", "auto", lo=0.0, lo_open=True)
         else:
-            v = t.get(key, "str_or_point3" if kind == "point" else "str_or_vec3", "auto")
-            if isinstance(v, str) and v != "auto":
-                what = "a point [x, y, z] in world mm" if kind == "point" else "a direction [x, y, z]"
-                raise t.err(f"{key} must be 'auto' or {what}, got {v!r}")
-            values[key] = v
+            v = t.get(key, "str_or_vec3", "auto")
+        what = {"point": "a point [x, y, z] in world mm", "direction": "a direction [x, y, z]",
+                "length": "a length in mm"}[kind]
+        if isinstance(v, str) and v != "auto":
+            raise t.err(f"{key} must be 'auto' or {what}, got {v!r}")
+        if kind == "direction" and not isinstance(v, str) and not any(v):
+            raise t.err(f"{key} must be a non-zero direction, got {list(v)}")
+        values[key] = v
     t.finish()
     return Anatomy(**values)
 
 
 def _parse_loading(raw: Any, source: str, bone: str) -> Loading:
-    t = _Table(raw, "[loading]", source)
+    t = Table(raw, "[loading]", source, LoadCaseError, schema="load case [loading]")
     mode = t.get("mode", "str", "displacement", choices=("displacement", "force"))
     direction = t.get("direction", "str", DIRECTIONS[bone][0], choices=DIRECTIONS[bone])
     disp_default = (1.0 if bone == "femur" else 0.2) if mode == "displacement" else None
@@ -537,11 +361,11 @@ def _parse_loading(raw: Any, source: str, bone: str) -> Loading:
     angles: dict[str, Any] = {}
     for key, default in DIRECTION_KEYS[direction].items():
         if key == "vector":
-            angles[key] = t.get(key, "vec3", _MISSING if default is None else default)
+            angles[key] = t.get(key, "vec3", MISSING if default is None else default)
         elif key == "hinge":
             angles[key] = t.get(key, "str", default, choices=("posterior_edge", "centre"))
         elif key == "flexion_deg":
-            angles[key] = t.get(key, "float", _MISSING if default is None else default, lo=0.0, hi=20.0,
+            angles[key] = t.get(key, "float", MISSING if default is None else default, lo=0.0, hi=20.0,
                                 lo_open=True)
         else:
             angles[key] = t.get(key, "float", default, lo=-90.0, hi=90.0)
@@ -572,11 +396,11 @@ def _parse_loading(raw: Any, source: str, bone: str) -> Loading:
         disp = None
         if direction == "wedge":
             raise t.err("direction = 'wedge' is a prescribed rotation: use mode = 'displacement'")
-    return Loading(mode, direction, disp, force, _freeze(angles))
+    return Loading(mode, direction, disp, force, freeze(angles))
 
 
 def _parse_caps(raw: Any, source: str, bone: str, default_regions: tuple[str, ...]) -> Caps:
-    t = _Table(raw, "[caps]", source)
+    t = Table(raw, "[caps]", source, LoadCaseError, schema="load case [caps]")
     kind = t.get("kind", "str", "pmma", choices=("none", "rigid", "pmma"))
     young = t.get("young_mpa", "float", 2500.0, lo=0.0, lo_open=True)
     nu = t.get("poisson", "float", 0.3, lo=-1.0, hi=0.5, lo_open=True, hi_open=True)
@@ -587,11 +411,11 @@ def _parse_caps(raw: Any, source: str, bone: str, default_regions: tuple[str, ..
 
 
 def _parse_region(name: str, raw: Any, source: str) -> RegionSpec:
-    t = _Table(raw, f"[regions.{name}]", source)
+    t = Table(raw, f"[regions.{name}]", source, LoadCaseError, schema="load case [regions.<name>]")
     if t.has("node_set") and t.has("nodes"):
         raise t.err("give either node_set or nodes, not both")
     implied = "node_set" if t.has("node_set") else "nodes" if t.has("nodes") else STANDARD_REGIONS.get(name)
-    kind = t.get("kind", "str", _MISSING if implied is None else implied, choices=tuple(REGION_KINDS))
+    kind = t.get("kind", "str", MISSING if implied is None else implied, choices=tuple(REGION_KINDS))
     if implied in ("node_set", "nodes") and kind != implied:
         raise t.err(f"{implied} overrides the automatic selection: remove kind = {kind!r} (or the {implied} key)")
     params: dict[str, Any] = {}
@@ -617,11 +441,11 @@ def _parse_region(name: str, raw: Any, source: str) -> RegionSpec:
             raise t.err(f"{key} does not apply to kind = {kind!r} (its keys: {', '.join(REGION_KINDS[kind])}, "
                         "min_nodes, min_area_mm2)")
     t.finish()
-    return RegionSpec(name, kind, _freeze(params), min_nodes, min_area)
+    return RegionSpec(name, kind, freeze(params), min_nodes, min_area)
 
 
 def _parse_boundary(raw: Any, source: str, i: int) -> Boundary:
-    t = _Table(raw, f"[[boundary]] #{i + 1}", source)
+    t = Table(raw, f"[[boundary]] #{i + 1}", source, LoadCaseError, schema="load case [[boundary]]")
     region = t.get("region", "str")
     apply = t.get("apply", "str", None, choices=("load",))
     fix = t.get("fix", "str", None, choices=("all", "along_load", "across_load"))
@@ -633,7 +457,7 @@ def _parse_boundary(raw: Any, source: str, i: int) -> Boundary:
 
 
 def _parse_failure(raw: Any, source: str, bone: str, direction: str) -> Failure:
-    t = _Table(raw, "[failure]", source)
+    t = Table(raw, "[failure]", source, LoadCaseError, schema="load case [failure]")
     # vertebral compression: the whole-body apparent strain made for continuum vertebral models
     # (Crawford 2003); a wedge (rotation) has no compressed height, so it keeps Pistoia
     default = ("max_principal_strain" if bone == "femur" else "pistoia" if direction == "wedge"
@@ -656,11 +480,11 @@ def _parse_failure(raw: Any, source: str, bone: str, direction: str) -> Failure:
     full = {p.name: p.default for p in sig.parameters.values()
             if p.name != "self" and p.default is not inspect.Parameter.empty and p.default is not None}
     full.update(params)
-    return Failure(key, _freeze(full), reference)
+    return Failure(key, freeze(full), reference)
 
 
 def _parse_nonlinear(raw: Any, source: str) -> Nonlinear:
-    t = _Table(raw, "[nonlinear]", source)
+    t = Table(raw, "[nonlinear]", source, LoadCaseError, schema="load case [nonlinear]")
     strength = t.get("strength", "str", "endpoint", choices=("endpoint", "peak"))
     pct = t.get("endpoint_percent", "float", 4.0, lo=0.0, hi=50.0, lo_open=True)
     raw_len = t.raw.get("characteristic_length_mm", "auto")
@@ -677,7 +501,7 @@ def _parse_nonlinear(raw: Any, source: str) -> Nonlinear:
 
 
 def _parse_solver(raw: Any, source: str) -> Solver:
-    t = _Table(raw, "[solver]", source)
+    t = Table(raw, "[solver]", source, LoadCaseError, schema="load case [solver]")
     method = t.get("method", "str", "auto", choices=("auto", "direct", "amg", "direct-superlu", "direct-cholmod"))
     rtol = t.get("rtol", "float", 1e-8, lo=0.0, hi=1e-2, lo_open=True)
     maxiter = t.get("maxiter", "int", 5000, lo=1)
@@ -686,7 +510,7 @@ def _parse_solver(raw: Any, source: str) -> Solver:
 
 
 def _parse_output(raw: Any, source: str, default_reactions: tuple[str, ...]) -> Output:
-    t = _Table(raw, "[output]", source)
+    t = Table(raw, "[output]", source, LoadCaseError, schema="load case [output]")
     fields_ = t.get("fields", "strlist", DEFAULT_FIELDS)
     reactions = t.get("reactions", "strlist", default_reactions)
     fmt = t.get("format", "str", "vtu", choices=("vtu", "xdmf"))
@@ -765,7 +589,8 @@ class LoadCase:
             "material": {"law": self.material.law, "poisson": self.material.poisson,
                          "e_min_mpa": self.material.e_min_mpa, "mapping": self.material.mapping,
                          "params": dict(self.material.params),
-                         "calibration": {k: getattr(cal, k) for k in Calibration.__dataclass_fields__}},
+                         "calibration": {k: (dict(getattr(cal, k)) if k == "tissue_hu" else getattr(cal, k))
+                                         for k in Calibration.__dataclass_fields__}},
             "anatomy": {k: getattr(self.anatomy, k) for k in
                         (FEMUR_ANATOMY_KEYS if self.bone == "femur" else VERTEBRA_ANATOMY_KEYS)},
             "loading": {"mode": self.loading.mode, "direction": self.loading.direction,
@@ -792,7 +617,7 @@ class LoadCase:
                 out["material"]["calibration"].pop(k)
         for name, obj in self.extensions.items():
             out[name] = _EXTENSIONS[name].to_dict(obj) if name in _EXTENSIONS else obj
-        return _plain(out)
+        return plain(out)
 
     def to_toml(self) -> str:
         """The resolved case as TOML text (reads back with :func:`load_case`)."""
@@ -809,36 +634,16 @@ class LoadCase:
         d = self.to_dict()
         for path, value in values.items():
             parts = str(path).split(".")
-            node: Any = d
-            for i, key in enumerate(parts[:-1]):
-                where = ".".join(parts[:i]) or "<top level>"
-                if isinstance(node, list):
-                    if not key.isdigit() or int(key) >= len(node):
-                        raise LoadCaseError(f"with_values({path!r}): {where} is an array of {len(node)} tables; "
-                                            f"use an index 0..{len(node) - 1}")
-                    node = node[int(key)]
-                    continue
-                if key not in node:
-                    valid = sorted(node) if i else sorted(set(node) | set(_EXTENSIONS))
-                    close = difflib.get_close_matches(key, valid, n=1)
-                    hint = f" (did you mean {close[0]!r}?)" if close else ""
-                    if i == 1 and parts[0] == "regions":  # a new region table
-                        node[key] = {}
-                    else:
-                        raise LoadCaseError(f"with_values({path!r}): no key {key!r} in {where}{hint}; valid keys: "
-                                            f"{', '.join(valid)}")
-                node = node[key]
-            last = parts[-1]
-            if isinstance(node, list):
-                raise LoadCaseError(f"with_values({path!r}): cannot replace a whole array element; set its keys")
-            if parts[:2] == ["loading", "direction"] and len(parts) == 2:
+            if parts[0] in _EXTENSIONS and parts[0] not in d:
+                d[parts[0]] = {}
+            if parts == ["loading", "direction"]:  # the new direction's angles and defaults apply
                 for k in {k for dk in DIRECTION_KEYS.values() for k in dk}:
-                    node.pop(k, None)
+                    d["loading"].pop(k, None)
                 if value == "wedge":
-                    node.pop("force_n", None)
-            if parts[0] == "loading" and last == "mode" and len(parts) == 2:
-                node.pop("displacement_mm" if value == "force" else "force_n", None)
-            node[last] = list(value) if isinstance(value, tuple) else value
+                    d["loading"].pop("force_n", None)
+            if parts == ["loading", "mode"]:
+                d["loading"].pop("displacement_mm" if value == "force" else "force_n", None)
+            d = set_path(d, path, value, LoadCaseError, what=f"with_values({path!r})", create=("regions",))
         try:
             return load_case(d, source=f"{self.source} (with_values)")
         except LoadCaseError as exc:
@@ -861,7 +666,7 @@ def load_case(path_or_dict: str | os.PathLike | Mapping[str, Any], *, source: st
         src = source or str(p)
         raw = read_toml(p, LoadCaseError, "load-case file (presets are in the loadcases/ folder)")
         stem = p.stem
-    top = _Table(raw, "top level", src)
+    top = Table(raw, "top level", src, LoadCaseError, schema="load case (top level)")
     version = top.get("schema_version", "int")
     if version != SCHEMA_VERSION:
         raise top.err(f"schema_version = {version} is not supported (this femur_fe reads {SCHEMA_VERSION})")

@@ -11,8 +11,9 @@ import sys
 import time
 from pathlib import Path
 
+from ..case.comparison import load_comparison
 from ..case.presets import loadcases_dir
-from ..studies.compare import compare, load_comparison
+from ..studies.compare import compare
 
 
 def register(sub) -> None:
@@ -33,20 +34,12 @@ def run(args) -> int:
     out = Path(args.out)
     progress = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     if progress:
-        progress(f"femur_fe demo: {spec.bone_label}, load case {spec.case.name}, "
+        progress(f"femur_fe demo: {spec.specimen.label}, load case {spec.case.name}, "
                  f"{len(spec.scenarios)} scenarios -> {out}/")
-    res = compare(spec, out, progress=progress)
-    try:
-        from ..viz.report import write_report
-
-        report = write_report(out / "report.html", kind="comparison", comparison=out / "comparison.json",
-                              run_dirs=[out / r["scenario"] for r in res.rows], title="femur_fe demo")
-        res.files["report_html"] = report
-    except ImportError:  # the report module is optional at this stage
-        pass
+    res = compare(spec, out, progress=progress)  # ends with report.html (femur_fe.viz.report)
     crit = res.baseline.strength_summary.get("criterion") or {}
     print()
-    print(f"{spec.bone_label}, {spec.case.name}: strength by {crit.get('name')} {crit.get('parameters')}")
+    print(f"{spec.specimen.label}, {spec.case.name}: strength by {crit.get('name')} {crit.get('parameters')}")
     print(res.table())
     c = res.baseline.strength_summary.get("classification")
     if c:

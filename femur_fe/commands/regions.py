@@ -21,7 +21,7 @@ import numpy as np
 
 from ..analysis.regions import frame_for, load_direction, regions_mesh, select_regions
 from ..io import atomic_path, write_json_atomic, write_mesh
-from .run import add_bone_arguments, case_from_args, load_bone_mesh
+from .run import add_bone_arguments, case_with_sets, specimen_from_args
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,10 @@ def register(subparsers) -> None:
                      "select every region of the load case and write OUT (mesh + region_<name> arrays), "
                      "OUT_landmarks.vtu and OUT_frame.json."),
     )
+    p.add_argument("case", help="load-case TOML file or preset name (e.g. sideways_fall)")
     add_bone_arguments(p)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a case value by TOML key path, e.g. anatomy.head_centre_mm=[x,y,z]")
     p.add_argument("-o", "--output", default="regions.vtu", help="output mesh file (default %(default)s)")
     p.set_defaults(func=run)
 
@@ -46,12 +49,13 @@ def _fmt(v) -> str:
 def run(args: argparse.Namespace) -> int:
     import meshio
 
-    case = case_from_args(args)
-    mesh = load_bone_mesh(args, case)
+    case = case_with_sets(args.case, args.set)
+    specimen = specimen_from_args(args, case)
+    mesh = specimen.mesh(None)  # the geometry only: a mask is meshed on its own grid (the CT's)
     needs_frame = any(s.kind not in ("node_set", "nodes") for s in case.regions.values())
     frame = frame_for(mesh, case) if needs_frame else None
     out = Path(args.output)
-    summary = {"case": case.name, "mesh": str(args.mesh or args.mask), "n_elements": mesh.n_cells}
+    summary = {"case": case.name, "bone": specimen.label, "n_elements": mesh.n_cells}
     if frame is not None:
         marks = frame.landmarks()
         names = list(marks)

@@ -1,56 +1,83 @@
-"""``femur-fe run CASE.toml --mesh M [--ct CT] [--mask MASK] --out DIR``: one load case, results on disk."""
+"""``femur-fe run CASE --mesh M | --ct CT --mask MASK | --bundled BONE -o DIR``: one load case, results on disk."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import tomllib
 
-from ..analysis.prepare import prepare, run_nonlinear
 from ..analysis.subject import Subject
-from ..bone.bundled import bundled_bone
-from ..bone.meshing import repair_surface, surface_from_mask, tetmesh_from_surface
-from ..bone.model import Model
-from ..bone.voxel import hexmesh_from_mask
-from ..case.loadcase import load_case
-from ..case.presets import resolve_case_path
+from ..bone.specimen import MESH_TYPES, Specimen
 from ..errors import LoadCaseError
-from ..io import read_mesh
-from ..io.ct import read_ct, read_mask
-from ..io.surface import read_surface
-from ..studies.compare import with_ct_calibration
+from ..io.toml_io import read_toml
+from ..studies.run import as_case
+from ..studies.run import run as run_case
 
-SURFACE_SUFFIXES = (".stl", ".obj", ".ply", ".vtp")
+#: [bone] keys and the options that set them
+BONE_OPTIONS = {"bundled": "--bundled", "state": "--state", "mesh": "--mesh", "ct": "--ct", "ct_unit": "--ct-unit",
+                "mask": "--mask", "labels": "--label", "mesh_type": "--mask-mesh", "element_size_mm": "--size",
+                "calibration": "--calibration", "units": "--units"}
 
 
 def add_bone_arguments(p) -> None:
-    """The bone-source options shared by ``run`` and ``regions`` (mesh, surface, mask, CT, --set)."""
-    p.add_argument("case", help="load-case TOML file or preset name (e.g. sideways_fall)")
-    p.add_argument("--mesh", help="volume mesh (.vtu/.msh/.inp...) or closed surface (.stl/.obj/.ply/.vtp)")
-    p.add_argument("--ct", help="CT volume (NIfTI/NRRD/MHA/DICOM folder) for the material")
-    p.add_argument("--ct-unit", choices=("HU", "mg/cm3", "g/cm3"),
+    """The options that describe a bone (the keys of a ``[bone]`` table; see docs/schemas.md)."""
+    g = p.add_argument_group("bone (the keys of a [bone] table)")
+    g.add_argument("--bone", metavar="BONE.toml", help="a TOML file with a [bone] table (the options below override it)")
+    g.add_argument("--bundled", choices=("femur", "vertebra"),
+                   help="a bundled bone (mesh + synthetic QCT + its scanner calibration)")
+    g.add_argument("--state", choices=("healthy", "osteopenic", "osteoporotic"),
+                   help="bone state of --bundled (default osteoporotic)")
+    g.add_argument("--mesh", help="volume mesh (.vtu/.msh/.inp...) or closed surface (.stl/.obj/.ply/.vtp)")
+    g.add_argument("--ct", help="CT volume (NIfTI/NRRD/MHA/DICOM folder) for the material")
+    g.add_argument("--ct-unit", choices=("HU", "mg/cm3", "g/cm3"),
                    help="unit of --ct (default: [material.calibration] ct_unit of the case)")
-    p.add_argument("--mask", help="mask/label image: mesh the bone from it when --mesh is not given")
-    p.add_argument("--label", type=int, action="append", help="label value(s) of --mask (default: any > 0)")
-    p.add_argument("--mask-mesh", choices=("tet", "hex"), default="tet",
-                   help="mesh built from --mask: tetrahedra from its surface or hex voxels (default %(default)s)")
-    p.add_argument("--size", type=float, default=3.0, help="element size in mm when meshing (default %(default)s)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a case value by TOML key path, e.g. loading.adduction_deg=20 or "
-                        "anatomy.head_centre_mm=[x,y,z]")
+    g.add_argument("--calibration", help="HU -> density: 'internal' (phantomless, from the scan's air, fat, "
+                                         "muscle, blood and cortical bone) or a phantom calibration JSON "
+                                         "(slope, intercept, unit, mineral; docs/schemas.md)")
+    g.add_argument("--mask", help="label image on the CT grid (e.g. a TotalSegmentator mask): the bone is meshed "
+                                  "from it")
+    g.add_argument("--label", type=int, action="append", help="label value(s) of --mask to keep (default: any > 0)")
+    g.add_argument("--mask-mesh", choices=MESH_TYPES,
+                   help="mesh built from --mask: tetrahedra from its surface or hex voxels (default tet)")
+    g.add_argument("--size", type=float, help="element size in mm when meshing a mask or a surface")
+    g.add_argument("--density", type=float, metavar="G_CM3",
+                   help="uniform density (g/cm^3 of the material law's density type) for a mesh without CT")
+    g.add_argument("--units", choices=("auto", "mm", "m"), help="units of --mesh (default auto: metres detected)")
+
+
+def specimen_from_args(args, case=None) -> Specimen:
+    """The Specimen the bone options describe (a --bone file first, the options over it)."""
+    table: dict[str, Any] = {}
+    base = None
+    if args.bone:
+        data = read_toml(args.bone, LoadCaseError, "bone file")
+        table = dict(data.get("bone", data))
+        base = Path(args.bone).parent
+    given = {k: getattr(args, opt[2:].replace("-", "_")) for k, opt in BONE_OPTIONS.items()}
+    if given["labels"] is not None:
+        given["labels"] = list(given["labels"])
+    for k, v in given.items():
+        if v is None:
+            continue
+        if k in ("mesh", "ct", "mask") or (k == "calibration" and v != "internal"):
+            v = str(Path(v).resolve())  # given on the command line: relative to the working folder
+        table[k] = v
+    if args.density is not None:
+        if case is None:
+            raise LoadCaseError("--density needs the load case (its material law gives the density type)")
+        table["density"] = {"density_type": case.material.build().density_type, "uniform_g_cm3": args.density}
+    return Specimen.from_dict(table, base=base, source=args.bone or "command line")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("run", help="run a load case on a bone (mesh or surface, optionally a CT)",
+    p = sub.add_parser("run", help="run a load case on a bone (bundled, mesh or surface, CT + mask)",
                        description="Run a load case: writes DIR/result.vtu and DIR/summary.json.")
+    p.add_argument("case", help="load-case TOML file or preset name (e.g. sideways_fall)")
     add_bone_arguments(p)
-    p.add_argument("--bundled", choices=("femur", "vertebra"),
-                   help="use a bundled bone (mesh + synthetic QCT + its calibration) instead of --mesh/--ct")
-    p.add_argument("--state", choices=("healthy", "osteopenic", "osteoporotic"), default="osteoporotic",
-                   help="bone state of --bundled (default %(default)s)")
-    p.add_argument("--calibration", help="HU -> mineral density calibration JSON (slope, intercept, unit); "
-                                         "sets the case's [material.calibration] for an HU CT")
     p.add_argument("--out", "-o", required=True, help="output folder")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a case value by TOML key path, e.g. loading.adduction_deg=20")
     p.add_argument("--nonlinear", action="store_true", help="also run the nonlinear strength analysis")
     p.add_argument("--sex", choices=("female", "male"), help="subject sex (fragility classification)")
     p.add_argument("--mass", type=float, help="body mass in kg (fall impact force, factor of risk)")
@@ -58,76 +85,50 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _parse_value(text: str):
+def parse_value(text: str):
+    """A ``--set`` value: TOML syntax (numbers, booleans, arrays, quoted strings), else the bare text."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
 
 
-def load_bone_mesh(args, case):
-    """The bone mesh from --mesh (volume or surface) or from --mask (+ --ct)."""
-    if args.mesh:
-        path = Path(args.mesh)
-        if path.suffix.lower() in SURFACE_SUFFIXES:
-            surf, report = repair_surface(read_surface(path))
-            return tetmesh_from_surface(surf, element_size=args.size)
-        return read_mesh(path)
-    if not args.mask:
-        raise LoadCaseError("give the bone as --mesh FILE, or as --mask MASK (with --ct CT)")
-
-    ref = read_ct(args.ct, unit=args.ct_unit or case.material.calibration.ct_unit) if args.ct else None
-    label = args.label if args.label else None
-    mask = read_mask(args.mask, label=label if label is None or len(label) > 1 else label[0], reference=ref)
-    if args.mask_mesh == "hex":
-        geom = ref if ref is not None else read_ct(args.mask, unit="mg/cm3", check_unit=False)
-        spacing = float(min(geom.spacing))
-        return hexmesh_from_mask(mask, geom, coarsen=max(1, int(round(args.size / spacing))))
-
-    geom = ref if ref is not None else read_ct(args.mask, unit="mg/cm3", check_unit=False)
-    return tetmesh_from_surface(surface_from_mask(mask, geom.affine), element_size=args.size)
-
-
-def case_from_args(args):
-    """The load case of ``args.case`` with the ``--set KEY=VALUE`` overrides applied."""
-    case = load_case(resolve_case_path(args.case))
-    if args.set:
+def case_with_sets(case_arg: str, sets: list[str]):
+    """The load case of ``case_arg`` (path or preset) with the ``--set KEY=VALUE`` overrides."""
+    case = as_case(case_arg)
+    if sets:
         values = {}
-        for item in args.set:
+        for item in sets:
             if "=" not in item:
                 raise LoadCaseError(f"--set {item!r}: use KEY=VALUE, e.g. loading.adduction_deg=20")
             k, v = item.split("=", 1)
-            values[k.strip()] = _parse_value(v.strip())
+            values[k.strip()] = parse_value(v.strip())
         case = case.with_values(values)
     return case
 
 
-def run(args) -> int:
-    case = case_from_args(args)
-    if args.bundled:
-        if args.mesh or args.ct or args.mask:
-            raise LoadCaseError("--bundled replaces --mesh/--ct/--mask: give one or the other")
-        files = bundled_bone(args.bundled, args.state)
-        args.mesh, args.ct = str(files.mesh), str(files.ct)
-        args.calibration = args.calibration or str(files.calibration)
-    if args.calibration:
-        case = with_ct_calibration(case, args.calibration)
-    mesh = load_bone_mesh(args, case)
-    model = Model.from_inputs(mesh, case.material, ct_path=args.ct, ct_unit=args.ct_unit, mesh_path=args.mesh,
-                              missing_hint="give --ct CT (or --bundled)")
-    subject = Subject(args.sex, args.mass, args.height) if args.sex else None
+def subject_from_args(args) -> Subject | None:
     if (args.mass or args.height) and not args.sex:
         raise LoadCaseError("--mass/--height need --sex as well (female or male)")
-    an = prepare(case, model)
-    res = an.solve(strength=False)
-    res.subject = subject
-    res.evaluate_strength()
-    if args.nonlinear:
-        run_nonlinear(an, res)
+    return Subject(args.sex, args.mass, args.height) if args.sex else None
+
+
+def run(args) -> int:
+    case = case_with_sets(args.case, args.set)
+    specimen = specimen_from_args(args, case)
+    subject = subject_from_args(args)
+    res = run_case(case, specimen, subject=subject, nonlinear=args.nonlinear, out=None,
+                   progress=lambda line: print(f"  {line}", flush=True))
     out = res.write(args.out)
     s = res.summary()
-    print(f"{case.name}: {mesh.n_cells} elements, {s['n_dofs']} DOFs, solver {s['solver']['method']} "
+    print(f"{s['case_name']}: {s['n_elements']} elements, {s['n_dofs']} DOFs, solver {s['solver']['method']} "
           f"({s['solver']['setup_seconds'] + s['solver']['solve_seconds']:.1f} s)")
+    cal = s["material"].get("calibration") or {}
+    if cal.get("method") == "internal":
+        print(f"  calibration         internal: {cal['effective_energy_kev']:.0f} keV, R^2 {cal['r_squared']:.5f}, "
+              f"tissues {', '.join(cal.get('tissues_used', []))}")
+    elif cal.get("method") == "linear":
+        print(f"  calibration         {cal.get('slope')} x HU + {cal.get('intercept')} {cal.get('unit')}")
     if res.stiffness_N_per_mm is not None:
         print(f"  stiffness           {res.stiffness_N_per_mm:10.1f} N/mm")
     for reg, f in s["reaction_forces_N"].items():

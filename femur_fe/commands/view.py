@@ -28,7 +28,7 @@ def register(subparsers) -> None:
         description=("Show a field of a result folder (result.vtu + summary.json) with the load regions and the "
                      "load arrow. Without a display use --screenshot FILE.png."),
     )
-    p.add_argument("result", help="result folder written by `femur-fe run` / femur_fe.studies.run_case(..., out=DIR)")
+    p.add_argument("result", help="result folder written by `femur-fe run` / femur_fe.run(..., out=DIR)")
     p.add_argument("--field", default="von_mises",
                    help="density, modulus, displacement, von_mises, principal_strain_max, principal_strain_min, "
                         "risk, sed, effective_strain or any array name (default %(default)s)")

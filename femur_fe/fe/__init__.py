@@ -4,12 +4,12 @@ twins), loads, strain/stress recovery, constraints, linear and nonlinear solvers
 from __future__ import annotations
 
 from .assembly import StiffnessAssembler, assemble_stiffness, element_stiffness
+from .boxes import box_mesh, hex_grid, structured_mesh
 from .constraints import RigidTie, TieResult, rigid_body_modes
 from .elements import quadrature, shape_functions, shape_gradients
 from .fields import (
     effective_strain,
     element_fields,
-    nodal_average,
     principal_strains,
     strain_energy_density,
     tensor_from_voigt,
@@ -17,13 +17,17 @@ from .fields import (
     von_mises,
 )
 from .loads import assemble_body_force, assemble_pressure, assemble_traction
-from .mesh import Mesh, MeshReport, remove_orphan_nodes, validate_mesh
+from .mesh import Mesh, MeshReport, remove_orphan_nodes, tet10_from_tet4, validate_mesh
 from .nonlinear import NonlinearResult, SecantYield, nonlinear_strength
 from .parallel import effective_n_threads, openmp_enabled
 from .recovery import node_average, strain, stress
 from .solvers import LinearSolver, Solution, SolveReport, solve
 
 __all__ = [
+    "box_mesh",
+    "hex_grid",
+    "structured_mesh",
+    "tet10_from_tet4",
     "LinearSolver",
     "Mesh",
     "MeshReport",
@@ -42,7 +46,6 @@ __all__ = [
     "effective_strain",
     "element_fields",
     "element_stiffness",
-    "nodal_average",
     "node_average",
     "nonlinear_strength",
     "openmp_enabled",

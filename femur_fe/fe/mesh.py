@@ -384,3 +384,28 @@ def element_mask(value, n_cells: int, name: str) -> np.ndarray:
     mask = np.zeros(n_cells, dtype=bool)
     mask[ids] = True
     return mask
+
+
+#: edges of a tet4 in VTK/meshio tet10 mid-node order
+TET10_EDGES = [(0, 1), (1, 2), (0, 2), (0, 3), (1, 3), (2, 3)]
+
+
+def tet10_from_tet4(mesh: Mesh) -> Mesh:
+    """Add straight mid-edge nodes to a tet4 mesh (VTK/meshio ``tetra10`` node order).
+
+    Mid-edge node ids follow the sorted unique edge list, so the result is deterministic.
+    Node sets are carried over (vertices only); point data is dropped.
+    """
+    if mesh.cell_type != "tetra":
+        raise MeshError(f"tet10_from_tet4 needs a tet4 mesh, got {mesh.cell_type!r}")
+    c = mesh.cells
+    e = c[:, TET10_EDGES].reshape(-1, 2)
+    srt = np.sort(e, axis=1)
+    n = np.int64(mesh.n_points)
+    _, first, inv = np.unique(srt[:, 0] * n + srt[:, 1], return_index=True, return_inverse=True)
+    uniq = srt[first]                      # sorted by (low id, high id): deterministic numbering
+    mids = 0.5 * (mesh.points[uniq[:, 0]] + mesh.points[uniq[:, 1]])
+    mid_ids = mesh.n_points + inv.ravel().reshape(-1, 6)
+    cells = np.hstack([c, mid_ids])
+    return Mesh(np.vstack([mesh.points, mids]), cells, "tetra10", mesh.node_sets, mesh.cell_sets,
+                mesh.cell_data, {})

@@ -1,8 +1,10 @@
 """Studies over runs: baseline-versus-therapy comparisons and parameter sweeps."""
 from __future__ import annotations
 
-from .compare import compare, fit_annual_rate, load_comparison, with_ct_calibration
-from .run import run_case
+from ..case.comparison import load_comparison
+from .compare import compare, fit_annual_rate
+from .run import Prepared, prepare_run, run, solve
+from .stored import load_analysis
 from .sweep import (
     SweepSpec,
     SweepTask,
@@ -21,11 +23,14 @@ __all__ = [
     "compare",
     "expand_sweep",
     "fit_annual_rate",
+    "load_analysis",
     "load_comparison",
     "load_sweep",
     "read_results",
-    "run_case",
+    "Prepared",
+    "prepare_run",
+    "run",
+    "solve",
     "run_sweep",
-    "with_ct_calibration",
     "worker_cache",
 ]

@@ -1,164 +1,170 @@
 """Baseline-versus-therapy comparisons on one bone: the question femur_fe exists to answer.
 
-A comparison file (TOML) names a load case, a bone (bundled or mesh + CT), the subject,
-and ``[[scenario]]`` tables (:mod:`femur_fe.therapy.scenarios`)::
-
-    schema_version = 1
-    case = "sideways_fall"                 # preset name or path (relative to this file)
-    [bone]
-    bundled = "femur"                      # or: mesh = "femur.vtu", ct = "femur_qct.nii.gz"
-    state = "osteoporotic"
-    [subject]
-    sex = "female"
-    body_mass_kg = 65.0
-    height_cm = 162.0
-    [comparison]
-    reference = "standard_care"
-    time_points_months = [0, 3, 6, 9, 12]  # strength against time for time-dependent scenarios
-    [[scenario]]
-    name = "standard_care"
-    ...
-
-:func:`compare` solves the baseline and every scenario on the same prepared analysis
-(regions, caps, sparsity pattern reused; only the moduli change), writes one result folder
-per run, ``comparison.json``/``comparison.csv``, ``timecourse.csv`` and PNG plots.
+:func:`compare` takes a comparison file (:mod:`femur_fe.case.comparison`: a load case, a bone,
+the subject and ``[[scenario]]`` tables), solves the baseline and every scenario on the same
+prepared analysis (regions, caps, sparsity pattern reused; only the moduli change) and writes
+one result folder per run, ``comparison.json``/``comparison.csv``, ``timecourse.csv``, PNG
+plots and ``report.html`` (:func:`femur_fe.viz.report.write_comparison_report`).
 """
 from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
+import math
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..analysis.prepare import prepare, run_nonlinear
-from ..analysis.subject import Subject
-from ..bone.bundled import bundled_bone
-from ..bone.calibration import DensityCalibration
-from ..bone.model import Model
-from ..case.loadcase import LoadCase, load_case
-from ..case.presets import resolve_case_path
-from ..errors import LoadCaseError, ScenarioError
-from ..io import read_mesh, write_json_atomic, write_text_atomic
-from ..io.toml_io import read_toml
-from ..therapy.scenarios import (
-    AnnualChange,
-    Scenario,
-    resolve_landmark,
-    scenarios_from_dict,
-)
+from ..case.comparison import ComparisonSpec, load_comparison
+from ..errors import ScenarioError
+from ..io import write_json_atomic, write_text_atomic
+from ..therapy.scenarios import AnnualChange, Scenario, resolve_landmark
 from ..therapy.sensitivity import AnalysisSensitivity
-from ..viz import charts as plots
-from .table import ScenarioRecord, comparison_rows, format_table, write_comparison
+from ..viz.report import write_comparison_report
+from .run import prepare_run
+from .run import solve as solve_run
 
 log = logging.getLogger(__name__)
 
-_TOP_KEYS = {"schema_version", "case", "bone", "subject", "comparison", "scenario", "case_values"}
-_BONE_KEYS = {"bundled", "state", "side", "mesh", "ct", "units"}
-_CMP_KEYS = {"reference", "time_points_months", "nonlinear", "outside"}
+
+#: column order of comparison.csv
+COLUMNS = (
+    "scenario", "months", "strength_N", "strength_change_N", "strength_change_percent", "stiffness_N_per_mm",
+    "stiffness_change_percent", "vbmd_mg_cm3", "vbmd_change_percent", "added_mass_g",
+    "strength_gain_per_gram_N_per_g", "strength_vs_reference_percent", "better_than_reference",
+)
 
 
-@dataclass
-class ComparisonSpec:
-    """A parsed comparison file (see the module docstring)."""
+@dataclass(frozen=True)
+class ScenarioRecord:
+    """Summary numbers of one run (baseline or scenario).
 
-    case: Any
-    mesh_path: Path
-    ct_path: Path | None
-    scenarios: list
-    subject: Any = None
-    reference: str | None = "standard_care"
-    time_points_months: tuple[float, ...] = ()
-    nonlinear: bool = False
-    outside: str = "nearest"
-    source: str = "<dict>"
-    bone_label: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"case": self.case.to_dict(), "mesh": str(self.mesh_path),
-                "ct": None if self.ct_path is None else str(self.ct_path),
-                "subject": None if self.subject is None else self.subject.to_dict(),
-                "reference": self.reference, "time_points_months": list(self.time_points_months),
-                "nonlinear": self.nonlinear, "scenarios": [s.to_dict() for s in self.scenarios],
-                "bone": self.bone_label}
-
-
-def load_comparison(path_or_dict, *, base: Path | None = None) -> ComparisonSpec:
-    """Read a comparison TOML (or dict); unknown keys are rejected with the allowed list."""
-    if isinstance(path_or_dict, Mapping):
-        data, src = dict(path_or_dict), "<dict>"
-        base = base or Path.cwd()
-    else:
-        p = Path(path_or_dict)
-        data = read_toml(p, LoadCaseError, "comparison file")
-        src, base = str(p), p.parent
-    unknown = sorted(set(data) - _TOP_KEYS)
-    if unknown:
-        raise LoadCaseError(f"{src}: unknown top-level key(s) {unknown}; allowed: {sorted(_TOP_KEYS)}")
-    if data.get("schema_version", 1) != 1:
-        raise LoadCaseError(f"{src}: schema_version {data.get('schema_version')} not supported (1)")
-    case_ref = data.get("case")
-    if case_ref is None:
-        raise LoadCaseError(f"{src}: 'case' is required (a preset name such as 'sideways_fall' or a TOML path)")
-    case = case_ref if isinstance(case_ref, LoadCase) else load_case(resolve_case_path(case_ref, base))
-    if data.get("case_values"):
-        case = case.with_values(dict(data["case_values"]))
-    bone = dict(data.get("bone", {}))
-    unknown = sorted(set(bone) - _BONE_KEYS)
-    if unknown:
-        raise LoadCaseError(f"{src}: [bone] unknown key(s) {unknown}; allowed: {sorted(_BONE_KEYS)}")
-    if "bundled" in bone:
-        if "mesh" in bone or "ct" in bone:
-            raise LoadCaseError(f"{src}: [bone] give either bundled = ... or mesh/ct, not both")
-        files = bundled_bone(bone["bundled"], state=bone.get("state", "osteoporotic"))
-        mesh_path, ct_path = Path(files.mesh), Path(files.ct)
-        label = f"bundled {bone['bundled']} ({bone.get('state', 'osteoporotic')})"
-        case = with_ct_calibration(case, files.calibration)
-    elif "mesh" in bone:
-        mesh_path = Path(bone["mesh"]) if Path(bone["mesh"]).is_absolute() else base / bone["mesh"]
-        ct_path = None
-        if "ct" in bone:
-            ct_path = Path(bone["ct"]) if Path(bone["ct"]).is_absolute() else base / bone["ct"]
-        label = str(mesh_path)
-    else:
-        raise LoadCaseError(f"{src}: [bone] needs bundled = 'femur'|'vertebra' (with state) or mesh = PATH "
-                            "(and ct = PATH)")
-    cmp = dict(data.get("comparison", {}))
-    unknown = sorted(set(cmp) - _CMP_KEYS)
-    if unknown:
-        raise LoadCaseError(f"{src}: [comparison] unknown key(s) {unknown}; allowed: {sorted(_CMP_KEYS)}")
-    times = tuple(float(t) for t in cmp.get("time_points_months", ()))
-    if any(t < 0 for t in times) or list(times) != sorted(times):
-        raise LoadCaseError(f"{src}: time_points_months must be increasing and >= 0, got {list(times)}")
-    scenarios = scenarios_from_dict({"scenario": data.get("scenario", [])}) if data.get("scenario") else []
-    if not scenarios:
-        raise ScenarioError(f"{src}: no [[scenario]] tables; add at least one scenario to compare with the baseline")
-    return ComparisonSpec(case, mesh_path, ct_path, scenarios, Subject.from_dict(data.get("subject")),
-                          cmp.get("reference", "standard_care"), times, bool(cmp.get("nonlinear", False)),
-                          str(cmp.get("outside", "nearest")), src, label)
-
-
-def with_ct_calibration(case, calibration_json: str | os.PathLike):
-    """``case`` with ``[material.calibration]`` set from a calibration JSON (HU -> mineral density).
-
-    The JSON is the :meth:`femur_fe.bone.DensityCalibration.to_dict` of the scanner/phantom (the
-    bundled bones ship one next to their synthetic QCT).
+    Attributes
+    ----------
+    name : scenario name (``"baseline"`` for the untreated state)
+    strength_N : strength (linear or nonlinear, one definition for all records), N
+    stiffness_N_per_mm : whole-bone stiffness, N/mm (optional)
+    vbmd_g_cm3 : integral vBMD (volume-weighted mean density), g/cm^3 (optional)
+    added_mass_g : bone mass added relative to the baseline, g (0 for the baseline)
+    months : evaluation time, months (optional)
     """
 
-    cal = DensityCalibration.from_dict(json.loads(Path(calibration_json).read_text(encoding="utf-8")))
-    d = cal.to_dict()
-    values = {"material.calibration.ct_unit": "HU", "material.calibration.slope": float(d["slope"]),
-              "material.calibration.intercept": float(d["intercept"]), "material.calibration.unit": d["unit"]}
-    if d.get("mineral"):
-        values["material.calibration.mineral"] = d["mineral"]
-    values["material.calibration.source"] = str(d.get("source") or Path(calibration_json).name)
-    return case.with_values(values)
+    name: str
+    strength_N: float
+    stiffness_N_per_mm: float | None = None
+    vbmd_g_cm3: float | None = None
+    added_mass_g: float = 0.0
+    months: float | None = None
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.strength_N, (int, float)) and math.isfinite(self.strength_N) and self.strength_N > 0):
+            raise ScenarioError(f"record {self.name!r}: strength_N must be a finite number > 0 N, got {self.strength_N!r}")
+
+    @classmethod
+    def from_summary(cls, name: str, summary: Mapping[str, Any], outcome: Any = None, *,
+                     strength_key: str = "strength_linear_N") -> "ScenarioRecord":
+        """Build from a result ``summary.json`` mapping and an optional ScenarioOutcome.
+
+        ``strength_key``: ``"strength_linear_N"`` or ``"strength_nonlinear_N"``.
+        """
+        if strength_key not in summary:
+            raise ScenarioError(f"summary of {name!r} has no {strength_key!r}; run a failure criterion (linear) or "
+                                f"the nonlinear analysis; available keys: {', '.join(sorted(summary))}")
+        return cls(name, float(summary[strength_key]), _opt(summary.get("stiffness_N_per_mm")),
+                   None if outcome is None else float(outcome.vbmd_after_g_cm3),
+                   0.0 if outcome is None else float(outcome.added_mass_g),
+                   None if outcome is None else outcome.t_months)
+
+
+def _opt(v) -> float | None:
+    return None if v is None else float(v)
+
+
+def _pct(new: float | None, old: float | None) -> float | None:
+    if new is None or old is None or old == 0:
+        return None
+    return 100.0 * (new / old - 1.0)
+
+
+def comparison_rows(baseline: ScenarioRecord, scenarios: Sequence[ScenarioRecord], *,
+                    reference: str | None = "standard_care") -> list[dict[str, Any]]:
+    """Rows (baseline first) with changes vs the baseline and vs the reference scenario.
+
+    ``strength_gain_per_gram_N_per_g`` = strength change / bone mass added, only for
+    scenarios that added bone (None otherwise: for a scenario that lost bone the ratio is
+    strength lost per gram lost, not a gain). ``strength_vs_reference_percent`` = strength relative to the
+    ``reference`` scenario's strength (None if there is no such scenario), and
+    ``better_than_reference`` is True when the scenario is stronger than the reference.
+    """
+    names = [s.name for s in scenarios]
+    if len(set(names)) != len(names) or baseline.name in names:
+        raise ScenarioError(f"scenario names must be unique and differ from the baseline's {baseline.name!r}: {names}")
+    ref = next((s for s in scenarios if s.name == reference), None) if reference else None
+    rows = []
+    for rec in (baseline, *scenarios):
+        d_strength = rec.strength_N - baseline.strength_N
+        per_gram = d_strength / rec.added_mass_g if rec is not baseline and rec.added_mass_g > 0 else None
+        vs_ref = _pct(rec.strength_N, ref.strength_N) if ref is not None and rec is not ref else None
+        rows.append({
+            "scenario": rec.name,
+            "months": rec.months,
+            "strength_N": rec.strength_N,
+            "strength_change_N": d_strength,
+            "strength_change_percent": _pct(rec.strength_N, baseline.strength_N),
+            "stiffness_N_per_mm": rec.stiffness_N_per_mm,
+            "stiffness_change_percent": _pct(rec.stiffness_N_per_mm, baseline.stiffness_N_per_mm),
+            "vbmd_mg_cm3": None if rec.vbmd_g_cm3 is None else 1000.0 * rec.vbmd_g_cm3,
+            "vbmd_change_percent": _pct(rec.vbmd_g_cm3, baseline.vbmd_g_cm3),
+            "added_mass_g": rec.added_mass_g,
+            "strength_gain_per_gram_N_per_g": per_gram,
+            "strength_vs_reference_percent": vs_ref,
+            "better_than_reference": None if vs_ref is None else bool(vs_ref > 0),
+        })
+    return rows
+
+
+def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Plain-text table of the main columns (for the CLI)."""
+    cols = [("scenario", "scenario", "{}"), ("strength_N", "strength N", "{:.0f}"),
+            ("strength_change_percent", "d strength %", "{:+.1f}"), ("stiffness_change_percent", "d stiffness %",
+                                                                       "{:+.1f}"),
+            ("vbmd_change_percent", "d vBMD %", "{:+.1f}"), ("added_mass_g", "mass added g", "{:.3f}"),
+            ("strength_gain_per_gram_N_per_g", "N per g", "{:.0f}"),
+            ("strength_vs_reference_percent", "vs reference %", "{:+.1f}")]
+    table = [[h for _, h, _ in cols]]
+    for r in rows:
+        table.append(["-" if r.get(k) is None else fmt.format(r[k]) for k, _, fmt in cols])
+    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in table]
+    return "\n".join(lines)
+
+
+def write_comparison(rows: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike, *,
+                     meta: Mapping[str, Any] | None = None) -> tuple[Path, Path]:
+    """Write ``comparison.json`` ({"rows": [...], **meta}) and ``comparison.csv`` atomically."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = {"columns": list(COLUMNS), "rows": [dict(r) for r in rows]}
+    if meta:
+        data.update(dict(meta))
+    jpath = write_json_atomic(out / "comparison.json", data)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(COLUMNS), extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in COLUMNS})
+    cpath = write_text_atomic(out / "comparison.csv", buf.getvalue())
+    return jpath, cpath
+
+
+def records_as_dicts(records: Sequence[ScenarioRecord]) -> list[dict]:
+    """Plain dicts of records (for result metadata)."""
+    return [asdict(r) for r in records]
 
 
 @dataclass
@@ -244,12 +250,6 @@ def _check_density_type(sc, model, law: str) -> None:
                             f"values as {model.density_type} density)")
 
 
-def _spec_model(spec: ComparisonSpec, mesh):
-    """The baseline model of a comparison (CT of [bone], or the mesh's density cell data)."""
-    return Model.from_inputs(mesh, spec.case.material, ct_path=spec.ct_path, mesh_path=spec.mesh_path,
-                             outside=spec.outside, missing_hint=f"{spec.mesh_path}: add ct = PATH to [bone]")
-
-
 def compare(spec: ComparisonSpec | str | os.PathLike, out: str | os.PathLike, *,
             progress: Callable[[str], None] | None = None) -> ComparisonResult:
     """Run baseline and scenarios; write result folders, comparison files and plots into ``out``."""
@@ -268,20 +268,15 @@ def compare(spec: ComparisonSpec | str | os.PathLike, out: str | os.PathLike, *,
         step[0] += 1
         say(f"[{step[0]}/{n_steps}] {msg} ({time.perf_counter() - t_start:.1f} s)")
 
-    case = spec.case
-    mesh = read_mesh(spec.mesh_path)
-    model = _spec_model(spec, mesh)
+    prep = prepare_run(spec.case, spec.specimen, progress=lambda line: say(f"      {line}"))
+    case, model, an = prep.case, prep.model, prep.analysis
+    mesh = model.mesh
     for sc in spec.scenarios:
         _check_density_type(sc, model, case.material.law)
-    tick(f"model: {mesh.n_cells} elements, {spec.bone_label}")
-    an = prepare(case, model)
+    tick(f"model: {mesh.n_cells} elements, {spec.specimen.label}")
 
     def solve(m, name: str, months=None):
-        res = an.solve(model=m, strength=False)
-        res.subject = spec.subject
-        res.evaluate_strength()
-        if spec.nonlinear:
-            run_nonlinear(an, res)
+        res = solve_run(prep, model=m, subject=spec.subject, nonlinear=spec.nonlinear)
         res.extra["scenario"] = name
         if months is not None:
             res.extra["months"] = months
@@ -352,21 +347,11 @@ def compare(spec: ComparisonSpec | str | os.PathLike, out: str | os.PathLike, *,
     w.writerows(timecourse)
     tpath = write_text_atomic(out / "timecourse.csv", buf.getvalue())
     files = {"comparison_json": jpath, "comparison_csv": cpath, "timecourse_csv": tpath}
-    files.update(_plots(out, rows, timecourse))
+    files.update(write_comparison_report(out, progress=say))
     result = ComparisonResult(rows, base, results, outcomes, timecourse, files, time.perf_counter() - t_start)
     write_json_atomic(out / "run_info.json", {"seconds": result.seconds, "files": {k: str(v) for k, v in files.items()}})
     tick("comparison written")
     return result
-
-
-def _plots(out: Path, rows: Sequence[Mapping], timecourse: Sequence[Mapping]) -> dict:
-    """PNG plots of the comparison (strength gain per scenario, strength against time)."""
-    files = {"strength_gain_png": plots.plot_strength_gain(list(rows), out / "strength_gain.png")}
-    scen = [r for r in timecourse if r["scenario"] != "baseline"]
-    if len({r["scenario"] for r in scen}) and len(scen) > len({r["scenario"] for r in scen}):
-        base = next(r["strength_N"] for r in timecourse if r["scenario"] == "baseline")
-        files["strength_vs_time_png"] = plots.plot_strength_time(scen, out / "strength_vs_time.png", baseline=base)
-    return files
 
 
 def fit_annual_rate(spec: ComparisonSpec | str | os.PathLike, scenario: str, target_percent: float, *,
@@ -385,14 +370,13 @@ def fit_annual_rate(spec: ComparisonSpec | str | os.PathLike, scenario: str, tar
     sc = next((s for s in spec.scenarios if s.name == scenario), None)
     if sc is None or len(sc.operators) != 1 or not isinstance(sc.operators[0], AnnualChange):
         raise ScenarioError(f"scenario {scenario!r} must exist and have exactly one annual_change operator")
-    mesh = read_mesh(spec.mesh_path)
-    model = _spec_model(spec, mesh)
+    prep = prepare_run(spec.case, spec.specimen)
+    model, an = prep.model, prep.analysis
+    mesh = model.mesh
     _check_density_type(sc, model, spec.case.material.law)
-    an = prepare(spec.case, model)
 
     def strength(m) -> float:
-        r = an.solve(model=m, strength=False)
-        return float(r.evaluate_strength().strength_N)
+        return float(an.solve(model=m).linear.strength_N)
 
     s0 = strength(model)
     op = sc.operators[0]

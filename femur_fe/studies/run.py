@@ -1,27 +1,131 @@
-"""One load case on one bone: prepare, solve, strength, optionally nonlinear, optionally written."""
+"""One load case on one bone: the solve -> strength -> nonlinear sequence, in one place.
+
+:func:`run` is what ``femur-fe run`` does, what a comparison does for its baseline and what
+the default sweep task does: read the case, build the bone model from the
+:class:`~femur_fe.bone.specimen.Specimen` (its calibration applied to the case), prepare the
+analysis (frame, regions, caps, supports), solve, evaluate the strength with the subject
+attached, optionally run the nonlinear analysis, optionally write the result folder.
+"""
 from __future__ import annotations
 
-from ..analysis.prepare import prepare, run_nonlinear
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from ..analysis.prepare import Analysis, prepare, run_nonlinear
 from ..analysis.result import Result
+from ..analysis.subject import Subject
 from ..bone.model import Model
+from ..bone.specimen import Specimen
 from ..case.loadcase import LoadCase, load_case
+from ..case.presets import resolve_case_path
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
 
 
-def run_case(case, model: Model, *, out=None, strength: bool = True, nonlinear: bool = False,
-             frame=None, regions=None, subject=None) -> Result:
-    """Prepare and solve ``case`` on ``model``; optionally write ``out/result.vtu`` and ``summary.json``.
+def as_case(case: LoadCase | str | os.PathLike | Mapping[str, Any], base: Path | None = None) -> LoadCase:
+    """A load case from a LoadCase, a TOML path, a preset name (``"sideways_fall"``) or a dict."""
+    if isinstance(case, LoadCase):
+        return case
+    if isinstance(case, Mapping):
+        return load_case(case)
+    return load_case(resolve_case_path(case, base))
 
-    ``case`` is a :class:`femur_fe.LoadCase` or a path/dict for :func:`femur_fe.load_case`.
-    """
-    if not isinstance(case, LoadCase):
-        case = load_case(case)
-    an = prepare(case, model, frame=frame, regions=regions)
-    res = an.solve(strength=False)
-    res.subject = subject
-    if strength:
-        res.evaluate_strength()
+
+def as_specimen(bone: Specimen | Mapping[str, Any], base: Path | None = None) -> Specimen:
+    """A specimen from a Specimen or a ``[bone]`` table."""
+    if isinstance(bone, Specimen):
+        return bone
+    return Specimen.from_dict(bone, base=base)
+
+
+def case_for(case: LoadCase, specimen: Specimen | None) -> LoadCase:
+    """The case with the specimen's calibration (and CT unit) in ``[material.calibration]``."""
+    if specimen is None:
+        return case
+    values = specimen.calibration_values(case.material.calibration.ct_unit)
+    return case.with_values(values) if values else case
+
+
+@dataclass
+class Prepared:
+    """A case prepared on a specimen's model, ready for :func:`solve` (baseline and scenarios)."""
+
+    case: LoadCase
+    specimen: Specimen | None
+    model: Model
+    analysis: Analysis
+
+
+def prepare_run(case: LoadCase | str | os.PathLike | Mapping[str, Any],
+                bone: Specimen | Mapping[str, Any] | Model, *, progress: Progress | None = None) -> Prepared:
+    """Case, model and prepared analysis of one bone (the part of :func:`run` before the solve)."""
+    t0 = time.perf_counter()
+    say = _say(progress, t0)
+    case = as_case(case)
+    if isinstance(bone, Model):
+        specimen, model = None, bone
+    else:
+        specimen = as_specimen(bone)
+        case = case_for(case, specimen)
+        say(f"bone: {specimen.label}")
+        model = specimen.model(case.material, progress=say)
+        say(f"material: {model.mesh.n_cells} elements, E {model.young.min():.0f}-{model.young.max():.0f} MPa")
+    an = prepare(case, model)
+    say(f"regions: {', '.join(f'{k} {v.n_nodes} nodes' for k, v in an.regions.items())}")
+    return Prepared(case, specimen, model, an)
+
+
+def solve(prep: Prepared, *, model: Model | None = None, subject: Subject | None = None, nonlinear: bool = False,
+          progress: Progress | None = None) -> Result:
+    """Solve a prepared run (optionally on a model with new density): stiffness, strength (with the
+    subject attached), nonlinear strength when asked."""
+    t0 = time.perf_counter()
+    say = _say(progress, t0)
+    res = prep.analysis.solve(model=model, subject=subject)
+    say(f"solved: stiffness {res.stiffness_N_per_mm:.0f} N/mm, linear strength {res.linear.strength_N:.0f} N"
+        if res.stiffness_N_per_mm is not None else f"solved: linear strength {res.linear.strength_N:.0f} N")
     if nonlinear:
-        run_nonlinear(an, res)
+        run_nonlinear(prep.analysis, res)
+        nl = res.strength_summary.get("strength_nonlinear_N")
+        say(f"nonlinear strength {nl:.0f} N" if nl is not None else "nonlinear strength not reached")
+    if prep.specimen is not None:
+        res.extra["specimen"] = prep.specimen.to_dict()
+    return res
+
+
+def run(case: LoadCase | str | os.PathLike | Mapping[str, Any], specimen: Specimen | Mapping[str, Any] | Model, *,
+        subject: Subject | None = None, nonlinear: bool = False, out: str | os.PathLike | None = None,
+        progress: Progress | None = None) -> Result:
+    """Run one load case on one bone and return the complete :class:`Result`.
+
+    Parameters
+    ----------
+    case : a LoadCase, a TOML path, a preset name (``"sideways_fall"``) or a dict
+    specimen : where the bone comes from (:class:`Specimen` or its ``[bone]`` table); a
+        :class:`Model` is used as it is
+    subject : sex, body mass and height (factor of risk, fragility classification)
+    nonlinear : also run the nonlinear strength analysis
+    out : folder for ``result.vtu`` and ``summary.json``
+    progress : called with one line per stage (the CLI prints them); default: logging
+    """
+    prep = prepare_run(case, specimen, progress=progress)
+    res = solve(prep, subject=subject, nonlinear=nonlinear, progress=progress)
     if out is not None:
         res.write(out)
     return res
+
+
+def _say(progress: Progress | None, t0: float) -> Progress:
+    def say(msg: str) -> None:
+        line = f"{msg} ({time.perf_counter() - t0:.1f} s)"
+        if progress is None:
+            log.info("%s", line)
+        else:
+            progress(line)
+    return say

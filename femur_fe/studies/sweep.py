@@ -58,24 +58,22 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-import tomllib
 
 from .._version import __version__
 from ..analysis.prepare import prepare
-from ..bone.bundled import bundled_bone
 from ..bone.materials import material_law_from_dict
 from ..bone.model import Model
+from ..bone.specimen import Specimen
 from ..case.loadcase import LoadCase, load_case
-from ..commands.verify import structured_mesh
+from ..case.scenarios import scenarios_from_dict
 from ..errors import FemurFeError, SweepError
 from ..fe.assembly import StiffnessAssembler
+from ..fe.boxes import structured_mesh
 from ..fe.solvers import LinearSolver
 from ..io.atomic import atomic_path, write_json_atomic
-from ..io.ct import read_ct
 from ..io.mesh_io import read_mesh
 from ..io.toml_io import read_toml
-from ..therapy.scenarios import scenarios_from_dict
-from .compare import with_ct_calibration
+from .run import case_for
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +91,7 @@ DEFAULT_TASK = "femur_fe.studies.sweep:pipeline_task"
 COLUMN_TASK = "femur_fe.studies.sweep:column_task"
 
 _TOP_LEVEL_KEYS = ("name", "base", "parameters", "method", "samples", "seed", "cases", "task",
-                   "timeout_s", "retries", "description", "scenario")
+                   "timeout_s", "retries", "description", "scenario", "bone")
 #: value of the ``scenario`` parameter meaning "no scenario" (the bone as it is)
 BASELINE = "baseline"
 _EVENT_TOPIC = "femur-fe-sweep"
@@ -231,8 +229,9 @@ def make_parameter(key: str, spec: Any, *, root: Path | None = None) -> Paramete
         if kind in ("linspace", "logspace"):
             return Parameter(key, "values", _spaced(key, kind, arg))
         if kind == "glob":
-            if key != "mesh":
-                raise SweepError(f"parameter {key!r}: glob is only for 'mesh' (a cohort folder pattern)")
+            if key not in ("mesh", "bone.mesh", "bone.ct", "bone.mask"):
+                raise SweepError(f"parameter {key!r}: glob is only for files (bone.mesh, bone.ct, bone.mask; a "
+                                 "cohort folder pattern)")
             return Parameter(key, "values", _glob_meshes(arg, root))
         values = arg if isinstance(arg, (list, tuple)) else [arg]
     elif isinstance(spec, (list, tuple, np.ndarray)):
@@ -378,15 +377,7 @@ def _load_base(base: Any, root: Path | None) -> Any:
         if not path.exists():
             raise SweepError(f"base case {str(path)!r} does not exist; give a load-case TOML path "
                              "(relative paths are relative to the sweep file)")
-        try:
-            from ..case.loadcase import load_case
-        except ImportError:
-            load_case = None
-        if load_case is not None:
-            return load_case(path)
-
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
+        return load_case(path)
     raise SweepError(f"base must be a load-case TOML path, a dict or a LoadCase, got {type(base).__name__}")
 
 
@@ -418,6 +409,10 @@ class SweepSpec:
         scenario (``scenario.months``) or of its operator (``scenario.percent`` when it has
         one operator, else ``scenario.operator.<i>.<key>``). One scenario and no
         ``scenario`` parameter: every task uses it.
+    bone : the bone of every task (a ``[bone]`` table or :class:`~femur_fe.bone.specimen.Specimen`,
+        as in run and comparison files); ``bone.<key>`` parameters change one of its keys per
+        task (``bone.state``, ``bone.mesh`` with a glob over a cohort folder, ``bone.ct``...).
+        Without it the pipeline task uses the bundled bone of the case's bone kind.
     """
 
     base: Any = None
@@ -433,10 +428,15 @@ class SweepSpec:
     root: Path | None = None
     description: str = ""
     scenarios: Any = None
+    bone: Any = None
 
     def __post_init__(self) -> None:
         if self.root is not None:
             self.root = Path(self.root)
+        if isinstance(self.bone, Specimen):
+            self.bone = self.bone.to_dict()
+        elif self.bone is not None and not isinstance(self.bone, Mapping):
+            raise SweepError(f"bone must be a [bone] table or a Specimen, got {self.bone!r}")
         if isinstance(self.scenarios, Mapping):
             self.scenarios = [self.scenarios]
         self.scenarios = [dict(sc.to_dict() if hasattr(sc, "to_dict") else sc) for sc in (self.scenarios or [])]
@@ -560,6 +560,7 @@ class SweepSpec:
             "timeout_s": self.timeout_s,
             "retries": self.retries,
             "scenarios": self.scenarios or None,
+            "bone": dict(self.bone) if self.bone is not None else None,
             "root": str(self.root) if self.root else None,
         }
 
@@ -607,8 +608,11 @@ class SweepSpec:
         for i, point in enumerate(self.points()):
             special = {k: point[k] for k in SPECIAL_KEYS if k in point}
             sc_values = {k: v for k, v in point.items() if k.startswith("scenario.")}
-            values = {k: v for k, v in point.items() if k not in SPECIAL_KEYS and k not in sc_values}
+            bone_values = {k[5:]: v for k, v in point.items() if k.startswith("bone.")}
+            values = {k: v for k, v in point.items() if k not in SPECIAL_KEYS and k not in sc_values
+                      and not k.startswith("bone.")}
             case, resolved = _apply(base, values)
+            bone = self._resolve_bone(bone_values, special, digests)
             scenario = self._resolve_scenario(special.get("scenario"), sc_values)
             mesh = special.get("mesh")
             mesh_id = None
@@ -616,6 +620,8 @@ class SweepSpec:
                 mesh = self._resolve_mesh(mesh)
                 mesh_id = _mesh_identity(mesh, digests)
             ident = {"task": task_name, "case": resolved, "mesh": mesh_id, "state": special.get("state")}
+            if bone is not None:
+                ident["bone"] = bone
             if scenario is not None:
                 ident["scenario"] = scenario
             if extra_identity is not None:   # inputs the task uses beyond its own case (e.g. the base's)
@@ -634,8 +640,33 @@ class SweepSpec:
                 params["mesh"] = mesh if _is_mesh(mesh) else str(mesh)
             tasks.append(SweepTask(task_id=task_id, index=len(tasks), params=params, case=case,
                                    case_dict=resolved, mesh=mesh, state=special.get("state"),
-                                   seed=self.seed, scenario=scenario, base_case=base))
+                                   seed=self.seed, scenario=scenario, base_case=base,
+                                   bone=None if bone is None else bone["bone"]))
         return tasks
+
+    def _resolve_bone(self, values: Mapping[str, Any], special: Mapping[str, Any], digests: dict) -> dict | None:
+        """The resolved ``[bone]`` table of a task and the content hash of its files (None: no bone)."""
+        if self.bone is None and not values:
+            return None
+        clash = [k for k in ("mesh", "state") if k in special]
+        if clash:
+            raise SweepError(f"parameter {clash[0]!r} and a [bone] table: sweep bone.{clash[0]} instead")
+        table = dict(self.bone or {})
+        for k, v in values.items():
+            table[k] = str(v) if isinstance(v, Path) else v
+        try:
+            specimen = Specimen.from_dict(table, base=self.root, source="sweep [bone]")
+            files = specimen.files()
+        except (FemurFeError, FileNotFoundError) as exc:
+            where = ", ".join(f"bone.{k}" for k in values) or "[bone]"
+            raise SweepError(f"{where}: {exc}") from exc
+        hashes = {}
+        for k, path in files.items():
+            key = str(path)
+            if key not in digests:
+                digests[key] = file_digest(path)
+            hashes[k] = digests[key]
+        return {"bone": specimen.to_dict(), "files": hashes}
 
     def _resolve_scenario(self, name: Any, values: Mapping[str, Any]) -> dict | None:
         """The resolved scenario table of a task (None: baseline)."""
@@ -728,12 +759,13 @@ class SweepTask:
     seed: int | None = None
     scenario: dict | None = None
     base_case: Any = None
+    bone: dict | None = None
 
     def inputs(self, mesh: Any = None) -> "TaskInputs":
         return TaskInputs(task_id=self.task_id, index=self.index, params=dict(self.params), case=self.case,
                           mesh=self.mesh if mesh is None else mesh, state=self.state,
                           seed=_task_seed(self.seed, self.task_id), scenario=self.scenario,
-                          base_case=self.base_case)
+                          base_case=self.base_case, bone=self.bone)
 
 
 @dataclass
@@ -753,6 +785,7 @@ class TaskInputs:
     scenario : the resolved scenario table (:mod:`femur_fe.therapy.scenarios` TOML layout) or
         None for the baseline
     base_case : the sweep's base case before any parameter was applied
+    bone : the resolved ``[bone]`` table of the task (:class:`~femur_fe.bone.specimen.Specimen`), or None
     """
 
     task_id: str
@@ -764,6 +797,7 @@ class TaskInputs:
     seed: int = 0
     scenario: dict | None = None
     base_case: Any = None
+    bone: dict | None = None
 
 
 def _task_seed(seed: int | None, task_id: str) -> int:
@@ -1211,38 +1245,36 @@ def _pipeline_identity(base: Any, case: Any) -> Any:
     return _angle_keys(_support_case(base, case))
 
 
-def _bone_source(inputs: TaskInputs, case: Any) -> tuple[Any, dict]:
-    """(case with the CT calibration when needed, description of the bone: mesh, ct, state)."""
-    bone_name = case.bone
+def _task_specimen(inputs: TaskInputs, case: Any) -> Specimen | None:
+    """The specimen of a pipeline task: its [bone] table, else the bundled bone of the case's bone kind
+    (in ``state``); None for a mesh given as a sweep parameter (element densities in its cell data)."""
+    if inputs.bone is not None:
+        return Specimen.from_dict(inputs.bone, source="sweep [bone]")
     if inputs.mesh is None:
-        state = inputs.state or "osteoporotic"
-        files = bundled_bone(bone_name, state=state)
-        return with_ct_calibration(case, files.calibration), {"mesh": str(files.mesh), "ct": str(files.ct),
-                                                             "state": state}
-    return case, {"mesh": inputs.mesh, "ct": None, "state": inputs.state}
+        return Specimen(bundled=case.bone, state=inputs.state or "osteoporotic")
+    return None
 
 
-def _pipeline_model(case: Any, src: dict):
-    """The bone model of a task (cached per worker): mesh + CT, or mesh + cell density."""
-    mesh_obj = src["mesh"]
-    mesh_key = _mesh_digest(mesh_obj) if _is_mesh(mesh_obj) else str(mesh_obj)
+def _pipeline_model(case: Any, inputs: TaskInputs, specimen: Specimen | None):
+    """The bone model of a task (cached per worker)."""
     material = case.to_dict()["material"]
-    key = ("model", mesh_key, src["ct"], src["state"], _digest(material))
+    if specimen is not None:
+        key = ("model", _digest(specimen.to_dict()), _digest(material))
+        return key, worker_cache(key, lambda: specimen.model(case.material))
+    mesh_obj = inputs.mesh
+    mesh_key = _mesh_digest(mesh_obj) if _is_mesh(mesh_obj) else str(mesh_obj)
+    key = ("model", mesh_key, inputs.state, _digest(material))
 
     def build():
         mesh = cached_mesh(mesh_obj)
-        if src["ct"] is not None:
-            ct = read_ct(src["ct"], unit=case.material.calibration.ct_unit)
-            return Model.from_ct(mesh, ct, case.material, ct_path=src["ct"])
-        name = f"density_{src['state']}" if src["state"] else "density"
+        name = f"density_{inputs.state}" if inputs.state else "density"
         if name not in mesh.cell_data:
             have = sorted(k for k in mesh.cell_data if k.startswith("density"))
             raise SweepError(f"mesh {mesh_key if not _is_mesh(mesh_obj) else '<Mesh>'} has no cell data {name!r} "
                              f"(has: {', '.join(have) or 'none'}); store the element densities (g/cm^3 of the "
-                             f"material law's density type) as cell data {name!r}, or leave 'mesh' out to use "
-                             "the bundled bone of the case")
-        law = case.material.build()
-        return Model.from_density(mesh, np.asarray(mesh.cell_data[name], dtype=float), law)
+                             f"material law's density type) as cell data {name!r}, or describe the bone in a "
+                             "[bone] table (bone.mesh with bone.ct or [bone.density])")
+        return Model.from_density(mesh, np.asarray(mesh.cell_data[name], dtype=float), case.material.build())
 
     return key, worker_cache(key, build)
 
@@ -1267,9 +1299,10 @@ def pipeline_task(inputs: TaskInputs) -> dict[str, Any]:
     if not isinstance(case, LoadCase):
         raise SweepError("pipeline_task needs a load case as base (a TOML path or a LoadCase); for a plain dict "
                          "use another task, e.g. femur_fe.studies.sweep:column_task")
-    case, src = _bone_source(inputs, case)
-    support = _support_case(inputs.base_case if inputs.base_case is not None else case, case)
-    model_key, model = _pipeline_model(case, src)
+    specimen = _task_specimen(inputs, case)
+    case = case_for(case, specimen)
+    support = case_for(_support_case(inputs.base_case if inputs.base_case is not None else case, case), specimen)
+    model_key, model = _pipeline_model(case, inputs, specimen)
     an_key = ("analysis", model_key, _digest(support.to_dict()))
     an = worker_cache(an_key, lambda: prepare(support, model), bucket="solver")
     outcome = None
@@ -1315,7 +1348,7 @@ def _pipeline_share_key(inputs: TaskInputs) -> str:
     support = _support_case(inputs.base_case if inputs.base_case is not None else case, case)
     mesh = inputs.mesh
     return _digest({"mesh": _mesh_digest(mesh) if _is_mesh(mesh) else mesh, "state": inputs.state,
-                    "material": case.to_dict()["material"], "support": support.to_dict(),
+                    "bone": inputs.bone, "material": case.to_dict()["material"], "support": support.to_dict(),
                     "scenario": inputs.scenario})
 
 

@@ -20,9 +20,7 @@ from .scenarios import (
     Scenario,
     ScenarioOutcome,
     UniformChange,
-    load_scenarios,
     match_added_mass,
-    scenarios_from_dict,
 )
 from .sensitivity import StrengthProblem, StrengthSensitivity, optimal_placement
 
@@ -45,8 +43,6 @@ __all__ = [
     "StrengthSensitivity",
     "Therapy",
     "UniformChange",
-    "load_scenarios",
     "match_added_mass",
     "optimal_placement",
-    "scenarios_from_dict",
 ]

@@ -64,6 +64,7 @@ import scipy.sparse.linalg as spla
 
 from ..errors import FemurFeError, ScenarioError, SolverError
 from ..fe.assembly import StiffnessAssembler, element_stiffness
+from ..fe.boxes import hex_grid
 from ..fe.elements import FACES
 from ..fe.loads import assemble_pressure
 from ..fe.mesh import Mesh
@@ -78,27 +79,6 @@ BASELINE_LOSS_PRESETS: dict[str, float] = {"postmenopausal_hip": 0.012, "postmen
 
 
 # ============================================================================ meshes and BCs
-def hex_grid(shape: Sequence[int], size: Sequence[float] = (1.0, 1.0, 1.0),
-             origin: Sequence[float] = (0.0, 0.0, 0.0)) -> Mesh:
-    """Structured hex8 mesh of a box: ``shape`` = (nx, ny, nz) cells, ``size`` in mm."""
-    nx, ny, nz = (int(v) for v in shape)
-    if min(nx, ny, nz) < 1:
-        raise FemurFeError(f"hex_grid shape must be three integers >= 1, got {shape!r}")
-    axes = [np.linspace(o, o + s, n + 1) for o, s, n in zip(origin, size, (nx, ny, nz))]
-    xx, yy, zz = np.meshgrid(*axes, indexing="ij")
-    pts = np.column_stack([xx.ravel(), yy.ravel(), zz.ravel()])
-    i, j, k = np.meshgrid(np.arange(nx), np.arange(ny), np.arange(nz), indexing="ij")
-    i, j, k = i.ravel(), j.ravel(), k.ravel()
-
-    def nid(a, b, c):
-        return (a * (ny + 1) + b) * (nz + 1) + c
-
-    cells = np.column_stack([nid(i, j, k), nid(i + 1, j, k), nid(i + 1, j + 1, k), nid(i, j + 1, k),
-                             nid(i, j, k + 1), nid(i + 1, j, k + 1), nid(i + 1, j + 1, k + 1),
-                             nid(i, j + 1, k + 1)])
-    return Mesh(pts, cells, "hexahedron")
-
-
 @dataclass(frozen=True)
 class BoundaryConditions:
     """Supports and loads of a linear FE model, possibly with several load cases.
@@ -760,5 +740,5 @@ def weinans_plate(n: int = 20, *, smoothing: str = "node") -> tuple[Mesh, Bounda
 
 
 __all__ = ["BoundaryConditions", "RemodelingParameters", "Therapy", "RemodelingModel", "RemodelingResult",
-           "ReusingSolver", "ElementMatrices", "NodeSmoother", "hex_grid", "weinans_plate", "checkerboard_index",
+           "ReusingSolver", "ElementMatrices", "NodeSmoother", "weinans_plate", "checkerboard_index",
            "cell_face_neighbours", "density_rate", "activity_factors", "BASELINE_LOSS_PRESETS"]

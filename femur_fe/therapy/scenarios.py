@@ -69,9 +69,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
@@ -79,7 +77,6 @@ import numpy as np
 from ..errors import ScenarioError
 from ..fe.mesh import Mesh
 from ..fe.topology import boundary_faces
-from ..io.toml_io import read_toml
 from .cellmodels import DAYS_PER_MONTH, CellTherapy, bone_mass_ratio
 
 log = logging.getLogger(__name__)
@@ -1027,89 +1024,9 @@ def match_added_mass(make_operator: Callable[[float], Operator], density, mesh: 
 
 
 # ---------------------------------------------------------------------------------- TOML
-_SCENARIO_KEYS = ("name", "operator", "months", "density_type", "description")
-
-
-def operator_from_dict(data: Mapping[str, Any], where: str = "operator") -> Operator:
-    """Build one operator from its TOML table (``type`` + fields); unknown keys rejected."""
-    if not isinstance(data, Mapping):
-        raise ScenarioError(f"{where} must be a table, got {type(data).__name__}")
-    if "type" not in data:
-        raise ScenarioError(f"{where} needs a 'type' key: one of {', '.join(OPERATOR_TYPES)}")
-    kind = data["type"]
-    if kind not in OPERATOR_TYPES:
-        raise ScenarioError(f"{where}: unknown operator type {kind!r}; allowed: {', '.join(OPERATOR_TYPES)}")
-    cls = OPERATOR_TYPES[kind]
-    allowed = [f.name for f in fields(cls) if f.init]  # type: ignore[arg-type]
-    params = {k: v for k, v in data.items() if k != "type"}
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise ScenarioError(f"{where} (type {kind!r}): unknown key(s) {unknown}; allowed keys: type, "
-                            f"{', '.join(allowed)}")
-    params = {k: _as_tuple(v) for k, v in params.items()}
-    try:
-        return cls(**params)
-    except TypeError as exc:
-        raise ScenarioError(f"{where} (type {kind!r}): {exc}; allowed keys: {', '.join(allowed)}") from None
-
-
-def scenarios_from_dict(data: Mapping[str, Any], *, allow_other_keys: bool = False) -> list[Scenario]:
-    """Parse ``{"scenario": [ {...}, ... ]}`` (a TOML document) into scenarios.
-
-    ``allow_other_keys``: accept other top-level keys (scenarios embedded in a bigger file,
-    e.g. a load case); otherwise only ``scenario`` and ``schema_version`` are allowed.
-    """
-    if not isinstance(data, Mapping):
-        raise ScenarioError(f"scenario document must be a table, got {type(data).__name__}")
-    if not allow_other_keys:
-        unknown = sorted(set(data) - {"scenario", "schema_version"})
-        if unknown:
-            raise ScenarioError(f"unknown top-level key(s) {unknown} in the scenario file; allowed: scenario, "
-                                "schema_version")
-    tables = data.get("scenario")
-    if tables is None:
-        raise ScenarioError("no [[scenario]] tables found; write each scenario as a [[scenario]] table with name "
-                            "and [[scenario.operator]] entries")
-    if isinstance(tables, Mapping):
-        tables = [tables]
-    out: list[Scenario] = []
-    names: set[str] = set()
-    for i, tab in enumerate(tables):
-        where = f"[[scenario]] #{i + 1}"
-        if not isinstance(tab, Mapping):
-            raise ScenarioError(f"{where} must be a table")
-        unknown = sorted(set(tab) - set(_SCENARIO_KEYS))
-        if unknown:
-            raise ScenarioError(f"{where}: unknown key(s) {unknown}; allowed: {', '.join(_SCENARIO_KEYS)}")
-        if "name" not in tab:
-            raise ScenarioError(f"{where} needs a name")
-        where = f"scenario {tab['name']!r}"
-        ops_data = tab.get("operator", [])
-        if isinstance(ops_data, Mapping):
-            ops_data = [ops_data]
-        ops = tuple(operator_from_dict(o, f"{where}, operator #{j + 1}") for j, o in enumerate(ops_data))
-        sc = Scenario(str(tab["name"]), ops, months=tab.get("months"),
-                      density_type=tab.get("density_type", "ash"), description=str(tab.get("description", "")))
-        if sc.name in names:
-            raise ScenarioError(f"duplicate scenario name {sc.name!r}; names must be unique")
-        names.add(sc.name)
-        out.append(sc)
-    return out
-
-
-def load_scenarios(path: str | os.PathLike, *, allow_other_keys: bool = False) -> list[Scenario]:
-    """Read ``[[scenario]]`` tables from a TOML file (see the module doc)."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"scenario file not found: {p}")
-    data = read_toml(p, ScenarioError, "scenario file")
-    return scenarios_from_dict(data, allow_other_keys=allow_other_keys)
-
-
 __all__ = ["Scenario", "ScenarioOutcome", "Operator", "UniformChange", "CompartmentChange", "LocalInjection",
            "DefectFill", "CorticalThickening", "AnnualChange", "CellModelChange", "OPERATOR_TYPES",
-           "DENSITY_UPPER_BOUND", "ANNUAL_CHANGE_PRESETS", "load_scenarios", "scenarios_from_dict",
-           "operator_from_dict", "maturation_fraction", "resolve_landmark", "available_landmarks",
+           "DENSITY_UPPER_BOUND", "ANNUAL_CHANGE_PRESETS", "maturation_fraction", "resolve_landmark", "available_landmarks",
            "LANDMARK_ALIASES", "added_mass_g", "bone_mass_g",
            "integral_vbmd", "match_added_mass", "periosteal_nodes", "periosteal_triangles",
            "distance_to_triangles", "compartment_mask"]

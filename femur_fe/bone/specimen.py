@@ -1,0 +1,438 @@
+"""Where a bone comes from, as data: the ``[bone]`` table of run, comparison and sweep files.
+
+A :class:`Specimen` is one of
+
+* a bundled bone: ``bundled = "femur" | "vertebra"`` and ``state`` (mesh + synthetic QCT + the
+  scanner calibration it was made with);
+* a CT and a mask: ``ct``, ``mask`` (a label image on the CT grid, e.g. a TotalSegmentator
+  mask), ``labels`` to keep, ``mesh_type`` (tetrahedra from the mask's surface, or hex voxels),
+  ``element_size_mm``; ``calibration`` for an HU CT;
+* a mesh (volume mesh or closed surface) and a CT: ``mesh``, ``ct``;
+* a mesh or surface and a density: ``mesh`` and a ``[bone.density]`` table (uniform, or a
+  cortical shell of given thickness around a trabecular core), or a mesh whose cell data
+  ``density`` holds the element densities.
+
+``calibration`` (HU CTs): ``"internal"`` (phantomless, from the patient's own air, fat, muscle,
+blood and cortical bone: :func:`femur_fe.bone.internal_calibration`), a JSON file (a phantom
+fit: ``slope``, ``intercept``, ``unit``, ``mineral``; or the ``to_dict()`` of an internal
+calibration), or a table of the same keys. Paths are relative to the file the table is in.
+The same keys are the ``femur-fe run`` options (``--ct``, ``--mask``, ``--label``...), so a
+bone described on the command line, in a comparison file and in a sweep is one thing, with
+the same checks.
+
+:meth:`Specimen.mesh` builds or reads the mesh (mm) and :meth:`Specimen.model` the
+:class:`~femur_fe.bone.model.Model` for a load case's ``[material]`` table.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from ..errors import CTError, FemurFeError, LoadCaseError, MaterialError
+from ..fe.mesh import Mesh
+from ..fe.topology import boundary_faces
+from ..io.ct import CTImage, read_ct, read_mask, suffix_of
+from ..io.mesh_io import read_mesh
+from ..io.surface import read_surface
+from ..io.tables import Table, plain
+from .bundled import BONES, STATES, bundled_bone
+from .calibration import DensityCalibration
+from .meshing import repair_surface, surface_from_mask, tetmesh_from_surface
+from .model import Model, sha256_of
+from .voxel import hexmesh_from_mask
+
+log = logging.getLogger(__name__)
+
+SURFACE_SUFFIXES = (".stl", ".obj", ".ply", ".vtp")
+MESH_TYPES = ("tet", "hex")
+CT_UNITS = ("HU", "mg/cm3", "g/cm3")
+DENSITY_TYPES = ("qct", "ash", "apparent")
+#: element size (mm) of meshes built from masks and surfaces when none is given
+DEFAULT_ELEMENT_SIZE_MM = 3.0
+SCHEMA = "bone [bone]"
+
+
+@dataclass(frozen=True)
+class DensitySpec:
+    """``[bone.density]``: the density of a bone given without a CT, in g/cm^3 of ``density_type``.
+
+    Either ``uniform_g_cm3`` everywhere, or ``cortical_g_cm3`` in the elements whose centroid
+    lies within ``cortical_thickness_mm`` of the bone surface and ``trabecular_g_cm3`` inside.
+    ``density_type`` must be the one the load case's material law takes.
+    """
+
+    density_type: str
+    uniform_g_cm3: float | None = None
+    cortical_g_cm3: float | None = None
+    trabecular_g_cm3: float | None = None
+    cortical_thickness_mm: float | None = None
+
+    def __post_init__(self) -> None:
+        shell = (self.cortical_g_cm3, self.trabecular_g_cm3, self.cortical_thickness_mm)
+        if self.uniform_g_cm3 is not None and any(v is not None for v in shell):
+            raise MaterialError("give uniform_g_cm3, or cortical_g_cm3 + trabecular_g_cm3 + "
+                                "cortical_thickness_mm, not both")
+        if self.uniform_g_cm3 is None and any(v is None for v in shell):
+            raise MaterialError("give uniform_g_cm3, or all of cortical_g_cm3, trabecular_g_cm3 and "
+                                "cortical_thickness_mm")
+        if self.cortical_g_cm3 is not None and self.cortical_g_cm3 < self.trabecular_g_cm3:
+            raise MaterialError(f"cortical_g_cm3 = {self.cortical_g_cm3} is below trabecular_g_cm3 = "
+                                f"{self.trabecular_g_cm3}; the shell is the denser compartment")
+
+    def values(self, mesh: Mesh) -> np.ndarray:
+        """(m,) element densities, g/cm^3."""
+        if self.uniform_g_cm3 is not None:
+            return np.full(mesh.n_cells, float(self.uniform_g_cm3))
+        depth = surface_depth_mm(mesh)
+        return np.where(depth < float(self.cortical_thickness_mm), float(self.cortical_g_cm3),
+                        float(self.trabecular_g_cm3))
+
+    def to_dict(self) -> dict[str, Any]:
+        return plain({k: getattr(self, k) for k in self.__dataclass_fields__})
+
+
+def surface_depth_mm(mesh: Mesh) -> np.ndarray:
+    """(m,) distance (mm) from each element centroid to the bone surface.
+
+    The surface is sampled at the boundary faces' vertices, centroids and edge midpoints; the
+    distance is to the nearest sample (exact to within a quarter of a face's size).
+    """
+    faces, _ = boundary_faces(mesh)
+    tri = mesh.points[faces[:, :3]]
+    samples = [tri.reshape(-1, 3), tri.mean(axis=1)]
+    for a, b in ((0, 1), (1, 2), (2, 0)):
+        samples.append(0.5 * (tri[:, a] + tri[:, b]))
+    tree = cKDTree(np.unique(np.concatenate(samples), axis=0))
+    return tree.query(mesh.cell_centroids())[0]
+
+
+@dataclass(frozen=True)
+class Specimen:
+    """One bone and where it comes from (see the module docstring for the keys)."""
+
+    bundled: str | None = None
+    state: str = "osteoporotic"
+    mesh_path: Path | None = None
+    ct: Path | None = None
+    ct_unit: str | None = None
+    mask: Path | None = None
+    labels: tuple[int, ...] = ()
+    mesh_type: str = "tet"
+    element_size_mm: float | None = None
+    calibration: Any = None
+    density: DensitySpec | None = None
+    units: str = "auto"
+    name: str = ""
+    source: str = field(default="<dict>", compare=False)
+
+    def __post_init__(self) -> None:
+        where = f"{self.source}: [bone]" if self.source else "[bone]"
+        if self.bundled is not None:
+            if self.bundled not in BONES:
+                raise LoadCaseError(f"{where}: bundled must be one of {', '.join(BONES)}, got {self.bundled!r}")
+            other = [k for k, v in (("mesh", self.mesh_path), ("ct", self.ct), ("mask", self.mask),
+                                    ("density", self.density)) if v is not None]
+            if other:
+                raise LoadCaseError(f"{where}: bundled = {self.bundled!r} is a whole bone (mesh, CT and "
+                                    f"calibration); remove {', '.join(other)}")
+        else:
+            if self.mesh_path is None and self.mask is None:
+                raise LoadCaseError(f"{where}: say where the bone comes from: bundled = 'femur' | 'vertebra', "
+                                    "mesh = PATH (volume mesh or closed surface), or ct = PATH with mask = PATH "
+                                    "(CLI: --bundled, --mesh, or --ct with --mask)")
+            if self.mesh_path is not None and self.mask is not None:
+                raise LoadCaseError(f"{where}: give mesh or mask, not both (the mask is meshed when there is "
+                                    "no mesh)")
+            if self.ct is not None and self.density is not None:
+                raise LoadCaseError(f"{where}: the density comes from the CT or from [bone.density], not both")
+            if self.mask is not None and self.ct is None and self.density is None:
+                raise LoadCaseError(f"{where}: a mask needs the CT it was drawn on (ct = PATH, CLI --ct) or a "
+                                    "[bone.density] table")
+        if self.state not in STATES:
+            raise LoadCaseError(f"{where}: state must be one of {', '.join(STATES)}, got {self.state!r}")
+        if self.calibration is not None and self.ct is None and self.bundled is None:
+            raise LoadCaseError(f"{where}: calibration applies to a CT; give ct = PATH too")
+        if self.mesh_type not in MESH_TYPES:
+            raise LoadCaseError(f"{where}: mesh_type must be one of {', '.join(MESH_TYPES)}, got {self.mesh_type!r}")
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_dict(cls, table: Mapping[str, Any], *, base: str | os.PathLike | None = None,
+                  source: str = "<dict>") -> "Specimen":
+        """The specimen of a ``[bone]`` table; relative paths are taken relative to ``base``."""
+        t = Table(table, "[bone]", source, LoadCaseError, schema=SCHEMA)
+        root = Path(base) if base is not None else None
+
+        def path(key: str) -> Path | None:
+            v = t.get(key, "str", None)
+            if v is None:
+                return None
+            p = Path(v).expanduser()
+            return p if p.is_absolute() or root is None else root / p
+
+        bundled = t.get("bundled", "str", None, choices=BONES)
+        state = t.get("state", "str", "osteoporotic", choices=STATES)
+        mesh_path = path("mesh")
+        ct = path("ct")
+        ct_unit = t.get("ct_unit", "str", None, choices=CT_UNITS + ("auto",),
+                        note="default: the load case's [material.calibration] ct_unit")
+        mask = path("mask")
+        labels = t.get("labels", "intlist", ())
+        mesh_type = t.get("mesh_type", "str", "tet", choices=MESH_TYPES)
+        size = t.get("element_size_mm", "str_or_float", "auto", lo=0.2, hi=20.0)
+        if isinstance(size, str) and size != "auto":
+            raise t.err(f"element_size_mm must be 'auto' or a length in mm, got {size!r}")
+        cal = t.get("calibration", "any", None, note="'internal', a JSON file, or a table (slope, intercept, "
+                    "unit, mineral)")
+        if cal is not None:
+            cal = _calibration_value(cal, t, root)
+        dens = t.get("density", "table", None)
+        units = t.get("units", "str", "auto", choices=("auto", "mm", "m"))
+        name = t.get("name", "str", "")
+        t.finish()
+        density = None
+        if dens is not None:
+            dt = Table(dens, "[bone.density]", source, LoadCaseError, schema="bone [bone.density]")
+            density = dt.dataclass(DensitySpec)
+            if density.density_type not in DENSITY_TYPES:
+                raise dt.err(f"density_type must be one of {', '.join(DENSITY_TYPES)}, got "
+                             f"{density.density_type!r}")
+            for k in ("uniform_g_cm3", "cortical_g_cm3", "trabecular_g_cm3"):
+                v = getattr(density, k)
+                if v is not None and not 0.0 <= v <= 3.0:
+                    raise dt.err(f"{k} = {v} is outside 0-3 g/cm^3 (a density in mg/cm^3? divide by 1000)")
+            if density.cortical_thickness_mm is not None and not 0.2 <= density.cortical_thickness_mm <= 10:
+                raise dt.err(f"cortical_thickness_mm = {density.cortical_thickness_mm} is outside 0.2-10 mm")
+        return cls(bundled, state, mesh_path, ct, ct_unit, mask, tuple(labels), mesh_type,
+                   None if size == "auto" else float(size), cal, density, units, name, source)
+
+    # ------------------------------------------------------------------ description
+    @property
+    def label(self) -> str:
+        """A short name for logs and tables."""
+        if self.name:
+            return self.name
+        if self.bundled:
+            return f"bundled {self.bundled} ({self.state})"
+        p = self.mask if self.mask is not None else self.mesh_path
+        return p.name if p is not None else "bone"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved ``[bone]`` table (absolute paths); :meth:`from_dict` reads it back."""
+        d: dict[str, Any] = {"name": self.name or None, "bundled": self.bundled,
+                             "state": self.state if self.bundled else None,
+                             "mesh": _abs(self.mesh_path), "ct": _abs(self.ct), "ct_unit": self.ct_unit,
+                             "mask": _abs(self.mask), "labels": list(self.labels) or None,
+                             "mesh_type": self.mesh_type if self.mask is not None else None,
+                             "element_size_mm": self.element_size_mm, "units": self.units,
+                             "calibration": (str(self.calibration) if isinstance(self.calibration, Path)
+                                             else self.calibration),
+                             "density": None if self.density is None else self.density.to_dict()}
+        return plain(d)
+
+    def with_values(self, **changes: Any) -> "Specimen":
+        """A copy with fields changed (validated again)."""
+        return replace(self, **changes)
+
+    # ------------------------------------------------------------------ files
+    def files(self) -> dict[str, Path]:
+        """The input files (mesh, ct, mask, calibration) that exist for this specimen."""
+        if self.bundled:
+            b = bundled_bone(self.bundled, self.state)
+            return {"mesh": b.mesh, "ct": b.ct, "calibration": b.calibration}
+        out = {k: p for k, p in (("mesh", self.mesh_path), ("ct", self.ct), ("mask", self.mask)) if p is not None}
+        if isinstance(self.calibration, Path):
+            out["calibration"] = self.calibration
+        for k, p in out.items():
+            if not p.exists():
+                flag = {"mesh": "--mesh", "ct": "--ct", "mask": "--mask", "calibration": "--calibration"}[k]
+                raise FileNotFoundError(f"[bone] {k} = {p}: no such file (CLI {flag})")
+        return out
+
+    def calibration_values(self, ct_unit_of_case: str) -> dict[str, Any]:
+        """The load-case ``[material.calibration]`` values this specimen sets (dotted keys).
+
+        A bundled bone sets its scanner's phantom calibration; ``calibration = "internal"``
+        sets ``method = "internal"``; a JSON file or table sets slope/intercept/unit/mineral;
+        ``ct_unit`` sets the CT unit.
+        """
+        cal = self.calibration
+        if self.bundled:
+            cal = bundled_bone(self.bundled, self.state).calibration
+        out: dict[str, Any] = {}
+        if self.ct_unit not in (None, "auto"):
+            out["material.calibration.ct_unit"] = self.ct_unit
+        if cal is None:
+            return out
+        pre = "material.calibration."
+        if cal == "internal":
+            return {**out, pre + "ct_unit": "HU", pre + "method": "internal"}
+        data = _read_calibration(cal) if isinstance(cal, Path) else dict(cal)
+        if data.get("method") == "internal" or "effective_energy_kev" in data:
+            values = {pre + "ct_unit": "HU", pre + "method": "internal"}
+            tissues = data.get("tissue_hu") or {k: v["mean_hu"] for k, v in (data.get("tissues") or {}).items()
+                                                if isinstance(v, Mapping) and v.get("used")}
+            if tissues:
+                values[pre + "tissue_hu"] = {k: float(v) for k, v in tissues.items()}
+            return {**out, **values}
+        dc = DensityCalibration.from_dict(data)
+        d = dc.to_dict()
+        values = {pre + "ct_unit": "HU", pre + "method": "linear", pre + "slope": float(d["slope"]),
+                  pre + "intercept": float(d["intercept"]), pre + "unit": d["unit"]}
+        if d.get("mineral"):
+            values[pre + "mineral"] = d["mineral"]
+        values[pre + "source"] = str(d.get("source") or (cal.name if isinstance(cal, Path) else "[bone] calibration"))
+        return {**out, **values}
+
+    def calibration_masks(self) -> dict[str, Path]:
+        """Label images that help an internal calibration stay away from bone and metal and find
+        muscle and vessels: the specimen's mask and every other mask in its folder (a
+        TotalSegmentator output folder)."""
+        if self.mask is None:
+            return {}
+        if self.mask.is_dir():
+            folder = self.mask
+        else:
+            folder = self.mask.parent
+        found = {_mask_name(p): p for p in sorted(folder.iterdir())
+                 if p.is_file() and suffix_of(p) in (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")}
+        if not self.mask.is_dir():
+            found.setdefault(_mask_name(self.mask), self.mask)
+        return found
+
+    # ------------------------------------------------------------------ building
+    def element_size(self, ct: CTImage | None = None) -> float:
+        """Element size (mm) for meshes built from a mask or a surface."""
+        if self.element_size_mm is not None:
+            return float(self.element_size_mm)
+        return DEFAULT_ELEMENT_SIZE_MM
+
+    def read_ct(self, ct_unit: str) -> CTImage | None:
+        """The CT of the specimen (None without one); ``ct_unit`` is used when the specimen gives none."""
+        files = self.files()
+        if "ct" not in files:
+            return None
+        unit = self.ct_unit if self.ct_unit is not None else ct_unit
+        return read_ct(files["ct"], unit=unit)
+
+    def mesh(self, ct: CTImage | None = None, *, progress: Callable[[str], None] | None = None) -> Mesh:
+        """The bone mesh (mm): read, meshed from a surface, or meshed from the mask on ``ct``'s grid."""
+        say = progress or (lambda msg: log.info("%s", msg))
+        files = self.files()
+        if "mesh" in files:
+            path = files["mesh"]
+            if path.suffix.lower() in SURFACE_SUFFIXES:
+                surf, report = repair_surface(read_surface(path, units=self.units))
+                size = self.element_size(ct)
+                mesh = tetmesh_from_surface(surf, element_size=size)
+                say(f"meshed {path.name}: {mesh.n_cells} tetrahedra at {size:g} mm")
+                return mesh
+            return read_mesh(path, units=self.units)
+        geom = ct if ct is not None else read_ct(files["mask"], unit="mg/cm3", check_unit=False)
+        labels = list(self.labels) or None
+        mask = read_mask(files["mask"], label=labels if labels is None or len(labels) > 1 else labels[0],
+                         reference=geom)
+        size = self.element_size(ct)
+        if self.mesh_type == "hex":
+            spacing = float(min(geom.spacing))
+            coarsen = max(1, int(round(size / spacing)))
+            mesh = hexmesh_from_mask(mask, geom, coarsen=coarsen)
+            say(f"voxel mesh of {files['mask'].name}: {mesh.n_cells} hexahedra of {coarsen * spacing:g} mm")
+        else:
+            mesh = tetmesh_from_surface(surface_from_mask(mask, geom.affine), element_size=size)
+            say(f"meshed {files['mask'].name}: {mesh.n_cells} tetrahedra at {size:g} mm")
+        return mesh
+
+    def model(self, material: Any, *, mesh: Mesh | None = None, ct: CTImage | None = None,
+              outside: str = "nearest", progress: Callable[[str], None] | None = None) -> Model:
+        """The bone model for a load case's ``[material]`` (law, mapping, calibration).
+
+        Density from the CT (calibrated as the case's ``[material.calibration]`` says, after
+        :meth:`calibration_values` were applied to the case), from ``[bone.density]``, or from
+        the mesh's cell data ``density``.
+        """
+        law = material.build()
+        if self.density is not None and self.density.density_type != law.density_type:
+            raise MaterialError(f"[bone.density] gives {self.density.density_type} density but the material "
+                                f"law {material.law!r} takes {law.density_type} density; set density_type = "
+                                f"{law.density_type!r} with values of that density")
+        files = self.files() if mesh is None or self.ct is not None or self.bundled else {}
+        if ct is None and "ct" in files:
+            ct = self.read_ct(material.calibration.ct_unit)
+        if mesh is None:
+            mesh = self.mesh(ct, progress=progress)
+        if ct is not None:
+            masks = self.calibration_masks() if material.calibration.method == "internal" else None
+            model = Model.from_ct(mesh, ct, material, outside=outside, ct_path=files["ct"], calibration_masks=masks)
+        elif self.density is not None:
+            model = Model.from_density(mesh, self.density.values(mesh), law)
+        elif "density" in mesh.cell_data:
+            model = Model.from_density(mesh, mesh.cell_data["density"], law)
+        else:
+            raise LoadCaseError(f"{self.label}: the material needs a CT (ct = PATH, CLI --ct), a [bone.density] "
+                                "table (CLI --density), or a mesh with cell data 'density' (g/cm^3 of the law's "
+                                "density type)")
+        inputs = dict(model.inputs)
+        for k in ("mesh", "mask", "calibration"):
+            if k in files:
+                inputs[str(files[k])] = sha256_of(files[k])
+        return replace(model, inputs=inputs)
+
+
+# ----------------------------------------------------------------------------- helpers
+def _abs(p: Path | None) -> str | None:
+    return None if p is None else str(Path(p).resolve())
+
+
+def _mask_name(p: Path) -> str:
+    name = p.name
+    for suf in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"):
+        if name.endswith(suf):
+            return name[: -len(suf)]
+    return name
+
+
+def _calibration_value(v: Any, t: Table, root: Path | None) -> Any:
+    """``"internal"``, a JSON path or a table, checked."""
+    if isinstance(v, str):
+        if v == "internal":
+            return v
+        p = Path(v).expanduser()
+        p = p if p.is_absolute() or root is None else root / p
+        if p.suffix.lower() != ".json":
+            raise t.err(f"calibration = {v!r}: give 'internal' or a calibration JSON file (.json)")
+        return p
+    if isinstance(v, Mapping):
+        _check_calibration_table(dict(v), t.err)
+        return dict(v)
+    raise t.err(f"calibration must be 'internal', a JSON file path or a table, got {v!r}")
+
+
+def _check_calibration_table(d: dict, err: Callable[[str], FemurFeError]) -> None:
+    if d.get("method") == "internal" or "effective_energy_kev" in d:
+        return
+    try:
+        DensityCalibration.from_dict(d)
+    except (FemurFeError, KeyError, TypeError, ValueError) as exc:
+        raise err(f"calibration: {exc}; a phantom calibration has slope, intercept, unit ('mg/cm3' or "
+                  "'g/cm3') and mineral ('k2hpo4' or 'ha') (docs/schemas.md)") from None
+
+
+def _read_calibration(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"calibration file {path} not found (CLI --calibration)") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CTError(f"{path}: not a calibration JSON ({exc}); see docs/schemas.md") from None
+    if not isinstance(data, dict):
+        raise CTError(f"{path}: a calibration JSON holds one object (slope, intercept, unit, mineral)")
+    _check_calibration_table(data, lambda msg: CTError(f"{path}: {msg}"))
+    return data
