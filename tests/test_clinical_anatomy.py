@@ -79,6 +79,12 @@ def test_truncated_clinical_right_femur_frame(right_femur, clinical_ct):
     assert fr.greater_trochanter[0] < fr.head_centre[0] - 30.0
     assert fr.neck_axis[0] > 0.7 and fr.neck_axis[2] > 0.2 and fr.neck_axis[1] < 0.0
     assert fr.anterior[1] < -0.9 and fr.medial[0] > 0.9
+    # the comparison's anatomical zones exist without a lesser trochanter (the intertrochanteric
+    # point from the greater trochanter and the cut face)
+    from femur_fe.studies.compare import anatomical_zones
+
+    names, zone = anatomical_zones(fr, mesh, "femur")
+    assert names == ["head", "neck", "trochanteric", "shaft"] and set(zone.tolist()) == {0, 1, 2, 3}
 
 
 @pytest.mark.parametrize("seed, mirror", [(3, False), (4, True)])
