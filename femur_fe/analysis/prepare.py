@@ -18,7 +18,8 @@ How a case becomes an FE problem
    or force (exact: the model is linear and the free plate DOFs carry no load). The wedge
    case prescribes the plate rotation instead.
 5. Supports: ``fix = "all"`` holds all DOFs of the region (or of its cap's top),
-   ``fix = "along_load"`` only the component along the load.
+   ``fix = "along_load"`` only the component along the load, ``fix = "across_load"`` the two
+   components perpendicular to it (the region slides freely along the load).
 
 Several load directions on one model (:meth:`Analysis.solve_directions`) reuse the
 assembled matrix and the solver set-up (factorisation or AMG hierarchy): only the
@@ -37,7 +38,7 @@ import numpy as np
 from ..bone.model import Model
 from ..errors import LoadCaseError, RegionError
 from ..fe.assembly import StiffnessAssembler
-from ..fe.constraints import RigidTie
+from ..fe.constraints import FIX_COMPONENTS, RigidTie
 from ..fe.mesh import Mesh
 from ..fe.nonlinear import SecantYield, nonlinear_strength
 from ..fe.solvers import LinearSolver
@@ -314,7 +315,7 @@ def prepare(case, model: Model, *, frame=None, regions=None) -> Analysis:
         if not b.fix:
             continue
         nodes = region_fe_nodes[b.region]
-        comps = np.arange(3) if b.fix == "all" else np.array([2])
+        comps = np.asarray(FIX_COMPONENTS[b.fix])
         fixed.append((3 * nodes[:, None] + comps).ravel())
     fixed_dofs = np.unique(np.concatenate(fixed)) if fixed else np.zeros(0, dtype=np.int64)
     load_name = case.loaded_regions[0]
