@@ -39,7 +39,7 @@ def neck_abmd(files) -> tuple[float, float]:
     """
     from femur_fe.bone.bundled import SOFT_TISSUE_HU, k2hpo4_mg_from_hu
 
-    lm = json.loads(files.info.read_text())["landmarks"]
+    lm = json.loads(files.info.read_text(encoding="utf-8"))["landmarks"]
     ct = ff.read_ct(files.ct, unit="HU")
     rho = k2hpo4_mg_from_hu(ct.array).reshape(-1) - k2hpo4_mg_from_hu(SOFT_TISSUE_HU)  # mg/cm^3 above soft tissue
     x = ct.world_from_index(np.indices(ct.shape).reshape(3, -1).T) - np.asarray(lm["head_centre"])

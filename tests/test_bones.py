@@ -270,9 +270,9 @@ def test_bundled_files_small_and_consistent():
             # the CT covers the mesh with a margin
             lo, hi = ct.bounds
             assert np.all(mesh.bounds[0] > lo + 2) and np.all(mesh.bounds[1] < hi - 2)
-        info = json.loads(paths.info.read_text())
+        info = json.loads(paths.info.read_text(encoding="utf-8"))
         assert info["name"] == name and info["generator_version"] >= 1
-    cal = json.loads(ff.bundled_bone("femur", "healthy").calibration.read_text())
+    cal = json.loads(ff.bundled_bone("femur", "healthy").calibration.read_text(encoding="utf-8"))
     assert cal == json.loads(json.dumps(SYNTHETIC_CALIBRATION))
     from femur_fe.bone.calibration import DensityCalibration
 
@@ -324,7 +324,7 @@ def test_cli_make_bone(tmp_path):
     rc = main(["make-bone", "vertebra", "-o", str(tmp_path), "--state", "healthy", "--size", "4",
                "--param", "body_height_mm=30", "--param", "posterior_elements=false"])
     assert rc == 0
-    info = json.loads((tmp_path / "vertebra_L3.json").read_text())
+    info = json.loads((tmp_path / "vertebra_L3.json").read_text(encoding="utf-8"))
     assert info["params"]["body_height_mm"] == 30.0 and info["params"]["posterior_elements"] is False
     assert (tmp_path / "vertebra_L3_healthy_qct.nii.gz").exists()
     assert not (tmp_path / "vertebra_L3_osteopenic_qct.nii.gz").exists()

@@ -13,7 +13,7 @@ def test_run_bundled_vertebra_writes_results(tmp_path, capsys):
     rc = main(["run", "vertebral_compression", "--bundled", "vertebra", "--state", "osteoporotic",
                "--sex", "female", "-o", str(out)])
     assert rc == 0
-    s = json.loads((out / "summary.json").read_text())
+    s = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     for key in ("stiffness_N_per_mm", "reaction_forces_N", "n_dofs", "solver", "case", "inputs",
                 "femur_fe_version", "strength_linear_N", "criterion", "classification"):
         assert key in s, key

@@ -51,7 +51,7 @@ def _mask_surface(name, ct):
 def right_femur(clinical_ct):
     """(mesh at 4 mm, model with the CT density) of the clinical right femur."""
     mesh = tetmesh_from_surface(_mask_surface("femur_right", clinical_ct), element_size=4.0)
-    cal = json.loads(CALIBRATION.read_text())  # the bundled scanner's phantom line (the CT has no phantom)
+    cal = json.loads(CALIBRATION.read_text(encoding="utf-8"))  # the bundled scanner's phantom line (the CT has no phantom)
     case = FALL.with_values({f"material.calibration.{k}": v for k, v in (
         ("ct_unit", "HU"), ("method", "linear"), ("slope", cal["slope"]), ("intercept", cal["intercept"]),
         ("unit", cal["unit"]))})
@@ -220,7 +220,7 @@ def test_verse_l2_density_ct_endplates_and_cli(tmp_path):
     out = tmp_path / "verse"
     assert main(["run", "vertebral_compression", "--ct", str(im), "--ct-unit", "mg/cm3", "--mask", str(seg),
                  "--label", "1", "--label", "2", "--label", "3", "--label", "4", "--size", "4", "-o", str(out)]) == 0
-    s = json.loads((out / "summary.json").read_text())
+    s = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert 24.0 < s["strength_linear_detail"]["height_mm"] < 30.0
     assert abs(s["strength_linear_detail"]["height_mm"] - s["frame"]["height_mm"]) < 2.0
     assert min(r["area_mm2"] for r in s["regions"].values()) > 1000.0
@@ -333,7 +333,7 @@ def test_regions_cli_from_a_mask_writes_and_prints_the_landmarks(clinical_ct, tm
                  "--set", "anatomy.neck_axis=[0.9, -0.19, 0.39]", "-o", str(out)]) == 0
     text = capsys.readouterr().out
     assert "side right" in text and "head_centre" in text and "greater_trochanter" in text
-    info = json.loads((tmp_path / "reg_frame.json").read_text())
+    info = json.loads((tmp_path / "reg_frame.json").read_text(encoding="utf-8"))
     assert info["frame"]["methods"]["neck_axis"] == "given" and info["frame"]["lesser_trochanter"] is None
     assert np.allclose(info["frame"]["neck_axis"], np.array([0.9, -0.19, 0.39]) / np.linalg.norm([0.9, -0.19, 0.39]))
     assert set(info["regions"]) == {"head_contact", "trochanter_contact", "distal_cut"}

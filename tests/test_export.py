@@ -57,7 +57,7 @@ def _assert_agrees(an, res, inp, tie="auto", **kw):
         assert err < TOL, (name, a)
     # every support and the plate (tied nodes) were printed and compared
     expected = {s.name for s in deck.supports} | {deck.plate.name}
-    if "*COUPLING" in inp.read_text():
+    if "*COUPLING" in inp.read_text(encoding="utf-8"):
         expected.add(deck.plate.name + "_REF")
     assert expected <= set(a["reactions"]), a
     return deck, a
@@ -151,7 +151,7 @@ def test_small_models_agree_with_calculix(tmp_path, cell_type, bone, cap_kind, t
     res = an.solve(strength=False)
     deck, _ = _assert_agrees(an, res, tmp_path / "box.inp", tie=tie)
     assert deck.cell_type == cell_type and len(deck.material_names) == len(np.unique(an.fe_young(res.model)))
-    assert ("*EQUATION" in (tmp_path / "box.inp").read_text()) == (tie == "equations")
+    assert ("*EQUATION" in (tmp_path / "box.inp").read_text(encoding="utf-8")) == (tie == "equations")
     if bone == "femur":  # the free plate rotated: the check exercises the rotational coupling
         assert np.linalg.norm(res.plate_rotation) > 1e-5
 
@@ -162,7 +162,7 @@ def test_force_mode_and_tie_errors(tmp_path):
     res = an.solve(strength=False)
     deck, a = _assert_agrees(an, res, tmp_path / "force.inp")
     assert a["plate_force_ccx_N"] == pytest.approx(250.0, rel=TOL)
-    assert "*CLOAD" in (tmp_path / "force.inp").read_text()
+    assert "*CLOAD" in (tmp_path / "force.inp").read_text(encoding="utf-8")
     with pytest.raises(FemurFeError, match="tie must be"):
         ff.io.abaqus.write_abaqus(deck, tmp_path / "x.inp", tie="rbe2")
 
@@ -206,7 +206,7 @@ def test_bundled_vertebra_agrees_with_calculix(vertebra_run, vertebra, tmp_path,
     assert set(a["reactions"]) == {"PLATE_SUPERIOR_ENDPLATE", "PLATE_SUPERIOR_ENDPLATE_REF",
                                    "CAP_INFERIOR_ENDPLATE_TOP"}
     assert max(a["reactions"].values()) < TOL, a
-    text = inp.read_text()
+    text = inp.read_text(encoding="utf-8")
     for card in ("*COUPLING", "*KINEMATIC", "*STATIC", "*NODE PRINT, NSET=PLATE_SUPERIOR_ENDPLATE_REF, TOTALS=ONLY",
                  "*NODE FILE", "*EL FILE", "CAP_INFERIOR_ENDPLATE_TOP, 1, 3"):
         assert card in text

@@ -42,7 +42,7 @@ _OGO_NAMES = {"Adipose": "adipose", "Air": "air", "Blood": "blood", "Cortical Bo
 
 def _read_ogo_report(path) -> dict:
     """Numbers printed by Ogo's ogoImageCalibration internal-calibration report."""
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8")
     out: dict = {"hu": {}, "mu": {}}
     out["energy"] = float(re.search(r"Energy \[keV\]:\s*([-\d.]+)", text).group(1))
     out["r2"] = float(re.search(r"Max R\^2:\s*([-\d.]+)", text).group(1))

@@ -145,7 +145,7 @@ def test_results_written(tmp_path, cylinder):
     mesh = cylinder
     model = Model(mesh, np.full(mesh.n_cells, 1.0), np.full(mesh.n_cells, 1500.0), None, "apparent", 0.3)
     ff.run(_cylinder_case(), model, out=tmp_path)
-    s = json.loads((tmp_path / "summary.json").read_text())
+    s = json.loads((tmp_path / "summary.json").read_text(encoding="utf-8"))
     for key in ("stiffness_N_per_mm", "reaction_forces_N", "n_dofs", "solver", "case", "inputs",
                 "femur_fe_version", "strength_linear_N", "criterion", "classification"):
         assert key in s

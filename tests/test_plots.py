@@ -58,7 +58,7 @@ def scenarios(tmp_path_factory):
     d = tmp_path_factory.mktemp("scen")
     runs = {"baseline": run_block(d / "baseline"), "therapy_a": run_block(d / "therapy_a", left_factor=1.3),
             "standard_care": run_block(d / "standard_care", left_factor=1.6)}
-    sums = {k: json.loads((d / k / "summary.json").read_text()) for k in runs}
+    sums = {k: json.loads((d / k / "summary.json").read_text(encoding="utf-8")) for k in runs}
     mass0 = sums["baseline"]["material"]["bone_mass_g"]
     recs = {k: ScenarioRecord(k, s["strength_linear_N"], s["stiffness_N_per_mm"],
                               added_mass_g=s["material"]["bone_mass_g"] - mass0) for k, s in sums.items()}
@@ -152,7 +152,7 @@ def test_strength_time_course(scenarios, tmp_path):
 def test_load_displacement(tmp_path, scenarios):
     d, _ = scenarios
     run_block(tmp_path / "nl", nonlinear=True)
-    s = json.loads((tmp_path / "nl" / "summary.json").read_text())
+    s = json.loads((tmp_path / "nl" / "summary.json").read_text(encoding="utf-8"))
     f = np.asarray(s["nonlinear_curve"]["force_N"])
     assert f.size >= 3 and f.max() > 0
     img = read(plot_load_displacement(tmp_path / "nl", tmp_path / "ld.png"))
@@ -221,5 +221,5 @@ def test_writes_replace_atomically(scenarios, tmp_path):
     target = tmp_path / "gain.svg"
     target.write_text("old")
     plot_strength_gain(d / "comparison.json", target)
-    assert target.read_text().lstrip().startswith("<?xml")
+    assert target.read_text(encoding="utf-8").lstrip().startswith("<?xml")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gain.svg"]

@@ -213,7 +213,7 @@ def test_read_result_missing_pieces_are_named(block, tmp_path):
     # a summary without the load direction
     d3 = tmp_path / "no_dir"
     shutil.copytree(block / "baseline", d3)
-    s = json.loads((d3 / "summary.json").read_text())
+    s = json.loads((d3 / "summary.json").read_text(encoding="utf-8"))
     del s["load_direction"]
     (d3 / "summary.json").write_text(json.dumps(s))
     with pytest.raises(FemurFeError, match="load_direction"):

@@ -230,7 +230,7 @@ def test_regions_mesh_and_cli(synth_mesh, tmp_path):
     back = read_mesh(out)
     for k, r in regs.items():
         assert np.array_equal(np.flatnonzero(back.point_data[f"region_{k}"]), r.nodes)
-    info = json.loads((tmp_path / "out" / "regions_frame.json").read_text())
+    info = json.loads((tmp_path / "out" / "regions_frame.json").read_text(encoding="utf-8"))
     assert info["frame"]["side"] == "right" and set(info["regions"]) == set(regs)
     import meshio
 

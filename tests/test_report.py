@@ -53,7 +53,7 @@ def runs(tmp_path_factory):
     inputs = {str(src): hashlib.sha256(src.read_bytes()).hexdigest()}
     run_block(d / "baseline", inputs=inputs)
     run_block(d / "denser_left", left_factor=1.3, inputs=inputs)
-    s = {k: json.loads((d / k / "summary.json").read_text()) for k in ("baseline", "denser_left")}
+    s = {k: json.loads((d / k / "summary.json").read_text(encoding="utf-8")) for k in ("baseline", "denser_left")}
     rows = comparison_rows(ScenarioRecord.from_summary("baseline", s["baseline"]),
                            [ScenarioRecord.from_summary("denser_left", s["denser_left"])])
     write_comparison(rows, d, meta={"strength": "linear"})

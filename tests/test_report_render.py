@@ -226,7 +226,7 @@ def test_one_colour_per_scenario_and_honest_per_gram(comparison):
 
 def test_compare_writes_the_report_with_progress(comparison):
     out, res, lines = comparison
-    info = json.loads((out / "run_info.json").read_text())
+    info = json.loads((out / "run_info.json").read_text(encoding="utf-8"))
     assert Path(info["files"]["report_html"]) == out / "report.html" == res.files["report_html"]
     for key in ("strength_gain_png", "strength_vs_time_png"):
         assert Path(info["files"][key]).exists()
@@ -234,7 +234,7 @@ def test_compare_writes_the_report_with_progress(comparison):
     # 3 scenarios x (density, risk) change views + baseline (3 fields) + 3 scenarios (von Mises)
     assert len(views) == 3 * 2 + 3 + 3 and views[-1].startswith("report: 3-D view 12/12")
     assert lines.index(views[0]) < lines.index(next(x for x in lines if "report.html written" in x))
-    assert len(re.findall(r'<img src="data:image/png;base64,', (out / "report.html").read_text())) == 12 + 3
+    assert len(re.findall(r'<img src="data:image/png;base64,', (out / "report.html").read_text(encoding="utf-8"))) == 12 + 3
 
 
 def test_no_x_server_warning_off_screen(comparison, tmp_path):

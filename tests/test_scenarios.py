@@ -316,7 +316,7 @@ def test_comparison_rows_json_csv(tmp_path, cube):
     assert r["vbmd_mg_cm3"] == pytest.approx(1000 * outcome.vbmd_after_g_cm3)
     assert rows[0]["strength_gain_per_gram_N_per_g"] is None
     jp, cp = write_comparison(rows, tmp_path, meta={"reference": "standard_care"})
-    data = json.loads(jp.read_text())
+    data = json.loads(jp.read_text(encoding="utf-8"))
     assert data["reference"] == "standard_care" and data["rows"][2]["strength_N"] == 4400.0
     with open(cp) as fh:
         table = list(csv.DictReader(fh))

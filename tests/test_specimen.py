@@ -101,7 +101,7 @@ def test_run_ct_mask_internal_calibration_clinical(tmp_path, capsys):
                "--mask", b["mask"], "--size", "2", "-o", str(out)])
     printed = capsys.readouterr().out
     assert rc == 0, printed
-    s = json.loads((out / "summary.json").read_text())
+    s = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     cal = s["material"]["calibration"]
     assert cal["method"] == "internal" and {"air", "adipose", "muscle"} <= set(cal["tissues_used"])
     assert cal["r_squared"] > 0.99 and 60 <= cal["effective_energy_kev"] <= 140
@@ -140,10 +140,10 @@ def test_compare_accepts_every_kind_of_bone(tmp_path, kind):
     spec = tmp_path / "cmp.toml"
     _write_comparison(spec, bone)
     assert main(["compare", str(spec), "-q", "-o", str(tmp_path / "out")]) == 0
-    rows = {r["scenario"]: r for r in json.loads((tmp_path / "out" / "comparison.json").read_text())["rows"]}
+    rows = {r["scenario"]: r for r in json.loads((tmp_path / "out" / "comparison.json").read_text(encoding="utf-8"))["rows"]}
     assert rows["plus5"]["strength_N"] > rows["baseline"]["strength_N"]
     assert rows["plus5"]["added_mass_g"] > 0
-    base = json.loads((tmp_path / "out" / "baseline" / "summary.json").read_text())
+    base = json.loads((tmp_path / "out" / "baseline" / "summary.json").read_text(encoding="utf-8"))
     if kind == "ct_mask_internal":
         assert base["material"]["calibration"]["method"] == "internal"
     else:

@@ -49,12 +49,12 @@ def test_compare_rows_files_and_consistency(tmp_path):
     assert tc[0]["strength_N"] == pytest.approx(rows["baseline"]["strength_N"], rel=1e-6)
     assert tc[0]["strength_N"] < tc[1]["strength_N"] < tc[2]["strength_N"]
     # files
-    data = json.loads((tmp_path / "comparison.json").read_text())
+    data = json.loads((tmp_path / "comparison.json").read_text(encoding="utf-8"))
     assert [r["scenario"] for r in data["rows"]] == list(rows)
     with open(tmp_path / "comparison.csv") as fh:
         assert len(list(csv.DictReader(fh))) == 4
     for name in ("baseline", "unchanged", "uniform_5", "gain_3_per_year"):
-        s = json.loads((tmp_path / name / "summary.json").read_text())
+        s = json.loads((tmp_path / name / "summary.json").read_text(encoding="utf-8"))
         assert s["strength_linear_N"] > 0
     for png in ("strength_gain.png", "strength_vs_time.png"):
         assert (tmp_path / png).stat().st_size > 5000
@@ -81,7 +81,7 @@ def test_demo_vertebra(tmp_path, capsys):
     assert main(["demo", "--bone", "vertebra", "-q", "-o", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "standard_care" in out and "regenerative_36mo" in out
-    rows = json.loads((tmp_path / "comparison.json").read_text())["rows"]
+    rows = json.loads((tmp_path / "comparison.json").read_text(encoding="utf-8"))["rows"]
     std = next(r for r in rows if r["scenario"] == "standard_care")
     # the standard-care rate was fitted to +18.2 % (Keaveny 2014); 0.1 % covers solver tolerance
     assert std["strength_change_percent"] == pytest.approx(18.2, abs=0.1)
@@ -92,7 +92,7 @@ def test_demo_vertebra(tmp_path, capsys):
 def test_demo_femur(tmp_path, capsys):
     """The README's main job (about a minute)."""
     assert main(["demo", "-q", "-o", str(tmp_path)]) == 0
-    rows = json.loads((tmp_path / "comparison.json").read_text())["rows"]
+    rows = json.loads((tmp_path / "comparison.json").read_text(encoding="utf-8"))["rows"]
     std = next(r for r in rows if r["scenario"] == "standard_care")
     assert std["strength_change_percent"] == pytest.approx(5.3, abs=0.1)
     assert {r["scenario"] for r in rows} == {"baseline", "no_treatment", "standard_care", "regenerative_12mo"}

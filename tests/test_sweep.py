@@ -278,7 +278,7 @@ def test_serial_run_resume_and_reorder(tmp_path):
     assert (df.groupby("density.scale")["setup_s"].nunique() == 1).all() and df["setup_s"].nunique() == 2
     assert df["cache_misses"].tolist()[1:3] == [0, 0] and df["cache_misses"].tolist()[4:6] == [0, 0]
     assert df["cache_misses"].iloc[0] >= 2 and df["cache_misses"].iloc[3] == 1   # mesh+assembler reused
-    manifest = json.loads((tmp_path / "sweep.json").read_text())
+    manifest = json.loads((tmp_path / "sweep.json").read_text(encoding="utf-8"))
     assert manifest["n_tasks"] == 6 and {t["task_id"] for t in manifest["tasks"]} == set(df["task_id"])
     before = parts_mtimes(tmp_path)
     # reordered and extended spec: only the two new tasks run
@@ -293,7 +293,7 @@ def test_serial_run_resume_and_reorder(tmp_path):
     old = df.set_index("task_id")["stiffness_N_per_mm"]
     new = df2.set_index("task_id")["stiffness_N_per_mm"]
     assert np.array_equal(old.values, new.loc[old.index].values)
-    assert len(json.loads((tmp_path / "sweep.json").read_text())["runs"]) == 2
+    assert len(json.loads((tmp_path / "sweep.json").read_text(encoding="utf-8"))["runs"]) == 2
     stored = femur_fe.studies.read_results(tmp_path)
     assert list(stored["task_id"]) == list(df2["task_id"]) and (stored["status"] == "ok").all()
     with pytest.raises(SweepError, match="run the sweep first"):

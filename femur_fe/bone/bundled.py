@@ -774,7 +774,7 @@ def load_bundled_qct(name: str = "femur", state: str = "osteoporotic"):
     (femur_fe.io.ct.CTImage in HU, femur_fe.bone.calibration.DensityCalibration HU -> K2HPO4 g/cm^3)
     """
     paths = bundled_bone(name, state)
-    cal = DensityCalibration.from_dict(json.loads(paths.calibration.read_text()))
+    cal = DensityCalibration.from_dict(json.loads(paths.calibration.read_text(encoding="utf-8")))
     return read_ct(paths.ct, unit="HU"), cal
 
 

@@ -1387,7 +1387,7 @@ class ResultStore:
         if not self.manifest_path.exists():
             return None
         try:
-            return json.loads(self.manifest_path.read_text())
+            return json.loads(self.manifest_path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             log.warning("%s unreadable (%s); writing a new manifest", self.manifest_path, exc)
             return None
