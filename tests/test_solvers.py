@@ -149,6 +149,11 @@ def test_report_is_readable_and_json(column):
                 "memory_estimate_bytes", "n_dofs", "n_free"):
         assert key in d["report"]
     assert d["report"]["memory_estimate_bytes"] > 0
+    # every iterative method reports its iterations; a direct factorisation does not iterate
+    sizes = (0.0, 0.1, 0.2, 2**20, 300, 200)
+    for method in ("voxel-mg-cg", "cg-reuse", "amg-reuse"):
+        assert "17 iterations" in str(ff.fe.SolveReport(method, 17, 1e-9, *sizes)), method
+    assert "iterations" not in str(ff.fe.SolveReport("direct-superlu", 0, 1e-15, *sizes))
 
 
 def test_auto_picks_direct_for_small_problems(column):

@@ -126,10 +126,7 @@ class Analysis:
     def voxel(self) -> bool:
         """True when the FE model (bone and caps) is made of voxels: the matrix-free voxel solver applies."""
         if self._voxel is None:
-            # a plate free to rotate (the femoral head's) is solved assembled: the matrix-free solver's
-            # answer with free tie rotations disagrees with the assembled solver (prescribed rotations agree)
-            free_rotation = any(r not in self.tie.prescribed for r in ("rx", "ry", "rz"))
-            self._voxel = is_voxel_mesh(self.fe_mesh) and not free_rotation
+            self._voxel = is_voxel_mesh(self.fe_mesh)
         return self._voxel
 
     def fe_young(self, model: Model | None = None) -> np.ndarray:
@@ -152,8 +149,7 @@ class Analysis:
         if s.method == "voxel" or (s.method == "auto" and self.voxel):
             if not self.voxel:
                 raise LoadCaseError("[solver] method = 'voxel' needs a voxel model (hex8 cells of one size: CLI "
-                                    "--mask-mesh hex, [bone] mesh_type = 'hex') and a loading plate whose rotations "
-                                    "are prescribed (vertebral cases); use method = 'auto'")
+                                    "--mask-mesh hex, [bone] mesh_type = 'hex'); use method = 'auto'")
             # matrix-free: one template element matrix times the moduli (no assembled matrix)
             solver = VoxelSolver(self.fe_mesh, self.fe_young(m), m.poisson, self.fixed_dofs, ties=[self.tie],
                                  rtol=s.rtol, maxiter=s.maxiter)

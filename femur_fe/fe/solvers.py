@@ -105,7 +105,8 @@ class SolveReport:
     n_orphan_nodes: int = 0
 
     def __str__(self) -> str:
-        its = f"{self.iterations} iterations, " if self.method.startswith("amg") else ""
+        # every method but a direct factorisation iterates (amg-cg, amg-reuse, cg-reuse, voxel-mg-cg)
+        its = "" if self.method.startswith("direct") else f"{self.iterations} iterations, "
         rhs = f" x {self.n_rhs} load cases" if self.n_rhs > 1 else ""
         return (f"{self.method}: {self.n_dofs} DOFs ({self.n_free} free){rhs}, {its}"
                 f"relative residual {self.residual:.2e}, setup {self.setup_seconds:.2f} s, "

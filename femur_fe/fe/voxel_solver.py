@@ -205,7 +205,8 @@ class VoxelGrid:
         grid = cls.__new__(cls)
         grid.shape = shape
         grid.axes = axes
-        grid.origin = pts[cells[0, 0]] - lo @ axes
+        # node (0, 0, 0) of the grid: the first cell's first node sits at grid index -lo
+        grid.origin = pts[cells[0, 0]] + lo @ axes
         grid.elem_flat = elem_flat
         grid.node_flat = node_flat
         grid.cells = np.ascontiguousarray(cells[order], dtype=np.int32)
@@ -697,6 +698,9 @@ class VoxelSolver:
         else:
             grid, order = VoxelGrid.from_mesh(model)
         self.grid = grid
+        # node coordinates (mm) for the tie arms and the constraint checks: the mesh's own when a mesh
+        # is given (the ones LinearSolver uses), else the grid's
+        self._points = grid.points if order is None else np.asarray(model.points, dtype=np.float64)
         self.n_nodes = grid.n_points
         self.n_dofs = 3 * self.n_nodes
         self.young = _check_young(young, grid.n_cells, order)
@@ -741,7 +745,7 @@ class VoxelSolver:
         names = _tie_names(ties)
         tie_slave_index(self.n_nodes, ties, names)  # checks ids and disjoint node sets
         out = []
-        pts = self.grid.points if ties else None
+        pts = self._points
         for tie, name in zip(ties, names):
             ids = tie.node_ids
             fixed_here = self.fixed_mask.reshape(-1, 3)[ids].any(axis=1)
@@ -757,7 +761,7 @@ class VoxelSolver:
         """Raise UnderConstrainedError if a rigid-body mode of a part (or of a tie) is left free."""
         from scipy import ndimage
 
-        pts = self.grid.points
+        pts = self._points
         for td in self._ties:
             rows = np.zeros((3 * td.nodes.size, 6))
             rows[:, :3] = np.tile(np.eye(3), (td.nodes.size, 1))
