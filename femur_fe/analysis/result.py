@@ -11,6 +11,7 @@ import numpy as np
 
 from .._version import __version__
 from ..bone.model import Model
+from ..diagnostics import as_dicts, merged
 from ..fe.fields import element_fields, nodal_average
 from ..fe.mesh import Mesh
 from ..fe.recovery import strain, stress
@@ -47,6 +48,7 @@ class Result:
     extra: dict = field(default_factory=dict)
     subject: Any = None  # femur_fe.analysis.subject.Subject
     cell_fields: dict = field(default_factory=dict)  # extra (m,) arrays written to result.vtu
+    warnings: list = field(default_factory=list)  # named warnings (femur_fe.diagnostics.RunWarning) of this run
     _strain_nodal: np.ndarray | None = None
 
     @classmethod
@@ -134,6 +136,7 @@ class Result:
             s["nonlinear_curve"] = {"displacement_mm": list(map(float, self.nonlinear.curve_displacement_mm)),
                                     "force_N": list(map(float, self.nonlinear.curve_force_N))}
         s.update(self.extra)
+        s["warnings"] = as_dicts(merged(self.warnings))
         return s
 
     def write(self, out_dir) -> "Path":
