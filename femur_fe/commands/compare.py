@@ -35,5 +35,5 @@ def run(args) -> int:
     res = compare(args.spec, args.out, overwrite=args.overwrite, progress=progress)
     print(res.table())
     print_run_warnings(res.warnings)
-    print(f"written to {args.out}/ in {res.seconds:.1f} s")
+    print(f"written to {args.out}/ in {res.seconds:.1f} s; report: {res.files['report_html']}")
     return 0

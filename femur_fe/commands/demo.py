@@ -14,8 +14,8 @@ from pathlib import Path
 
 from ..case.comparison import load_comparison
 from ..case.presets import loadcases_dir
-from ..io.outdir import is_femur_fe_output, output_folder, rebase
-from ..studies.compare import compare_in
+from ..io.outdir import is_femur_fe_output
+from ..studies.compare import compare
 from .compare import print_run_warnings
 
 
@@ -52,17 +52,7 @@ def run(args) -> int:
     if progress:
         progress(f"femur_fe demo: {spec.specimen.label}, load case {spec.case.name}, "
                  f"{len(spec.scenarios)} scenarios -> {out}/")
-    with output_folder(out, overwrite=overwrite, kind="demo") as tmp:
-        res = compare_in(spec, tmp, progress=progress)
-        try:
-            from ..viz.report import write_report
-
-            report = write_report(tmp / "report.html", kind="comparison", comparison=tmp / "comparison.json",
-                                  run_dirs=[tmp / r["scenario"] for r in res.rows], title="femur_fe demo")
-            res.files["report_html"] = report
-        except ImportError:  # the report module is optional at this stage
-            pass
-    res.files = rebase(res.files, tmp, out)
+    res = compare(spec, out, overwrite=overwrite, progress=progress)  # ends with report.html (femur_fe.viz.report)
     crit = res.baseline.strength_summary.get("criterion") or {}
     print()
     print(f"{spec.specimen.label}, {spec.case.name}: strength by {crit.get('name')} {crit.get('parameters')}")
