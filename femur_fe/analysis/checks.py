@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..bone.checks import unit_hint
 from ..errors import LoadCaseError, MaterialError, MeshError
 from ..fe.merge import coincident_node_pairs
 from ..fe.mesh import Mesh
@@ -41,14 +42,6 @@ TET4_MAX_POISSON = 0.45
 LOCKING_CELL_TYPES = {"tetra": "linear tetrahedra (tet4)", "hexahedron": "fully integrated linear hexahedra (hex8)"}
 #: largest ratio between the stiffest and the softest element modulus
 MAX_MODULUS_CONTRAST = 1e12
-#: unit names and the factor that converts them to mm, for the size hints
-_UNITS = (("centimetres", 10.0, "--units cm / [bone] units = 'cm'"),
-          ("metres", 1000.0, "--units m / [bone] units = 'm'"),
-          ("inches", 25.4, "convert the mesh to mm (x25.4)"),
-          ("tenths of a millimetre", 0.1, "convert the mesh to mm (x0.1)"),
-          ("micrometres", 0.001, "convert the mesh to mm (x0.001)"))
-
-
 def largest_extent_mm(mesh: Mesh) -> float:
     """The largest side of the mesh's bounding box (mm when the mesh is in mm)."""
     lo, hi = mesh.bounds
@@ -61,14 +54,9 @@ def check_bone_size(mesh: Mesh, bone: str) -> None:
         return
     lo, hi = EXTENT_RANGE_MM[bone]
     ext = largest_extent_mm(mesh)
-    if lo <= ext <= hi:
-        return
-    hint = "re-export the mesh in mm"
-    for unit, factor, fix in _UNITS:
-        if lo <= ext * factor <= hi and (factor > 1) == (ext < lo):
-            hint = f"it looks like {unit} (x{factor:g} = {ext * factor:.0f} mm); {fix}"
-            break
-    raise MeshError(f"the mesh's largest extent is {ext:.4g} mm but a {bone} measures {lo:g}-{hi:g} mm: {hint}")
+    if not lo <= ext <= hi:
+        raise MeshError(f"the mesh's largest extent is {ext:.4g} mm but a {bone} measures {lo:g}-{hi:g} mm: "
+                        f"{unit_hint(ext, lo, hi)}")
 
 
 def check_mesh_resolution(mesh: Mesh, bone: str) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..diagnostics import RunWarning, warn
-from ..errors import CTError, MaterialError
+from ..errors import CTError, MaterialError, MeshError
 from ..fe.mesh import Mesh
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,17 @@ FLOOR_WARN_FRACTION = 0.01
 FLOOR_REFUSE_FRACTION = 0.5
 #: fraction of the element centroids outside the CT above which a CT mapping is refused
 OUTSIDE_REFUSE_FRACTION = 0.5
+#: largest extent (mm) of any bone femur_fe models (a vertebral body to a whole femur), checked
+#: before a surface is meshed; the bone kind's own range is checked by the analysis
+ANY_BONE_EXTENT_MM = (10.0, 1000.0)
+#: most tetrahedra a surface is meshed into (about 10 GB of stiffness matrix)
+MAX_MESH_ELEMENTS = 20_000_000
+#: length units and the factor that converts them to mm, with the fix to name
+UNIT_HINTS = (("centimetres", 10.0, "--units cm / [bone] units = 'cm'"),
+              ("metres", 1000.0, "--units m / [bone] units = 'm'"),
+              ("inches", 25.4, "convert the mesh to mm (x25.4)"),
+              ("tenths of a millimetre", 0.1, "convert the mesh to mm (x0.1)"),
+              ("micrometres", 0.001, "convert the mesh to mm (x0.001)"))
 #: largest modulus (MPa) a density-modulus law may give bone: 3x the stiffest cortical bone
 #: (about 30 GPa); above it the law's coefficients or the density unit are wrong
 MAX_BONE_MODULUS_MPA = 1e5
@@ -74,6 +85,37 @@ def floor_warnings(young: np.ndarray, density: np.ndarray, law: Any, volumes_mm3
                  "strength are lower than the density alone would give", log)]
 
 
+def unit_hint(extent_mm: float, lo: float, hi: float) -> str:
+    """Which length unit would bring ``extent_mm`` into [lo, hi], and the fix to name."""
+    for unit, factor, fix in UNIT_HINTS:
+        if lo <= extent_mm * factor <= hi and (factor > 1) == (extent_mm < lo):
+            return f"it looks like {unit} (x{factor:g} = {extent_mm * factor:.0f} mm); {fix}"
+    return "give the geometry in mm"
+
+
+def check_extent(extent_mm: float, lo: float, hi: float, what: str) -> None:
+    """MeshError when a bone's largest extent is outside [lo, hi] mm, naming the likely unit."""
+    if not lo <= extent_mm <= hi:
+        raise MeshError(f"the {what}'s largest extent is {extent_mm:.4g} mm but a bone measures {lo:g}-{hi:g} "
+                        f"mm: {unit_hint(extent_mm, lo, hi)}")
+
+
+def check_meshing_size(extent_mm: float, volume_mm3: float, element_size_mm: float, what: str,
+                       units: str = "auto") -> None:
+    """Refuse meshing a surface that is no bone in mm, or into more elements than fit in memory."""
+    try:
+        check_extent(extent_mm, *ANY_BONE_EXTENT_MM, what)
+    except MeshError as exc:
+        if units in ("auto", "mm"):
+            raise
+        raise MeshError(f"{exc} (it was read with units = {units!r}: is that the file's unit?)") from None
+    n = abs(volume_mm3) / (element_size_mm ** 3 / (6.0 * np.sqrt(2.0)))  # regular tetrahedra of that edge
+    if n > MAX_MESH_ELEMENTS:
+        raise MeshError(f"meshing {what} at {element_size_mm:g} mm would make about {n / 1e6:.0f} million tetrahedra "
+                        f"(at most {MAX_MESH_ELEMENTS / 1e6:.0f} million); use a larger element size (--size, "
+                        "[bone] element_size_mm)")
+
+
 def check_ct_overlap(mesh: Mesh, ct: Any) -> None:
     """Refuse a mesh whose element centroids lie mostly outside the CT (wrong unit or wrong scan)."""
     cen = mesh.cell_centroids()
@@ -84,12 +126,9 @@ def check_ct_overlap(mesh: Mesh, ct: Any) -> None:
     lo, hi = mesh.bounds
     b = ct.bounds
     hint = ""
-    for factor, unit, flag in ((1000.0, "metres", "--units m / [bone] units = 'm'"),
-                               (10.0, "centimetres", "--units cm / [bone] units = 'cm'"),
-                               (0.1, "tenths of a millimetre", "rescale the mesh by 0.1"),
-                               (0.001, "micrometres", "rescale the mesh by 0.001")):
+    for unit, factor, fix in UNIT_HINTS:
         if _inside(ct, cen * factor).mean() > 0.5:
-            hint = f"; x{factor:g} would put it inside: the mesh looks like {unit} ({flag})"
+            hint = f"; x{factor:g} would put it inside: the mesh looks like {unit} ({fix})"
             break
     raise CTError(f"{100 * frac_out:.0f} % of the mesh's elements lie outside the CT (mesh "
                   f"{np.round(lo, 1).tolist()} .. {np.round(hi, 1).tolist()} mm, CT {np.round(b[0], 1).tolist()} .. "
@@ -103,5 +142,5 @@ def _inside(ct: Any, points: np.ndarray) -> np.ndarray:
     return np.all((ijk >= lo) & (ijk <= hi), axis=1)
 
 
-__all__ = ["floor_warnings", "floored_fraction", "check_ct_overlap", "FLOOR_WARN_FRACTION",
-           "FLOOR_REFUSE_FRACTION"]
+__all__ = ["floor_warnings", "floored_fraction", "check_ct_overlap", "check_extent", "check_meshing_size",
+           "unit_hint", "FLOOR_WARN_FRACTION", "FLOOR_REFUSE_FRACTION", "ANY_BONE_EXTENT_MM", "MAX_BONE_MODULUS_MPA"]

@@ -46,6 +46,7 @@ from ..io.surface import read_surface
 from ..io.tables import Table, plain
 from .bundled import BONES, STATES, bundled_bone
 from .calibration import DensityCalibration
+from .checks import check_meshing_size
 from .meshing import repair_surface, surface_from_mask, tetmesh_from_surface
 from .model import Model, sha256_of
 from .voxel import hexmesh_from_mask
@@ -341,8 +342,10 @@ class Specimen:
         if "mesh" in files:
             path = files["mesh"]
             if path.suffix.lower() in SURFACE_SUFFIXES:
-                surf, report = repair_surface(read_surface(path, units=self.units))
+                raw = read_surface(path, units=self.units)
                 size = self.element_size(ct)
+                check_meshing_size(float(raw.extent.max()), raw.volume, size, path.name, self.units)
+                surf, report = repair_surface(raw)
                 mesh = tetmesh_from_surface(surf, element_size=size)
                 say(f"meshed {path.name}: {mesh.n_cells} tetrahedra at {size:g} mm")
                 return mesh

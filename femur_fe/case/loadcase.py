@@ -386,7 +386,8 @@ def _parse_loading(raw: Any, source: str, bone: str) -> Loading:
 def _parse_caps(raw: Any, source: str, bone: str, default_regions: tuple[str, ...]) -> Caps:
     t = Table(raw, "[caps]", source, LoadCaseError, schema="load case [caps]")
     kind = t.get("kind", "str", "pmma", choices=("none", "rigid", "pmma"))
-    young = t.get("young_mpa", "float", 2500.0, lo=0.0, lo_open=True)
+    young = t.get("young_mpa", "float", 2500.0, lo=0.0, lo_open=True,
+                  note=f"above {CAPS_MAX_YOUNG_MPA:g}: refused (no material; a rigid plate is kind = 'rigid')")
     if young > CAPS_MAX_YOUNG_MPA:
         raise t.err(f"young_mpa = {young:g} MPa is stiffer than any material (diamond ~1.05e6 MPa, steel 2.1e5, "
                     "PMMA 2500); for an ideally rigid plate use kind = 'rigid'")
@@ -472,7 +473,8 @@ def _parse_failure(raw: Any, source: str, bone: str, direction: str) -> Failure:
 def _parse_nonlinear(raw: Any, source: str) -> Nonlinear:
     t = Table(raw, "[nonlinear]", source, LoadCaseError, schema="load case [nonlinear]")
     strength = t.get("strength", "str", "endpoint", choices=("endpoint", "peak"))
-    pct = t.get("endpoint_percent", "float", 4.0, lo=0.0, hi=50.0, lo_open=True)
+    pct = t.get("endpoint_percent", "float", 4.0, lo=0.0, hi=50.0, lo_open=True,
+                note=f"below {MIN_ENDPOINT_PERCENT:g}: refused as a fraction written for a percent")
     if pct < MIN_ENDPOINT_PERCENT:
         raise t.err(f"endpoint_percent = {pct:g} is a percent of the characteristic length; {pct:g} looks like a "
                     f"fraction ({pct:g} = {100 * pct:g} %): write endpoint_percent = {100 * pct:g} (Ogo: 4.0)")

@@ -66,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"femur-fe {args.command}: interrupted", file=sys.stderr)
         return 130
+    except MemoryError as exc:
+        print(f"femur-fe {args.command}: error: out of memory ({exc}); the model is too large for this machine: "
+              "use a larger element size (--size) or a smaller region", file=sys.stderr)
+        return 2
     except Exception as exc:  # a bug: one line, and how to get the traceback to report it
         if os.environ.get("FEMUR_FE_DEBUG") == "1":
             raise

@@ -281,7 +281,7 @@ def compare(spec: ComparisonSpec | str | os.PathLike, out: str | os.PathLike, *,
         spec = load_comparison(spec)
     check_scenario_names(spec)
     with output_folder(out, overwrite=overwrite, kind="comparison") as tmp:
-        result = compare_in(spec, tmp, progress=progress)
+        result = compare_in(spec, tmp, progress=progress, final=Path(out))
     result.files = rebase(result.files, tmp, Path(out))
     return result
 
@@ -301,9 +301,10 @@ def check_scenario_names(spec: ComparisonSpec) -> None:
 
 
 def compare_in(spec: ComparisonSpec | str | os.PathLike, out: str | os.PathLike, *,
-               progress: Callable[[str], None] | None = None) -> ComparisonResult:
+               progress: Callable[[str], None] | None = None, final: Path | None = None) -> ComparisonResult:
     """:func:`compare` writing straight into the folder ``out`` (created; nothing is checked or
-    replaced: the caller owns the folder, e.g. the partial folder of :func:`output_folder`)."""
+    replaced: the caller owns the folder, e.g. the partial folder of :func:`output_folder`).
+    ``final``: where the folder will end up (the paths run_info.json records; default ``out``)."""
     t_start = time.perf_counter()
     if not isinstance(spec, ComparisonSpec):
         spec = load_comparison(spec)
@@ -409,7 +410,8 @@ def compare_in(spec: ComparisonSpec | str | os.PathLike, out: str | os.PathLike,
     files.update(write_comparison_report(out, progress=say))
     result = ComparisonResult(rows, base, results, outcomes, timecourse, files, time.perf_counter() - t_start)
     write_json_atomic(out / "run_info.json", {"seconds": result.seconds,
-                                              "files": {k: os.path.relpath(v, out) for k, v in files.items()}})
+                                              "files": {k: str(rebase({k: v}, out, final or out)[k])
+                                                        for k, v in files.items()}})
     tick("comparison written")
     return result
 
