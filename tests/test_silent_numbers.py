@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import pyvista as pv
 import SimpleITK as sitk
 from conftest import require_shared
 from hypothesis import HealthCheck, event, given, settings
@@ -24,6 +25,7 @@ from hypothesis import strategies as st
 import femur_fe as ff
 from femur_fe.analysis.checks import check_bone_size, check_modulus_contrast, check_poisson
 from femur_fe.analysis.prepare import prepare, run_nonlinear
+from femur_fe.bone.checks import check_meshing_size
 from femur_fe.bone.model import Model
 from femur_fe.bone.specimen import Specimen
 from femur_fe.case.presets import resolve_case_path
@@ -386,6 +388,7 @@ def test_row_binary_toml_is_one_clear_line(tmp_path, capsys, command):
     one_error_line(err, "not a text file in UTF-8", "0xff")
 
 
+@pytest.mark.filterwarnings("ignore:The VTK reader:UserWarning")  # pyvista's own report of the broken STL
 def test_row_broken_files_raise_femur_fe_errors(tmp_path, capsys):
     good = ff.io.write_mesh(tmp_path / "good.vtu", box_mesh("tetra", 2, 2, 2))
     broken = tmp_path / "broken.vtu"
@@ -491,6 +494,26 @@ def test_bone_size_against_its_kind(bone, factor, unit):
     check_bone_size(mesh, bone)
     with pytest.raises(MeshError, match=unit):
         check_bone_size(mesh.scaled(factor), bone)
+
+
+def test_surface_checked_before_it_is_meshed(tmp_path, capsys):
+    """A surface read in the wrong unit is refused before TetGen (a vertebra read as metres is a
+    90 m block, whose meshing would not fit in memory), naming the unit it was read in."""
+    surf = ff.io.Surface.from_pyvista(pv.Sphere(radius=20.0).triangulate(), source="ball")
+    path = ff.io.write_surface(tmp_path / "ball.stl", surf)
+    rc, out, err = cli(capsys, "run", "vertebral_compression", "--mesh", path, "--units", "m", "--density", "0.2",
+                       "-o", tmp_path / "o")
+    assert rc == 2
+    one_error_line(err, "4e+04 mm", "micrometres", "read with units = 'm'")
+    with pytest.raises(MeshError, match="million tetrahedra"):
+        check_meshing_size(400.0, 1.5e6, 0.2, "femur.stl")
+
+
+def test_api_run_checks_the_output_folder_before_any_work(tmp_path):
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "summary.json").write_text("{}")
+    with pytest.raises(OutputError, match="--overwrite"):
+        ff.run("vertebral_compression", {"bundled": "vertebra", "state": "osteoporotic"}, out=tmp_path / "old")
 
 
 def test_mesh_outside_its_ct_refused(vertebra_mesh, vertebra_ct):

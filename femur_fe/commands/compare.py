@@ -8,13 +8,14 @@ from ..studies.compare import compare
 
 def print_run_warnings(warnings: dict) -> None:
     """Named warnings per run (run name -> warnings), after the table; also in comparison.json."""
-    if not warnings:
+    if not any(warnings.values()):
         return
-    n = sum(len(ws) for ws in warnings.values())
-    print(f"warnings ({n}, also in comparison.json \"warnings\" and each run's summary.json):")
-    for name, ws in warnings.items():
-        for w in ws:
-            print(f"  {name}: {w.name}: {w.message}")
+    groups = list(warnings.values())
+    common = [w for w in groups[0] if all(w in ws for ws in groups[1:])] if len(groups) > 1 else []
+    lines = [f"  all runs: {w}" for w in common]
+    lines += [f"  {name}: {w}" for name, ws in warnings.items() for w in ws if w not in common]
+    print(f"warnings ({len(lines)}, also in comparison.json \"warnings\" and each run's summary.json):")
+    print("\n".join(lines))
 
 
 def register(sub) -> None:

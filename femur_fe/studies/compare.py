@@ -186,8 +186,8 @@ class ComparisonResult:
 
     @property
     def warnings(self) -> dict[str, tuple]:
-        """Run name (``baseline``, scenario names) -> its named warnings (runs without any left out)."""
-        return {name: merged(r.warnings) for name, r in self.results.items() if r.warnings}
+        """Run name (``baseline``, scenario names) -> its named warnings (empty for a run without any)."""
+        return {name: merged(r.warnings) for name, r in self.results.items()}
 
 
 def anatomical_zones(frame, mesh, bone: str) -> tuple[list[str], np.ndarray]:
