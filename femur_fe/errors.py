@@ -24,6 +24,14 @@ class CTError(FemurFeError):
     """A CT volume or mask is unusable (wrong unit, mismatched transform, empty mask...)."""
 
 
+class AmbiguousUnitError(CTError):
+    """The unit of a CT is neither stored in the file nor given, and its values do not tell it."""
+
+
+class OutputError(FemurFeError):
+    """An output folder cannot be written, or would mix or overwrite what it must not."""
+
+
 class MaterialError(FemurFeError):
     """A material law or calibration got values outside its range."""
 

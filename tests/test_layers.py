@@ -9,7 +9,7 @@ import femur_fe
 
 PKG = Path(femur_fe.__file__).resolve().parent
 #: lowest first; a module may import from its own layer and any earlier one
-LAYERS = ["errors", "_version", "fe", "io", "bone", "analysis", "therapy", "case", "viz", "studies", "commands"]
+LAYERS = ["errors", "_version", "diagnostics", "fe", "io", "bone", "analysis", "therapy", "case", "viz", "studies", "commands"]
 #: libraries that may be imported inside functions: optional, or slow to import and needed by few calls
 HEAVY = {"pyvista", "vtk", "vtkmodules", "dask", "distributed", "matplotlib", "tetgen", "pymeshfix", "SimpleITK",
          "pandas", "pyarrow", "sksparse", "xraydb", "imageio", "pyamg", "psutil", "meshio", "resource", "scipy",

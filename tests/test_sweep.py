@@ -234,8 +234,10 @@ def test_bad_top_level_and_method_errors(tmp_path):
     with pytest.raises(SweepError, match="method must be one of"):
         spec_for({}, method="sobol")
     with pytest.raises(SweepError, match="cannot import module"):
-        spec_for({}, task="no_such_module_xyz:f").expand() and run_sweep(
-            spec_for({}, task="no_such_module_xyz:f"), tmp_path, scheduler="serial")
+        spec_for({}, task="no_such_module_xyz:f", allow_import=True).expand() and run_sweep(
+            spec_for({}, task="no_such_module_xyz:f", allow_import=True), tmp_path, scheduler="serial")
+    with pytest.raises(SweepError, match="not a registered sweep task"):
+        spec_for({}, task="no_such_module_xyz:f").expand()
     with pytest.raises(SweepError, match="does not exist"):
         load_sweep(tmp_path / "missing.toml")
 

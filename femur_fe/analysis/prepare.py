@@ -36,6 +36,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..bone.model import Model
+from ..diagnostics import collecting, merged, warn
 from ..errors import LoadCaseError, RegionError
 from ..fe.assembly import StiffnessAssembler
 from ..fe.constraints import FIX_COMPONENTS, RigidTie
@@ -44,6 +45,13 @@ from ..fe.nonlinear import SecantYield, nonlinear_strength
 from ..fe.solvers import LinearSolver
 from ..fe.voxel_solver import VoxelSolver, is_voxel_mesh
 from .caps import add_cap, add_voxel_cap
+from .checks import (
+    check_bone_size,
+    check_coincident_nodes,
+    check_mesh_resolution,
+    check_modulus_contrast,
+    check_poisson,
+)
 from .failure import MaxPrincipalStrain
 from .regions import frame_for, load_direction, select_regions, wedge_hinge
 from .result import Result
@@ -102,6 +110,7 @@ class Analysis:
     prepare_seconds: float = 0.0
     height_mm: float | None = None  # characteristic_length_mm, None without a supported region along the load
     _voxel: bool | None = None
+    warnings: tuple = ()  # named warnings of the model and of the preparation (femur_fe.diagnostics)
 
     @property
     def n_bone_nodes(self) -> int:
@@ -208,6 +217,13 @@ class Analysis:
         return out
 
     def _solve_one(self, solver, m: Model, d: np.ndarray, *, strength: bool, subject: Any = None) -> "Result":
+        with collecting() as found:
+            res = self._solve_one_(solver, m, d, strength=strength, subject=subject)
+        own = [w for w in self.warnings if w not in self.model.warnings]  # the preparation's own
+        res.warnings = list(merged(m.warnings, own, found))
+        return res
+
+    def _solve_one_(self, solver, m: Model, d: np.ndarray, *, strength: bool, subject: Any = None) -> "Result":
         t0 = time.perf_counter()
         R = self.rotation
         loading = self.case.loading
@@ -242,7 +258,10 @@ class Analysis:
                 reactions[reg] = reac_fe[dofs].reshape(-1, 3).sum(axis=0) @ R
         load_force = float(reactions[self.loaded_region] @ d)
         plate_disp = float((tie_res.displacement * scale) @ (R @ d))
-        stiffness = load_force / plate_disp if abs(plate_disp) > 1e-12 else None
+        if loading.direction == "wedge":
+            stiffness = load_force / plate_disp if abs(plate_disp) > 1e-12 else None
+        else:  # the unit-force solution: independent of the load's magnitude (no round-off or underflow)
+            stiffness = float(sol.ties[name].force @ (R @ d)) / disp_d
         res = Result.from_solution(self, m, u, reactions, d, load_force, plate_disp, stiffness, sol.report,
                                    plate_rotation=(tie_res.rotation * scale) @ R,
                                    plate_moment=(tie_res.moment * scale) @ R)
@@ -266,13 +285,32 @@ def _with_angles(loading, angles: Mapping):
 
 
 def prepare(case, model: Model, *, frame=None, regions=None) -> Analysis:
-    """Prepare ``case`` on ``model``: frame, regions, load frame, caps, supports and plate."""
+    """Prepare ``case`` on ``model``: frame, regions, load frame, caps, supports and plate.
+
+    The checks of :mod:`femur_fe.analysis.checks` run first (bone size against its kind,
+    resolution, coincident nodes, Poisson ratios, modulus contrast); warnings raised while
+    preparing are kept in ``Analysis.warnings`` with the model's."""
+    with collecting() as found:
+        an = _prepare(case, model, frame=frame, regions=regions)
+    an.warnings = merged(model.warnings, found)
+    return an
+
+
+def _prepare(case, model: Model, *, frame, regions) -> Analysis:
     t0 = time.perf_counter()
     mesh = model.mesh
     if len(case.loaded_regions) != 1:
         raise LoadCaseError(f"{case.source}: exactly one [[boundary]] entry must have apply = 'load', found "
                             f"{len(case.loaded_regions)} ({', '.join(case.loaded_regions) or 'none'})")
     needs_frame = any(s.kind not in ("node_set", "nodes") for s in case.regions.values())
+    anatomical = frame is None and (needs_frame or case.loading.direction != "vector")
+    if anatomical:
+        check_bone_size(mesh, case.bone)
+        check_mesh_resolution(mesh, case.bone)
+    check_coincident_nodes(mesh)
+    check_poisson(case, mesh, model.poisson)
+    check_modulus_contrast(model.young, case.caps.young_mpa if case.caps.kind == "pmma" and case.caps.regions
+                           else None)
     if frame is None:
         # explicit regions with an explicit vector need no anatomy: the vector is global
         frame = frame_for(mesh, case) if (needs_frame or case.loading.direction != "vector") else GLOBAL_FRAME
@@ -305,9 +343,6 @@ def prepare(case, model: Model, *, frame=None, regions=None) -> Analysis:
             build = add_voxel_cap if fe.cell_type == "hexahedron" else add_cap
             fe, cap = build(fe, r.faces, axis, case.caps.thickness_mm, name=reg)
             caps[reg] = cap
-        if abs(case.caps.poisson - model.poisson) > 1e-12:
-            log.warning("caps poisson %.3g differs from bone poisson %.3g: one Poisson ratio (the bone's) is used "
-                        "for the whole model", case.caps.poisson, model.poisson)
     region_fe_nodes = {name: (caps[name].top_nodes if name in caps else regions[name].nodes)
                        for name in regions if name in {b.region for b in case.boundary}}
     fixed = []
@@ -374,6 +409,13 @@ def run_nonlinear(an: Analysis, res: Result, **kw):
     :func:`characteristic_length_mm` (Ogo's hip and spine reporting endpoint [V-code]).
     Keyword arguments go to :func:`femur_fe.fe.nonlinear_strength` (they override the table).
     """
+    with collecting() as found:
+        nl = _run_nonlinear(an, res, **kw)
+    res.warnings = list(merged(res.warnings, found))
+    return nl
+
+
+def _run_nonlinear(an: Analysis, res: Result, **kw):
     case = an.case
     if case.loading.direction == "wedge":
         raise LoadCaseError("nonlinear strength is run for translational loads (not the wedge case)")
@@ -400,6 +442,15 @@ def run_nonlinear(an: Analysis, res: Result, **kw):
     if length is not None:
         nl.report["characteristic_length_mm"] = float(length)
         nl.report["endpoint_percent"] = float(opts.endpoint_percent)
+    if nl.endpoint_mm is not None and nl.endpoint_reached and not nl.first_yield_displacement_mm < nl.endpoint_mm:
+        # the force at an endpoint before first yield is an elastic load, not a strength
+        nl.endpoint_reached = False
+        how = (f" ({opts.endpoint_percent:g} % of {length:.1f} mm; set [nonlinear] endpoint_percent, Ogo: 4 %)"
+               if length is not None else "")
+        res.warnings = list(merged(res.warnings, [warn(
+            "nonlinear_endpoint_elastic", f"no element yields up to the nonlinear endpoint {nl.endpoint_mm:.3g} mm"
+            f"{how}; first yield at {nl.first_yield_displacement_mm:.3g} mm, so the curve has no strength to report "
+            "(strength_nonlinear_N is null)", log)]))
     res.nonlinear = nl
     res._update_summary()
     return nl

@@ -11,6 +11,7 @@ import numpy as np
 
 from .._version import __version__
 from ..bone.model import Model
+from ..diagnostics import as_dicts, merged
 from ..fe.fields import element_fields
 from ..fe.mesh import Mesh
 from ..fe.recovery import node_average, strain, stress
@@ -49,6 +50,7 @@ class Result:
     subject: Any = None  # femur_fe.analysis.subject.Subject
     frame: Any = None  # the anatomical frame of the analysis (FemurFrame / VertebraFrame)
     cell_fields: dict = field(default_factory=dict)  # extra (m,) arrays written to result.vtu
+    warnings: list = field(default_factory=list)  # named warnings (femur_fe.diagnostics.RunWarning) of this run
     _strain_nodal: np.ndarray | None = None
     analysis: Any = None  # the Analysis that solved it, without its solver set-up (fe_model.json comes from it)
 
@@ -139,6 +141,7 @@ class Result:
             s["nonlinear_curve"] = {"displacement_mm": list(map(float, self.nonlinear.curve_displacement_mm)),
                                     "force_N": list(map(float, self.nonlinear.curve_force_N))}
         s.update(self.extra)
+        s["warnings"] = as_dicts(merged(self.warnings))
         return s
 
     def write(self, out_dir) -> "Path":

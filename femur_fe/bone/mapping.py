@@ -37,6 +37,7 @@ import numpy as np
 from scipy.ndimage import map_coordinates
 from scipy.special import roots_jacobi
 
+from ..diagnostics import warn
 from ..errors import CTError, MaterialError
 from ..fe.elements import quadrature, shape_functions, shape_gradients
 from ..fe.mesh import Mesh
@@ -275,8 +276,9 @@ def _apply_policy(ct, ijk, vals, out, nan, policy, fill_value):
         vals[bad] = _renormalised_trilinear(ct, ijk[bad])
         still = np.isnan(vals)
         if still.any():
-            raise CTError(f"{int(still.sum())} samples have only NaN voxels around them; outside='nearest' cannot "
-                          "fill them: use outside='value' with a fill_value or repair the CT")
+            raise CTError(f"{int(still.sum())} samples in the mesh have only NaN/inf voxels around them: the CT "
+                          "has no data inside the bone there; repair or re-export the CT (or map with "
+                          "outside='value' and a fill_value)")
     return vals
 
 
@@ -396,7 +398,7 @@ def _map(mesh: Mesh, ct: CTImage, *, method: str, n_steps: int, outside: str, fi
         if outside == "error":
             raise CTError(f"{report}. Pass outside='nearest' (border/neighbour values) or outside='value' with "
                           "fill_value to accept them, or fix the mesh/CT alignment")
-        log.warning("%s", report)
+        warn("ct_mapping_incomplete", f"{report}", log)
     if n_clamped:
         log.warning("%d of %d samples had negative density after calibration and were clamped to 0 before the "
                     "material law", n_clamped, report.n_samples)

@@ -15,9 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from ..diagnostics import collecting, merged
 from ..errors import CTError, LoadCaseError, MaterialError
 from ..fe.mesh import Mesh
 from ..io.ct import read_ct
+from .checks import check_ct_overlap, floor_warnings
 from .internal_calibration import internal_calibration
 from .mapping import map_density, map_young_modulus
 
@@ -55,6 +57,8 @@ class Model:
     inputs : file path -> sha256 of the inputs the model came from
     mapping : the mapping report as a dict (samples outside the CT, clamped densities)
     calibration : how the CT became density (method, slope/intercept, internal-calibration fit)
+    warnings : named warnings of reading and building the model
+        (:class:`femur_fe.diagnostics.RunWarning`; e.g. ``moduli_floored``)
     """
 
     mesh: Mesh
@@ -68,6 +72,7 @@ class Model:
     inputs: dict = field(default_factory=dict)
     mapping: dict = field(default_factory=dict)
     calibration: dict = field(default_factory=dict)
+    warnings: tuple = ()
 
     def __post_init__(self) -> None:
         m = self.mesh.n_cells
@@ -97,7 +102,12 @@ class Model:
             raise MaterialError(f"law {type(law).__name__} takes {law.density_type} density, got {dt}; "
                                 "convert with femur_fe.bone.convert_density first")
         rho = np.asarray(density, dtype=np.float64)
-        return cls(mesh, rho, law.young(rho), law, dt, law.poisson, qct_density, None, **kw)
+        with collecting() as found:
+            young = law.young(rho)
+            if np.isfinite(rho).all():
+                floor_warnings(young, rho, law, mesh.cell_volumes())
+        kw["warnings"] = merged(kw.get("warnings", ()), found)
+        return cls(mesh, rho, young, law, dt, law.poisson, qct_density, None, **kw)
 
     @classmethod
     def from_ct(cls, mesh: Mesh, ct, material, *, outside: str = "nearest", n_steps: int = 3,
@@ -112,8 +122,17 @@ class Model:
         ``calibration_masks``: name -> label image, e.g. the segmenter's masks); what was used is
         recorded in ``model.calibration``.
         """
+        with collecting() as found:
+            model = cls._from_ct(mesh, ct, material, outside=outside, n_steps=n_steps, ct_path=ct_path,
+                                 calibration_masks=calibration_masks)
+            floor_warnings(model.young, model.density, model.law, mesh.cell_volumes())
+        return replace(model, warnings=merged(model.warnings, found))
+
+    @classmethod
+    def _from_ct(cls, mesh: Mesh, ct, material, *, outside: str, n_steps: int, ct_path, calibration_masks) -> "Model":
         law = material.build()
         cal = material.calibration
+        check_ct_overlap(mesh, ct)
         if ct.unit == "HU" and cal.ct_unit != "HU":
             raise CTError(f"the CT holds HU but the load case says ct_unit = {cal.ct_unit!r}; calibrate it: "
                           "--calibration internal (phantomless) or --calibration PHANTOM.json (CLI), or "
@@ -203,7 +222,11 @@ class Model:
             with np.errstate(invalid="ignore", divide="ignore"):
                 ratio = np.where(self.density > 0, rho / self.density, 1.0)
             qct = self.qct_density * ratio
-        return replace(self, density=rho, young=e, qct_density=qct)
+        with collecting() as found:
+            if np.isfinite(rho).all() and np.isfinite(e).all():
+                floor_warnings(e, rho, self.law, self.mesh.cell_volumes())
+        kept = [w for w in self.warnings if w.name != "moduli_floored"]
+        return replace(self, density=rho, young=e, qct_density=qct, warnings=merged(kept, found))
 
     @property
     def volumes_mm3(self) -> np.ndarray:

@@ -35,7 +35,9 @@ from typing import Any, Callable, Mapping
 import numpy as np
 from scipy.spatial import cKDTree
 
-from ..errors import CTError, FemurFeError, LoadCaseError, MaterialError
+from ..diagnostics import collecting, merged, warn
+from ..errors import AmbiguousUnitError, CTError, FemurFeError, LoadCaseError, MaterialError
+from ..fe.merge import merge_coincident_nodes
 from ..fe.mesh import Mesh
 from ..fe.topology import boundary_faces
 from ..io.ct import CTImage, read_ct, read_mask, suffix_of
@@ -44,6 +46,7 @@ from ..io.surface import read_surface
 from ..io.tables import Table, plain
 from .bundled import BONES, STATES, bundled_bone
 from .calibration import DensityCalibration
+from .checks import check_meshing_size
 from .meshing import repair_surface, surface_from_mask, tetmesh_from_surface
 from .model import Model, sha256_of
 from .voxel import hexmesh_from_mask
@@ -52,6 +55,8 @@ log = logging.getLogger(__name__)
 
 SURFACE_SUFFIXES = (".stl", ".obj", ".ply", ".vtp")
 MESH_TYPES = ("tet", "hex")
+#: length units of a mesh or surface file (auto: metres detected and converted)
+UNITS = ("auto", "mm", "cm", "m")
 CT_UNITS = ("HU", "mg/cm3", "g/cm3")
 DENSITY_TYPES = ("qct", "ash", "apparent")
 #: element size (mm) of meshes built from masks and surfaces when none is given
@@ -194,7 +199,7 @@ class Specimen:
         if cal is not None:
             cal = _calibration_value(cal, t, root)
         dens = t.get("density", "table", None)
-        units = t.get("units", "str", "auto", choices=("auto", "mm", "m"))
+        units = t.get("units", "str", "auto", choices=UNITS)
         name = t.get("name", "str", "")
         t.finish()
         density = None
@@ -319,8 +324,16 @@ class Specimen:
         files = self.files()
         if "ct" not in files:
             return None
-        unit = self.ct_unit if self.ct_unit is not None else ct_unit
-        return read_ct(files["ct"], unit=unit)
+        if self.ct_unit is not None or self.calibration is not None or self.bundled:
+            unit = self.ct_unit if self.ct_unit is not None else ct_unit
+            return read_ct(files["ct"], unit=unit)
+        # the unit is a property of this file: the load case's ct_unit is a default, no statement about it
+        try:
+            return read_ct(files["ct"], unit="auto")
+        except AmbiguousUnitError as exc:
+            raise AmbiguousUnitError(f"{exc.args[0].split(';')[0]}; say what it holds: --ct-unit HU with "
+                                     "--calibration internal|PHANTOM.json, or --ct-unit mg/cm3 (or g/cm3) "
+                                     "([bone] ct_unit, calibration)") from None
 
     def mesh(self, ct: CTImage | None = None, *, progress: Callable[[str], None] | None = None) -> Mesh:
         """The bone mesh (mm): read, meshed from a surface, or meshed from the mask on ``ct``'s grid."""
@@ -329,12 +342,14 @@ class Specimen:
         if "mesh" in files:
             path = files["mesh"]
             if path.suffix.lower() in SURFACE_SUFFIXES:
-                surf, report = repair_surface(read_surface(path, units=self.units))
+                raw = read_surface(path, units=self.units)
                 size = self.element_size(ct)
+                check_meshing_size(float(raw.extent.max()), raw.volume, size, path.name, self.units)
+                surf, report = repair_surface(raw)
                 mesh = tetmesh_from_surface(surf, element_size=size)
                 say(f"meshed {path.name}: {mesh.n_cells} tetrahedra at {size:g} mm")
                 return mesh
-            return read_mesh(path, units=self.units)
+            return _merged(read_mesh(path, units=self.units), path)
         geom = ct if ct is not None else read_ct(files["mask"], unit="mg/cm3", check_unit=False)
         labels = list(self.labels) or None
         mask = read_mask(files["mask"], label=labels if labels is None or len(labels) > 1 else labels[0],
@@ -358,6 +373,12 @@ class Specimen:
         :meth:`calibration_values` were applied to the case), from ``[bone.density]``, or from
         the mesh's cell data ``density``.
         """
+        with collecting() as found:
+            model = self._model(material, mesh=mesh, ct=ct, outside=outside, progress=progress)
+        return replace(model, warnings=merged(found, model.warnings))
+
+    def _model(self, material: Any, *, mesh: Mesh | None, ct: CTImage | None, outside: str,
+               progress: Callable[[str], None] | None) -> Model:
         law = material.build()
         if self.density is not None and self.density.density_type != law.density_type:
             raise MaterialError(f"[bone.density] gives {self.density.density_type} density but the material "
@@ -387,6 +408,15 @@ class Specimen:
 
 
 # ----------------------------------------------------------------------------- helpers
+def _merged(mesh: Mesh, path: Path) -> Mesh:
+    """``mesh`` with its coincident nodes merged (named warning when there were any)."""
+    out, report = merge_coincident_nodes(mesh)
+    if report.n_pairs:
+        warn("nodes_merged", f"{path.name}: {report}; the elements on either side were not connected (an "
+             "internal crack, which femur_fe cannot model) and are joined now", log)
+    return out
+
+
 def _abs(p: Path | None) -> str | None:
     return None if p is None else str(Path(p).resolve())
 
@@ -432,6 +462,8 @@ def _read_calibration(path: Path) -> dict:
         raise FileNotFoundError(f"calibration file {path} not found (CLI --calibration)") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CTError(f"{path}: not a calibration JSON ({exc}); see docs/schemas.md") from None
+    except OSError as exc:
+        raise CTError(f"{path}: cannot be read as a calibration JSON ({exc.strerror or exc})") from None
     if not isinstance(data, dict):
         raise CTError(f"{path}: a calibration JSON holds one object (slope, intercept, unit, mineral)")
     _check_calibration_table(data, lambda msg: CTError(f"{path}: {msg}"))

@@ -69,6 +69,13 @@ DEFAULT_BOUNDARY = {
     "axial": (("superior_endplate", "apply", "load"), ("inferior_endplate", "fix", "all")),
     "wedge": (("superior_endplate", "apply", "load"), ("inferior_endplate", "fix", "all")),
 }
+#: [caps] young_mpa above this is no material (diamond is ~1.05e6 MPa)
+CAPS_MAX_YOUNG_MPA = 1.2e6
+#: smallest displacement (mm) or force (N) of [loading]: the solution scales with the load, and
+#: smaller loads only lose precision
+MIN_LOAD = 1e-6
+#: [nonlinear] endpoint_percent below this is a fraction written where a percent is meant
+MIN_ENDPOINT_PERCENT = 0.5
 DEFAULT_FIELDS = ("displacement", "von_mises", "principal_strain", "young_modulus")
 
 
@@ -386,11 +393,17 @@ def _parse_loading(raw: Any, source: str, bone: str) -> Loading:
             raise t.err(f"displacement_mm must be > 0 (the magnitude along the load direction), got {disp!r}")
         if disp > 20:
             raise t.err(f"displacement_mm = {disp} is too large for a linear analysis (> 20 mm); units are mm")
+        if 0 < disp < MIN_LOAD:
+            raise t.err(f"displacement_mm = {disp:g} mm is below {MIN_LOAD:g} mm, under the round-off of the solution; "
+                        "the results scale with the load: give a displacement in mm, e.g. 0.2")
     else:
         if force is None:
             raise t.err("mode = 'force' needs force_n (N, magnitude along the load direction)")
         if force <= 0:
             raise t.err(f"force_n must be > 0 N, got {force}")
+        if force < MIN_LOAD:
+            raise t.err(f"force_n = {force:g} N is below {MIN_LOAD:g} N, under the round-off of the solution; "
+                        "the results scale with the load: give a force in N, e.g. 1000")
         if t.has("displacement_mm"):
             raise t.err("displacement_mm is given but mode = 'force'; remove it or set mode = 'displacement'")
         disp = None
@@ -402,7 +415,11 @@ def _parse_loading(raw: Any, source: str, bone: str) -> Loading:
 def _parse_caps(raw: Any, source: str, bone: str, default_regions: tuple[str, ...]) -> Caps:
     t = Table(raw, "[caps]", source, LoadCaseError, schema="load case [caps]")
     kind = t.get("kind", "str", "pmma", choices=("none", "rigid", "pmma"))
-    young = t.get("young_mpa", "float", 2500.0, lo=0.0, lo_open=True)
+    young = t.get("young_mpa", "float", 2500.0, lo=0.0, lo_open=True,
+                  note=f"above {CAPS_MAX_YOUNG_MPA:g}: refused (no material; a rigid plate is kind = 'rigid')")
+    if young > CAPS_MAX_YOUNG_MPA:
+        raise t.err(f"young_mpa = {young:g} MPa is stiffer than any material (diamond ~1.05e6 MPa, steel 2.1e5, "
+                    "PMMA 2500); for an ideally rigid plate use kind = 'rigid'")
     nu = t.get("poisson", "float", 0.3, lo=-1.0, hi=0.5, lo_open=True, hi_open=True)
     thick = t.get("thickness_mm", "float", 2.0 if bone == "femur" else 10.0, lo=0.0, lo_open=True)
     regions = t.get("regions", "strlist", default_regions if kind != "none" else ())
@@ -486,7 +503,11 @@ def _parse_failure(raw: Any, source: str, bone: str, direction: str) -> Failure:
 def _parse_nonlinear(raw: Any, source: str) -> Nonlinear:
     t = Table(raw, "[nonlinear]", source, LoadCaseError, schema="load case [nonlinear]")
     strength = t.get("strength", "str", "endpoint", choices=("endpoint", "peak"))
-    pct = t.get("endpoint_percent", "float", 4.0, lo=0.0, hi=50.0, lo_open=True)
+    pct = t.get("endpoint_percent", "float", 4.0, lo=0.0, hi=50.0, lo_open=True,
+                note=f"below {MIN_ENDPOINT_PERCENT:g}: refused as a fraction written for a percent")
+    if pct < MIN_ENDPOINT_PERCENT:
+        raise t.err(f"endpoint_percent = {pct:g} is a percent of the characteristic length; {pct:g} looks like a "
+                    f"fraction ({pct:g} = {100 * pct:g} %): write endpoint_percent = {100 * pct:g} (Ogo: 4.0)")
     raw_len = t.raw.get("characteristic_length_mm", "auto")
     if isinstance(raw_len, str):
         if raw_len != "auto":

@@ -2,8 +2,10 @@
 
 Each subcommand lives in ``femur_fe/commands/<name>.py`` and defines
 ``register(subparsers)`` (adds its parser and sets ``func``). Errors derived from
-:class:`femur_fe.errors.FemurFeError` (and missing files) are printed as one clear line,
-never as a traceback; set ``FEMUR_FE_DEBUG=1`` to see the traceback.
+:class:`femur_fe.errors.FemurFeError` and file-system errors are printed as one clear line
+(exit 2), never as a traceback; any other exception is a bug and is printed as one line too
+(exit 3); set ``FEMUR_FE_DEBUG=1`` to see the traceback. Named warnings of a run
+(:mod:`femur_fe.diagnostics`) are printed by the commands after their numbers.
 """
 from __future__ import annotations
 
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         rc = args.func(args)
-    except (FemurFeError, FileNotFoundError) as exc:
+    except (FemurFeError, OSError) as exc:
         if os.environ.get("FEMUR_FE_DEBUG") == "1":
             raise
         print(f"femur-fe {args.command}: error: {exc}", file=sys.stderr)
@@ -64,6 +66,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"femur-fe {args.command}: interrupted", file=sys.stderr)
         return 130
+    except MemoryError as exc:
+        print(f"femur-fe {args.command}: error: out of memory ({exc}); the model is too large for this machine: "
+              "use a larger element size (--size) or a smaller region", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a bug: one line, and how to get the traceback to report it
+        if os.environ.get("FEMUR_FE_DEBUG") == "1":
+            raise
+        print(f"femur-fe {args.command}: internal error ({type(exc).__name__}: {exc}); this is a bug in femur_fe: "
+              "rerun with FEMUR_FE_DEBUG=1 for the traceback and report it", file=sys.stderr)
+        return 3
     return int(rc or 0)
 
 

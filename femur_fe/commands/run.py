@@ -8,8 +8,10 @@ from typing import Any
 import tomllib
 
 from ..analysis.subject import Subject
-from ..bone.specimen import MESH_TYPES, Specimen
+from ..bone.specimen import MESH_TYPES, UNITS, Specimen
+from ..diagnostics import merged
 from ..errors import LoadCaseError
+from ..io.outdir import output_folder, write_or_fallback
 from ..io.toml_io import read_toml
 from ..studies.run import as_case
 from ..studies.run import run as run_case
@@ -43,7 +45,7 @@ def add_bone_arguments(p) -> None:
     g.add_argument("--size", type=float, help="element size in mm when meshing a mask or a surface")
     g.add_argument("--density", type=float, metavar="G_CM3",
                    help="uniform density (g/cm^3 of the material law's density type) for a mesh without CT")
-    g.add_argument("--units", choices=("auto", "mm", "m"), help="units of --mesh (default auto: metres detected)")
+    g.add_argument("--units", choices=UNITS, help="length unit of --mesh (default auto: metres detected and converted)")
 
 
 def specimen_from_args(args, case=None) -> Specimen:
@@ -75,7 +77,10 @@ def register(sub) -> None:
                        description="Run a load case: writes DIR/result.vtu and DIR/summary.json.")
     p.add_argument("case", help="load-case TOML file or preset name (e.g. sideways_fall)")
     add_bone_arguments(p)
-    p.add_argument("--out", "-o", required=True, help="output folder")
+    p.add_argument("--out", "-o", required=True, help="output folder (written whole: an existing one is refused "
+                                                      "unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output folder written by femur_fe (whole, never mixed)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a case value by TOML key path, e.g. loading.adduction_deg=20")
     p.add_argument("--nonlinear", action="store_true", help="also run the nonlinear strength analysis")
@@ -113,13 +118,35 @@ def subject_from_args(args) -> Subject | None:
     return Subject(args.sex, args.mass, args.height) if args.sex else None
 
 
+def print_warnings(warnings, indent: str = "  ") -> None:
+    """The named warnings of a run, after its numbers (they are in summary.json too)."""
+    ws = merged(warnings)
+    if ws:
+        print(f"{indent}warnings ({len(ws)}, also in summary.json \"warnings\"):")
+        for w in ws:
+            print(f"{indent}  {w.name}: {w.message}")
+
+
+def input_files(specimen: Specimen, case_arg: str | None = None) -> list[Path]:
+    """The files a run reads (an output folder must not hold them when it is replaced)."""
+    try:
+        files = [] if specimen.bundled else list(specimen.files().values())
+    except FileNotFoundError:
+        files = []
+    if case_arg and Path(case_arg).exists():
+        files.append(Path(case_arg))
+    return files
+
+
 def run(args) -> int:
     case = case_with_sets(args.case, args.set)
     specimen = specimen_from_args(args, case)
     subject = subject_from_args(args)
-    res = run_case(case, specimen, subject=subject, nonlinear=args.nonlinear, out=None,
-                   progress=lambda line: print(f"  {line}", flush=True))
-    out = res.write(args.out)
+    with output_folder(args.out, overwrite=args.overwrite, kind="run", inputs=input_files(specimen, args.case)) as tmp:
+        res = run_case(case, specimen, subject=subject, nonlinear=args.nonlinear, out=None,
+                       progress=lambda line: print(f"  {line}", flush=True))
+        write_or_fallback(res.write, tmp)
+    out = Path(args.out)
     s = res.summary()
     print(f"{s['case_name']}: {s['n_elements']} elements, {s['n_dofs']} DOFs, solver {s['solver']['method']} "
           f"({s['solver']['setup_seconds'] + s['solver']['solve_seconds']:.1f} s)")
@@ -154,5 +181,6 @@ def run(args) -> int:
         print(f"  strength used       {s.get('strength_used')}")
     if s.get("strength_used_note") and (c or s.get("factor_of_risk") is not None):
         print(f"  note: {s['strength_used_note']}")
+    print_warnings(res.warnings)
     print(f"  written: {out / 'result.vtu'}, {out / 'summary.json'}", file=sys.stdout)
     return 0

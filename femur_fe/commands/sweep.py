@@ -11,10 +11,43 @@ Running the same command again resumes: finished tasks are kept, failed ones re-
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
+from pathlib import Path
 
-from ..studies.sweep import expand_sweep, load_sweep, run_sweep
+from ..errors import OutputError, SweepError
+from ..io.outdir import check_output_dir
+from ..studies.sweep import TASKS, expand_sweep, is_registered_task, load_sweep, run_sweep
+
+
+def check_sweep_dir(out, name: str) -> Path:
+    """Refuse a results folder that holds something other than this sweep (a sweep folder is
+    resumable: one that holds this sweep's files is reused), or that cannot be written."""
+    out = Path(out)
+    if out.is_dir() and any(out.iterdir()):
+        manifest = out / "sweep.json"
+        if not manifest.is_file():
+            found = ", ".join(sorted(p.name for p in out.iterdir())[:5])
+            raise OutputError(f"--out {out}: the folder holds {found} but no sweep.json: it is not a sweep's "
+                              "results folder; choose another folder (a sweep resumes only into its own folder)")
+        try:
+            old = json.loads(manifest.read_text(encoding="utf-8")).get("spec", {}).get("name")
+        except (OSError, ValueError, AttributeError) as exc:
+            raise OutputError(f"--out {out}: {manifest} is unreadable ({exc}); choose another folder") from None
+        if old != name:
+            raise OutputError(f"--out {out} holds the results of sweep {old!r}, not {name!r}; choose another folder "
+                              "(a sweep resumes only into its own folder)")
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise OutputError(f"--out {out}: the folder is not writable")
+        return out
+    check_output_dir(out, option="--out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"--out {out}: cannot create it ({exc.strerror or exc})") from None
+    return out
 
 
 def register(subparsers) -> None:
@@ -40,6 +73,10 @@ def register(subparsers) -> None:
     p.add_argument("--connect-timeout", type=float, default=10.0,
                    help="seconds to wait for --scheduler before giving up (default %(default)s)")
     p.add_argument("--dry-run", action="store_true", help="validate and list the tasks, run nothing")
+    p.add_argument("--allow-import", action="store_true",
+                   help="run a task given as 'module:function': this imports and RUNS that code on the client and "
+                        "every worker (the sweep file must say allow_import = true too); registered tasks "
+                        "(pipeline, column) need no opt-in")
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     p.set_defaults(func=run)
 
@@ -53,6 +90,11 @@ def run(args: argparse.Namespace) -> int:
             logging.getLogger(name).setLevel(logging.WARNING)
 
     spec = load_sweep(args.spec)
+    task = spec.resolved_task()
+    if not is_registered_task(task) and not args.allow_import:
+        raise SweepError(f"task {task!r} is not a registered sweep task ({', '.join(sorted(TASKS))}); running a "
+                         "'module:function' imports and runs that code: pass --allow-import (and set "
+                         "allow_import = true in the sweep file)")
     if args.dry_run:
         tasks = expand_sweep(spec)
         print(f"{spec.name}: {len(tasks)} tasks ({spec.method}"
@@ -65,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
     def show_dashboard(addr: str) -> None:
         print(f"Dask dashboard: {addr}", file=sys.stderr, flush=True)
 
+    check_sweep_dir(args.out, spec.name)
     table = run_sweep(spec, args.out, scheduler=args.scheduler, n_workers=args.workers,
                       progress=not args.no_progress, timeout_s=args.timeout, retries=args.retries,
                       connect_timeout_s=args.connect_timeout, on_dashboard=show_dashboard)

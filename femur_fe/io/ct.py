@@ -35,7 +35,9 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import CTError
+from ..diagnostics import warn
+from ..errors import AmbiguousUnitError, CTError
+from .nifti_raw import nonfinite_voxels
 
 log = logging.getLogger(__name__)
 
@@ -450,10 +452,18 @@ def read_ct(path: str | os.PathLike, *, unit: str = "auto", spacing: Sequence[fl
         if img.HasMetaDataKey(_META_UNIT_KEY):
             stored_unit = img.GetMetaData(_META_UNIT_KEY)
         arr, sp, org, d = _image_from_sitk(img, source=str(path))
+        if suffix in (".nii", ".nii.gz") and np.issubdtype(arr.dtype, np.floating):
+            raw_bad = nonfinite_voxels(path)  # ITK reads NaN/inf NIfTI voxels as 0
+            if raw_bad is not None and raw_bad.shape == arr.shape and raw_bad.any():
+                arr[raw_bad] = np.nan
     else:
         raise CTError(f"{path}: unsupported CT format {suffix!r}; use .nii/.nii.gz, .nrrd, .mha/.mhd, "
                       "a DICOM folder or .npy")
 
+    if np.issubdtype(np.asarray(arr).dtype, np.floating):
+        inf = np.isinf(arr)
+        if inf.any():  # no tissue has an infinite value: missing data, like NaN
+            arr = np.where(inf, np.nan, arr)
     vmin, vmax, n_nan = _finite_range(np.asarray(arr))
     if unit == "auto":
         if stored_unit:
@@ -463,8 +473,9 @@ def read_ct(path: str | os.PathLike, *, unit: str = "auto", spacing: Sequence[fl
         else:
             guessed = guess_unit(vmin, vmax)
             if guessed is None:
-                raise CTError(f"{path}: cannot tell the unit from the values ({vmin:.4g} to {vmax:.4g}); "
-                              "pass unit='HU', 'mg/cm3' or 'g/cm3' (CLI: --unit)")
+                raise AmbiguousUnitError(f"{path}: cannot tell the unit: the file stores none and its values "
+                                         f"({vmin:.4g} to {vmax:.4g}, no air below -900) do not tell HU from "
+                                         "mg/cm3; pass unit='HU', 'mg/cm3' or 'g/cm3' (CLI: --unit)")
             resolved = guessed
             log.info("%s: unit guessed as %s from the value range %.4g..%.4g", path, resolved, vmin, vmax)
     else:
@@ -472,8 +483,9 @@ def read_ct(path: str | os.PathLike, *, unit: str = "auto", spacing: Sequence[fl
     if check_unit:
         _check_unit(vmin, vmax, resolved, str(path))
     if n_nan:
-        log.warning("%s: %d NaN voxels (%.3g %% of %d); mapping reports elements that touch them",
-                    path, n_nan, 100.0 * n_nan / arr.size, arr.size)
+        warn("ct_nan_voxels", f"{path}: {n_nan} NaN voxels (NaN or inf: {100.0 * n_nan / arr.size:.3g} % of "
+             f"{arr.size}), missing data; elements that touch them take their finite neighbours' values "
+             "(mapping report)", log)
     return CTImage(arr, sp, org, d, resolved, str(path))
 
 

@@ -1,13 +1,18 @@
 """Volume mesh reading and writing through meshio (VTU, Gmsh MSH, Abaqus INP, Nastran, Medit...)."""
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
+import sys
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import MeshError
+from ..diagnostics import warn
+from ..errors import FemurFeError, MeshError
 from ..fe.elements import CELL_TYPES
 from ..fe.mesh import Mesh
 from .atomic import atomic_path
@@ -15,6 +20,8 @@ from .atomic import atomic_path
 log = logging.getLogger(__name__)
 
 _PREFERENCE = ("tetra10", "tetra", "hexahedron")
+#: length units other than mm and their factor to mm
+UNIT_FACTORS = {"cm": 10.0, "m": 1000.0}
 #: formats without point sets (VTU/VTK) store node set ``name`` as a 0/1 point array with this prefix
 NODE_SET_PREFIX = "node_set:"
 _SURFACE_TYPES = {"triangle", "triangle6", "quad", "quad8", "polygon"}
@@ -95,20 +102,17 @@ def read_mesh(path: str | os.PathLike, *, units: str = "auto") -> Mesh:
     Parameters
     ----------
     path : file name
-    units : ``"mm"`` (take as is), ``"m"`` (multiply by 1000) or ``"auto"`` (convert to mm
-        with a warning when the largest extent is under 1, i.e. the file is in metres).
+    units : ``"mm"`` (take as is), ``"cm"`` (multiply by 10), ``"m"`` (multiply by 1000) or
+        ``"auto"`` (convert to mm with the named warning ``mesh_units_converted`` when the largest
+        extent is under 1, i.e. the file is in metres).
     """
     import meshio
 
     path = Path(path)
     if not path.exists():
         raise MeshError(f"{path}: no such file")
-    try:
-        m = meshio.read(path)
-    except meshio.ReadError as exc:
-        raise MeshError(f"{path}: meshio cannot read it ({exc}); use .vtu, .vtk, .msh, .inp, .bdf or .mesh") from exc
-    except Exception as exc:  # meshio raises assorted errors on malformed files
-        raise MeshError(f"{path}: could not be parsed as a mesh ({type(exc).__name__}: {exc})") from exc
+    m = call_reader(meshio.read, path, what="a mesh", error=MeshError,
+                    hint="use .vtu, .vtk, .msh, .inp, .bdf or .mesh")
     mesh = mesh_from_meshio(m, path=str(path))
     return _apply_units(mesh, units, str(path))
 
@@ -116,18 +120,44 @@ def read_mesh(path: str | os.PathLike, *, units: str = "auto") -> Mesh:
 def _apply_units(mesh: Mesh, units: str, where: str) -> Mesh:
     if units == "mm":
         return mesh
-    if units == "m":
-        return mesh.scaled(1000.0)
+    if units in UNIT_FACTORS:
+        return mesh.scaled(UNIT_FACTORS[units])
     if units != "auto":
-        raise MeshError(f"units must be 'mm', 'm' or 'auto', got {units!r}")
+        raise MeshError(f"units must be 'mm', 'cm', 'm' or 'auto', got {units!r}")
     pts = mesh.points[np.isfinite(mesh.points).all(axis=1)]
     if len(pts):
         extent = float((pts.max(axis=0) - pts.min(axis=0)).max())
         if 0.0 < extent < 1.0:
-            log.warning("%s: largest extent %.4g < 1, taking coordinates as metres and converting to mm "
-                        "(pass units='mm' to keep them)", where, extent)
+            warn("mesh_units_converted", f"{where}: largest extent {extent:.4g} < 1, coordinates taken as metres "
+                 "and converted to mm (pass units='mm' / --units mm to keep them)", log)
             return mesh.scaled(1000.0)
     return mesh
+
+
+def call_reader(reader: Callable[..., Any], path: Path, *, what: str, error: type[FemurFeError],
+                hint: str = "") -> Any:
+    """``reader(path)`` with every failure turned into ``error`` naming the file.
+
+    meshio ends the process (``sys.exit``) on some malformed files after printing the reason;
+    the exit is caught and the printed reason becomes part of the message, so that a broken
+    file never ends a notebook or a Dask worker.
+    """
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+            out = reader(path)
+        if printed.getvalue():  # what the reader printed on success is passed on unchanged
+            sys.stderr.write(printed.getvalue())
+        return out
+    except SystemExit:
+        reason = " ".join(printed.getvalue().split()) or "the reader gave up"
+        raise error(f"{path}: could not be read as {what} ({reason}); {hint or 'check or re-export the file'}") \
+            from None
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # readers raise assorted errors on malformed files
+        raise error(f"{path}: could not be read as {what} ({type(exc).__name__}: {exc}); "
+                    f"{hint or 'check or re-export the file'}") from None
 
 
 def write_mesh(path: str | os.PathLike, mesh: Mesh, *, file_format: str | None = None) -> Path:

@@ -330,7 +330,7 @@ def read_result(path: str | os.PathLike) -> StoredResult:
                            f"{WRITTEN_BY}. Files present: {', '.join(sorted(p.name for p in folder.iterdir())) or 'none'}")
     try:
         summary = json.loads((folder / SUMMARY_FILE).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise FemurFeError(f"{folder / SUMMARY_FILE} is not valid JSON ({exc}); re-run the case to rewrite it "
                            f"({WRITTEN_BY})") from exc
     if not isinstance(summary, dict):

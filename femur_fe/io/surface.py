@@ -16,8 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..diagnostics import warn
 from ..errors import SurfaceError
 from ..io.atomic import atomic_path
+from .mesh_io import UNIT_FACTORS, call_reader
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +229,7 @@ def read_surface(path: str | os.PathLike, *, units: str = "auto") -> Surface:
     Parameters
     ----------
     path : file name
-    units : ``"mm"``, ``"m"`` (multiply by 1000) or ``"auto"`` (multiply by 1000 with a
+    units : ``"mm"``, ``"cm"`` (multiply by 10), ``"m"`` (multiply by 1000) or ``"auto"`` (multiply by 1000 with a
         warning when the largest extent is below 1, i.e. the file is in metres)
 
     Returns
@@ -241,11 +243,8 @@ def read_surface(path: str | os.PathLike, *, units: str = "auto") -> Surface:
     if suffix in _PV_SUFFIXES:
         import pyvista as pv
 
-        try:
-            data = pv.read(str(path))
-        except Exception as exc:  # VTK readers raise assorted errors
-            raise SurfaceError(f"{path}: could not be read as a surface ({type(exc).__name__}: {exc}); "
-                               "export it as binary STL or VTP") from exc
+        data = call_reader(lambda p: pv.read(str(p)), path, what="a surface", error=SurfaceError,
+                           hint="export it as binary STL or VTP")
         if not isinstance(data, pv.PolyData):
             data = data.extract_surface()
         surf = Surface.from_pyvista(data, source=str(path))
@@ -264,10 +263,7 @@ def read_surface(path: str | os.PathLike, *, units: str = "auto") -> Surface:
 def _read_meshio_surface(path: Path) -> Surface:
     import meshio
 
-    try:
-        m = meshio.read(path)
-    except Exception as exc:
-        raise SurfaceError(f"{path}: meshio could not read it ({type(exc).__name__}: {exc})") from exc
+    m = call_reader(meshio.read, path, what="a surface", error=SurfaceError)
     tris = []
     for block in m.cells:
         if block.type == "triangle":
@@ -292,14 +288,14 @@ def _read_meshio_surface(path: Path) -> Surface:
 def _apply_units(surf: Surface, units: str) -> Surface:
     if units == "mm":
         return surf
-    if units == "m":
-        return surf.scaled(1000.0)
+    if units in UNIT_FACTORS:
+        return surf.scaled(UNIT_FACTORS[units])
     if units != "auto":
-        raise SurfaceError(f"units must be 'mm', 'm' or 'auto', got {units!r}")
+        raise SurfaceError(f"units must be 'mm', 'cm', 'm' or 'auto', got {units!r}")
     ext = float(surf.extent.max())
     if 0.0 < ext < 1.0:
-        log.warning("%s: largest extent %.4g < 1, taking coordinates as metres and converting to mm "
-                    "(pass units='mm' to keep them)", surf.source, ext)
+        warn("mesh_units_converted", f"{surf.source}: largest extent {ext:.4g} < 1, coordinates taken as metres "
+             "and converted to mm (pass units='mm' / --units mm to keep them)", log)
         return surf.scaled(1000.0)
     return surf
 

@@ -12,11 +12,18 @@ except ModuleNotFoundError:  # Python < 3.11
 
 
 def read_toml(path: str | os.PathLike, error: type[Exception], what: str = "TOML file") -> dict[str, Any]:
-    """Parse ``path``; a missing file or invalid TOML raises ``error`` naming the file."""
+    """Parse ``path``; a missing, unreadable, non-UTF-8 or invalid TOML file raises ``error`` naming it."""
     p = Path(path)
     if not p.is_file():
         raise error(f"{p}: no such {what}")
     try:
-        return tomllib.loads(p.read_text(encoding="utf-8"))
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{p}: not a text file in UTF-8 (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                    f"a {what} is UTF-8 TOML text") from None
+    except OSError as exc:
+        raise error(f"{p}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise error(f"{p}: not valid TOML ({exc})") from None

@@ -21,8 +21,10 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..case.comparison import ComparisonSpec, load_comparison
-from ..errors import ScenarioError
+from ..diagnostics import as_dicts, collecting, merged
+from ..errors import MaterialError, OutputError, ScenarioError
 from ..io import write_json_atomic, write_text_atomic
+from ..io.outdir import MARKER, output_folder, rebase, safe_name
 from ..therapy.scenarios import AnnualChange, Scenario, resolve_landmark
 from ..therapy.sensitivity import AnalysisSensitivity
 from ..viz.report import write_comparison_report
@@ -182,6 +184,11 @@ class ComparisonResult:
     def table(self) -> str:
         return format_table(self.rows)
 
+    @property
+    def warnings(self) -> dict[str, tuple]:
+        """Run name (``baseline``, scenario names) -> its named warnings (empty for a run without any)."""
+        return {name: merged(r.warnings) for name, r in self.results.items()}
+
 
 def anatomical_zones(frame, mesh, bone: str) -> tuple[list[str], np.ndarray]:
     """Zone names and a zone index per element: nearest anatomical landmark (Voronoi).
@@ -237,6 +244,19 @@ def _vbmd_g(model) -> float | None:
     return None if v is None else v / 1000.0
 
 
+def _scenario_model(model, sc, outcome):
+    """The model with the scenario's density; a scenario that leaves most of the bone at the
+    modulus floor is refused naming the scenario."""
+    try:
+        return model.with_density(outcome.density)
+    except MaterialError as exc:
+        zero = sum(op.get("clamped_at_zero_volume_fraction", 0.0) for op in outcome.per_operator)
+        why = (f"; its operators drive the density below 0 in {100 * zero:.1f} % of the volume (clamped to 0)"
+               if zero > 0 else "")
+        raise ScenarioError(f"scenario {sc.name!r}: {str(exc).split(':')[0]}{why}: the result would be the floor's, "
+                            "not the bone's; reduce the operator's negative gain or its extent") from None
+
+
 def _check_density_type(sc, model, law: str) -> None:
     """Raise ScenarioError unless the scenario works on the density type of the model's law.
 
@@ -250,12 +270,45 @@ def _check_density_type(sc, model, law: str) -> None:
                             f"values as {model.density_type} density)")
 
 
-def compare(spec: ComparisonSpec | str | os.PathLike, out: str | os.PathLike, *,
+def compare(spec: ComparisonSpec | str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False,
             progress: Callable[[str], None] | None = None) -> ComparisonResult:
-    """Run baseline and scenarios; write result folders, comparison files and plots into ``out``."""
+    """Run baseline and scenarios; write result folders, comparison files and plots into ``out``.
+
+    ``out`` is checked before any work and written whole (:func:`femur_fe.io.outdir.output_folder`):
+    an existing folder is refused unless ``overwrite``, which replaces it (never mixes old and new
+    runs). Scenario names are checked before they name folders."""
+    if not isinstance(spec, ComparisonSpec):
+        spec = load_comparison(spec)
+    check_scenario_names(spec)
+    with output_folder(out, overwrite=overwrite, kind="comparison") as tmp:
+        result = compare_in(spec, tmp, progress=progress, final=Path(out))
+    result.files = rebase(result.files, tmp, Path(out))
+    return result
+
+
+#: files and folders a comparison writes at its top level (scenario names must differ from them)
+RESERVED_NAMES = ("baseline", "comparison.json", "comparison.csv", "timecourse.csv", "strength_gain.png",
+                  "strength_per_gram.png", "strength_vs_time.png", "run_info.json", "report.html", MARKER)
+
+
+def check_scenario_names(spec: ComparisonSpec) -> None:
+    """Refuse scenario names that cannot name a folder of the comparison (ScenarioError)."""
+    for sc in spec.scenarios:
+        try:
+            safe_name(sc.name, "scenario name", reserved=RESERVED_NAMES)
+        except OutputError as exc:
+            raise ScenarioError(f"{spec.source}: {exc}") from None
+
+
+def compare_in(spec: ComparisonSpec | str | os.PathLike, out: str | os.PathLike, *,
+               progress: Callable[[str], None] | None = None, final: Path | None = None) -> ComparisonResult:
+    """:func:`compare` writing straight into the folder ``out`` (created; nothing is checked or
+    replaced: the caller owns the folder, e.g. the partial folder of :func:`output_folder`).
+    ``final``: where the folder will end up (the paths run_info.json records; default ``out``)."""
     t_start = time.perf_counter()
     if not isinstance(spec, ComparisonSpec):
         spec = load_comparison(spec)
+    check_scenario_names(spec)
     say = progress or (lambda msg: log.info("%s", msg))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -273,6 +326,12 @@ def compare(spec: ComparisonSpec | str | os.PathLike, out: str | os.PathLike, *,
     mesh = model.mesh
     for sc in spec.scenarios:
         _check_density_type(sc, model, case.material.law)
+    vol = mesh.cell_volumes()
+    applied = {}  # every scenario's density and model before any solve: a refused one costs nothing
+    for sc in spec.scenarios:
+        with collecting() as found:
+            oc = sc.apply(model.density, mesh, an.frame, volumes_mm3=vol)
+            applied[sc.name] = (oc, _scenario_model(model, sc, oc), found)
     tick(f"model: {mesh.n_cells} elements, {spec.specimen.label}")
 
     def solve(m, name: str, months=None):
@@ -295,13 +354,12 @@ def compare(spec: ComparisonSpec | str | os.PathLike, out: str | os.PathLike, *,
     records = []
     extras: dict[str, dict] = {"baseline": {"trabecular_vbmd_mg_cm3": model.trabecular_vbmd_mg_cm3()}}
     results, outcomes = {"baseline": base}, {}
-    vol = mesh.cell_volumes()
     timecourse = [{"scenario": "baseline", "months": 0.0, "strength_N": _strength(base, spec.nonlinear),
                    "stiffness_N_per_mm": base.stiffness_N_per_mm, "added_mass_g": 0.0}]
     for sc in spec.scenarios:
-        oc = sc.apply(model.density, mesh, an.frame, volumes_mm3=vol)
-        m2 = model.with_density(oc.density)
+        oc, m2, found = applied[sc.name]
         res = solve(m2, sc.name, oc.t_months)
+        res.warnings = list(merged(res.warnings, found))
         res.extra["scenario_outcome"] = oc.to_dict()
         contrib = region_contributions(oc.density - model.density, sens.d_strength, s_scale, vol, zones, zone_of,
                                        cortical)
@@ -320,7 +378,7 @@ def compare(spec: ComparisonSpec | str | os.PathLike, out: str | os.PathLike, *,
                     oct_, r_t = oc, res
                 else:
                     oct_ = sc.apply(model.density, mesh, an.frame, t_months=t, volumes_mm3=vol, warn_capped=False)
-                    r_t = solve(model.with_density(oct_.density), sc.name, t)
+                    r_t = solve(_scenario_model(model, sc, oct_), sc.name, t)
                     tick(f"{sc.name} at {t:g} months: strength {_strength(r_t, spec.nonlinear):.0f} N")
                 timecourse.append({"scenario": sc.name, "months": t, "strength_N": _strength(r_t, spec.nonlinear),
                                    "stiffness_N_per_mm": r_t.stiffness_N_per_mm, "added_mass_g": oct_.added_mass_g})
@@ -336,7 +394,9 @@ def compare(spec: ComparisonSpec | str | os.PathLike, out: str | os.PathLike, *,
         row["trabecular_vbmd_mg_cm3"] = extras[row["scenario"]]["trabecular_vbmd_mg_cm3"]
         if "contributions" in extras[row["scenario"]]:
             row["strength_contributions"] = extras[row["scenario"]]["contributions"]
+    warnings = {name: as_dicts(merged(r.warnings)) for name, r in results.items() if r.warnings}
     meta = {"spec": spec.to_dict(), "strength_definition": "nonlinear" if spec.nonlinear else "linear",
+            "warnings": warnings,
             "zones": zones, "contribution_method": region_contributions.__doc__.split("\n\n")[1].strip(),
             "criterion": base.strength_summary.get("criterion"), "source": spec.source}
     jpath, cpath = write_comparison(rows, out, meta=meta)
@@ -349,7 +409,9 @@ def compare(spec: ComparisonSpec | str | os.PathLike, out: str | os.PathLike, *,
     files = {"comparison_json": jpath, "comparison_csv": cpath, "timecourse_csv": tpath}
     files.update(write_comparison_report(out, progress=say))
     result = ComparisonResult(rows, base, results, outcomes, timecourse, files, time.perf_counter() - t_start)
-    write_json_atomic(out / "run_info.json", {"seconds": result.seconds, "files": {k: str(v) for k, v in files.items()}})
+    write_json_atomic(out / "run_info.json", {"seconds": result.seconds,
+                                              "files": {k: str(rebase({k: v}, out, final or out)[k])
+                                                        for k, v in files.items()}})
     tick("comparison written")
     return result
 

@@ -22,6 +22,7 @@ from ..bone.model import Model
 from ..bone.specimen import Specimen
 from ..case.loadcase import LoadCase, load_case
 from ..case.presets import resolve_case_path
+from ..io.outdir import check_output_dir, output_folder, write_or_fallback
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def solve(prep: Prepared, *, model: Model | None = None, subject: Subject | None
 
 def run(case: LoadCase | str | os.PathLike | Mapping[str, Any], specimen: Specimen | Mapping[str, Any] | Model, *,
         subject: Subject | None = None, nonlinear: bool = False, out: str | os.PathLike | None = None,
-        progress: Progress | None = None) -> Result:
+        overwrite: bool = False, progress: Progress | None = None) -> Result:
     """Run one load case on one bone and return the complete :class:`Result`.
 
     Parameters
@@ -111,13 +112,20 @@ def run(case: LoadCase | str | os.PathLike | Mapping[str, Any], specimen: Specim
         :class:`Model` is used as it is
     subject : sex, body mass and height (factor of risk, fragility classification)
     nonlinear : also run the nonlinear strength analysis
-    out : folder for ``result.vtu`` and ``summary.json``
+    out : folder for ``result.vtu`` and ``summary.json``, checked before any work and written
+        whole (:func:`femur_fe.io.outdir.output_folder`)
+    overwrite : replace an existing output folder written by femur_fe (else it is refused)
     progress : called with one line per stage (the CLI prints them); default: logging
+
+    Named warnings of every stage are in ``Result.warnings`` (and ``summary.json``).
     """
+    if out is not None:
+        check_output_dir(out, overwrite=overwrite)
     prep = prepare_run(case, specimen, progress=progress)
     res = solve(prep, subject=subject, nonlinear=nonlinear, progress=progress)
     if out is not None:
-        res.write(out)
+        with output_folder(out, overwrite=overwrite) as tmp:
+            write_or_fallback(res.write, tmp)
     return res
 
 

@@ -91,7 +91,7 @@ DEFAULT_TASK = "femur_fe.studies.sweep:pipeline_task"
 COLUMN_TASK = "femur_fe.studies.sweep:column_task"
 
 _TOP_LEVEL_KEYS = ("name", "base", "parameters", "method", "samples", "seed", "cases", "task",
-                   "timeout_s", "retries", "description", "scenario", "bone")
+                   "timeout_s", "retries", "description", "scenario", "bone", "allow_import")
 #: value of the ``scenario`` parameter meaning "no scenario" (the bone as it is)
 BASELINE = "baseline"
 _EVENT_TOPIC = "femur-fe-sweep"
@@ -429,8 +429,11 @@ class SweepSpec:
     description: str = ""
     scenarios: Any = None
     bone: Any = None
+    allow_import: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.allow_import, bool):
+            raise SweepError(f"allow_import must be true or false, got {self.allow_import!r}")
         if self.root is not None:
             self.root = Path(self.root)
         if isinstance(self.bone, Specimen):
@@ -595,7 +598,7 @@ class SweepSpec:
         base = _load_base(self.base, self.root)
         task = self.resolved_task(base)
         task_name = _task_name(task)
-        fn = resolve_task(task)
+        fn = resolve_task(task, allow_import=self.allow_import)
         if isinstance(base, Mapping) and fn is pipeline_task:
             try:   # the pipeline runs load cases: validate the dict as one (errors name the key)
                 base = load_case(base)
@@ -893,12 +896,75 @@ def _task_name(task: Any) -> str:
     return f"{mod}:{qual}"
 
 
-def resolve_task(task: Any) -> Callable[[TaskInputs], Mapping]:
-    """A task callable from a callable or a ``"package.module:function"`` (or dotted) name."""
+#: sweep tasks by name (``task = "pipeline"`` in a sweep file); :func:`register_task` adds one
+TASKS: dict[str, Callable[..., Mapping]] = {}
+
+
+def register_task(name: str | None = None) -> Callable[[Callable], Callable]:
+    """Decorator: make a function ``f(TaskInputs) -> dict`` a sweep task called ``name``
+    (default: its function name) in sweep files. The module defining it must be imported
+    on the client and on the workers (e.g. by a Dask worker preload)."""
+    def deco(fn: Callable) -> Callable:
+        key = name or fn.__name__
+        if not isinstance(key, str) or not key.isidentifier():
+            raise SweepError(f"task name {key!r} must be an identifier")
+        TASKS[key] = fn
+        return fn
+    return deco
+
+
+def is_registered_task(task: Any) -> bool:
+    """True for a callable, a registered name, or the full name of a registered function."""
+    return callable(task) or (isinstance(task, str) and _registered(task) is not None)
+
+
+def _registered(task: str) -> Callable | None:
+    if task in TASKS:
+        return TASKS[task]
+    for fn in TASKS.values():
+        full = _task_name(fn)
+        if task in (full, full.replace(":", ".")):
+            return fn
+    return None
+
+
+@dataclass
+class ImportedTask:
+    """A task imported by name on the opt-in ``allow_import``; a ``sys.exit`` inside it fails the
+    task instead of ending the sweep."""
+
+    name: str
+    fn: Callable[..., Mapping]
+
+    def __call__(self, inputs: "TaskInputs") -> Mapping:
+        try:
+            return self.fn(inputs)
+        except SystemExit as exc:
+            code = exc.code if exc.code is None or isinstance(exc.code, (int, str)) else type(exc.code).__name__
+            raise SweepError(f"task {self.name!r} called sys.exit({code!r}); a task returns a dict of outputs or "
+                             "raises an exception") from None
+
+    def __getattr__(self, attr: str) -> Any:  # share_key, identity... of the wrapped function
+        if attr in ("name", "fn"):
+            raise AttributeError(attr)
+        return getattr(self.fn, attr)
+
+
+def resolve_task(task: Any, *, allow_import: bool = False) -> Callable[[TaskInputs], Mapping]:
+    """A task callable from a callable, a registered name (:data:`TASKS`: ``pipeline``,
+    ``column``, or their full names) or, only with ``allow_import``, any
+    ``"package.module:function"``, which imports and runs that code."""
     if callable(task):
         return task
     if not isinstance(task, str) or not task:
-        raise SweepError(f"task must be a callable or 'module:function', got {task!r}")
+        raise SweepError(f"task must be a callable, a registered task name or 'module:function', got {task!r}")
+    fn = _registered(task)
+    if fn is not None:
+        return fn
+    if not allow_import:
+        raise SweepError(f"task {task!r} is not a registered sweep task ({', '.join(sorted(TASKS))}); a "
+                         "'module:function' task imports and runs that code: allow it with allow_import = true in "
+                         "the sweep file and --allow-import on the command line")
     if ":" in task:
         mod_name, _, attr = task.partition(":")
     else:
@@ -917,7 +983,7 @@ def resolve_task(task: Any) -> Callable[[TaskInputs], Mapping]:
         raise SweepError(f"task {task!r}: module {mod_name!r} has no {attr!r}") from exc
     if not callable(obj):
         raise SweepError(f"task {task!r} is not callable")
-    return obj
+    return ImportedTask(task, obj)
 
 
 def _flatten_outputs(out: Any) -> dict[str, Any]:
@@ -1143,6 +1209,7 @@ def _column_share(case: Mapping, mesh_key: Any, state: Any) -> str:
                     "case": {k: v for k, v in case.items() if k != "loading"}})
 
 
+@register_task("column")
 def column_task(inputs: TaskInputs) -> dict[str, Any]:
     """A real linear FE case on a column (the built-in test and demo task).
 
@@ -1279,6 +1346,7 @@ def _pipeline_model(case: Any, inputs: TaskInputs, specimen: Specimen | None):
     return key, worker_cache(key, build)
 
 
+@register_task("pipeline")
 def pipeline_task(inputs: TaskInputs) -> dict[str, Any]:
     """One load case through the run pipeline (:mod:`femur_fe.analysis.prepare`): the default task.
 
@@ -1340,6 +1408,7 @@ def pipeline_task(inputs: TaskInputs) -> dict[str, Any]:
         "iterations": int(rep.iterations),
         "setup_s": float(rep.setup_seconds),
         "solve_s": float(rep.solve_seconds),
+        "warnings": "; ".join(str(w) for w in res.warnings),
     }
 
 
@@ -1665,7 +1734,9 @@ def run_sweep(spec: Any, out: str | os.PathLike, *, scheduler: str | None = None
     if n_workers is not None and (isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1):
         raise SweepError(f"n_workers must be a positive integer or None, got {n_workers!r}")
     task_ref = spec.resolved_task(_load_base(spec.base, spec.root))
-    fn = resolve_task(task_ref)
+    fn = resolve_task(task_ref, allow_import=spec.allow_import)
+    if isinstance(fn, ImportedTask):
+        task_ref = fn  # the workers get the imported task itself, never a name to import
     tasks = spec.expand()
     store = ResultStore(out)
     old = store.read_manifest() or {}

@@ -74,8 +74,10 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import ScenarioError
+from ..diagnostics import warn
+from ..errors import OutputError, ScenarioError
 from ..fe.mesh import Mesh
+from ..io.outdir import safe_name
 from ..fe.topology import boundary_faces
 from .cellmodels import DAYS_PER_MONTH, CellTherapy, bone_mass_ratio
 
@@ -376,9 +378,12 @@ class Operator:
 
     def apply(self, density, mesh: Mesh, frame: Any = None, t_months: float | None = None) -> np.ndarray:
         """New (m,) densities, g/cm^3 (never negative; not capped above, see Scenario)."""
+        return np.maximum(self.apply_unclamped(density, mesh, frame, t_months), 0.0)
+
+    def apply_unclamped(self, density, mesh: Mesh, frame: Any = None, t_months: float | None = None) -> np.ndarray:
+        """New (m,) densities before negative values are clamped to 0 (:meth:`Scenario.apply` reports them)."""
         rho = _check_density(density, mesh)
-        out = self._apply(rho, mesh, frame, t_months)
-        return np.maximum(out, 0.0)
+        return np.asarray(self._apply(rho, mesh, frame, t_months), dtype=np.float64)
 
     def _apply(self, rho, mesh, frame, t_months) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -893,6 +898,10 @@ class Scenario:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
             raise ScenarioError(f"scenario name must be a non-empty string, got {self.name!r}")
+        try:  # the name becomes an output folder
+            safe_name(self.name, "scenario name")
+        except OutputError as exc:
+            raise ScenarioError(str(exc)) from None
         object.__setattr__(self, "operators", tuple(self.operators))
         for op in self.operators:
             if not isinstance(op, Operator):
@@ -940,8 +949,22 @@ class Scenario:
             log.info("scenario %r: %d input densities already exceed the %s bound %.3g g/cm^3 (max %.4g); they are "
                      "kept, and no operator raises them further", self.name, n_above, self.density_type, upper,
                      rho0.max())
+        total_volume = float(vol.sum())
         for op in self.operators:
-            new = op.apply(rho, mesh, frame, t)
+            new = op.apply_unclamped(rho, mesh, frame, t)
+            below = new < 0.0
+            n_zero = int(np.count_nonzero(below))
+            zero_fraction = float(vol[below].sum() / total_volume) if n_zero and total_volume > 0 else 0.0
+            if n_zero:
+                msg = (f"scenario {self.name!r}, {op.owner}: the operator drives the density below 0 in "
+                       f"{100 * zero_fraction:.1f} % of the volume ({n_zero} elements, down to {new.min():.3g} "
+                       "g/cm3); those densities are clamped to 0, so the bone removed there is less than the "
+                       "operator asks")
+                if warn_capped:
+                    warn("density_clamped_at_zero", msg, log)
+                else:
+                    log.debug("%s", msg)
+                new = np.maximum(new, 0.0)
             # never above the bound, and never above an input value that already exceeds it
             cap = np.maximum(upper, rho)
             over = new > cap
@@ -952,7 +975,8 @@ class Scenario:
                         self.name, op.owner, k, self.density_type, upper)
                 new = np.where(over, cap, new)
             n_capped += k
-            per_op.append({"type": op.kind, "added_mass_g": added_mass_g(rho, new, vol), "n_capped": k})
+            per_op.append({"type": op.kind, "added_mass_g": added_mass_g(rho, new, vol), "n_capped": k,
+                           "n_clamped_at_zero": n_zero, "clamped_at_zero_volume_fraction": zero_fraction})
             rho = new
         return ScenarioOutcome(self.name, rho, added_mass_g(rho0, rho, vol), bone_mass_g(rho0, vol),
                                bone_mass_g(rho, vol), integral_vbmd(rho0, vol), integral_vbmd(rho, vol),
