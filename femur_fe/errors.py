@@ -24,6 +24,10 @@ class CTError(FemurFeError):
     """A CT volume or mask is unusable (wrong unit, mismatched transform, empty mask...)."""
 
 
+class MetalError(CTError):
+    """Metal (an implant) lies in or next to the bone in the CT."""
+
+
 class MaterialError(FemurFeError):
     """A material law or calibration got values outside its range."""
 

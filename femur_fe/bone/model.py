@@ -20,6 +20,7 @@ from ..fe.mesh import Mesh
 from ..io.ct import read_ct
 from .internal_calibration import internal_calibration
 from .mapping import map_density, map_young_modulus
+from .metal import check_metal
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,8 @@ class Model:
 
     @classmethod
     def from_ct(cls, mesh: Mesh, ct, material, *, outside: str = "nearest", n_steps: int = 3,
-                ct_path: str | os.PathLike | None = None, calibration_masks=None) -> "Model":
+                ct_path: str | os.PathLike | None = None, calibration_masks=None,
+                bone_name: str = "the bone") -> "Model":
         """Map a CT onto ``mesh`` with the ``[material]`` section of a load case.
 
         ``material`` is a :class:`femur_fe.case.loadcase.Material`. Elements with samples outside
@@ -111,9 +113,14 @@ class Model:
         or ``"internal"`` (:func:`femur_fe.bone.internal_calibration` on this CT, helped by
         ``calibration_masks``: name -> label image, e.g. the segmenter's masks); what was used is
         recorded in ``model.calibration``.
+
+        An HU CT is first checked for metal in or next to the bone
+        (:func:`femur_fe.bone.metal.check_metal`, ``bone_name`` names the bone in the refusal);
+        the check is recorded in ``model.mapping["metal"]``.
         """
         law = material.build()
         cal = material.calibration
+        metal = check_metal(ct, mesh, where=bone_name) if ct.unit == "HU" else None
         if ct.unit == "HU" and cal.ct_unit != "HU":
             raise CTError(f"the CT holds HU but the load case says ct_unit = {cal.ct_unit!r}; calibrate it: "
                           "--calibration internal (phantomless) or --calibration PHANTOM.json (CLI), or "
@@ -155,8 +162,10 @@ class Model:
             e = law.young(rho.values)
             het = None
         inputs = {str(ct_path): sha256_of(ct_path)} if ct_path else {}
-        return cls(mesh, rho.values, e, law, law.density_type, law.poisson, qct, het, inputs,
-                   rho.report.to_dict() | {"n_elements_affected": rho.report.n_elements_affected}, record)
+        mapping = rho.report.to_dict() | {"n_elements_affected": rho.report.n_elements_affected}
+        if metal is not None:
+            mapping["metal"] = metal.to_dict()
+        return cls(mesh, rho.values, e, law, law.density_type, law.poisson, qct, het, inputs, mapping, record)
 
     @classmethod
     def from_inputs(cls, mesh: Mesh, material, *, ct_path: str | os.PathLike | None = None,

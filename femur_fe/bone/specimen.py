@@ -370,7 +370,8 @@ class Specimen:
             mesh = self.mesh(ct, progress=progress)
         if ct is not None:
             masks = self.calibration_masks() if material.calibration.method == "internal" else None
-            model = Model.from_ct(mesh, ct, material, outside=outside, ct_path=files["ct"], calibration_masks=masks)
+            model = Model.from_ct(mesh, ct, material, outside=outside, ct_path=files["ct"], calibration_masks=masks,
+                                  bone_name=self.label)
         elif self.density is not None:
             model = Model.from_density(mesh, self.density.values(mesh), law)
         elif "density" in mesh.cell_data:
