@@ -11,7 +11,7 @@ import logging
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -103,7 +103,7 @@ class Model:
     @classmethod
     def from_ct(cls, mesh: Mesh, ct, material, *, outside: str = "nearest", n_steps: int = 3,
                 ct_path: str | os.PathLike | None = None, calibration_masks=None,
-                bone_name: str = "the bone") -> "Model":
+                bone_name: str = "the bone", progress: Callable[[str], None] | None = None) -> "Model":
         """Map a CT onto ``mesh`` with the ``[material]`` section of a load case.
 
         ``material`` is a :class:`femur_fe.case.loadcase.Material`. Elements with samples outside
@@ -116,11 +116,16 @@ class Model:
 
         An HU CT is first checked for metal in or next to the bone
         (:func:`femur_fe.bone.metal.check_metal`, ``bone_name`` names the bone in the refusal);
-        the check is recorded in ``model.mapping["metal"]``.
+        the check is recorded in ``model.mapping["metal"]``. ``progress`` is called with one line
+        per stage (metal check, calibration, mapping).
         """
+        say = progress or (lambda msg: log.info("%s", msg))
         law = material.build()
         cal = material.calibration
         metal = check_metal(ct, mesh, where=bone_name) if ct.unit == "HU" else None
+        if metal is not None:
+            say(f"metal: none in or next to {bone_name} (> {metal.threshold_hu:.0f} HU; "
+                f"{metal.n_metal_in_ct} such voxels elsewhere in the CT)")
         if ct.unit == "HU" and cal.ct_unit != "HU":
             raise CTError(f"the CT holds HU but the load case says ct_unit = {cal.ct_unit!r}; calibrate it: "
                           "--calibration internal (phantomless) or --calibration PHANTOM.json (CLI), or "
@@ -132,8 +137,8 @@ class Model:
                                       tissue_hu=dict(cal.tissue_hu) or None)
             dcal = ic  # the two-component curve itself (HUCalibration), not a line through it
             record.update({**ic.to_dict(), "method": "internal"})
-            log.info("internal calibration: %.0f keV, R^2 %.6f, %s", ic.effective_energy_kev, ic.r_squared,
-                     ", ".join(f"{k} {v.mean_hu:.1f} HU" for k, v in ic.tissues.items() if v.used))
+            say(f"calibration: internal, {ic.effective_energy_kev:.0f} keV, R^2 {ic.r_squared:.5f}, "
+                + ", ".join(f"{k} {v.mean_hu:.0f} HU" for k, v in ic.tissues.items() if v.used))
         else:
             dcal = cal.density_calibration()
             if cal.ct_unit == "HU" and dcal is None:
@@ -142,6 +147,8 @@ class Model:
                               "or slope/intercept/unit")
             if dcal is not None:
                 record.update(method="linear", **dcal.to_dict())
+                say(f"calibration: linear, {record.get('slope'):.4g} x HU + {record.get('intercept'):.4g} "
+                    f"{record.get('unit')}")
         method = material.mapping
         point_method = "element_average" if method in ("modulus_average", "element_average") else method
         if point_method == "quadrature":
@@ -161,6 +168,7 @@ class Model:
         else:
             e = law.young(rho.values)
             het = None
+        say(f"mapping: {mesh.n_cells} elements, {method}")
         inputs = {str(ct_path): sha256_of(ct_path)} if ct_path else {}
         mapping = rho.report.to_dict() | {"n_elements_affected": rho.report.n_elements_affected}
         if metal is not None:

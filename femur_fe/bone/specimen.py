@@ -366,12 +366,15 @@ class Specimen:
         files = self.files() if mesh is None or self.ct is not None or self.bundled else {}
         if ct is None and "ct" in files:
             ct = self.read_ct(material.calibration.ct_unit)
+            if progress is not None:
+                progress(f"CT: {files['ct'].name}, {'x'.join(map(str, ct.shape))} voxels of "
+                         f"{'x'.join(f'{v:g}' for v in ct.spacing)} mm, {ct.unit}")
         if mesh is None:
             mesh = self.mesh(ct, progress=progress)
         if ct is not None:
             masks = self.calibration_masks() if material.calibration.method == "internal" else None
             model = Model.from_ct(mesh, ct, material, outside=outside, ct_path=files["ct"], calibration_masks=masks,
-                                  bone_name=self.label)
+                                  bone_name=self.label, progress=progress)
         elif self.density is not None:
             model = Model.from_density(mesh, self.density.values(mesh), law)
         elif "density" in mesh.cell_data:

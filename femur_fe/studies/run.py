@@ -87,11 +87,13 @@ def solve(prep: Prepared, *, model: Model | None = None, subject: Subject | None
     subject attached), nonlinear strength when asked."""
     t0 = time.perf_counter()
     say = _say(progress, t0)
-    res = prep.analysis.solve(model=model, subject=subject)
-    say(f"solved: stiffness {res.stiffness_N_per_mm:.0f} N/mm, linear strength {res.linear.strength_N:.0f} N"
-        if res.stiffness_N_per_mm is not None else f"solved: linear strength {res.linear.strength_N:.0f} N")
+    res = prep.analysis.solve(model=model, subject=subject, strength=False)
+    stiff = f", stiffness {res.stiffness_N_per_mm:.0f} N/mm" if res.stiffness_N_per_mm is not None else ""
+    say(f"solved: {res.solver.n_dofs} DOFs, {res.solver.method}{stiff}")
+    res.evaluate_strength()
+    say(f"strength: linear {res.linear.strength_N:.0f} N ({res.linear.criterion})")
     if nonlinear:
-        run_nonlinear(prep.analysis, res)
+        run_nonlinear(prep.analysis, res, progress=say)
         nl = res.strength_summary.get("strength_nonlinear_N")
         say(f"nonlinear strength {nl:.0f} N" if nl is not None else "nonlinear strength not reached")
     if prep.specimen is not None:
@@ -114,18 +116,25 @@ def run(case: LoadCase | str | os.PathLike | Mapping[str, Any], specimen: Specim
     out : folder for ``result.vtu`` and ``summary.json``
     progress : called with one line per stage (the CLI prints them); default: logging
     """
-    prep = prepare_run(case, specimen, progress=progress)
-    res = solve(prep, subject=subject, nonlinear=nonlinear, progress=progress)
+    say = _say(progress, time.perf_counter())
+    prep = prepare_run(case, specimen, progress=say)
+    res = solve(prep, subject=subject, nonlinear=nonlinear, progress=say)
     if out is not None:
         res.write(out)
     return res
 
 
 def _say(progress: Progress | None, t0: float) -> Progress:
+    """``progress`` with the time since ``t0`` appended to each line (a callback made here is
+    returned as it is, so the stages of one run share one clock)."""
+    if getattr(progress, "timed", False):
+        return progress
+
     def say(msg: str) -> None:
         line = f"{msg} ({time.perf_counter() - t0:.1f} s)"
         if progress is None:
             log.info("%s", line)
         else:
             progress(line)
+    say.timed = True  # type: ignore[attr-defined]
     return say
