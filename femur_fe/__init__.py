@@ -24,6 +24,8 @@ from .case import LoadCase, load_case, load_scenarios
 from .errors import FemurFeError
 from .fe import Mesh
 from .io import read_ct, read_mesh, read_result, read_surface, write_mesh
+from .io.abaqus import export_abaqus
+from .io.febio import export_febio
 from .studies import SweepSpec, compare, run
 from .studies import run_sweep as sweep
 from .therapy import Scenario
@@ -42,6 +44,8 @@ __all__ = [
     "__version__",
     "bundled_bone",
     "compare",
+    "export_abaqus",
+    "export_febio",
     "load_case",
     "load_scenarios",
     "prepare",

@@ -60,7 +60,7 @@ def test_calibration_dict_roundtrip_and_units():
     assert mg.slope == pytest.approx(cal.slope) and mg.intercept == pytest.approx(cal.intercept)
     with pytest.raises(MaterialError, match="'unit'"):
         ff.bone.DensityCalibration.from_dict({"slope": 0.8, "intercept": 8.0})
-    with pytest.raises(MaterialError, match="unknown calibration keys"):
+    with pytest.raises(MaterialError, match="unknown key 'slop'; did you mean 'slope'"):
         ff.bone.DensityCalibration.from_dict({"slope": 0.8, "intercept": 8.0, "unit": "mg/cm3", "slop": 1})
     with pytest.raises(MaterialError, match="from_mg"):
         ff.bone.DensityCalibration(0.8, 8.0)  # mg coefficients passed as g/cm3

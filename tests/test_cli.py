@@ -22,7 +22,8 @@ def test_run_bundled_vertebra_writes_results(tmp_path, capsys):
     assert s["case"]["material"]["calibration"]["ct_unit"] == "HU"
     # mesh, CT and calibration file sha256
     assert len(s["inputs"]) == 3 and all(len(h) == 64 for h in s["inputs"].values())
-    assert s["bone"]["bundled"] == "vertebra" and s["material"]["calibration"]["method"] == "linear"
+    assert s["bone"] == "vertebra" and s["specimen"]["bundled"] == "vertebra"
+    assert s["material"]["calibration"]["method"] == "linear"
     forces = s["reaction_forces_N"]
     total = [sum(f[i] for f in forces.values()) for i in range(3)]
     assert max(abs(t) for t in total) <= 1e-6 * abs(s["load_force_N"])

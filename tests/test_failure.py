@@ -183,12 +183,12 @@ def test_schileo_bar_fails_at_eps_times_EA(sign):
     load = sign * sol.reaction_force(top)[2]  # along the load direction, positive
     # linear elastic bar: F = E A delta / L (tet4 reproduces the uniform strain exactly)
     assert load == pytest.approx(young * area * abs(delta) / length, rel=1e-9)
-    from femur_fe.fe.fields import nodal_average
+    from femur_fe.fe.recovery import node_average
 
     strain = _strain_tet4(mesh, sol.u.reshape(-1, 3))
     res = failure_criterion("max_principal_strain").linear_strength(
         load, mesh, strain=strain, young=np.full(mesh.n_cells, young),
-        strain_nodal=nodal_average(mesh, strain), bc_nodes=np.r_[top, bottom])
+        strain_nodal=node_average(mesh, strain), bc_nodes=np.r_[top, bottom])
     limit = 0.0073 if sign > 0 else 0.0104
     # exact up to the solver's round-off (direct solve, residual ~1e-15)
     assert res.strength_N == pytest.approx(limit * young * area, rel=1e-9)

@@ -9,7 +9,6 @@ from femur_fe.errors import FemurFeError
 from femur_fe.fe.fields import (
     effective_strain,
     element_fields,
-    nodal_average,
     principal_strains,
     principal_values,
     strain_energy_density,
@@ -17,6 +16,7 @@ from femur_fe.fe.fields import (
     voigt_from_tensor,
     von_mises,
 )
+from femur_fe.fe.recovery import node_average
 
 
 def _sym(rng, shape):
@@ -105,7 +105,7 @@ def test_nodal_average_volume_weighted():
     assert vol[0] == pytest.approx(1 / 6)
     assert vol[1] > vol[0]
     vals = np.array([1.0, 4.0])
-    out = nodal_average(mesh, vals)
+    out = node_average(mesh, vals)
     # node 0 only in tet 0, node 4 only in tet 1, shared nodes: (V0*1 + V1*4)/(V0+V1)
     assert out[0] == pytest.approx(1.0)
     assert out[4] == pytest.approx(4.0)
@@ -114,10 +114,10 @@ def test_nodal_average_volume_weighted():
     assert np.isnan(out[5])  # orphan
     # tensors: same weights per component; explicit volumes override
     t = np.stack([np.eye(3), 2 * np.eye(3)])
-    tn = nodal_average(mesh, t, volumes=np.array([1.0, 3.0]))
+    tn = node_average(mesh, t, np.array([1.0, 3.0]))
     np.testing.assert_allclose(tn[1], 1.75 * np.eye(3))
     with pytest.raises(FemurFeError, match="first dimension"):
-        nodal_average(mesh, np.ones(3))
+        node_average(mesh, np.ones(3))
 
 
 def test_element_fields_keys_and_shapes(rng):

@@ -106,7 +106,8 @@ def test_run_ct_mask_internal_calibration_clinical(tmp_path, capsys):
     assert cal["method"] == "internal" and {"air", "adipose", "muscle"} <= set(cal["tissues_used"])
     assert cal["r_squared"] > 0.99 and 60 <= cal["effective_energy_kev"] <= 140
     assert s["case"]["material"]["calibration"]["method"] == "internal"
-    assert s["bone"]["calibration"] == "internal" and s["bone"]["mask"].endswith("vertebrae_L3.nii.gz")
+    assert s["specimen"]["calibration"] == "internal"
+    assert s["specimen"]["mask"].endswith("vertebrae_L3.nii.gz")
     assert s["stiffness_N_per_mm"] > 0 and s["strength_linear_N"] > 0
     assert "internal:" in printed and "keV" in printed
     # every stage printed one line with the elapsed time
@@ -146,7 +147,7 @@ def test_compare_accepts_every_kind_of_bone(tmp_path, kind):
     if kind == "ct_mask_internal":
         assert base["material"]["calibration"]["method"] == "internal"
     else:
-        assert base["bone"]["density"]["cortical_thickness_mm"] == 1.5
+        assert base["specimen"]["density"]["cortical_thickness_mm"] == 1.5
 
 
 @pytest.mark.parametrize("kind", ["ct_mask_internal", "surface_density"])

@@ -53,46 +53,20 @@ import numpy as np
 
 from ..errors import FemurFeError, LoadCaseError
 from ..fe.fields import (
+    check_strain_limit,
     effective_strain,
-    nodal_average,
     principal_values,
     strain_energy_density,
     von_mises,
 )
 from ..fe.mesh import Mesh, element_mask
+from ..fe.recovery import node_average
 
 log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------
 # parameter checks
-
-
-def check_strain_limit(name: str, value: Any) -> float:
-    """Validate a strain limit given as a positive fraction (e.g. 0.0073); return it as float.
-
-    Raises :class:`LoadCaseError` for non-numbers, non-positive values (compressive limits
-    are given as magnitudes), values that look like percentages (0.1 <= v < 100) and
-    anything else outside (0, 0.1).
-    """
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise LoadCaseError(f"{name} must be a number (strain as a fraction, e.g. 0.0073), got {value!r}") from None
-    if not math.isfinite(v):
-        raise LoadCaseError(f"{name} must be finite, got {value!r}")
-    if v < 0:
-        raise LoadCaseError(f"{name}={v:g} is negative; give strain limits as positive magnitudes "
-                            f"(compression too), e.g. {name}={abs(v):g}")
-    if v == 0:
-        raise LoadCaseError(f"{name} must be > 0 (a strain limit of 0 fails at any load)")
-    if 0.1 <= v < 100:
-        raise LoadCaseError(f"{name}={v:g} looks like a percentage; strain limits are fractions: "
-                            f"use {name}={v / 100:g} for {v:g} %")
-    if v >= 0.1:
-        raise LoadCaseError(f"{name}={v:g} is not a plausible bone strain limit; expected a fraction "
-                            "in (0, 0.1), e.g. 0.0073")
-    return v
 
 
 def check_volume_fraction(name: str, value: Any) -> float:
@@ -354,7 +328,7 @@ class _Context:
         if self.strain_nodal is not None and self.included.all():
             return self.strain_nodal
         vol = self.mesh.cell_volumes() * self.included
-        return nodal_average(self.mesh, self.strain, volumes=vol)
+        return node_average(self.mesh, self.strain, vol)
 
     def effective_strain(self, crit_name: str) -> np.ndarray:
         """Element energy-equivalent strain sqrt(2 SED / E) (needs the stresses)."""

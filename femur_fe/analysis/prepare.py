@@ -227,6 +227,7 @@ class Analysis:
                                    plate_rotation=(tie_res.rotation * scale) @ R,
                                    plate_moment=(tie_res.moment * scale) @ R)
         res.height_mm = self.height_mm
+        res.frame = self.frame
         res.subject = subject
         if strength:
             res.evaluate_strength()

@@ -5,6 +5,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
 from ..errors import LoadCaseError
+from ..io.tables import Table
 from .risk import fall_impact_force
 
 SEXES = ("female", "male")
@@ -41,15 +42,16 @@ class Subject:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None, where: str = "[subject]") -> "Subject | None":
+        """The subject of a ``[subject]`` table (None for no table)."""
         if d is None:
             return None
-        allowed = {"sex", "body_mass_kg", "height_cm", "soft_tissue_mm"}
-        unknown = sorted(set(d) - allowed)
-        if unknown:
-            raise LoadCaseError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
-        if "sex" not in d:
-            raise LoadCaseError(f"{where}: sex is required ('female' or 'male')")
-        return cls(**dict(d))
+        t = Table(d, where, "", LoadCaseError, schema="subject [subject]")
+        sex = t.get("sex", "str", choices=SEXES)
+        mass = t.get("body_mass_kg", "float", None, lo=20.0, hi=300.0)
+        height = t.get("height_cm", "float", None, lo=100.0, hi=250.0)
+        tissue = t.get("soft_tissue_mm", "float", None, lo=0.0, hi=200.0)
+        t.finish()
+        return cls(sex, mass, height, tissue)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

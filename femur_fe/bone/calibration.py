@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import CTError, MaterialError
 from ..io.ct import CTImage
+from ..io.tables import Table
 
 log = logging.getLogger(__name__)
 
@@ -134,25 +135,16 @@ class DensityCalibration:
         ``unit`` is required: a calibration whose unit is implicit is a 1000x error waiting
         to happen.
         """
-        allowed = {"slope", "intercept", "unit", "mineral", "source", "density_type"}
-        unknown = set(data) - allowed
-        if unknown:
-            raise MaterialError(f"unknown calibration keys {sorted(unknown)}; allowed: {sorted(allowed)}")
-        for key in ("slope", "intercept", "unit"):
-            if key not in data:
-                raise MaterialError(f"calibration needs {key!r} (e.g. slope = 0.80028, intercept = 8.1229, "
-                                    "unit = 'mg/cm3')")
-        if data.get("density_type", "qct") != "qct":
-            raise MaterialError(f"a HU calibration yields density_type 'qct', got {data['density_type']!r}")
-        unit = str(data["unit"]).replace("^", "").lower()
-        if unit in ("g/cm3", "g/cc"):
-            scale = 1.0
-        elif unit in ("mg/cm3", "mg/cc"):
-            scale = 1e-3
-        else:
-            raise MaterialError(f"calibration unit must be 'g/cm3' or 'mg/cm3', got {data['unit']!r}")
-        return cls(float(data["slope"]) * scale, float(data["intercept"]) * scale,
-                   str(data.get("mineral", "k2hpo4")), str(data.get("source", "")))
+        t = Table(data, "calibration", "", MaterialError, schema="calibration JSON (phantom)")
+        slope = t.get("slope", "float", lo=0.0, lo_open=True)
+        intercept = t.get("intercept", "float")
+        unit = t.get("unit", "str", choices=("g/cm3", "mg/cm3", "g/cc", "mg/cc"))
+        mineral = t.get("mineral", "str", "k2hpo4", choices=("k2hpo4", "ha"))
+        source = t.get("source", "str", "")
+        t.get("density_type", "str", "qct", choices=("qct",))
+        t.finish()
+        scale = 1.0 if unit in ("g/cm3", "g/cc") else 1e-3
+        return cls(slope * scale, intercept * scale, mineral, source)
 
 
 @dataclass(frozen=True)

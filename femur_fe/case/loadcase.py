@@ -1,94 +1,13 @@
 """Load-case files: TOML schema, validation into frozen dataclasses, resolved dump.
 
-A load case is a TOML file (read with the standard library ``tomllib``) with
-``schema_version = 1``. Every table is validated by its own small validator (see
-:func:`register_section` to add one, e.g. a ``[scenario]`` table): unknown keys are
-rejected with the closest valid key suggested, wrong types and ranges are named with the
-file and the table. :meth:`LoadCase.to_dict` returns the fully resolved case (every
-default filled in), which :func:`load_case` reads back to an equal case, so results can
-embed exactly what was run.
-
-Units: mm, N, MPa, degrees; densities as described in ``[material.calibration]``.
-
-Tables and their defaults (presets in ``loadcases/`` show them with their sources)::
-
-    schema_version = 1
-    name = "<file stem>"          description = ""
-    bone = "femur"                # "femur" | "vertebra"
-
-    [material]                    # femur_fe.bone.material_law(law, e_min_mpa=, poisson=, **params)
-    law = "morgan2003_femoral_neck" (femur) | "kopperdahl2002" (vertebra)
-    poisson = 0.3                 e_min_mpa = 0.1
-    mapping = "modulus_average"   # "centroid" | "element_average" | "modulus_average" | "quadrature"
-                                  # (aliases "integrate_hu" = element_average, "integrate_e" = modulus_average)
-    [material.params]             # extra law parameters (e.g. a_mpa, b for law = "power"); default none
-    [material.calibration]
-    ct_unit = "mg/cm3"            # what the CT voxels hold: "HU" | "mg/cm3" | "g/cm3"
-    ct_density_type = "qct"       # for a density CT: "qct" | "ash" | "apparent"
-    slope, intercept, unit        # HU -> QCT density (required for ct_unit = "HU" unless phantom)
-    mineral = "k2hpo4"            # "k2hpo4" | "ha"
-    phantom = ""                  # alternative to slope/intercept: a phantom table to fit
-    qct_to_ash = "schileo2008" (femur) | "keyak1994" (vertebra)  # or "keyak2005" | "identity"
-                                  # (femur default = the Bologna chain Schileo's strain limits were
-                                  # validated with; the vertebra laws take QCT density directly)
-    source = ""
-
-    [anatomy]
-    side = "auto"                 # femur: "auto" | "left" | "right"
-    anterior = "auto"             # vertebra: "auto" or an approximate direction [x, y, z]
-    superior = "auto"             # vertebra: "auto" or an approximate direction [x, y, z]
-
-    [loading]
-    mode = "displacement"         # or "force" (then force_n is required)
-    displacement_mm = 1.0 (femur) | 0.2 (vertebra)   # magnitude along the load direction
-    force_n                       # magnitude, N (force mode)
-    direction = "sideways_fall" (femur) | "axial" (vertebra)
-        sideways_fall: adduction_deg = 10, internal_rotation_deg = 15
-        stance:        frontal_deg = 13, sagittal_deg = 8
-        axial:         (no angle)
-        wedge:         flexion_deg (required), hinge = "posterior_edge" | "centre",
-                       displacement_mm = 0 (extra axial displacement of the hinge, >= 0)
-        vector:        vector = [x, y, z] in the anatomical frame (x right, y anterior, z proximal/superior)
-
-    [caps]
-    kind = "pmma"                 # "none" | "rigid" | "pmma"
-    young_mpa = 2500.0            poisson = 0.3
-    thickness_mm = 2.0 (femur) | 10.0 (vertebra)
-    regions = [the head/trochanter patches or endplates used by [[boundary]]]
-
-    [regions.<name>]              # kind from the name for the standard names, else required
-    kind = "head_patch"           # patch_angle_deg = 30
-         | "trochanter_patch"     # depth_mm = 5, radius_mm = 30
-         | "distal_cut"           # depth_mm = 5, volume = false
-         | "superior_endplate" | "inferior_endplate"   # depth_mm = 2, normal_angle_deg = 45
-         | "node_set"             # node_set = "name stored in the mesh"
-         | "nodes"                # nodes = [0-based node ids]
-    min_nodes = 3                 min_area_mm2 = 1.0 (automatic kinds) | 0.0 (explicit)
-
-    [[boundary]]                  # one of apply / fix
-    region = "head_contact"       apply = "load"
-    region = "distal_cut"         fix = "all"      # "all" | "along_load"
-        defaults: sideways_fall: head_contact load, trochanter_contact fix all, distal_cut fix all
-                  stance: head_contact load, distal_cut fix all
-                  axial / wedge: superior_endplate load, inferior_endplate fix all
-
-    [failure]                     # femur_fe.analysis.failure_criterion(criterion, **params)
-    criterion = "max_principal_strain" (femur) | "apparent_strain" (vertebra, axial) | "pistoia" (wedge)
-    reference_strength = "linear" (femur) | "nonlinear" (vertebra)   # used for the factor of risk and
-                                  #   the classification; "nonlinear" = the nonlinear strength when it was run
-    [failure.params]              # criterion parameters; defaults filled from the criterion
-
-    [nonlinear]                   # femur_fe.analysis.run_nonlinear (only used when the nonlinear analysis runs)
-    strength = "endpoint"         # "endpoint": max force up to a displacement of endpoint_percent of the
-                                  #   characteristic length (Ogo hip and spine: 4 % [V-code]); "peak": the
-                                  #   peak / plateau of the curve
-    endpoint_percent = 4.0
-    characteristic_length_mm = "auto"   # or a length: "auto" = distance along the load between the
-                                  #   loaded plate and the farthest support (Ogo: model span / plate distance)
-    hardening = 0.0               # post-yield modulus / E (0 = perfectly plastic)
-
-    [solver]   method = "auto" ("direct" | "amg"), rtol = 1e-8, maxiter = 5000
-    [output]   fields = [...], reactions = [loaded and supported regions], format = "vtu"
+A load case is a TOML file (``schema_version = 1``) with the tables ``[material]``,
+``[anatomy]``, ``[loading]``, ``[caps]``, ``[regions.<name>]``, ``[[boundary]]``,
+``[failure]``, ``[nonlinear]``, ``[solver]`` and ``[output]``; every key, default, range and
+unit is listed in ``docs/schemas.md`` (generated from the validators here). Unknown keys are
+rejected with the closest valid key suggested; wrong types and ranges are named with the
+file and the table. :meth:`LoadCase.to_dict` returns the fully resolved case (every default
+filled in), which :func:`load_case` reads back to an equal case, so results embed exactly
+what was run. Units: mm, N, MPa, degrees.
 """
 from __future__ import annotations
 

@@ -18,6 +18,7 @@ from . import (
     check,
     compare,
     demo,
+    export,
     info,
     make_bone,
     mesh,
@@ -29,7 +30,7 @@ from . import (
 )
 
 #: subcommand modules in help order
-COMMANDS = (demo, info, make_bone, mesh, check, regions, run, compare, sweep, view, verify)
+COMMANDS = (demo, info, make_bone, mesh, check, regions, run, compare, sweep, view, export, verify)
 
 
 def build_parser() -> argparse.ArgumentParser:

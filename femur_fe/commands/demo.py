@@ -14,6 +14,7 @@ from pathlib import Path
 from ..case.comparison import load_comparison
 from ..case.presets import loadcases_dir
 from ..studies.compare import compare
+from ..viz.report import write_report
 
 
 def register(sub) -> None:
@@ -37,14 +38,9 @@ def run(args) -> int:
         progress(f"femur_fe demo: {spec.specimen.label}, load case {spec.case.name}, "
                  f"{len(spec.scenarios)} scenarios -> {out}/")
     res = compare(spec, out, progress=progress)
-    try:
-        from ..viz.report import write_report
-
-        report = write_report(out / "report.html", kind="comparison", comparison=out / "comparison.json",
-                              run_dirs=[out / r["scenario"] for r in res.rows], title="femur_fe demo")
-        res.files["report_html"] = report
-    except ImportError:  # the report module is optional at this stage
-        pass
+    report = write_report(out / "report.html", kind="comparison", comparison=out / "comparison.json",
+                          run_dirs=[out / r["scenario"] for r in res.rows], title="femur_fe demo")
+    res.files["report_html"] = report
     crit = res.baseline.strength_summary.get("criterion") or {}
     print()
     print(f"{spec.specimen.label}, {spec.case.name}: strength by {crit.get('name')} {crit.get('parameters')}")

@@ -10,7 +10,6 @@ from .elements import quadrature, shape_functions, shape_gradients
 from .fields import (
     effective_strain,
     element_fields,
-    nodal_average,
     principal_strains,
     strain_energy_density,
     tensor_from_voigt,
@@ -47,7 +46,6 @@ __all__ = [
     "effective_strain",
     "element_fields",
     "element_stiffness",
-    "nodal_average",
     "node_average",
     "nonlinear_strength",
     "openmp_enabled",

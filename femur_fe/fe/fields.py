@@ -18,12 +18,12 @@ with ``V_e`` from :meth:`femur_fe.Mesh.cell_volumes`. Nodes used by no element g
 from __future__ import annotations
 
 import logging
+import math
+from typing import Any
 
 import numpy as np
 
-from ..errors import FemurFeError
-from .mesh import Mesh
-from .recovery import node_average
+from ..errors import FemurFeError, LoadCaseError
 
 log = logging.getLogger(__name__)
 
@@ -126,30 +126,6 @@ def effective_strain(sed, young) -> np.ndarray:
     return np.sqrt(np.clip(2.0 * sed / young, 0.0, None))
 
 
-def nodal_average(mesh: Mesh, values, volumes=None) -> np.ndarray:
-    """Volume-weighted average of element values at the nodes.
-
-    Parameters
-    ----------
-    mesh : the mesh (its cells define node-element incidence; tet10 mid-edge nodes included)
-    values : (m, ...) per-element values (e.g. (m,3,3) strain tensors)
-    volumes : optional (m,) element volumes, mm^3 (default ``mesh.cell_volumes()``); zero
-        weights leave elements out
-
-    Returns
-    -------
-    (n, ...) nodal values; NaN at nodes used by no (weighted) element.
-    """
-    vals = np.asarray(values, dtype=np.float64)
-    if vals.shape[:1] != (mesh.n_cells,):
-        raise FemurFeError(f"values must have first dimension n_cells={mesh.n_cells}, got {vals.shape}")
-    if volumes is not None:
-        volumes = np.asarray(volumes, dtype=np.float64)
-        if volumes.shape != (mesh.n_cells,):
-            raise FemurFeError(f"volumes must have shape ({mesh.n_cells},), got {volumes.shape}")
-    return node_average(mesh, vals, volumes)
-
-
 def element_fields(strain, stress, young) -> dict[str, np.ndarray]:
     """The derived per-element arrays written to result files.
 
@@ -173,3 +149,30 @@ def element_fields(strain, stress, young) -> dict[str, np.ndarray]:
         "sed": sed,
         "effective_strain": effective_strain(sed, young),
     }
+
+
+def check_strain_limit(name: str, value: Any) -> float:
+    """Validate a strain limit given as a positive fraction (e.g. 0.0073); return it as float.
+
+    Raises :class:`LoadCaseError` for non-numbers, non-positive values (compressive limits
+    are given as magnitudes), values that look like percentages (0.1 <= v < 100) and
+    anything else outside (0, 0.1).
+    """
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise LoadCaseError(f"{name} must be a number (strain as a fraction, e.g. 0.0073), got {value!r}") from None
+    if not math.isfinite(v):
+        raise LoadCaseError(f"{name} must be finite, got {value!r}")
+    if v < 0:
+        raise LoadCaseError(f"{name}={v:g} is negative; give strain limits as positive magnitudes "
+                            f"(compression too), e.g. {name}={abs(v):g}")
+    if v == 0:
+        raise LoadCaseError(f"{name} must be > 0 (a strain limit of 0 fails at any load)")
+    if 0.1 <= v < 100:
+        raise LoadCaseError(f"{name}={v:g} looks like a percentage; strain limits are fractions: "
+                            f"use {name}={v / 100:g} for {v:g} %")
+    if v >= 0.1:
+        raise LoadCaseError(f"{name}={v:g} is not a plausible bone strain limit; expected a fraction "
+                            "in (0, 0.1), e.g. 0.0073")
+    return v

@@ -57,15 +57,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from ..analysis.failure import (
-    DensityYieldStress,
-    MaxPrincipalStrain,
-    check_strain_limit,
-)
 from ..errors import FemurFeError, LoadCaseError
 from .assembly import StiffnessAssembler
 from .constraints import TIE_DOF_NAMES, RigidTie
 from .elements import quadrature
+from .fields import check_strain_limit
 from .mesh import Mesh, element_mask
 from .recovery import strain as strain_at
 from .solvers import LinearSolver, _fixed_mask
@@ -115,14 +111,15 @@ class SecantYield:
         return cls(hardening=hardening, source="default: Bayraktar 2004 tissue yield strains as in Schileo 2014")
 
     @classmethod
-    def from_criterion(cls, crit: MaxPrincipalStrain, hardening: float = 0.0) -> "SecantYield":
-        """Use the limits of a principal-strain criterion as yield strains."""
+    def from_criterion(cls, crit: Any, hardening: float = 0.0) -> "SecantYield":
+        """Use the limits (``tension``, ``compression``) of a principal-strain criterion as yield strains."""
         return cls(crit.tension, crit.compression, hardening, source=f"criterion {crit.name}")
 
     @classmethod
-    def from_yield_stress(cls, law: DensityYieldStress, density, young, tension_to_compression: float,
+    def from_yield_stress(cls, law: Any, density, young, tension_to_compression: float,
                           hardening: float = 0.0) -> "SecantYield":
-        """Per-element yield strains from a density-dependent compressive yield stress.
+        """Per-element yield strains from a density-dependent compressive yield stress ``law``
+        (e.g. :class:`femur_fe.analysis.failure.DensityYieldStress`: ``yield_stress(rho)``).
 
         ``eps_c = sigma_y(rho) / E`` and ``eps_t = tension_to_compression * eps_c``.
         Elements whose yield stress is <= 0 (density below the law's intercept) get the
@@ -308,7 +305,7 @@ def nonlinear_strength(
     load_tie: str | None = None,
     max_displacement_mm: float | None = None,
     endpoint_mm: float | None = None,
-    yield_model: SecantYield | MaxPrincipalStrain | dict | None = None,
+    yield_model: Any = None,
     density=None,
     elastic_elements=None,
     n_steps: int = 12,
@@ -397,7 +394,7 @@ def nonlinear_strength(
         ym = SecantYield.default()
     elif isinstance(yield_model, SecantYield):
         ym = yield_model
-    elif isinstance(yield_model, MaxPrincipalStrain):
+    elif hasattr(yield_model, "tension") and hasattr(yield_model, "compression"):  # a principal-strain criterion
         ym = SecantYield.from_criterion(yield_model)
     elif isinstance(yield_model, dict):
         ym = SecantYield(**yield_model)

@@ -72,10 +72,16 @@ def _strain_points(mesh: Mesh, u: np.ndarray, xi: np.ndarray, n_threads: int | N
 def node_average(mesh: Mesh, values: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     """Weighted average at the nodes of per-cell ``values`` (m, ...) -> (n, ...).
 
-    ``weights`` (m,) default: cell volumes (mm^3). Nodes used by no cell get NaN.
+    ``weights`` (m,) default: cell volumes (mm^3); zero weights leave cells out. The cells
+    define node-cell incidence (tet10 mid-edge nodes included). Nodes used by no (weighted)
+    cell get NaN.
     """
-    w = mesh.cell_volumes() if weights is None else np.asarray(weights, dtype=np.float64)
     vals = np.asarray(values, dtype=np.float64)
+    if vals.shape[:1] != (mesh.n_cells,):
+        raise FemurFeError(f"values must have first dimension n_cells={mesh.n_cells}, got {vals.shape}")
+    w = mesh.cell_volumes() if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != (mesh.n_cells,):
+        raise FemurFeError(f"weights must have shape ({mesh.n_cells},), got {w.shape}")
     flat = vals.reshape(mesh.n_cells, -1)
     k = mesh.cells.shape[1]
     idx = mesh.cells.ravel()

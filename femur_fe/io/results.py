@@ -24,11 +24,15 @@ import numpy as np
 
 from ..errors import FemurFeError
 from . import read_mesh
+from .atomic import write_text_atomic
 
 log = logging.getLogger(__name__)
 
 RESULT_FILE = "result.vtu"
 SUMMARY_FILE = "summary.json"
+#: the FE model as solved beyond the bone mesh of result.vtu: load frame, caps, regions, supports, plate
+FE_MODEL_FILE = "fe_model.json"
+FE_MODEL_VERSION = 1
 #: how a result folder is written (for error messages)
 WRITTEN_BY = ("`femur-fe run CASE.toml ... --out DIR` or femur_fe.run(case, bone, out=DIR) "
               "(femur_fe.Result.write)")
@@ -70,8 +74,6 @@ class StoredResult:
     path: Path
     grid: Any
     summary: dict
-    _frame: Any = field(default=None, repr=False)
-    _frame_done: bool = field(default=False, repr=False)
     _mesh: Any = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ basic data
@@ -172,37 +174,14 @@ class StoredResult:
 
     # ------------------------------------------------------------------ anatomy
     def frame(self):
-        """The anatomical frame (FemurFrame / VertebraFrame) or None when it cannot be fitted.
+        """The anatomical frame the run used (from ``summary["frame"]``), or None when it wrote none.
 
-        Taken from ``summary["frame"]`` when the run wrote it, else fitted on the outer
-        surface with :func:`femur_fe.bone.femur_frame` / :func:`femur_fe.bone.vertebra_frame` (cached).
+        The frame is rebuilt with the parts the viewers use (basis, landmarks, axes).
         """
-        if self._frame_done:
-            return self._frame
-        self._frame_done = True
-        bone = self.bone
-        if bone not in ("femur", "vertebra"):
-            return None
         stored = self.summary.get("frame")
-        try:
-            if isinstance(stored, dict) and "basis" in stored:
-                self._frame = _frame_from_dict(stored, bone)
-            else:
-                from ..bone.anatomy import femur_frame, vertebra_frame
-
-                surf = self.grid.extract_surface(algorithm="dataset_surface").triangulate()
-                anat = self.case.get("anatomy") or {}
-                if bone == "femur":
-                    side = anat.get("side")
-                    self._frame = femur_frame(surf, side=None if side in (None, "auto") else side)
-                else:
-                    ant, sup = anat.get("anterior"), anat.get("superior")
-                    self._frame = vertebra_frame(surf, anterior=None if isinstance(ant, str) else ant,
-                                                 superior=None if isinstance(sup, str) else sup)
-        except FemurFeError as exc:
-            log.warning("%s: no anatomical %s frame (%s); views use the bounding box", self.path, bone, exc)
-            self._frame = None
-        return self._frame
+        if self.bone in ("femur", "vertebra") and isinstance(stored, dict) and "basis" in stored:
+            return _frame_from_dict(stored, self.bone)
+        return None
 
 
 def _frame_from_dict(d: dict, bone: str):
@@ -216,6 +195,106 @@ def _frame_from_dict(d: dict, bone: str):
     centre = np.asarray(d["body_centre"], dtype=float)
     return SimpleNamespace(bone="vertebra", basis=basis, body_centre=centre, origin=centre, anterior=basis[1],
                            axis=basis[2], right=basis[0])
+
+
+# ---------------------------------------------------------------------------------------------- FE model
+def _ids(a) -> list:
+    return np.asarray(a, dtype=np.int64).ravel().tolist()
+
+
+def write_fe_model(out_dir: str | os.PathLike, analysis: Any, result: Any) -> Path:
+    """Write ``fe_model.json``: what a prepared analysis adds to the bone mesh of ``result.vtu``.
+
+    ``analysis`` is a :class:`femur_fe.analysis.Analysis`, ``result`` one of its results (read by
+    attribute). Stored, so that :func:`femur_fe.studies.stored.load_analysis` rebuilds the analysis
+    without the anatomy: the load-frame rotation and direction, the anatomical frame, the cap elements and
+    nodes (load frame, as solved; ids continue those of ``result.vtu``), every region (nodes, faces),
+    the nodes each support/plate acts on, the fixed DOFs, the rigid plate (tied nodes, reference point,
+    prescribed DOFs) and its rotation and moment in this result. Units: mm, N, rad; ids 0-based.
+    """
+    an = analysis
+    fe = an.fe_mesh
+    nb, mb = int(an.n_bone_nodes), int(an.n_bone_cells)
+    tie = an.tie
+    frame = getattr(an, "frame", None)
+    data = {
+        "format_version": FE_MODEL_VERSION,
+        "about": "femur_fe FE model as solved: load frame x' = rotation @ x (load along +z'); bone nodes and "
+                 "cells are those of result.vtu, cap nodes/cells follow them; mm, N, rad; ids 0-based",
+        "rotation": np.asarray(an.rotation, dtype=float).tolist(),
+        "direction": np.asarray(an.direction, dtype=float).tolist(),
+        "frame": frame.to_dict() if hasattr(frame, "to_dict") else None,
+        "height_mm": an.height_mm,
+        "cell_type": fe.cell_type,
+        "n_bone_nodes": nb,
+        "n_bone_cells": mb,
+        "cap_young_mpa": float(an.case.caps.young_mpa),
+        "cap_points": fe.points[nb:].tolist(),
+        "cap_cells": fe.cells[mb:].tolist(),
+        "caps": {name: {"first_cell": int(c.first_cell), "n_cells": int(c.n_cells), "top_nodes": _ids(c.top_nodes),
+                        "interface_nodes": _ids(c.interface_nodes), "axis": np.asarray(c.axis, float).tolist(),
+                        "thickness_mm": float(c.thickness_mm)} for name, c in an.caps.items()},
+        "regions": {name: {"kind": r.kind, "nodes": _ids(r.nodes), "faces": np.asarray(r.faces).tolist(),
+                           "face_ids": _ids(r.face_ids), "face_areas": np.asarray(r.face_areas, float).tolist(),
+                           "centroid": np.asarray(r.centroid, float).tolist(),
+                           "normal": np.asarray(r.normal, float).tolist()} for name, r in an.regions.items()},
+        "region_fe_nodes": {name: _ids(v) for name, v in an.region_fe_nodes.items()},
+        "bc_bone_nodes": _ids(an.bc_bone_nodes),
+        "fixed_dofs": _ids(an.fixed_dofs),
+        "tie": {"name": tie.name, "node_ids": _ids(tie.node_ids),
+                "reference_point": np.asarray(tie.reference_point, float).tolist(),
+                "prescribed": {k: float(v) for k, v in tie.prescribed.items()},
+                "force": np.asarray(tie.force, float).tolist(), "moment": np.asarray(tie.moment, float).tolist()},
+        "plate_rotation_rad": None if result.plate_rotation is None else np.asarray(result.plate_rotation).tolist(),
+        "plate_moment_Nmm": None if result.plate_moment is None else np.asarray(result.plate_moment).tolist(),
+    }
+    # compact: the node and face lists make up most of it (one number per line would triple the size)
+    return write_text_atomic(Path(out_dir) / FE_MODEL_FILE, json.dumps(data, separators=(",", ":")) + "\n")
+
+
+def read_fe_model(path: str | os.PathLike) -> dict:
+    """``fe_model.json`` of a result folder as a dict of NumPy arrays and plain values (see
+    :func:`write_fe_model`); a clear error when the folder has none or it is from another version."""
+    folder = _result_paths(path)
+    f = folder / FE_MODEL_FILE
+    if not f.is_file():
+        raise FemurFeError(f"{folder} has no {FE_MODEL_FILE} (the FE model with caps, regions and the loading plate); "
+                           f"it was written by an older femur_fe: re-run the case ({WRITTEN_BY})")
+    try:
+        d = json.loads(f.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise FemurFeError(f"{f} is not valid JSON ({exc}); re-run the case ({WRITTEN_BY})") from exc
+    if not isinstance(d, dict) or d.get("format_version") != FE_MODEL_VERSION:
+        raise FemurFeError(f"{f} has format_version {d.get('format_version') if isinstance(d, dict) else None!r}, "
+                           f"this femur_fe reads {FE_MODEL_VERSION}; re-run the case with this version ({WRITTEN_BY})")
+    i64, f64 = np.int64, np.float64
+    try:
+        out = dict(d)
+        out["rotation"] = np.asarray(d["rotation"], dtype=f64).reshape(3, 3)
+        out["direction"] = np.asarray(d["direction"], dtype=f64).reshape(3)
+        out["cap_points"] = np.asarray(d["cap_points"], dtype=f64).reshape(-1, 3)
+        out["cap_cells"] = np.asarray(d["cap_cells"], dtype=i64).reshape(len(d["cap_cells"]), -1)
+        out["caps"] = {k: {**c, "top_nodes": np.asarray(c["top_nodes"], dtype=i64),
+                           "interface_nodes": np.asarray(c["interface_nodes"], dtype=i64),
+                           "axis": np.asarray(c["axis"], dtype=f64)} for k, c in d["caps"].items()}
+        out["regions"] = {k: {**r, "nodes": np.asarray(r["nodes"], dtype=i64),
+                              "faces": np.asarray(r["faces"], dtype=i64).reshape(len(r["faces"]), -1),
+                              "face_ids": np.asarray(r["face_ids"], dtype=i64),
+                              "face_areas": np.asarray(r["face_areas"], dtype=f64),
+                              "centroid": np.asarray(r["centroid"], dtype=f64),
+                              "normal": np.asarray(r["normal"], dtype=f64)} for k, r in d["regions"].items()}
+        out["region_fe_nodes"] = {k: np.asarray(v, dtype=i64) for k, v in d["region_fe_nodes"].items()}
+        out["bc_bone_nodes"] = np.asarray(d["bc_bone_nodes"], dtype=i64)
+        out["fixed_dofs"] = np.asarray(d["fixed_dofs"], dtype=i64)
+        t = d["tie"]
+        out["tie"] = {**t, "node_ids": np.asarray(t["node_ids"], dtype=i64),
+                      "reference_point": np.asarray(t["reference_point"], dtype=f64)}
+        for key in ("plate_rotation_rad", "plate_moment_Nmm"):
+            out[key] = None if d.get(key) is None else np.asarray(d[key], dtype=f64)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FemurFeError(f"{f} is incomplete or malformed ({type(exc).__name__}: {exc}); re-run the case "
+                           f"({WRITTEN_BY})") from exc
+    return out
 
 
 def _result_paths(path: str | os.PathLike) -> Path:
@@ -310,4 +389,5 @@ def as_result(obj: Any) -> StoredResult:
                        f"{type(obj).__name__}; write a pipeline Result first with result.write(DIR)")
 
 
-__all__ = ["StoredResult", "read_result", "as_result", "RESULT_FILE", "SUMMARY_FILE"]
+__all__ = ["StoredResult", "read_result", "as_result", "read_fe_model", "write_fe_model", "RESULT_FILE",
+           "SUMMARY_FILE", "FE_MODEL_FILE"]

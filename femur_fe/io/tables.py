@@ -128,7 +128,9 @@ class Table:
         self._record(key, kind, default, choices, lo, hi, lo_open, hi_open, note)
         if key not in self.raw:
             if default is MISSING:
-                raise self.err(f"missing required key {key!r}")
+                close = difflib.get_close_matches(key, [str(k) for k in self.raw], n=1)
+                hint = f" ({close[0]!r} is not a key: a typo?)" if close else ""
+                raise self.err(f"missing required key {key!r}{hint}")
             return default
         self.seen.add(key)
         v = self.raw[key]
@@ -198,6 +200,14 @@ class Table:
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise self.err(f"unknown key {key!r}{hint} (allowed keys: {', '.join(allowed) or 'none'})")
 
+    def describe(self, cls: type, *, skip: tuple[str, ...] = ()) -> None:
+        """Record the keys :meth:`dataclass` accepts for ``cls`` (for the documentation), without a table."""
+        for f in dataclasses.fields(cls):
+            if not f.init or f.name in skip:
+                continue
+            default = _field_default(f)
+            self._record(f.name, _kind_of(default), default, None, None, None, False, False, "")
+
     def dataclass(self, cls: type, *, skip: tuple[str, ...] = (), fixed: Mapping[str, Any] | None = None) -> Any:
         """Build the dataclass ``cls`` from the table: one key per init field (typed by the
         field's default), unknown keys refused; ``fixed`` keys are set by the caller.
@@ -213,12 +223,7 @@ class Table:
         for f in dataclasses.fields(cls):
             if not f.init or f.name in skip or f.name in kw:
                 continue
-            if f.default is not dataclasses.MISSING:
-                default = f.default
-            elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-                default = f.default_factory()  # type: ignore[misc]
-            else:
-                default = MISSING
+            default = _field_default(f)
             kind = _kind_of(default)
             v = self.get(f.name, kind, default)
             kw[f.name] = tuple(v) if isinstance(v, list) else v
@@ -229,6 +234,14 @@ class Table:
             raise self.err(str(exc)) from None
         except (TypeError, ValueError) as exc:
             raise self.err(str(exc)) from None
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return MISSING
 
 
 def _kind_of(default: Any) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from ..case.comparison import load_comparison
 from .compare import compare, fit_annual_rate
 from .run import Prepared, prepare_run, run, solve
+from .stored import load_analysis
 from .sweep import (
     SweepSpec,
     SweepTask,
@@ -22,6 +23,7 @@ __all__ = [
     "compare",
     "expand_sweep",
     "fit_annual_rate",
+    "load_analysis",
     "load_comparison",
     "load_sweep",
     "read_results",

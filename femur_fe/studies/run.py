@@ -97,7 +97,7 @@ def solve(prep: Prepared, *, model: Model | None = None, subject: Subject | None
         nl = res.strength_summary.get("strength_nonlinear_N")
         say(f"nonlinear strength {nl:.0f} N" if nl is not None else "nonlinear strength not reached")
     if prep.specimen is not None:
-        res.extra["bone"] = prep.specimen.to_dict()
+        res.extra["specimen"] = prep.specimen.to_dict()
     return res
 
 

@@ -58,7 +58,6 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-import tomllib
 
 from .._version import __version__
 from ..analysis.prepare import prepare
@@ -378,15 +377,7 @@ def _load_base(base: Any, root: Path | None) -> Any:
         if not path.exists():
             raise SweepError(f"base case {str(path)!r} does not exist; give a load-case TOML path "
                              "(relative paths are relative to the sweep file)")
-        try:
-            from ..case.loadcase import load_case
-        except ImportError:
-            load_case = None
-        if load_case is not None:
-            return load_case(path)
-
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
+        return load_case(path)
     raise SweepError(f"base must be a load-case TOML path, a dict or a LoadCase, got {type(base).__name__}")
 
 

@@ -40,6 +40,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..bone.anatomy import femur_frame, vertebra_frame
 from ..errors import FemurFeError
 from ..fe.mesh import Mesh
 from ..io import atomic_path, meshio_from_mesh
@@ -238,6 +239,33 @@ def _unit(v) -> np.ndarray:
     return v / n if n > 0 else v
 
 
+_FITTED: dict[str, Any] = {}
+
+
+def result_frame(res: StoredResult):
+    """The anatomical frame of a result: the one the run stored, else fitted on the result's outer
+    surface (older result folders; cached per folder), else None."""
+    frame = res.frame()
+    if frame is not None or res.bone not in ("femur", "vertebra"):
+        return frame
+    key = str(res.path)
+    if key not in _FITTED:
+        surf = res.grid.extract_surface(algorithm="dataset_surface").triangulate()
+        anat = res.case.get("anatomy") or {}
+        try:
+            if res.bone == "femur":
+                side = anat.get("side")
+                _FITTED[key] = femur_frame(surf, side=None if side in (None, "auto") else side)
+            else:
+                ant, sup = anat.get("anterior"), anat.get("superior")
+                _FITTED[key] = vertebra_frame(surf, anterior=None if isinstance(ant, str) else ant,
+                                              superior=None if isinstance(sup, str) else sup)
+        except FemurFeError as exc:
+            log.warning("%s: no anatomical %s frame (%s); views use the bounding box", res.path, res.bone, exc)
+            _FITTED[key] = None
+    return _FITTED[key]
+
+
 def clip_plane(res: StoredResult) -> tuple[np.ndarray, np.ndarray, str]:
     """(origin, unit normal, description) of the default section of a result.
 
@@ -246,7 +274,7 @@ def clip_plane(res: StoredResult) -> tuple[np.ndarray, np.ndarray, str]:
     right axis, through the body centre). Otherwise, or when no frame can be fitted: the
     plane through the bounding-box centre normal to x.
     """
-    frame = res.frame()
+    frame = result_frame(res)
     if frame is not None and getattr(frame, "bone", None) == "femur":
         n = np.cross(np.asarray(frame.neck_axis, float), np.asarray(frame.shaft_axis, float))
         if np.linalg.norm(n) > 1e-6:
@@ -262,7 +290,7 @@ def clip_plane(res: StoredResult) -> tuple[np.ndarray, np.ndarray, str]:
 
 def _view_axes(res: StoredResult) -> tuple[np.ndarray, np.ndarray]:
     """(direction from the focal point to the camera, view-up) for the default view."""
-    frame = res.frame()
+    frame = result_frame(res)
     if frame is not None and getattr(frame, "bone", None) in ("femur", "vertebra"):
         return _unit(frame.basis[1]), _unit(frame.basis[2])
     return np.array([0.0, -1.0, 0.0]), np.array([0.0, 0.0, 1.0])
