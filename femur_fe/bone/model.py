@@ -37,6 +37,38 @@ def sha256_of(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+#: internal calibrations of CT files already calibrated in this process (file identity -> result)
+_CALIBRATIONS: dict[tuple, Any] = {}
+
+
+def _file_key(p: Any) -> tuple | None:
+    """(resolved path, size, mtime) of a file, None for anything else (an array)."""
+    if not isinstance(p, (str, os.PathLike)):
+        return None
+    st = Path(p).stat()
+    return (str(Path(p).resolve()), st.st_size, st.st_mtime_ns)
+
+
+def _internal_calibration(ct, ct_path, masks, tissue_hu):
+    """:func:`internal_calibration`, computed once per process for the same CT file, mask files
+    and given tissue HUs (a mesh check or several bones of one scan reuse it)."""
+    key = None
+    if ct_path is not None and (masks is None or isinstance(masks, dict)):
+        mkeys = tuple(sorted((str(k), _file_key(v)) for k, v in (masks or {}).items()))
+        if all(v is not None for _, v in mkeys):
+            sample = np.ascontiguousarray(np.asarray(ct.array)[::7, ::7, ::7])  # the CT in memory, not only its file
+            key = (_file_key(ct_path), ct.shape, hash(sample.tobytes()), mkeys,
+                   tuple(sorted((tissue_hu or {}).items())))
+    if key is not None and key in _CALIBRATIONS:
+        return _CALIBRATIONS[key]
+    ic = internal_calibration(ct, masks=masks, tissue_hu=tissue_hu)
+    if key is not None:
+        if len(_CALIBRATIONS) >= 4:
+            _CALIBRATIONS.pop(next(iter(_CALIBRATIONS)))
+        _CALIBRATIONS[key] = ic
+    return ic
+
+
 @dataclass(frozen=True, eq=False)
 class Model:
     """Bone geometry and material.
@@ -133,8 +165,7 @@ class Model:
         record: dict[str, Any] = {"ct_unit": cal.ct_unit, "ct_density_type": cal.ct_density_type,
                                   "qct_to_ash": cal.qct_to_ash}
         if cal.ct_unit == "HU" and cal.method == "internal":
-            ic = internal_calibration(ct, masks=calibration_masks or None,
-                                      tissue_hu=dict(cal.tissue_hu) or None)
+            ic = _internal_calibration(ct, ct_path, calibration_masks or None, dict(cal.tissue_hu) or None)
             dcal = ic  # the two-component curve itself (HUCalibration), not a line through it
             record.update({**ic.to_dict(), "method": "internal"})
             say(f"calibration: internal, {ic.effective_energy_kev:.0f} keV, R^2 {ic.r_squared:.5f}, "

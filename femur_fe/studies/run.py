@@ -60,6 +60,7 @@ class Prepared:
     specimen: Specimen | None
     model: Model
     analysis: Analysis
+    element_size_mm: float | None = None  # of a mesh built from a mask or a surface
 
 
 def prepare_run(case: LoadCase | str | os.PathLike | Mapping[str, Any],
@@ -78,7 +79,8 @@ def prepare_run(case: LoadCase | str | os.PathLike | Mapping[str, Any],
         say(f"material: {model.mesh.n_cells} elements, E {model.young.min():.0f}-{model.young.max():.0f} MPa")
     an = prepare(case, model)
     say(f"regions: {', '.join(f'{k} {v.n_nodes} nodes' for k, v in an.regions.items())}")
-    return Prepared(case, specimen, model, an)
+    size = specimen.element_size() if specimen is not None and specimen.builds_mesh else None
+    return Prepared(case, specimen, model, an, size)
 
 
 def solve(prep: Prepared, *, model: Model | None = None, subject: Subject | None = None, nonlinear: bool = False,
@@ -98,6 +100,8 @@ def solve(prep: Prepared, *, model: Model | None = None, subject: Subject | None
         say(f"nonlinear strength {nl:.0f} N" if nl is not None else "nonlinear strength not reached")
     if prep.specimen is not None:
         res.extra["specimen"] = prep.specimen.to_dict()
+    if prep.element_size_mm is not None:
+        res.extra["element_size_mm"] = prep.element_size_mm
     return res
 
 
