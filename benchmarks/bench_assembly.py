@@ -205,7 +205,7 @@ def main(argv=None) -> int:
         return 0
 
     print(f"# femur_fe assembly benchmark: {os.cpu_count()} cores, load average "
-          f"{'/'.join(f'{x:.1f}' for x in os.getloadavg())} (shared machine: timings are noisy)")
+          f"{'/'.join(f'{x:.1f}' for x in os.getloadavg())} (other load on the machine makes timings noisy)")
     head = (f"{'element':<22}{'DOFs':>9}{'cells':>9}{'first s':>9}{'pattern s':>10}{'re-asm s':>9}"
             f"{'skfem s':>9}{'ratio':>7}{'CSR MB':>8}{'peak MB':>8}{'peak/CSR':>9}{'RSS MB':>8}")
     print(head)

@@ -27,7 +27,7 @@ def _imports(path: Path):
     rel = path.relative_to(PKG.parent).with_suffix("")
     parts = list(rel.parts)
     pkg = parts[:-1] if parts[-1] != "__init__" else parts[:-1]
-    tree = ast.parse(path.read_text())
+    tree = ast.parse(path.read_text(encoding="utf-8"))
     inside = set()  # imports inside a function or method
     for fn in ast.walk(tree):
         if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):

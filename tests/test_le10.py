@@ -13,10 +13,10 @@ from femur_fe.commands.cli import main
 from femur_fe.fe.verification import LE10_TARGET, run_le10
 
 
-def test_le10_sigma_yy_at_d_within_3_percent():
+def test_le10_sigma_yy_at_d_within_nafems_band():
     res = run_le10((6, 12, 4))
-    # 3 % is the task's acceptance band (the NAFEMS +-2 % band is -5.49 ... -5.27; we get 1.1 %)
-    assert abs(res["sigma_yy_D"] - LE10_TARGET) <= 0.03 * abs(LE10_TARGET)
+    # the NAFEMS acceptance band is +-2 % of the target (-5.49 ... -5.27 MPa); this mesh gives 1.1 %
+    assert abs(res["sigma_yy_D"] - LE10_TARGET) <= 0.02 * abs(LE10_TARGET)
     # the supports carry the whole pressure load: 1 MPa x quarter annulus area
     area = np.pi / 4 * (3250 * 2750 - 2000 * 1000)
     assert res["load_n"] == pytest.approx(area, rel=1e-5)  # mapped boundary: O(h^4) area error

@@ -54,7 +54,7 @@ def test_cylinder_through_rigid_cap_matches_EA_over_L(cylinder, poisson, tol):
     only error is the solver's (1e-6 covers rtol and round-off; A is the faceted area of the
     mesh, volume / length). With nu = 0.3 the plate and the fixed base stop the lateral
     expansion of the end faces and stiffen the bar; for L/D = 16 that end effect stays
-    below 1 % (measured 0.63 %; 1.2 % at L/D = 8), the acceptance band of the issue.
+    below 1 % (measured 0.63 %; 1.2 % at L/D = 8).
     """
     mesh = cylinder
     e = 2000.0

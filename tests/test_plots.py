@@ -1,7 +1,7 @@
 """Tests of femur_fe.viz.charts (matplotlib, Agg): gains, time courses, load-displacement, sweeps.
 
 Inputs are real: block results of the run pipeline (see tests/test_plotting.py), a
-comparison written by femur_fe.studies.table.write_comparison, a nonlinear run, and a real
+comparison written by femur_fe.studies.compare.write_comparison, a nonlinear run, and a real
 serial sweep of the built-in column task. Figures are checked for content (not blank,
 the expected colours and number of bars); the sensitivity numbers are checked against
 an analytic result (uniform density scaling of a power-law material).
@@ -22,8 +22,9 @@ from test_plotting import colour_pixels, content_fraction, hex_rgb, run_block  #
 
 import femur_fe  # noqa: E402
 from femur_fe.errors import FemurFeError  # noqa: E402
-from femur_fe.studies.table import ScenarioRecord, comparison_rows, write_comparison  # noqa: E402
+from femur_fe.studies.compare import ScenarioRecord, comparison_rows, write_comparison  # noqa: E402
 from femur_fe.viz.charts import (  # noqa: E402
+    THRESHOLD_COLOUR,
     plot_load_displacement,
     plot_strength_gain,
     plot_strength_time,
@@ -31,8 +32,12 @@ from femur_fe.viz.charts import (  # noqa: E402
     plot_tornado,
     sensitivity_table,
 )
+from femur_fe.viz.palette import BASELINE_COLOUR, SCENARIO_PALETTE, scenario_colours  # noqa: E402
 
-C0, C1, GREEN, GREY = hex_rgb("#1f77b4"), hex_rgb("#ff7f0e"), hex_rgb("#2ca02c"), hex_rgb("#bbbbbb")
+# the palette's first two scenario colours: therapy_a and standard_care in the comparison's order
+C0, C1 = hex_rgb(SCENARIO_PALETTE[0]), hex_rgb(SCENARIO_PALETTE[1])
+# tornado bars: input at its low (blue) and high (orange) level
+LOW, HIGH = hex_rgb("#1f77b4"), hex_rgb("#ff7f0e")
 
 
 def read(path: Path) -> np.ndarray:
@@ -62,21 +67,56 @@ def scenarios(tmp_path_factory):
     return d, sums
 
 
+def near(img: np.ndarray, rgb, tol: float = 10) -> np.ndarray:
+    return np.linalg.norm(img.astype(float) - rgb, axis=-1) < tol
+
+
 def test_strength_gain_bars(scenarios, tmp_path):
     d, sums = scenarios
-    # denser bone is stronger: both gains positive (green), the reference hatched grey
+    # denser bone is stronger: both gains positive; one bar per scenario in the scenario's colour
     for k in ("therapy_a", "standard_care"):
         assert sums[k]["strength_linear_N"] > sums["baseline"]["strength_linear_N"]
+    assert scenario_colours(["baseline", "therapy_a", "standard_care"]) == {
+        "baseline": BASELINE_COLOUR, "therapy_a": SCENARIO_PALETTE[0], "standard_care": SCENARIO_PALETTE[1]}
     img = read(plot_strength_gain(d / "comparison.json", tmp_path / "gain.png"))
     assert content_fraction(img) > 0.05
-    assert column_runs(np.linalg.norm(img.astype(float) - GREEN, axis=-1) < 10) == 1
-    assert colour_pixels(img, GREY, 10) > 200
+    assert column_runs(near(img, C0)) == 1 and column_runs(near(img, C1)) == 1
+    # the reference (standard care) is hatched: black lines cover part of its colour, so its coloured
+    # pixels relative to the plain therapy_a bar drop against the chart without a reference (by 22 %
+    # measured; 10 % asserted leaves room for other line rasterisations)
     img2 = read(plot_strength_gain(d / "comparison.csv", tmp_path / "gain2.png", reference=None))
-    assert column_runs(np.linalg.norm(img2.astype(float) - GREEN, axis=-1) < 10) == 2
+    ratio = colour_pixels(img2, C1, 10) / colour_pixels(img2, C0, 10)
+    assert colour_pixels(img, C1, 10) / colour_pixels(img, C0, 10) < 0.9 * ratio
     per_gram = read(plot_strength_gain(d, tmp_path / "pg.png", metric="strength_gain_per_gram_N_per_g"))
     assert content_fraction(per_gram) > 0.05
+    assert column_runs(near(per_gram, C0)) == 1 and column_runs(near(per_gram, C1)) == 1
     with pytest.raises(FemurFeError, match="missing"):
         plot_strength_gain(d / "comparison.json", tmp_path / "x.png", metric="no_such_column")
+    # given colours win: the report passes one mapping to every chart
+    img3 = read(plot_strength_gain(d / "comparison.json", tmp_path / "gain3.png",
+                                   colours={"therapy_a": "#ff00ff"}))
+    assert column_runs(near(img3, hex_rgb("#ff00ff"))) == 1 and column_runs(near(img3, C0)) == 0
+
+
+def test_strength_per_gram_only_where_bone_was_added(scenarios, tmp_path):
+    """A scenario that lost bone has no strength gain per gram: it is left out and named under the chart."""
+    d, sums = scenarios
+    s0 = sums["baseline"]
+    recs = [ScenarioRecord("baseline", s0["strength_linear_N"]),
+            ScenarioRecord("loss", 0.97 * s0["strength_linear_N"], added_mass_g=-1.0),
+            ScenarioRecord("gain", 1.05 * s0["strength_linear_N"], added_mass_g=2.0)]
+    rows = comparison_rows(recs[0], recs[1:])
+    assert rows[1]["strength_gain_per_gram_N_per_g"] is None
+    assert rows[2]["strength_gain_per_gram_N_per_g"] == pytest.approx(0.05 * s0["strength_linear_N"] / 2.0)
+    img = read(plot_strength_gain(rows, tmp_path / "pg.png", metric="strength_gain_per_gram_N_per_g"))
+    # colours follow all the rows (loss first, gain second) although only the gain is drawn
+    assert column_runs(near(img, C0)) == 0 and column_runs(near(img, C1)) == 1
+    # an old comparison.json that divided a loss by a loss: the row is still left out
+    rows[1]["strength_gain_per_gram_N_per_g"] = rows[1]["strength_change_N"] / rows[1]["added_mass_g"]
+    img2 = read(plot_strength_gain(rows, tmp_path / "pg2.png", metric="strength_gain_per_gram_N_per_g"))
+    assert column_runs(near(img2, C0)) == 0
+    with pytest.raises(FemurFeError, match="loss lost 1.00 g of bone"):
+        plot_strength_gain(rows[:2], tmp_path / "x.png", metric="strength_gain_per_gram_N_per_g")
     with pytest.raises(FemurFeError, match=r"\.png, \.svg or \.pdf"):
         plot_strength_gain(d / "comparison.json", tmp_path / "x.jpg")
 
@@ -97,6 +137,16 @@ def test_strength_time_course(scenarios, tmp_path):
     np.testing.assert_array_equal(a, c)
     with pytest.raises(FemurFeError, match="strength_N"):
         plot_strength_time([{"scenario": "x", "months": 1.0}], tmp_path / "x.png")
+    # the fragility threshold: a line in its colour, absent without it
+    t = read(plot_strength_time(courses, tmp_path / "t.png", baseline=s0, threshold=0.9 * s0))
+    red = hex_rgb(THRESHOLD_COLOUR)
+    assert colour_pixels(t, red, 25) > 100 and colour_pixels(b, red, 25) == 0
+    # the scenarios keep the colours of the whole comparison when a chart shows only some of them
+    one = read(plot_strength_time({"standard_care": courses["standard_care"]}, tmp_path / "one.png",
+                                  colours=scenario_colours(["baseline", "therapy_a", "standard_care"])))
+    assert colour_pixels(one, C1, 10) > 50 and colour_pixels(one, C0, 10) == 0
+    with pytest.raises(FemurFeError, match="threshold"):
+        plot_strength_time(courses, tmp_path / "x.png", threshold=-1.0)
 
 
 def test_load_displacement(tmp_path, scenarios):
@@ -152,7 +202,7 @@ def test_sensitivity_table_matches_power_law(sweep_dir):
 def test_tornado_and_scatter(sweep_dir, tmp_path):
     out, _ = sweep_dir
     t = read(plot_tornado(out, tmp_path / "tornado.png", output="stiffness_N_per_mm"))
-    assert colour_pixels(t, C0, 10) > 200 and colour_pixels(t, C1, 10) > 200
+    assert colour_pixels(t, LOW, 10) > 200 and colour_pixels(t, HIGH, 10) > 200
     s = read(plot_sweep_scatter(out / "results.csv", tmp_path / "scatter.png", output="stiffness_N_per_mm",
                                 colour="loading.angle_deg"))
     assert content_fraction(s) > 0.05

@@ -41,6 +41,7 @@ from femur_fe.viz.views import (  # noqa: E402
     animate_density,
     available_fields,
     clip_plane,
+    difference_range,
     plot,
     plot_comparison,
     warp_factor,
@@ -398,3 +399,21 @@ def test_baselines_are_small():
     assert len(pngs) >= 3
     for p in pngs:
         assert p.stat().st_size < 100_000, f"{p} is {p.stat().st_size} bytes; keep baselines under 100 KB"
+
+
+def test_difference_range_is_centred_and_robust():
+    """Change maps: symmetric about 0; a few outliers (a graft, a support) do not flatten the rest."""
+    rng = np.random.default_rng(3)
+    small = rng.uniform(-0.01, 0.01, 10_000)
+    lo, hi = difference_range(small)
+    assert lo == -hi and hi == np.max(np.abs(small))  # no outliers (max within 1.25 x p99): the whole range
+    spiked = small.copy()
+    spiked[:20] = 0.5  # 0.2 % of the elements change 50x more (a local graft)
+    lo, hi = difference_range(spiked)
+    assert lo == -hi and hi == pytest.approx(np.percentile(np.abs(spiked), 99.0))
+    assert 0.0095 < hi < 0.01  # the 99th percentile of |U(-0.01, 0.01)| is 0.0099
+    tails = rng.normal(0.0, 0.01, 10_000)  # Gaussian tails reach 1.5 x p99: drawn in the end colours
+    assert difference_range(tails)[1] == pytest.approx(np.percentile(np.abs(tails), 99.0))
+    assert difference_range(np.zeros(5)) == (-1.0, 1.0)
+    assert difference_range(np.r_[np.zeros(999), 1.0]) == (-1.0, 1.0)  # 99 % unchanged: up to the largest
+    assert difference_range(np.array([np.nan, -2.0, 1.0])) == (-2.0, 2.0)

@@ -1,7 +1,7 @@
 """Tests of femur_fe.viz.report.write_report: self-contained HTML from real results.
 
 Runs, comparison and sweep inputs are real (block results of the run pipeline, a
-comparison written by femur_fe.studies.table, a serial sweep of the column task). Checks:
+comparison written by femur_fe.studies.compare, a serial sweep of the column task). Checks:
 the file is self-contained (every image a decodable base64 PNG, no external references),
 the numbers and provenance (input hashes, version, resolved case) appear, and errors are
 clear.
@@ -21,11 +21,11 @@ import pytest
 iio = pytest.importorskip("imageio.v3")
 
 from test_plotting import content_fraction, run_block  # noqa: E402
+from test_report_render import REPR, cell_texts  # noqa: E402
 
 import femur_fe  # noqa: E402
 from femur_fe.errors import FemurFeError  # noqa: E402
-from femur_fe.studies.table import ScenarioRecord, comparison_rows, write_comparison  # noqa: E402
-from femur_fe.viz.report import _fmt  # noqa: E402
+from femur_fe.studies.compare import ScenarioRecord, comparison_rows, write_comparison  # noqa: E402
 
 IMG = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 
@@ -40,6 +40,8 @@ def images(doc: str) -> list[np.ndarray]:
 def assert_self_contained(doc: str) -> None:
     assert doc.startswith("<!DOCTYPE html>") and doc.rstrip().endswith("</html>")
     assert not re.search(r'(src|href)="(?!data:)', doc), "external reference in the report"
+    bad = [c for c in cell_texts(doc) if REPR.search(c)]
+    assert not bad, f"table cells holding a Python value: {bad[:3]}"
 
 
 @pytest.fixture(scope="module")
@@ -65,17 +67,18 @@ def test_comparison_report(runs, tmp_path):
     doc = out.read_text(encoding="utf-8")
     assert_self_contained(doc)
     assert "<title>Block scenarios</title>" in doc
-    # comparison table: both scenarios and the strength change in percent
+    # comparison table: both scenarios and the strength change in percent, to 0.1 %
     pct = 100 * (s["denser_left"]["strength_linear_N"] / s["baseline"]["strength_linear_N"] - 1)
-    assert _fmt(pct) in doc and "denser_left" in doc
+    assert f">{pct:+.1f}<" in doc and "denser_left" in doc
     # provenance: input hash, version, resolved case, solver
     path, sha = next(iter(inputs.items()))
     assert sha in doc and path in doc
     assert f"femur_fe {femur_fe.__version__}" in doc
     assert "resolved load case" in doc and "&quot;name&quot;: &quot;block&quot;" in doc
-    # figures: gain chart + 2 comparison views (density, risk) + 3 fields per run = 9, all with content
+    # figures: gain chart + 2 comparison views (density, risk) + 3 fields of the baseline + the scenario's
+    # von Mises (its density and risk are in the comparison views) = 7, all with content
     imgs = images(doc)
-    assert len(imgs) == 1 + 2 + 2 * 3
+    assert len(imgs) == 1 + 2 + 3 + 1
     assert all(content_fraction(im) > 0.03 for im in imgs)
     assert sum(im.shape[1] == 3 * 240 for im in imgs) == 2  # the side-by-side views are three panels wide
 
@@ -85,8 +88,9 @@ def test_run_report_without_3d(runs, tmp_path):
     out = femur_fe.viz.write_report(tmp_path / "run.html", run_dirs={"base": d / "baseline"}, render_3d=False)
     doc = out.read_text(encoding="utf-8")
     assert_self_contained(doc)
-    assert "Run: base" in doc and _fmt(s["baseline"]["stiffness_N_per_mm"]) in doc
-    assert _fmt(s["baseline"]["strength_linear_N"]) in doc
+    # key numbers in whole N/mm and N
+    assert "Run: base" in doc and f">{s['baseline']['stiffness_N_per_mm']:.0f}<" in doc
+    assert f">{s['baseline']['strength_linear_N']:.0f}<" in doc
     assert images(doc) == []
 
 
@@ -101,7 +105,7 @@ def test_sweep_report(tmp_path):
     out = femur_fe.viz.write_report(tmp_path / "sweep.html", sweep=tmp_path / "sw", output="stiffness_N_per_mm")
     doc = out.read_text(encoding="utf-8")
     assert_self_contained(doc)
-    assert "Sensitivity of stiffness_N_per_mm" in doc and "density.scale" in doc
+    assert "Sensitivity of stiffness (N/mm)" in doc and "density.scale" in doc
     assert len(images(doc)) == 2  # tornado + scatter
     assert "sweep.json" in doc
 

@@ -290,7 +290,7 @@ def test_comparison_rows_json_csv(tmp_path, cube):
     import csv
     import json
 
-    from femur_fe.studies.table import (
+    from femur_fe.studies.compare import (
         ScenarioRecord,
         comparison_rows,
         format_table,

@@ -11,7 +11,7 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "schemas.md"
 
 
 def test_docs_schemas_md_matches_the_validators():
-    assert DOC.read_text() == markdown(), ("docs/schemas.md is out of date: regenerate it with "
+    assert DOC.read_text(encoding="utf-8") == markdown(), ("docs/schemas.md is out of date: regenerate it with "
                                            "`python -m femur_fe.case.schemas > docs/schemas.md`")
 
 

@@ -1,4 +1,4 @@
-"""Load-spreading caps (PMMA embedding) built onto a surface region of a tet mesh.
+"""Load-spreading caps (PMMA embedding) built onto a surface region of a tet or voxel mesh.
 
 A cap is a layer of tetrahedra extruded from the region's boundary faces along a fixed
 axis to a flat top plane (the way a bone end is potted in PMMA for a test): every
@@ -9,6 +9,10 @@ into three tetrahedra with the vertex-ordering rule of Dompierre et al. (1999), 
 split of a shared side face is the same in both neighbouring prisms and the cap is
 conforming. tet10 meshes get mid-edge nodes on the cap; nodes on the bone/cap interface
 edges are shared with the bone.
+
+On a voxel (hex8) mesh the cap is voxels too (:func:`add_voxel_cap`), as in Ogo and ParOSol
+models: every voxel column under the region is filled from the bone surface up to one flat top
+along the voxel axis closest to the cap axis, so the model stays a voxel model.
 """
 from __future__ import annotations
 
@@ -172,3 +176,96 @@ def _promote_tet10(mesh: Mesh, pts: np.ndarray, tets: np.ndarray) -> tuple[np.nd
     if new_pts:
         pts = np.vstack([pts, np.asarray(new_pts)])
     return pts, out
+
+
+#: largest angle between the cap axis and the voxel axis a voxel cap is extruded along
+MAX_VOXEL_CAP_TILT_DEG = 30.0
+
+
+def add_voxel_cap(mesh: Mesh, faces: np.ndarray, axis, thickness_mm: float, name: str = "cap") -> tuple[Mesh, Cap]:
+    """Return the voxel ``mesh`` with a cap of voxels on ``faces`` and the :class:`Cap`.
+
+    The cap grows along the voxel axis ``g`` closest to ``axis`` (at most
+    :data:`MAX_VOXEL_CAP_TILT_DEG` away): each voxel column whose bone surface face (a region face
+    facing along ``g``) is at level ``k0`` gets voxels from ``k0`` to the common top level
+    ``max(k0) + ceil(thickness / h)``, ``h`` the voxel size along ``g``. Interface nodes are the
+    bone's; the top nodes form the flat face the plate acts on.
+    """
+    if mesh.cell_type != "hexahedron":
+        raise RegionError(f"cap {name!r}: voxel caps are built on hex8 voxel meshes, got {mesh.cell_type}")
+    if not thickness_mm > 0:
+        raise RegionError(f"cap {name!r}: thickness_mm must be > 0, got {thickness_mm!r}")
+    a = np.asarray(axis, dtype=np.float64)
+    a = a / np.linalg.norm(a)
+    x0 = mesh.points[mesh.cells[0]]
+    edges = np.stack([x0[1] - x0[0], x0[3] - x0[0], x0[4] - x0[0]])  # voxel edge vectors (VTK hex order)
+    lengths = np.linalg.norm(edges, axis=1)
+    units = edges / lengths[:, None]
+    cosines = units @ a
+    g = int(np.argmax(np.abs(cosines)))
+    tilt = float(np.degrees(np.arccos(min(1.0, abs(cosines[g])))))
+    if tilt > MAX_VOXEL_CAP_TILT_DEG:
+        raise RegionError(f"cap {name!r}: the load axis is {tilt:.0f} deg from the nearest voxel axis (more than "
+                          f"{MAX_VOXEL_CAP_TILT_DEG:.0f}), so voxel caps cannot have a flat top; use tetrahedra "
+                          "(mesh_type = 'tet', CLI --mask-mesh tet) or [caps] kind = 'rigid'")
+    sign = 1 if cosines[g] > 0 else -1
+    inv = np.linalg.inv(edges.T)
+    ijk = np.rint((mesh.points - x0[0]) @ inv.T).astype(np.int64)  # integer grid index of every node
+    quads = np.asarray(faces, dtype=np.int64)[:, :4]
+    if len(quads) == 0:
+        raise RegionError(f"cap {name!r}: the region has no boundary faces to put a cap on")
+    fq = ijk[quads]
+    flat = np.all(fq[:, :, g] == fq[:, :1, g], axis=1)  # faces normal to g
+    p = mesh.points[quads]
+    nrm = np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0])
+    facing = (nrm @ units[g]) * sign > 0
+    sel = flat & facing
+    if not sel.any():
+        raise RegionError(f"cap {name!r}: no region face faces along the cap axis; use [caps] kind = 'rigid'")
+    others = [ax for ax in range(3) if ax != g]
+    cols: dict[tuple[int, int], int] = {}
+    for q in fq[sel]:
+        col = (int(q[:, others[0]].min()), int(q[:, others[1]].min()))
+        level = int(q[0, g])
+        cols[col] = max(cols[col], level) if sign > 0 and col in cols else (
+            min(cols[col], level) if col in cols else level)
+    n_layers = int(np.ceil(float(thickness_mm) / lengths[g] - 1e-9))
+    levels = np.array(list(cols.values()))
+    top = int(levels.max() + n_layers) if sign > 0 else int(levels.min() - n_layers)
+    node_of = {tuple(k): i for i, k in enumerate(ijk.tolist())}
+    new_pts: list[np.ndarray] = []
+
+    def node(idx: tuple[int, int, int]) -> int:
+        nid = node_of.get(idx)
+        if nid is None:
+            nid = mesh.n_points + len(new_pts)
+            node_of[idx] = nid
+            new_pts.append(x0[0] + np.asarray(idx, dtype=np.float64) @ edges)
+        return nid
+
+    corner = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 0, 1], [1, 0, 1], [1, 1, 1], [0, 1, 1]])
+    bone_cells = {tuple(c) for c in ijk[mesh.cells[:, 0]].tolist()}  # lower corner of every bone voxel
+    hexes = []
+    for (c0, c1), k0 in cols.items():
+        rng = range(k0, top) if sign > 0 else range(top, k0)
+        for k in rng:
+            low = [0, 0, 0]
+            low[g], low[others[0]], low[others[1]] = k, c0, c1
+            if tuple(low) in bone_cells:
+                raise RegionError(f"cap {name!r}: bone lies above the region in the cap's path; use a smaller "
+                                  "region or [caps] kind = 'rigid'")
+            hexes.append([node(tuple(int(v) for v in np.asarray(low) + cc)) for cc in corner])
+    cells = np.asarray(hexes, dtype=np.int64)
+    pts = np.vstack([mesh.points] + ([np.asarray(new_pts)] if new_pts else []))
+    top_nodes = np.unique([nid for idx, nid in node_of.items() if idx[g] == top and nid >= mesh.n_points])
+    interface = np.unique(quads[sel])
+    cd = {k: np.concatenate([v, np.zeros((len(cells),) + v.shape[1:], dtype=v.dtype)])
+          for k, v in mesh.cell_data.items()}
+    pd = {k: np.concatenate([v, np.zeros((len(pts) - mesh.n_points,) + v.shape[1:], dtype=v.dtype)])
+          for k, v in mesh.point_data.items()}
+    out = Mesh(pts, np.vstack([mesh.cells, cells]), "hexahedron", mesh.node_sets, mesh.cell_sets, cd, pd)
+    cap = Cap(name, mesh.n_cells, len(cells), top_nodes.astype(np.int64), interface, sign * units[g],
+              float(n_layers * lengths[g]))
+    log.info("voxel cap %r: %d voxels, %d top nodes, %d layers over the outermost voxel (%.0f deg from the load "
+             "axis)", name, len(cells), len(top_nodes), n_layers, tilt)
+    return out, cap

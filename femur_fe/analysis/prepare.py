@@ -41,7 +41,8 @@ from ..fe.constraints import RigidTie
 from ..fe.mesh import Mesh
 from ..fe.nonlinear import SecantYield, nonlinear_strength
 from ..fe.solvers import LinearSolver
-from .caps import add_cap
+from ..fe.voxel_solver import VoxelSolver, is_voxel_mesh
+from .caps import add_cap, add_voxel_cap
 from .failure import MaxPrincipalStrain
 from .regions import frame_for, load_direction, select_regions, wedge_hinge
 from .result import Result
@@ -99,6 +100,7 @@ class Analysis:
     _solver: Any = None  # full set-up for self.model (factorisation or AMG hierarchy)
     prepare_seconds: float = 0.0
     height_mm: float | None = None  # characteristic_length_mm, None without a supported region along the load
+    _voxel: bool | None = None
 
     @property
     def n_bone_nodes(self) -> int:
@@ -119,6 +121,13 @@ class Analysis:
             raise LoadCaseError("with_model needs a model on the same mesh (only the density may change)")
         return replace(self, model=model, _solver=None)
 
+    @property
+    def voxel(self) -> bool:
+        """True when the FE model (bone and caps) is made of voxels: the matrix-free voxel solver applies."""
+        if self._voxel is None:
+            self._voxel = is_voxel_mesh(self.fe_mesh)
+        return self._voxel
+
     def fe_young(self, model: Model | None = None) -> np.ndarray:
         m = model or self.model
         n_cap = self.fe_mesh.n_cells - self.n_bone_cells
@@ -135,9 +144,19 @@ class Analysis:
         m = model or self.model
         if m is self.model and self._solver is not None:
             return self._solver
+        s = self.case.solver
+        if s.method == "voxel" or (s.method == "auto" and self.voxel):
+            if not self.voxel:
+                raise LoadCaseError("[solver] method = 'voxel' needs a voxel model (hex8 cells of one size: CLI "
+                                    "--mask-mesh hex, [bone] mesh_type = 'hex')")
+            # matrix-free: one template element matrix times the moduli (no assembled matrix)
+            solver = VoxelSolver(self.fe_mesh, self.fe_young(m), m.poisson, self.fixed_dofs, ties=[self.tie],
+                                 rtol=s.rtol, maxiter=s.maxiter)
+            if m is self.model:
+                self._solver = solver
+            return solver
         if self.assembler is None:
             self.assembler = StiffnessAssembler(self.fe_mesh, m.poisson)
-        s = self.case.solver
         base = None
         if m is not self.model:
             base = self.solver_for(self.model)
@@ -227,7 +246,6 @@ class Analysis:
                                    plate_rotation=(tie_res.rotation * scale) @ R,
                                    plate_moment=(tie_res.moment * scale) @ R)
         res.height_mm = self.height_mm
-        res.frame = self.frame
         res.subject = subject
         if strength:
             res.evaluate_strength()
@@ -283,7 +301,8 @@ def prepare(case, model: Model, *, frame=None, regions=None) -> Analysis:
             axis = zprime if nrm @ zprime >= 0 else -zprime
             if reg == case.loaded_regions[0]:
                 axis = -zprime  # the plate pushes along +z' into the bone: the cap faces -z'
-            fe, cap = add_cap(fe, r.faces, axis, case.caps.thickness_mm, name=reg)
+            build = add_voxel_cap if fe.cell_type == "hexahedron" else add_cap
+            fe, cap = build(fe, r.faces, axis, case.caps.thickness_mm, name=reg)
             caps[reg] = cap
         if abs(case.caps.poisson - model.poisson) > 1e-12:
             log.warning("caps poisson %.3g differs from bone poisson %.3g: one Poisson ratio (the bone's) is used "

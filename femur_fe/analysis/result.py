@@ -60,7 +60,7 @@ class Result:
         eps = strain(mesh, flat, at="centroid")
         sig = stress(mesh, flat, m.young, m.poisson, at="centroid")
         return cls(mesh, an.case, m, u, eps, sig, reactions, d, load_force, plate_disp, stiffness, report,
-                   an.bc_bone_nodes, an.regions, plate_rotation, plate_moment,
+                   an.bc_bone_nodes, an.regions, plate_rotation, plate_moment, frame=an.frame,
                    analysis=replace(an, assembler=None, _solver=None))  # the model, not the factorisation
 
     @property
@@ -116,7 +116,7 @@ class Result:
             "cell_type": self.mesh.cell_type,
             "solver": self.solver.as_dict(),
             "regions": {k: v.to_dict() for k, v in self.regions.items()},
-            "frame": self.frame.to_dict() if hasattr(self.frame, "to_dict") else None,
+            "frame": self.frame.to_dict() if hasattr(self.frame, "to_dict") else None,  # read by the viewers
             "material": {"law": type(self.model.law).__name__ if self.model.law is not None else None,
                          "density_type": self.model.density_type, "poisson": self.model.poisson,
                          "young_min_mpa": float(self.model.young.min()),

@@ -472,7 +472,8 @@ def _parse_nonlinear(raw: Any, source: str) -> Nonlinear:
 
 def _parse_solver(raw: Any, source: str) -> Solver:
     t = Table(raw, "[solver]", source, LoadCaseError, schema="load case [solver]")
-    method = t.get("method", "str", "auto", choices=("auto", "direct", "amg", "direct-superlu", "direct-cholmod"))
+    method = t.get("method", "str", "auto",
+                   choices=("auto", "direct", "amg", "voxel", "direct-superlu", "direct-cholmod"))
     rtol = t.get("rtol", "float", 1e-8, lo=0.0, hi=1e-2, lo_open=True)
     maxiter = t.get("maxiter", "int", 5000, lo=1)
     t.finish()

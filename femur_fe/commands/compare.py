@@ -20,5 +20,5 @@ def run(args) -> int:
     progress = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     res = compare(args.spec, args.out, progress=progress)
     print(res.table())
-    print(f"written to {args.out}/ in {res.seconds:.1f} s")
+    print(f"written to {args.out}/ in {res.seconds:.1f} s; report: {res.files['report_html']}")
     return 0

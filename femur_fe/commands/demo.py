@@ -14,7 +14,6 @@ from pathlib import Path
 from ..case.comparison import load_comparison
 from ..case.presets import loadcases_dir
 from ..studies.compare import compare
-from ..viz.report import write_report
 
 
 def register(sub) -> None:
@@ -37,10 +36,7 @@ def run(args) -> int:
     if progress:
         progress(f"femur_fe demo: {spec.specimen.label}, load case {spec.case.name}, "
                  f"{len(spec.scenarios)} scenarios -> {out}/")
-    res = compare(spec, out, progress=progress)
-    report = write_report(out / "report.html", kind="comparison", comparison=out / "comparison.json",
-                          run_dirs=[out / r["scenario"] for r in res.rows], title="femur_fe demo")
-    res.files["report_html"] = report
+    res = compare(spec, out, progress=progress)  # ends with report.html (femur_fe.viz.report)
     crit = res.baseline.strength_summary.get("criterion") or {}
     print()
     print(f"{spec.specimen.label}, {spec.case.name}: strength by {crit.get('name')} {crit.get('parameters')}")

@@ -22,6 +22,7 @@ from .nonlinear import NonlinearResult, SecantYield, nonlinear_strength
 from .parallel import effective_n_threads, openmp_enabled
 from .recovery import node_average, strain, stress
 from .solvers import LinearSolver, Solution, SolveReport, solve
+from .voxel_solver import VoxelGrid, VoxelSolver, is_voxel_mesh
 
 __all__ = [
     "box_mesh",
@@ -38,6 +39,8 @@ __all__ = [
     "SolveReport",
     "StiffnessAssembler",
     "TieResult",
+    "VoxelGrid",
+    "VoxelSolver",
     "assemble_body_force",
     "assemble_pressure",
     "assemble_stiffness",
@@ -51,6 +54,7 @@ __all__ = [
     "openmp_enabled",
     "principal_strains",
     "quadrature",
+    "is_voxel_mesh",
     "remove_orphan_nodes",
     "rigid_body_modes",
     "shape_functions",

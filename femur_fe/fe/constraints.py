@@ -233,20 +233,7 @@ class TieReduction:
         self.n_nodes = int(n_nodes)
         self.ties = list(ties)
         self.names = _tie_names(self.ties)
-        slave = np.full(self.n_nodes, -1, dtype=np.int64)
-        for k, tie in enumerate(self.ties):
-            ids = tie.node_ids
-            if ids.max() >= self.n_nodes:
-                raise LoadCaseError(f"RigidTie {self.names[k]!r}: node ids up to {ids.max()} but the mesh has "
-                                    f"{self.n_nodes} nodes (ids are 0-based)")
-            clash = ids[slave[ids] >= 0]
-            if clash.size:
-                other = self.names[int(slave[clash[0]])]
-                raise LoadCaseError(
-                    f"RigidTie {self.names[k]!r} and {other!r} share {clash.size} node(s), e.g. {clash[:5].tolist()}; "
-                    "a node can follow one rigid body only: make the node sets disjoint or merge the ties"
-                )
-            slave[ids] = k
+        slave = tie_slave_index(self.n_nodes, self.ties, self.names)
         self.slave_of = slave  # (n,) tie index per node, -1 if not tied
         self.n_ties = len(self.ties)
         master_nodes = np.flatnonzero(slave < 0)
@@ -342,6 +329,28 @@ class TieReduction:
             b[rows[:3]] = ref
             b[rows[3:], 3:] = np.eye(3)
         return b
+
+
+def tie_slave_index(n_nodes: int, ties: Sequence[RigidTie], names: Sequence[str]) -> np.ndarray:
+    """(n_nodes,) index of the tie each node follows, -1 for untied nodes.
+
+    Raises :class:`LoadCaseError` for node ids outside the mesh and for nodes in two ties.
+    """
+    slave = np.full(int(n_nodes), -1, dtype=np.int64)
+    for k, tie in enumerate(ties):
+        ids = tie.node_ids
+        if ids.max() >= n_nodes:
+            raise LoadCaseError(f"RigidTie {names[k]!r}: node ids up to {ids.max()} but the mesh has "
+                                f"{n_nodes} nodes (ids are 0-based)")
+        clash = ids[slave[ids] >= 0]
+        if clash.size:
+            other = names[int(slave[clash[0]])]
+            raise LoadCaseError(
+                f"RigidTie {names[k]!r} and {other!r} share {clash.size} node(s), e.g. {clash[:5].tolist()}; "
+                "a node can follow one rigid body only: make the node sets disjoint or merge the ties"
+            )
+        slave[ids] = k
+    return slave
 
 
 def _tie_names(ties: Sequence[RigidTie]) -> list[str]:

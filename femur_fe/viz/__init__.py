@@ -10,7 +10,8 @@ from .charts import (
     plot_tornado,
     sensitivity_table,
 )
-from .report import write_report
+from .palette import scenario_colours
+from .report import write_comparison_report, write_report
 from .views import animate_density, available_fields, plot, plot_comparison
 
 __all__ = [
@@ -23,6 +24,8 @@ __all__ = [
     "plot_strength_time",
     "plot_sweep_scatter",
     "plot_tornado",
+    "scenario_colours",
     "sensitivity_table",
+    "write_comparison_report",
     "write_report",
 ]

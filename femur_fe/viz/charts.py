@@ -11,7 +11,7 @@ Inputs are the files other parts of femur_fe write, or their in-memory equivalen
   pandas DataFrame, a list of dicts, or a mapping ``{scenario: {"months": [...],
   "strength_N": [...]}}``. ``comparison.csv`` rows with several times per scenario fit.
 * :func:`plot_strength_gain`: ``comparison.json`` / ``comparison.csv`` of
-  :func:`femur_fe.studies.table.write_comparison` (or its rows).
+  :func:`femur_fe.studies.compare.write_comparison` (or its rows).
 * :func:`plot_load_displacement`: result folders / summaries with ``nonlinear_curve``.
 * :func:`plot_tornado`, :func:`plot_sweep_scatter`, :func:`sensitivity_table`: a sweep's
   ``results.parquet`` / ``results.csv`` (folder, file or DataFrame; rows with
@@ -32,6 +32,8 @@ import numpy as np
 from ..errors import FemurFeError
 from ..io import atomic_path
 from ..io.results import StoredResult
+from .palette import BASELINE_COLOUR, resolve_colours
+from .tables import human_name
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +106,15 @@ def _need(df, cols: Iterable[str], what: str) -> None:
 
 
 # =========================================================================== regeneration
+#: colour of the fragility threshold line and of the fragile zone below it
+THRESHOLD_COLOUR = "#b2182b"
+
+
 def plot_strength_time(data: Any, path: str | os.PathLike, *, strength: str = "strength_N",
                        time: str | None = None, scenario: str = "scenario", baseline: float | None = None,
-                       title: str = "Strength over time") -> Path:
+                       title: str = "Strength over time (N)", colours: Mapping[str, str] | None = None,
+                       threshold: float | None = None, threshold_label: str | None = None,
+                       ylabel: str = "strength (N)") -> Path:
     """Strength against time, one line per scenario.
 
     Parameters
@@ -117,6 +125,11 @@ def plot_strength_time(data: Any, path: str | os.PathLike, *, strength: str = "s
     strength : strength column, N
     time : time column (default ``months``, else ``t_months``), months
     baseline : draw the untreated strength as a horizontal reference line, N
+    colours : scenario -> colour (:func:`femur_fe.viz.palette.scenario_colours` of the whole
+        comparison); default: the palette in the order of the rows
+    threshold : fragility threshold of the classification, N: drawn as a line with the
+        fragile zone below it shaded
+    threshold_label : legend text of the threshold (default "fragility threshold <N> N")
     """
     import pandas as pd
 
@@ -137,57 +150,106 @@ def plot_strength_time(data: Any, path: str | os.PathLike, *, strength: str = "s
     df = df.dropna(subset=[tcol, strength])
     if df.empty:
         raise FemurFeError("strength time course: no rows with both a time and a strength")
+    if threshold is not None and not (np.isfinite(threshold) and threshold > 0):
+        raise FemurFeError(f"threshold must be a strength > 0 N, got {threshold!r}")
+    cols = resolve_colours(pd.unique(df[scenario].astype(str)), colours)
     fig = _figure()
     ax = fig.add_subplot()
     for name, grp in df.groupby(scenario, sort=False):
         g = grp.sort_values(tcol)
-        ax.plot(g[tcol].to_numpy(float), g[strength].to_numpy(float), marker="o", ms=4, label=str(name))
+        t, y = g[tcol].to_numpy(float), g[strength].to_numpy(float)
+        ax.plot(t, y, marker="o", ms=4, label=str(name), color=cols[str(name)])
+        ax.annotate(f"{y[-1]:.0f}", (t[-1], y[-1]), textcoords="offset points", xytext=(5, 0), va="center",
+                    fontsize=7, color=cols[str(name)])
     if baseline is not None:
-        ax.axhline(float(baseline), color="0.4", ls="--", lw=1, label="baseline")
+        ax.axhline(float(baseline), color=BASELINE_COLOUR, ls="--", lw=1,
+                   label=f"baseline (untreated) {float(baseline):.0f}")
+    if threshold is not None:
+        ax.axhline(float(threshold), color=THRESHOLD_COLOUR, ls=":", lw=1.5,
+                   label=threshold_label or f"fragility threshold {float(threshold):.0f}")
+        lo, hi = ax.get_ylim()
+        lo = min(lo, float(threshold) - 0.05 * (hi - lo))
+        ax.axhspan(lo, float(threshold), color=THRESHOLD_COLOUR, alpha=0.07, lw=0)
+        ax.set_ylim(lo, hi)
+        ax.annotate("fragile", (1.0, float(threshold)), xycoords=("axes fraction", "data"), xytext=(-4, -3),
+                    textcoords="offset points", ha="right", va="top", fontsize=7, color=THRESHOLD_COLOUR)
+    ax.margins(x=0.08)
     ax.set_xlabel("time (months)")
-    ax.set_ylabel("strength (N)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, frameon=False)
+    ax.legend(fontsize=7, frameon=False)
     return _save(fig, path)
 
 
+#: title and value-label format of each metric of :func:`plot_strength_gain`
+GAIN_METRICS = {
+    "strength_change_percent": ("Strength change against the baseline (%)", "strength change (%)", "{:+.1f} %"),
+    "strength_change_N": ("Strength change against the baseline (N)", "strength change (N)", "{:+.0f} N"),
+    "strength_gain_per_gram_N_per_g": ("Strength gained per gram of bone added (N/g)",
+                                       "strength gained per gram added (N/g)", "{:.0f} N/g"),
+}
+
+
 def plot_strength_gain(comparison: Any, path: str | os.PathLike, *, metric: str = "strength_change_percent",
-                       reference: str | None = "standard_care", title: str | None = None) -> Path:
-    """Bar chart of the strength gain of each scenario against the baseline.
+                       reference: str | None = "standard_care", title: str | None = None,
+                       colours: Mapping[str, str] | None = None) -> Path:
+    """Bar chart of one change of each scenario against the baseline, one colour per scenario.
 
     Parameters
     ----------
     comparison : ``comparison.json``/``.csv`` path, its folder, or rows (first row = baseline)
     metric : ``strength_change_percent`` (%), ``strength_change_N`` (N) or
-        ``strength_gain_per_gram_N_per_g`` (N/g)
+        ``strength_gain_per_gram_N_per_g`` (N/g). Strength per gram is drawn only for
+        scenarios that added bone (``added_mass_g > 0``): for a scenario that lost bone the
+        ratio is strength lost per gram lost, not a gain; those scenarios are named under
+        the chart with what they lost.
     reference : scenario drawn hatched as the reference (standard care), if present
+    colours : scenario -> colour (default: :func:`femur_fe.viz.palette.scenario_colours` of
+        the rows)
     """
-    units = {"strength_change_percent": "strength change vs baseline (%)",
-             "strength_change_N": "strength change vs baseline (N)",
-             "strength_gain_per_gram_N_per_g": "strength gained per gram added (N/g)"}
+    import pandas as pd
+
     df = _table(comparison, "comparison")
     _need(df, ("scenario", metric), "comparison")
+    cols = resolve_colours(df["scenario"].astype(str), colours)
     rows = df.iloc[1:] if len(df) > 1 else df  # row 0 is the baseline
-    rows = rows[rows[metric].notna()]
+    left_out = []
+    if metric == "strength_gain_per_gram_N_per_g" and "added_mass_g" in rows.columns:
+        mass = pd.to_numeric(rows["added_mass_g"], errors="coerce")
+        lost = rows[mass < 0]
+        for _, r in lost.iterrows():
+            dn = pd.to_numeric(r.get("strength_change_N"), errors="coerce")
+            strength = "" if dn is None or not np.isfinite(dn) else (
+                f", {-float(dn):.0f} N of strength" if dn < 0 else f", strength {float(dn):+.0f} N")
+            left_out.append(f"{r['scenario']} lost {-float(r['added_mass_g']):.2f} g of bone{strength}")
+        rows = rows[mass > 0]
+    rows = rows[pd.to_numeric(rows[metric], errors="coerce").notna()]
     if rows.empty:
-        raise FemurFeError(f"comparison: no scenario has a value for {metric!r}")
+        raise FemurFeError(f"comparison: no scenario has a value for {metric!r}"
+                           + (f" ({'; '.join(left_out)})" if left_out else ""))
     names = [str(s) for s in rows["scenario"]]
     vals = rows[metric].to_numpy(float)
+    head, ylabel, fmt = GAIN_METRICS.get(metric, (metric, metric, "{:.3g}"))
     fig = _figure()
     ax = fig.add_subplot()
-    colours = ["#2ca02c" if v >= 0 else "#d62728" for v in vals]
-    bars = ax.bar(range(len(vals)), vals, color=colours, edgecolor="black", lw=0.6)
+    bars = ax.bar(range(len(vals)), vals, color=[cols[n] for n in names], edgecolor="black", lw=0.6)
     for b, n in zip(bars, names):
         if reference is not None and n == reference:
             b.set_hatch("//")
-            b.set_facecolor("#bbbbbb")
-    ax.bar_label(bars, fmt="%.3g", fontsize=8, padding=2)
+    ax.bar_label(bars, labels=[fmt.format(v) for v in vals], fontsize=8, padding=2)
     ax.axhline(0.0, color="black", lw=0.8)
-    ax.set_xticks(range(len(vals)), names, rotation=30 if len(vals) > 3 else 0, ha="right" if len(vals) > 3 else "center")
-    ax.set_ylabel(units.get(metric, metric))
-    ax.set_title(title or "Strength gain per scenario")
+    ticks = [f"{n}\n(reference)" if reference is not None and n == reference else n for n in names]
+    ax.set_xticks(range(len(vals)), ticks, rotation=30 if len(vals) > 3 else 0,
+                  ha="right" if len(vals) > 3 else "center")
+    ax.margins(y=0.15)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or head)
     ax.grid(True, axis="y", alpha=0.3)
+    if left_out:
+        fig.text(0.01, 0.005, "not drawn (a loss per gram lost is not a gain): " + "; ".join(left_out),
+                 fontsize=7, color="0.3", ha="left", va="bottom", wrap=True)
+        fig.get_layout_engine().set(rect=(0, 0.05, 1, 0.95))
     return _save(fig, path)
 
 
@@ -226,7 +288,8 @@ def _curve_of(item: Any) -> tuple[str, np.ndarray, np.ndarray, float | None]:
     return label, d, f, None if peak is None else float(peak)
 
 
-def plot_load_displacement(results: Any, path: str | os.PathLike, *, title: str = "Load-displacement") -> Path:
+def plot_load_displacement(results: Any, path: str | os.PathLike, *, title: str = "Load-displacement (N, mm)",
+                           colours: Mapping[str, str] | None = None) -> Path:
     """Force against displacement of the loaded plate from the nonlinear analysis.
 
     Parameters
@@ -236,14 +299,16 @@ def plot_load_displacement(results: Any, path: str | os.PathLike, *, title: str 
     path : output image
 
     The peak (``strength_nonlinear_N`` when present, else the curve maximum) is marked.
+    ``colours``: label -> colour (default: :func:`femur_fe.viz.palette.scenario_colours` of the labels).
     """
     items = results if isinstance(results, (list, tuple)) and not (
         len(results) == 2 and isinstance(results[0], str) and not Path(results[0]).exists()) else [results]
     fig = _figure()
     ax = fig.add_subplot()
-    for item in items:
-        label, d, f, peak = _curve_of(item)
-        line, = ax.plot(d, f, lw=1.5, label=label)
+    curves = [_curve_of(item) for item in items]
+    cols = resolve_colours([c[0] for c in curves], colours)
+    for label, d, f, peak in curves:
+        line, = ax.plot(d, f, lw=1.5, label=label, color=cols[label])
         k = int(np.argmax(f))
         ax.plot([d[k]], [peak if peak is not None else f[k]], marker="o", color=line.get_color(), ms=6)
         ax.annotate(f"{(peak if peak is not None else f[k]):.0f} N", (d[k], f[k]), textcoords="offset points",
@@ -360,8 +425,8 @@ def plot_tornado(data: Any, path: str | os.PathLike, *, output: str = "strength_
     ax.barh(ypos, tab["high"] - centre, left=centre, color="#ff7f0e", label="input high", edgecolor="black", lw=0.5)
     ax.axvline(centre, color="black", lw=0.8)
     ax.set_yticks(ypos, list(tab["input"]))
-    ax.set_xlabel(f"{output} (mean {centre:.4g})")
-    ax.set_title(title or f"Sensitivity of {output}")
+    ax.set_xlabel(f"{human_name(output)}, mean {centre:.4g}")
+    ax.set_title(title or f"Sensitivity of {human_name(output)}")
     ax.grid(True, axis="x", alpha=0.3)
     ax.legend(fontsize=8, frameon=False, loc="lower right")
     return _save(fig, path)
@@ -402,16 +467,16 @@ def plot_sweep_scatter(data: Any, path: str | os.PathLike, *, output: str = "str
             ax.set_xticks(range(len(cats)), [Path(v).name for v in cats], rotation=30, ha="right", fontsize=7)
         rho = tab.loc[name, "spearman"] if tab is not None and name in tab.index else float("nan")
         ax.set_title(f"{name}" + ("" if not np.isfinite(rho) else f"  (rho = {rho:+.2f})"), fontsize=9)
-        ax.set_xlabel(name, fontsize=8)
-        ax.set_ylabel(output, fontsize=8)
+        ax.set_xlabel(human_name(name), fontsize=8)
+        ax.set_ylabel(human_name(output), fontsize=8)
         ax.grid(True, alpha=0.3)
     for k in range(n, nrow * ncol):
         axes[k // ncol][k % ncol].set_visible(False)
     if c is not None:
         fig.colorbar(sc, ax=axes, label=colour, shrink=0.8)
-    fig.suptitle(title or f"{output} against the swept inputs", fontsize=10)
+    fig.suptitle(title or f"{human_name(output)} against the swept inputs", fontsize=10)
     return _save(fig, path)
 
 
-__all__ = ["plot_strength_time", "plot_strength_gain", "plot_load_displacement", "plot_tornado",
+__all__ = ["GAIN_METRICS", "THRESHOLD_COLOUR", "plot_strength_time", "plot_strength_gain", "plot_load_displacement", "plot_tornado",
            "plot_sweep_scatter", "sensitivity_table"]

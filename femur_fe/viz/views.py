@@ -34,6 +34,8 @@ import logging
 import math
 import os
 import sys
+import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -209,11 +211,42 @@ def _theme():
     return th
 
 
+#: VTK's documented run-time choice of OpenGL window class (VTK >= 9.4)
+_VTK_WINDOW_VARIABLE = "VTK_DEFAULT_OPENGL_WINDOW"
+
+
+@contextmanager
+def _offscreen_window_class(off_screen: bool):
+    """Name VTK's EGL window while an off-screen render window is created on a machine without display.
+
+    VTK >= 9.4 chooses the OpenGL window class when a render window is created: on Linux it
+    tries X first and, without a display, logs "bad X server connection" before falling back
+    to EGL (and then to OSMesa). Off-screen views never need X, so without a display the EGL
+    class is named through ``VTK_DEFAULT_OPENGL_WINDOW`` for the creation of this window only
+    (VTK still falls back to OSMesa when EGL cannot start). A value set by the user is kept,
+    and nothing changes when a display is available or VTK was built without EGL.
+    """
+    if not off_screen or display_available() or _VTK_WINDOW_VARIABLE in os.environ:
+        yield
+        return
+    import vtkmodules.vtkRenderingOpenGL2 as gl
+
+    if not hasattr(gl, "vtkEGLRenderWindow"):
+        yield
+        return
+    os.environ[_VTK_WINDOW_VARIABLE] = "vtkEGLRenderWindow"
+    try:
+        yield
+    finally:
+        os.environ.pop(_VTK_WINDOW_VARIABLE, None)
+
+
 def _new_plotter(window_size, off_screen: bool, shape=(1, 1)):
     import pyvista as pv
 
-    return pv.Plotter(off_screen=off_screen, window_size=[int(window_size[0]), int(window_size[1])],
-                      shape=shape, theme=_theme(), border=False)
+    with _offscreen_window_class(off_screen):
+        return pv.Plotter(off_screen=off_screen, window_size=[int(window_size[0]), int(window_size[1])],
+                          shape=shape, theme=_theme(), border=False)
 
 
 def _finish(plotter, screenshot) -> Path | None:
@@ -341,11 +374,53 @@ def _font(window_size) -> int:
     return max(8, int(round(12 * int(window_size[0]) / 800)))
 
 
-def _scalar_bar_args(title: str, fmt: str = "%.3g", font: int = 10, n_labels: int = 4) -> dict:
-    """Horizontal bar in the lower right, title above it (fits long titles with units)."""
-    return dict(title=title, vertical=False, position_x=0.3, position_y=0.02, width=0.6, height=0.12,
+def _scalar_bar_args(title: str, fmt: str = "%.3g", font: int = 10, n_labels: int = 4,
+                     viewport_h: float | None = None) -> dict:
+    """Horizontal bar in the lower right; its title is drawn above it by :func:`_title_scalar_bar`.
+
+    The box is 12 % of the viewport high, and at least 2.8 label heights (``viewport_h``,
+    pixels) so that the bar and its tick labels fit inside it.
+    """
+    height = 0.12 if not viewport_h else max(0.12, 2.8 * (font + 4) / float(viewport_h))
+    return dict(title=title, vertical=False, position_x=0.3, position_y=0.02, width=0.6, height=height,
                 n_labels=n_labels, fmt=fmt, title_font_size=font + 5, label_font_size=font + 4, color="black",
                 font_family="arial", bold=False, unconstrained_font_size=True)
+
+
+def _title_scalar_bar(plotter, args: dict, viewport_px: Sequence[float]) -> None:
+    """Move the title of the scalar bar made with ``args`` above its box (active subplot).
+
+    vtkScalarBarActor lays its title out inside the bar's box at the size the box allows;
+    with fixed (unconstrained) font sizes the title then overlaps the tick labels. The bar
+    keeps only its labels (they fit the box) and the title becomes a text actor above the
+    box, its baseline on the box's top edge, centred on the bar as far as the viewport
+    (``viewport_px``, width and height in pixels) allows; a title wider than the viewport
+    gets a smaller font.
+    """
+    import vtkmodules.vtkRenderingCore as rc
+
+    bar = plotter.scalar_bars[args["title"]]
+    bar.SetTitle("")
+    text = rc.vtkTextActor()
+    text.SetInput(args["title"])
+    prop = text.GetTextProperty()
+    prop.SetFontSize(int(args["title_font_size"]))
+    prop.SetFontFamilyToArial()
+    prop.SetColor(0.0, 0.0, 0.0)
+    prop.SetJustificationToCentered()
+    prop.SetVerticalJustificationToBottom()
+    vw = float(viewport_px[0])
+    box = [0, 0, 0, 0]
+    width = box[1] - box[0] if rc.vtkTextRenderer().GetBoundingBox(prop, args["title"], box, 72) else 0
+    if width > 0.96 * vw:
+        prop.SetFontSize(max(6, int(args["title_font_size"] * 0.96 * vw / width)))
+        width = 0.96 * vw
+    half = 0.5 * width / vw
+    x = min(args["position_x"] + 0.5 * args["width"], 1.0 - half - 0.01)
+    coord = text.GetPositionCoordinate()
+    coord.SetCoordinateSystemToNormalizedViewport()
+    coord.SetValue(max(x, half + 0.01), args["position_y"] + args["height"])
+    plotter.add_actor(text, reset_camera=False, name=f"bar title {args['title']}")
 
 
 @dataclass
@@ -357,28 +432,73 @@ class _Prepared:
     deformed_points: np.ndarray
 
 
+#: outer surface of each result's mesh, and of its default section, with the original ids (extracted once)
+_SURFACES: "weakref.WeakKeyDictionary[StoredResult, dict]" = weakref.WeakKeyDictionary()
+#: cell data of a clipped section: index of the element each piece comes from
+_CELL_ID = "_femur_fe_cell"
+
+
+def _outer_surface(res: StoredResult, section: bool = False):
+    """The outer surface of ``res`` as PolyData (cached per result).
+
+    ``section=False``: the whole bone, with ``vtkOriginalPointIds``/``vtkOriginalCellIds``.
+    ``section=True``: the surface of the part behind :func:`clip_plane` (the cut face
+    included), with :data:`_CELL_ID` naming the element each face comes from.
+    A view draws only this surface; extracting it once per result instead of in the mapper
+    of every view halves the rendering time of a report's views.
+    """
+    cache = _SURFACES.setdefault(res, {})
+    if section not in cache:
+        grid = res.grid.copy(deep=False)
+        grid.clear_data()
+        if section:
+            origin, normal, _ = clip_plane(res)
+            grid.cell_data[_CELL_ID] = np.arange(grid.n_cells)
+            grid = grid.clip(normal=normal, origin=origin, crinkle=False)
+            if grid.n_cells == 0:
+                raise FemurFeError("the clipping plane leaves no elements to draw; view without clip")
+        cache[section] = grid.extract_surface(pass_pointid=True, pass_cellid=True, algorithm="dataset_surface")
+    return cache[section]
+
+
 def _prepare(res: StoredResult, spec: FieldSpec, *, warp: float | None, clip: bool,
              values: np.ndarray | None = None) -> _Prepared:
-    grid = res.grid.copy(deep=False)
-    grid.clear_data()
     vals = spec.values(res) if values is None else values
-    if spec.association == "point":
-        grid.point_data["_values"] = vals
-    else:
-        grid.cell_data["_values"] = vals
     factor = (warp_factor(res) if spec.warp else 0.0) if warp is None else float(warp)
     if factor < 0 or not np.isfinite(factor):
         raise FemurFeError(f"warp must be a finite factor >= 0, got {warp!r}")
     pts = res.points + factor * res.displacement if factor else res.points
-    if factor:
-        grid.points = pts
     plane = None
-    if clip:
+    if clip and spec.association == "cell" and not factor:  # element values on the undeformed section
+        origin, normal, _ = clip_plane(res)
+        plane = (origin, normal)
+        surf = _outer_surface(res, section=True)
+        grid = surf.copy(deep=False)
+        grid.cell_data["_values"] = np.asarray(vals)[np.asarray(surf.cell_data[_CELL_ID])]
+    elif clip:  # point values or a deformed shape: clip the volume, interpolating the point values
+        grid = res.grid.copy(deep=False)
+        grid.clear_data()
+        if spec.association == "point":
+            grid.point_data["_values"] = vals
+        else:
+            grid.cell_data["_values"] = vals
+        if factor:
+            grid.points = pts
         origin, normal, _ = clip_plane(res)
         plane = (origin, normal)
         grid = grid.clip(normal=normal, origin=origin, crinkle=False)
         if grid.n_cells == 0:
             raise FemurFeError("the clipping plane leaves no elements to draw; view without clip")
+    else:
+        surf = _outer_surface(res)
+        grid = surf.copy(deep=False)
+        pid = np.asarray(surf.point_data["vtkOriginalPointIds"])
+        if spec.association == "point":
+            grid.point_data["_values"] = np.asarray(vals)[pid]
+        else:
+            grid.cell_data["_values"] = np.asarray(vals)[np.asarray(surf.cell_data["vtkOriginalCellIds"])]
+        if factor:
+            grid.points = pts[pid]
     return _Prepared(grid, vals, factor, plane, pts)
 
 
@@ -429,8 +549,12 @@ def _set_camera(plotter, res: StoredResult, plane, bounds_from=None) -> None:
 
 def _draw_result(plotter, res: StoredResult, spec: FieldSpec, *, warp, clip, clim, cmap, title,
                  show_regions: bool, show_load: bool, scalar_bar: bool = True, values=None,
-                 bar_title: str | None = None, font: int = 10) -> tuple[float, float]:
-    """Draw one result in the active subplot; returns the colour range used."""
+                 bar_title: str | None = None, font: int = 10, mark_beyond: bool = True) -> tuple[float, float]:
+    """Draw one result in the active subplot; returns the colour range used.
+
+    ``mark_beyond``: values outside the colour range in :data:`BEYOND_COLOUR` (else in the
+    end colours of the map, which keeps the sign readable on a diverging map).
+    """
     prep = _prepare(res, spec, warp=warp, clip=clip, values=values)
     lims = _clim(prep.values, spec, clim)
     finite = prep.values[np.isfinite(prep.values)]
@@ -438,14 +562,15 @@ def _draw_result(plotter, res: StoredResult, spec: FieldSpec, *, warp, clip, cli
                                    finite.min() < lims[0] - abs(lims[0]) * 1e-12 - 1e-300))
     label = bar_title or spec.label
     viewport_w = plotter.window_size[0] / plotter.shape[1]
+    viewport_h = plotter.window_size[1] / plotter.shape[0]
     if prep.warp:
-        outline = res.grid.extract_surface(algorithm="dataset_surface")
-        plotter.add_mesh(outline, color="#bbbbbb", opacity=0.25, reset_camera=False)
-    extra = dict(above_color=BEYOND_COLOUR, below_color=BEYOND_COLOUR) if beyond else {}
+        plotter.add_mesh(_outer_surface(res), color="#bbbbbb", opacity=0.25, reset_camera=False)
+    extra = dict(above_color=BEYOND_COLOUR, below_color=BEYOND_COLOUR) if beyond and mark_beyond else {}
+    bar_args = _scalar_bar_args(label, spec.fmt, font, 4 if viewport_w >= 300 else 3, viewport_h)
     plotter.add_mesh(prep.mesh, scalars="_values", cmap=cmap or spec.cmap, clim=lims, show_scalar_bar=scalar_bar,
-                     scalar_bar_args=_scalar_bar_args(label, spec.fmt, font, 4 if viewport_w >= 300 else 3),
-                     nan_color="#cccccc",
-                     show_edges=False, **extra)
+                     scalar_bar_args=bar_args, nan_color="#cccccc", show_edges=False, **extra)
+    if scalar_bar:
+        _title_scalar_bar(plotter, bar_args, (viewport_w, viewport_h))
     if show_regions:
         _add_regions(plotter, res, prep, 1.2 * font)
     if show_load:
@@ -453,10 +578,9 @@ def _draw_result(plotter, res: StoredResult, spec: FieldSpec, *, warp, clip, cli
     n_entries = (len(res.region_names) if show_regions else 0) + (1 if show_load and res.loaded_region else 0)
     if n_entries:
         # the legend text scales with its box: a fixed height per entry keeps the font constant
-        viewport_h = plotter.window_size[1] / plotter.shape[0]
         plotter.add_legend(bcolor="white", border=False, size=(0.3, min(0.5, 2.0 * font * n_entries / viewport_h)),
                            loc="upper left", face="circle", font_family="arial")
-    text = title if title is not None else _default_title(res, prep, beyond)
+    text = title if title is not None else _default_title(res, prep, beyond and mark_beyond)
     if text:
         plotter.add_text(text, position="upper_right", font_size=font, color="black", font="arial")
     _set_camera(plotter, res, prep.plane)
@@ -525,6 +649,30 @@ def _check_same_mesh(a: StoredResult, b: StoredResult) -> None:
                            f"{tol:.2g} mm apart); compare results computed on the same mesh")
 
 
+def difference_range(diff: np.ndarray) -> tuple[float, float]:
+    """Colour range of a change map: symmetric about 0, up to the 99th percentile of |change|.
+
+    A few elements next to the supports or inside a local graft change far more than the
+    rest; a range up to the largest change would draw everything else in the centre colour.
+    The robust range keeps the pattern visible; larger changes take the end colours. When
+    the largest change is within 1.25 times the percentile (no outliers), or 99 % of the
+    elements do not change, the range goes up to the largest change; (-1, 1) when nothing
+    changes.
+    """
+    a = np.abs(np.asarray(diff, dtype=np.float64))
+    a = a[np.isfinite(a)]
+    if a.size == 0 or a.max() <= 0:
+        return -1.0, 1.0
+    m = float(np.percentile(a, ROBUST_PERCENTILE))
+    if m <= 0 or a.max() <= 1.25 * m:
+        m = float(a.max())
+    return -m, m
+
+
+def _fmt_num(x: float) -> str:
+    return f"{x:.2g}" if abs(x) < 0.01 or abs(x) >= 1000 else f"{x:.3g}"
+
+
 def plot_comparison(baseline, scenario, field: str = "density", *, screenshot: str | os.PathLike | None = None,
                     difference: bool = True, clip: bool = False, clim: Sequence[float] | None = None,
                     diff_clim: Sequence[float] | None = None, show_regions: bool = False,
@@ -540,7 +688,8 @@ def plot_comparison(baseline, scenario, field: str = "density", *, screenshot: s
     difference : add a third panel with scenario - baseline (diverging colours, symmetric
         range; e.g. the change in density in g/cm^3, the change in risk)
     clim : common colour range of the two result panels (default: range over both)
-    diff_clim : colour range of the difference panel (default: +-max |change|)
+    diff_clim : colour range of the difference panel (default: :func:`difference_range`,
+        +- the 99th percentile of |change|; larger changes in the end colours)
     labels : titles of the two result panels (default: "baseline: <folder>", "scenario: <folder>")
     window_size : default (1200, 400) with the difference panel, (800, 400) without
 
@@ -557,8 +706,7 @@ def plot_comparison(baseline, scenario, field: str = "density", *, screenshot: s
         clim = _clim(both, spec_b)
     diff = vs - vb
     if diff_clim is None:
-        m = float(np.nanmax(np.abs(diff))) if np.isfinite(diff).any() else 0.0
-        diff_clim = (-m, m) if m > 0 else (-1.0, 1.0)
+        diff_clim = difference_range(diff)
     if screenshot is None:
         _check_interactive()
     n = 3 if difference else 2
@@ -577,9 +725,12 @@ def plot_comparison(baseline, scenario, field: str = "density", *, screenshot: s
         plotter.subplot(0, 2)
         dspec = FieldSpec(f"change_{spec_b.name}", spec_b.array, spec_b.association,
                           f"change in {spec_b.label}", "RdBu_r", symmetric=True)
-        _draw_result(plotter, base, dspec, warp=nowarp, clip=clip, clim=diff_clim, cmap=None,
-                     title="change (scenario - baseline)", show_regions=False, show_load=False, values=diff,
-                     font=font)
+        finite = np.abs(diff[np.isfinite(diff)])
+        text = "change (scenario - baseline)"
+        if finite.size and finite.max() > diff_clim[1] * (1 + 1e-9):
+            text += f"\nbeyond +/-{_fmt_num(diff_clim[1])}: end colours"
+        _draw_result(plotter, base, dspec, warp=nowarp, clip=clip, clim=diff_clim, cmap=None, title=text,
+                     show_regions=False, show_load=False, values=diff, font=font, mark_beyond=False)
     plotter.link_views()
     return _finish(plotter, screenshot)
 
@@ -649,8 +800,9 @@ def animate_density(mesh, densities_over_time, times, path: str | os.PathLike, *
     plotter = _new_plotter(window_size, off_screen=True)
     frames = []
     try:
-        plotter.add_mesh(draw, scalars="_values", cmap=cmap, clim=lims, scalar_bar_args=_scalar_bar_args(spec.label),
-                         show_scalar_bar=True)
+        bar_args = _scalar_bar_args(spec.label, viewport_h=window_size[1])
+        plotter.add_mesh(draw, scalars="_values", cmap=cmap, clim=lims, scalar_bar_args=bar_args, show_scalar_bar=True)
+        _title_scalar_bar(plotter, bar_args, window_size)
         label = plotter.add_text("", position="upper_edge", font_size=10, color="black")
         focal = 0.5 * (lo + hi)
         direction = np.array([1.0, 0.0, 0.0]) if clip else np.array([0.0, -1.0, 0.0])
@@ -674,4 +826,4 @@ def animate_density(mesh, densities_over_time, times, path: str | os.PathLike, *
 
 
 __all__ = ["FIELDS", "ALIASES", "FieldSpec", "available_fields", "field_spec", "display_available", "clip_plane",
-           "warp_factor", "plot", "plot_comparison", "animate_density", "read_result"]
+           "warp_factor", "plot", "plot_comparison", "difference_range", "animate_density", "read_result"]
