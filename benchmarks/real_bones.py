@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -92,8 +93,9 @@ class Outcome:
 
 def cli(args: list[str], out: Path, row: Row | None = None) -> Outcome:
     """Run ``femur-fe ARGS -o OUT`` in a fresh process; wall and CPU time of the child."""
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONPATH=str(ROOT) + os.pathsep
-               + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+    if out.exists():
+        shutil.rmtree(out)  # a run folder of this script from an earlier run
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "femur_fe.commands.cli", *args, "-o", str(out)],
@@ -180,6 +182,14 @@ def posed_inputs(work: Path, pose: str) -> tuple[Path, Path]:
 def ct_args(mask: str, *extra: str) -> list[str]:
     return ["--ct", str(CT_DIR / "example_ct.nii.gz"), "--calibration", "internal",
             "--mask", str(CT_DIR / "example_seg" / mask), *extra]
+
+
+def reduced_rows(work: Path) -> list[Row]:
+    """The rows the tests run (under a minute): L3 linear and the femur STL at 5 mm elements."""
+    return [Row("L3, compression", "vertebral_compression",
+                ["run", "vertebral_compression", *ct_args("vertebrae_L3.nii.gz"), *SUBJECT], "vertebra"),
+            Row("femur STL + stated density, sideways fall (5 mm)", "sideways_fall",
+                ["run", "sideways_fall", "--bone", str(femur_bone_toml(work)), "--size", "5", *SUBJECT], "femur")]
 
 
 def rows(work: Path, check_mesh: bool = True) -> list[Row]:
