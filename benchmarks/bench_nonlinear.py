@@ -86,11 +86,10 @@ def _patch(mesh, surf_nodes, centre, radius):
 
 
 def femur_case(mesh):
-    from femur_fe.bone import meshing as fs
+    from femur_fe.bone.anatomy import femur_frame
     from femur_fe.fe.topology import boundary_nodes
 
-    surf = fs.surface_from_mesh(mesh)
-    lm = fs.femur_landmarks(surf)
+    lm = femur_frame(mesh, require_side=False)
     ax, med = lm.shaft_axis, lm.medial
     c, s = np.cos(np.radians(10)), np.sin(np.radians(10))
     d = -med * c - ax * s  # fall direction: lateral and slightly distal

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from femur_fe.bone.anatomy import femur_frame, fit_sphere_weighted, vertebra_frame
+from femur_fe.bone.anatomy import femur_frame, fit_sphere, vertebra_frame
 from femur_fe.errors import RegionError
 
 # --------------------------------------------------------------------------- synthetic femur
@@ -65,7 +65,7 @@ def test_sphere_fit_exact():
     rng = np.random.default_rng(0)
     v = rng.normal(size=(200, 3))
     v /= np.linalg.norm(v, axis=1)[:, None]
-    c, r, rms = fit_sphere_weighted(3.0 + 7.5 * v)
+    c, r, rms = fit_sphere(3.0 + 7.5 * v)
     assert np.allclose(c, 3.0, atol=1e-10) and abs(r - 7.5) < 1e-10 and rms < 1e-10
 
 
@@ -148,8 +148,9 @@ def test_whole_femur_frame(real_frame):
     assert 18 < fr.head_radius < 26 and fr.head_fit_rms < 0.05 * fr.head_radius
     assert fr.head_coverage > 0.6
     assert fr.shaft_axis[2] > 0.95
-    # all three side cues agree (condyles posterior, lesser trochanter posteromedial, anterior bow)
-    assert set(fr.side_cues) == {"condyles", "lesser_trochanter", "anterior_bow"}
+    # all four side cues agree (condyles posterior, lesser trochanter posteromedial, anterior bow,
+    # greater trochanter posterior to the shaft-neck plane)
+    assert set(fr.side_cues) == {"condyles", "lesser_trochanter", "anterior_bow", "greater_trochanter"}
     assert len({np.sign(v) for v in fr.side_cues.values()}) == 1
     # the file is a left femur in LPS scanner coordinates: lateral +x, posterior +y, superior +z
     assert fr.side == "left"
@@ -187,14 +188,23 @@ def test_proximal_femur_cut(real_femur, real_frame, cut_z):
     assert fr.shaft_axis @ ref.shaft_axis > np.cos(np.radians(10.0))
 
 
-def test_too_short_proximal_femur_names_the_shaft(real_femur):
+def test_short_proximal_femur_takes_the_cut_face_and_names_the_shaft_without_one(real_femur, real_frame):
+    """A femur cut 71 mm below the head centre (24 mm below the lesser trochanter) has no shaft
+    to slice: its flat cut face gives the shaft axis. Without a flat end (the cut face's points
+    dropped from a bare point cloud) the refusal names the shaft and the override."""
     import pyvista as pv
 
     pts, faces = real_femur
     poly = pv.PolyData(pts, np.hstack([np.full((len(faces), 1), 3), faces]).ravel())
     prox = poly.clip_closed_surface(normal=(0, 0, 1), origin=(0, 0, -150.0)).triangulate().clean()
-    with pytest.raises(RegionError, match="shaft axis not found.*include at least"):
-        femur_frame(prox)
+    fr = femur_frame(prox)
+    assert fr.methods["shaft_axis"] == "cut_face_normal" and fr.side == real_frame.side
+    assert fr.shaft_axis @ [0, 0, 1] > 1 - 1e-9  # the cut's normal
+    assert np.linalg.norm(fr.head_centre - real_frame.head_centre) < 0.5
+    assert fr.lesser_trochanter is not None and "lesser_trochanter" in fr.side_cues
+    cloud = np.asarray(prox.points)
+    with pytest.raises(RegionError, match="shaft axis not found.*no flat cut face.*anatomy.shaft_axis"):
+        femur_frame(cloud[cloud[:, 2] > -149.0])
 
 
 def test_non_femur_names_the_head():

@@ -24,7 +24,7 @@ from femur_fe.bone.bundled import (
     hu_from_k2hpo4_mg,
     k2hpo4_mg_from_hu,
 )
-from femur_fe.bone.meshing import fit_sphere
+from femur_fe.bone.anatomy import femur_frame, fit_sphere
 from femur_fe.errors import FemurFeError
 from femur_fe.io.ct import read_ct
 
@@ -62,12 +62,12 @@ def test_femur_head_centre_and_radius(femur):
     d = p - c0
     # head cap: points away from the neck side (> 70 deg from the neck direction)
     cap = (np.linalg.norm(d, axis=1) < fp.head_diameter_mm) & (d @ -n < np.cos(np.radians(70)) * np.linalg.norm(d, axis=1))
-    c, r = fit_sphere(p[cap])
+    c, r, _ = fit_sphere(p[cap])
     # surface vertices lie on the implicit surface (Newton projection): sub-0.1 mm agreement
     np.testing.assert_allclose(c, [0.0, 0.0, 0.0], atol=0.1)
     assert r == pytest.approx(fp.head_diameter_mm / 2, abs=0.1)
     # the independent geometric landmark finder agrees within 2 mm
-    lm = ff.bone.femur_landmarks(femur.surface)
+    lm = femur_frame((femur.surface.points, femur.surface.faces))
     assert np.linalg.norm(lm.head_centre - c0) < 2.0
     assert abs(lm.head_radius - r) < 1.5
 
@@ -102,7 +102,7 @@ def _neck_axis_measured(bone):
     p = bone.surface.points
     d = p - bone.landmarks["head_centre"]
     cap = (np.linalg.norm(d, axis=1) < 2 * R) & (d @ -n < np.cos(np.radians(70)) * np.linalg.norm(d, axis=1))
-    centre, _ = fit_sphere(p[cap])
+    centre, _, _ = fit_sphere(p[cap])
     best = None
     for t in np.linspace(0.9 * R, 1.6 * R, 8):
         mid, length = _section(bone, centre - t * n, n, 25.0)

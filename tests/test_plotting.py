@@ -375,9 +375,12 @@ def test_no_display_is_an_error_not_a_hang(block, monkeypatch):
 def test_cli_view(block, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
     cmd = [sys.executable, "-m", "femur_fe.commands.cli", "view", str(block / "baseline")]
-    p = subprocess.run(cmd + ["--field", "density"], env=env, capture_output=True, text=True, timeout=120)
+    # run outside the source tree: there `-m femur_fe` would import the uncompiled checkout, not the install
+    run = dict(env=env, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120,
+               cwd=tmp_path)
+    p = subprocess.run(cmd + ["--field", "density"], **run)
     assert p.returncode == 2 and "--screenshot" in p.stderr
-    p = subprocess.run(cmd + ["--field", "nope"], env=env, capture_output=True, text=True, timeout=120)
+    p = subprocess.run(cmd + ["--field", "nope"], **run)
     assert p.returncode == 2 and "available fields" in p.stderr and "von_mises" in p.stderr
     from femur_fe.commands.cli import main
 

@@ -144,7 +144,7 @@ def check_layout_in_chromium(report: Path, tmp_path: Path) -> dict:
     probe.write_text(doc.replace("</body>", MEASURE_JS + "</body>"), encoding="utf-8")
     run = subprocess.run([chromium, "--headless", "--disable-gpu", "--no-sandbox", "--hide-scrollbars",
                           f"--window-size={PAGE_WIDTH},900", "--dump-dom", probe.as_uri()],
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120)
     m = re.search(r'<pre id="femur-fe-layout">(.*?)</pre>', run.stdout, re.S)
     assert m, f"chromium returned no layout (exit {run.returncode}): {run.stderr[-2000:]}"
     layout = json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&").replace("&lt;", "<")
@@ -243,7 +243,9 @@ def test_no_x_server_warning_off_screen(comparison, tmp_path):
     code = ("import sys; from femur_fe.viz.views import plot; "
             f"plot({str(out / 'baseline')!r}, 'density', screenshot={str(tmp_path / 'v.png')!r}, "
             "window_size=(200, 150)); import os; print(os.environ.get('VTK_DEFAULT_OPENGL_WINDOW'))")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    # outside the source tree, so that the installed package (with its compiled kernels) is imported
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8",
+                         errors="replace", env=env, timeout=300, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
     assert (tmp_path / "v.png").stat().st_size > 1000
     assert "X server" not in run.stderr and "vtkXOpenGLRenderWindow" not in run.stderr, run.stderr[-2000:]

@@ -12,8 +12,8 @@ import pytest
 from conftest import gias3_file, require_shared
 
 import femur_fe as ff
+from femur_fe.bone.anatomy import femur_frame
 from femur_fe.bone.meshing import (
-    femur_landmarks,
     nodes_on_plane,
     proximal_cut_plane,
     surface_topology,
@@ -194,7 +194,7 @@ def test_no_remesh_keeps_surface_exactly():
 
 # --------------------------------------------------------------------------- proximal cut
 def test_femur_landmarks_and_proximal_cut(femur_stl):
-    lm = femur_landmarks(femur_stl)
+    lm = femur_frame((femur_stl.points, femur_stl.faces))
     # the head is at the top (z of about -57 mm is the top of the bone, PROVENANCE.md)
     assert lm.shaft_axis[2] > 0.95
     assert 18.0 < lm.head_radius < 28.0

@@ -18,7 +18,8 @@ How a case becomes an FE problem
    or force (exact: the model is linear and the free plate DOFs carry no load). The wedge
    case prescribes the plate rotation instead.
 5. Supports: ``fix = "all"`` holds all DOFs of the region (or of its cap's top),
-   ``fix = "along_load"`` only the component along the load.
+   ``fix = "along_load"`` only the component along the load, ``fix = "across_load"`` the two
+   components perpendicular to it (the region slides freely along the load).
 
 Several load directions on one model (:meth:`Analysis.solve_directions`) reuse the
 assembled matrix and the solver set-up (factorisation or AMG hierarchy): only the
@@ -37,7 +38,7 @@ import numpy as np
 from ..bone.model import Model
 from ..errors import LoadCaseError, RegionError
 from ..fe.assembly import StiffnessAssembler
-from ..fe.constraints import RigidTie
+from ..fe.constraints import FIX_COMPONENTS, RigidTie
 from ..fe.mesh import Mesh
 from ..fe.nonlinear import SecantYield, nonlinear_strength
 from ..fe.solvers import LinearSolver
@@ -125,7 +126,10 @@ class Analysis:
     def voxel(self) -> bool:
         """True when the FE model (bone and caps) is made of voxels: the matrix-free voxel solver applies."""
         if self._voxel is None:
-            self._voxel = is_voxel_mesh(self.fe_mesh)
+            # a plate free to rotate (the femoral head's) is solved assembled: the matrix-free solver's
+            # answer with free tie rotations disagrees with the assembled solver (prescribed rotations agree)
+            free_rotation = any(r not in self.tie.prescribed for r in ("rx", "ry", "rz"))
+            self._voxel = is_voxel_mesh(self.fe_mesh) and not free_rotation
         return self._voxel
 
     def fe_young(self, model: Model | None = None) -> np.ndarray:
@@ -148,7 +152,8 @@ class Analysis:
         if s.method == "voxel" or (s.method == "auto" and self.voxel):
             if not self.voxel:
                 raise LoadCaseError("[solver] method = 'voxel' needs a voxel model (hex8 cells of one size: CLI "
-                                    "--mask-mesh hex, [bone] mesh_type = 'hex')")
+                                    "--mask-mesh hex, [bone] mesh_type = 'hex') and a loading plate whose rotations "
+                                    "are prescribed (vertebral cases); use method = 'auto'")
             # matrix-free: one template element matrix times the moduli (no assembled matrix)
             solver = VoxelSolver(self.fe_mesh, self.fe_young(m), m.poisson, self.fixed_dofs, ties=[self.tie],
                                  rtol=s.rtol, maxiter=s.maxiter)
@@ -314,7 +319,7 @@ def prepare(case, model: Model, *, frame=None, regions=None) -> Analysis:
         if not b.fix:
             continue
         nodes = region_fe_nodes[b.region]
-        comps = np.arange(3) if b.fix == "all" else np.array([2])
+        comps = np.asarray(FIX_COMPONENTS[b.fix])
         fixed.append((3 * nodes[:, None] + comps).ravel())
     fixed_dofs = np.unique(np.concatenate(fixed)) if fixed else np.zeros(0, dtype=np.int64)
     load_name = case.loaded_regions[0]

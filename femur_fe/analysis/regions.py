@@ -15,11 +15,20 @@ loads and caps can be built on it. Selection rules (parameters from ``[regions.<
 * ``distal_cut``: boundary faces within ``depth_mm`` of the most distal point along the
   shaft axis; when at least half of their area is one flat face (normals within 25 deg),
   the whole flat cut face is taken (faces within 1 mm of its plane), so an oblique cut is
-  selected completely. ``volume = true`` adds every mesh node in the distal slab.
-* ``superior_endplate`` / ``inferior_endplate``: boundary faces of the vertebral body (within
-  the body's depth and width around its centre) whose normal is within
-  ``normal_angle_deg`` of the endplate normal, within ``depth_mm`` below the most superior
-  (inferior) such face along the normal.
+  selected completely. ``volume = true`` adds every mesh node in the distal slab. On a
+  short proximal segment (a femur cut or truncated by the scan less than 3.5 head radii
+  below the head centre) this is a cut face next to the trochanteric region, and a warning
+  says so: on the bundled femur (``benchmarks/truncated_femur.py``, 3 mm tet4) a cut 10 mm
+  below the lesser trochanter kept the stiffness within 20 % but put the first failure next
+  to the cut (0.69x the strength; 1.05x with ``exclude_margin_mm = 10``), and a cut 26 mm
+  below the head centre (the clinical right femur of the shared CT) made the femur 2.6x
+  stiffer, the cut face taking 76 % of the fall load (1.9x with ``fix = "across_load"``).
+* ``superior_endplate`` / ``inferior_endplate``: boundary faces of the vertebral body
+  (:meth:`~femur_fe.bone.anatomy.VertebraFrame.in_body`: the body separated from the
+  posterior elements) whose normal is within ``normal_angle_deg`` of the endplate normal,
+  within ``depth_mm`` below the most superior (inferior) such face along the normal. They
+  are refused (:func:`check_endplates`) under 300 mm^2, with a mean normal more than 30 deg
+  off the body axis, or when the two differ in area by more than 2x.
 * ``node_set`` / ``nodes``: explicit node ids (faces: boundary faces whose corner nodes all
   belong to the set).
 
@@ -97,12 +106,13 @@ class Region:
 # =========================================================================== frames and directions
 def frame_for(mesh_or_geometry: Any, case) -> Any:
     """The anatomical frame of the case's bone, with the ``[anatomy]`` overrides applied."""
+    o = case.anatomy.overrides(case.bone)
     if case.bone == "femur":
-        side = None if case.anatomy.side == "auto" else case.anatomy.side
-        return femur_frame(mesh_or_geometry, side=side)
-    ant = None if isinstance(case.anatomy.anterior, str) else case.anatomy.anterior
-    sup = None if isinstance(case.anatomy.superior, str) else case.anatomy.superior
-    return vertebra_frame(mesh_or_geometry, anterior=ant, superior=sup)
+        return femur_frame(mesh_or_geometry, side=o.get("side"), head_centre=o.get("head_centre_mm"),
+                           head_radius=o.get("head_radius_mm"), shaft_axis=o.get("shaft_axis"),
+                           neck_axis=o.get("neck_axis"), greater_trochanter=o.get("greater_trochanter_mm"))
+    return vertebra_frame(mesh_or_geometry, anterior=o.get("anterior"), superior=o.get("superior"),
+                          body_axis=o.get("body_axis"))
 
 
 def load_direction(loading, frame) -> np.ndarray:
@@ -194,6 +204,15 @@ def _select_faces(spec, frame, d: np.ndarray, bnd: _Boundary) -> np.ndarray:
         h = c @ d
         return cand & (h >= h[cand].max() - spec.depth_mm)
     if kind == "distal_cut":
+        if getattr(frame, "methods", {}).get("shaft_axis") == "cut_face_normal":
+            where = "above the lesser trochanter" if frame.lesser_trochanter is None else "close below the trochanters"
+            log.warning(
+                "region %r: the femur ends %.0f mm below the head centre, %s (a short proximal segment, less than 3.5 "
+                "head radii): the distal support is its cut face, next to the trochanteric region; it can take part "
+                "of the load and the first failure can sit next to it, so stiffness and strength differ from those "
+                "of a longer proximal femur (benchmarks/truncated_femur.py); image the femur to 3.5 head radii or "
+                "more below the head centre, or set [failure.params] exclude_margin_mm / fix = \"across_load\" on "
+                "this region", spec.name, float(-frame.axial(c).min()), where)
         s = (c - frame.head_centre) @ frame.proximal
         sel = s <= s.min() + spec.depth_mm
         w = bnd.areas[sel]
@@ -209,8 +228,11 @@ def _select_faces(spec, frame, d: np.ndarray, bnd: _Boundary) -> np.ndarray:
         sup = kind == "superior_endplate"
         centre = frame.superior_centre if sup else frame.inferior_centre
         normal = frame.superior_normal if sup else frame.inferior_normal
-        loc = frame.to_local(c)
-        in_body = (np.abs(loc[:, 0]) <= 0.55 * frame.width_mm) & (np.abs(loc[:, 1]) <= 0.55 * frame.depth_mm)
+        if hasattr(frame, "in_body"):
+            in_body = frame.in_body(c)
+        else:  # a frame object without a body test (e.g. rebuilt from a summary)
+            loc = frame.to_local(c)
+            in_body = (np.abs(loc[:, 0]) <= 0.55 * frame.width_mm) & (np.abs(loc[:, 1]) <= 0.55 * frame.depth_mm)
         cand = in_body & (n @ normal >= np.cos(np.radians(spec.normal_angle_deg)))
         if not cand.any():
             return cand
@@ -271,6 +293,50 @@ def select_region(mesh: Mesh, spec, frame=None, direction: np.ndarray | None = N
     return Region(spec.name, spec.kind, nodes.astype(np.int64), bnd.faces[fids], fids, areas, cen, nrm)
 
 
+#: Plausibility of automatic vertebral endplates (lumbar endplates measure about 1000-2000
+#: mm^2 and are nearly perpendicular to the body axis): a smaller, tilted or lopsided pair is
+#: not the endplates (e.g. the tops of the articular or spinous processes) and is refused.
+ENDPLATE_MIN_AREA_MM2 = 300.0
+ENDPLATE_MAX_TILT_DEG = 30.0
+ENDPLATE_MAX_AREA_RATIO = 2.0
+_ENDPLATE_FIX = ("check the bone with `femur-fe regions`, set anatomy.body_axis = [x, y, z] or anatomy.superior = "
+                 "[x, y, z] (--set anatomy.body_axis=[x,y,z]), or give explicit nodes ([regions.{name}] node_set = "
+                 "\"...\")")
+
+
+def check_endplates(regions: Mapping[str, Region], frame) -> None:
+    """Refuse automatic endplate regions that cannot be the endplates of a vertebral body.
+
+    Each ``superior_endplate`` / ``inferior_endplate`` region must cover at least
+    :data:`ENDPLATE_MIN_AREA_MM2`, its mean normal must lie within :data:`ENDPLATE_MAX_TILT_DEG`
+    of the body axis (outwards), and the two must not differ in area by more than
+    :data:`ENDPLATE_MAX_AREA_RATIO`. Raises :class:`~femur_fe.errors.RegionError` naming the
+    measured value and the fix.
+    """
+    plates = {n: r for n, r in regions.items() if r.kind in ("superior_endplate", "inferior_endplate")}
+    for name, reg in plates.items():
+        fix = _ENDPLATE_FIX.format(name=name)
+        if reg.area < ENDPLATE_MIN_AREA_MM2:
+            raise RegionError(
+                f"region {name!r} ({reg.kind}) covers {reg.area:.0f} mm^2, less than {ENDPLATE_MIN_AREA_MM2:.0f} mm^2 "
+                f"(a lumbar endplate is 1000-2000 mm^2): it is not the endplate of the vertebral body; {fix}")
+        outward = np.asarray(frame.axis, dtype=float) * (1.0 if reg.kind == "superior_endplate" else -1.0)
+        tilt = float(np.degrees(np.arccos(np.clip(reg.normal @ outward, -1.0, 1.0))))
+        if tilt > ENDPLATE_MAX_TILT_DEG:
+            raise RegionError(
+                f"region {name!r} ({reg.kind}): its mean normal is {tilt:.0f} deg off the body axis (more than "
+                f"{ENDPLATE_MAX_TILT_DEG:.0f} deg): it is not the endplate of the vertebral body; {fix}")
+    if len(plates) == 2:
+        (na, a), (nb, b) = plates.items()
+        ratio = max(a.area, b.area) / max(min(a.area, b.area), 1e-300)
+        if ratio > ENDPLATE_MAX_AREA_RATIO:
+            small = na if a.area < b.area else nb
+            raise RegionError(
+                f"regions {na!r} and {nb!r} differ in area by {ratio:.1f}x ({a.area:.0f} and {b.area:.0f} mm^2; more "
+                f"than {ENDPLATE_MAX_AREA_RATIO:g}x): one is not an endplate of the vertebral body; "
+                + _ENDPLATE_FIX.format(name=small))
+
+
 def select_regions(mesh: Mesh, case, frame=None) -> dict[str, Region]:
     """All regions of ``case`` on ``mesh``; the frame is fitted from the mesh when not given."""
     needs_frame = any(s.kind not in ("node_set", "nodes") for s in case.regions.values())
@@ -279,6 +345,7 @@ def select_regions(mesh: Mesh, case, frame=None) -> dict[str, Region]:
     d = load_direction(case.loading, frame) if frame is not None else None
     bnd = _boundary(mesh)
     out = {name: select_region(mesh, spec, frame, d, bnd) for name, spec in case.regions.items()}
+    check_endplates(out, frame)
     names = list(out)
     for i, a in enumerate(names):  # a node both loaded and fixed would make the BCs contradictory
         for b in names[i + 1:]:

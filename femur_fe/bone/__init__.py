@@ -3,7 +3,15 @@ anatomy, bundled bones, the Model (mesh + density + modulus).
 """
 from __future__ import annotations
 
-from .anatomy import FemurFrame, VertebraFrame, femur_frame, vertebra_frame
+from .anatomy import (
+    FemurFrame,
+    VertebraFrame,
+    VertebralBody,
+    femur_frame,
+    fit_sphere,
+    vertebra_frame,
+    vertebral_body,
+)
 from .bundled import (
     BoneModel,
     BundledBone,
@@ -64,11 +72,9 @@ from .materials import (
     material_law_names,
 )
 from .meshing import (
-    FemurLandmarks,
     RepairReport,
     cut_proximal_femur,
     dihedral_angles,
-    femur_landmarks,
     remesh_surface,
     repair_surface,
     surface_from_mask,
@@ -94,7 +100,6 @@ __all__ = [
     "DensityModulusLaw",
     "Eberle2013",
     "FemurFrame",
-    "FemurLandmarks",
     "FemurParams",
     "Keaveny1997",
     "Keller1994",
@@ -112,6 +117,7 @@ __all__ = [
     "RepairReport",
     "VertebraFrame",
     "VertebraParams",
+    "VertebralBody",
     "apparent_from_ash",
     "ash_from_apparent",
     "ash_from_k2hpo4_keyak1994",
@@ -124,8 +130,8 @@ __all__ = [
     "cut_proximal_femur",
     "dihedral_angles",
     "femur_frame",
-    "femur_landmarks",
     "fit_phantom_calibration",
+    "fit_sphere",
     "hexmesh_from_mask",
     "load_bundled_qct",
     "make_femur",
@@ -147,5 +153,6 @@ __all__ = [
     "synthetic_qct",
     "tetmesh_from_surface",
     "vertebra_frame",
+    "vertebral_body",
     "write_bone",
 ]

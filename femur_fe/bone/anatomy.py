@@ -27,14 +27,26 @@ Method:
 1. Head: a Hough vote. Every surface point votes for the centres ``p - R n`` for radii
    R in [8, 40] mm (``n`` the outward normal); on a sphere all votes for the true R fall in
    one 2 mm bin, on a cylinder (shaft) they spread along the axis, on the condyles (two
-   radii of curvature, a notch) they spread. The strongest bin (area-weighted, summed with
-   its 26 neighbours) seeds an iterated, area-weighted least-squares sphere fit on the
-   points within 8 % of R of the sphere whose normals point away from its centre. The fit
-   must cover >= 60 % of the sphere's area with an RMS residual <= 5 % of R, and lie at one
-   end of the long axis, or a :class:`~femur_fe.errors.RegionError` is raised.
+   radii of curvature, a notch) they spread. The strongest bins (area-weighted, summed with
+   their 26 neighbours) seed a robust sphere fit: area-weighted least squares on the points
+   within 15, 10, then 8 % of R of the sphere whose normals point away from its centre,
+   repeated until the inlier set no longer changes (a redescending M-estimator: the neck,
+   the fovea and a blurred head-neck junction drop out). The first candidate that covers
+   >= 30 % of the sphere's area (a 1 mm surface gives about 80 %, a 3 mm CT mask about
+   50 %) with an RMS residual <= 5 % of R at one end of the long axis is the head; its
+   radius must lie in 17-30 mm (adult femora), else the value is refused with the override.
 2. Shaft axis: line through the centroids of surface cross-sections between 3 head radii
    below the head centre and 75 % of the remaining length (whole femur) or 10 % above the
-   distal end (proximal femur), re-sliced perpendicular to the fitted line twice.
+   distal end (proximal femur), re-sliced perpendicular to the fitted line twice. A bone
+   that ends in a flat cut face (a supporting plane of the bone, flat to 0.5 mm over at
+   least a disc of half a head radius) less than 3.5 head radii below the head centre has
+   too little shaft for that: a proximal femur cut just below the lesser trochanter, or a
+   femur truncated by a CT's field of view through the trochanters. The cut face is then
+   taken as perpendicular to the shaft and its normal is the shaft axis (a saw cut across
+   the shaft; for a truncated scan, the scanner's axial plane, which lies within about
+   5-15 deg of a supine patient's femoral shaft); a warning names the override. The
+   cross-section centroids of a trochanteric region are not a shaft axis: on the shared
+   femur cut 35-60 mm below the head centre they pointed 16-88 deg away from it.
 3. Neck axis: from the centroid of the neck cross-sections (1.15 to 1.8 head radii from
    the head centre, within one head radius of the provisional axis) through the head
    centre; it points from the neck to the head.
@@ -46,50 +58,74 @@ Method:
    * condyles (whole femur): the distal condyles lie posterior to the shaft axis;
    * lesser trochanter: the most prominent point of the medial flare below the neck is
      posteromedial;
-   * anterior bow (whole femur): the diaphysis bulges anteriorly between its ends.
+   * anterior bow (whole femur): the diaphysis bulges anteriorly between its ends;
+   * greater trochanter: the trochanteric region lateral of the neck (1.5 head radii below
+     to half a radius above the head centre) lies posterior to the shaft-neck plane (the
+     trochanter overhangs the fossa and the intertrochanteric crest behind the anteverted
+     neck); counted when its centroid is >= 0.1 head radius off the plane. The only cue of
+     a femur truncated above the lesser trochanter.
 
-   The weighted votes (2, 1.5, 1) must agree in sign, or the side is declared ambiguous
+   The weighted votes (2, 1.5, 1, 1) must agree in sign, or the side is declared ambiguous
    (a RegionError suggesting ``[anatomy] side = "left" | "right"``). Pass ``side=`` to
    override; the frame then takes the anterior direction from that side.
 5. Greater trochanter: the surface point with the largest (proximal + lateral) coordinate
    on the lateral side of the shaft axis, above 2.5 head radii below the head centre.
 6. Neck-shaft angle: the true 3-D angle between the neck axis (towards the head) and the
-   distal shaft axis. Anteversion (whole femur only): angle between the neck axis and the
+   distal shaft axis; outside 110-150 deg it is refused, naming the override of the axis
+   that was measured. Anteversion (whole femur only): angle between the neck axis and the
    posterior condylar line, both projected on the plane perpendicular to the shaft axis,
    positive when the head points anteriorly.
 
-Limits: femoral heads with R outside [8, 40] mm, bones whose head is severely deformed
-(no 20 % of a sphere), proximal femora with less than one head radius of shaft below the
-lesser trochanter, and proximal femora whose lesser trochanter is not prominent (then no
-side cue is left: give the side explicitly). The frame uses the shaft-neck plane as the
-coronal reference (available on proximal femora); the condylar plane differs from it by the
-anteversion angle.
+Overrides (``[anatomy]`` of a load case, so ``--set anatomy.<key>=...`` on the command
+line): ``side``, ``head_centre_mm`` and ``head_radius_mm``, ``shaft_axis`` and
+``neck_axis`` (directions, either sign), ``greater_trochanter_mm``; world mm of the mesh.
+``FemurFrame.methods`` says how each landmark was obtained.
+
+Limits: femoral heads with R outside [8, 40] mm are not found and outside 17-30 mm refused,
+bones whose head is severely deformed (no 30 % of a sphere), femora cut without a flat face
+less than 3.5 head radii below the head centre, and proximal femora without a prominent
+lesser trochanter whose greater trochanter is cut too (then no side cue is left: give the
+side explicitly). The frame uses the shaft-neck plane as the coronal reference (available
+on proximal femora); the condylar plane differs from it by the anteversion angle.
 
 Vertebra frame (:func:`vertebra_frame`)
 ---------------------------------------
 Basis: z = body axis pointing superiorly, y = anterior, x = y cross z (patient right).
 
-1. Endplates: the direction u maximising the paired area of faces whose normals lie
+0. Vertebral body (:func:`vertebral_body`): the closed surface is voxelised (about 1 mm,
+   on a grid aligned with its principal axes, so independent of the pose) and opened with
+   a ball of half the largest inscribed radius (the body is the thickest part: inscribed
+   radius 6-8 mm in lumbar bodies; the pedicles, laminae and processes are thinner); the
+   opened component holding the deepest voxel is the body (30-47 cm^3 on the shared and
+   clinical lumbar vertebrae). Surface within 0.45 of the ball radius of it belongs to the
+   body. Endplates, dimensions and the endplate regions of a load case are taken on the
+   body only, so the articular and spinous processes, which rise above and hang below the
+   endplates, are never taken for them. A bare point cloud skips this step.
+1. Endplates: the direction u maximising the paired area of body faces whose normals lie
    within 25 deg of +u and of -u (the two nearly parallel endplates), searched over a
-   Fibonacci sphere of directions and refined; the largest connected patch of faces with
-   normals within 35 deg of +u (-u) is the superior (inferior) endplate candidate; each is
-   fitted with an area-weighted plane (centre, normal) and must be a plate (RMS distance
-   from its plane <= 7 % of its disc radius; lumbar endplates measure 1-4 %).
-2. Body: points whose projection on the endplate plane lies within the endplate outlines
-   (plus 15 %); the rest are posterior elements when their area exceeds 10 % of the total.
+   Fibonacci sphere of directions and refined (or ``body_axis=``); the largest connected
+   patch of body faces with normals within 35 deg of +u (-u) is the superior (inferior)
+   endplate candidate; each is fitted with an area-weighted plane (centre, normal) and
+   must be a plate (RMS distance from its plane <= 7 % of its disc radius; lumbar endplates
+   measure 1-4 %).
+2. Posterior elements: points outside the endplate outlines (plus 15 %) or beyond the
+   plates, when their area exceeds 10 % of the total.
 3. Anterior: away from the posterior elements when present; otherwise from the outline of
    the body cross-section: the anterior wall bulges outwards (convex) while the posterior
    wall is flat or concave, measured by the curvature of the front and back outlines.
 4. Superior: the pedicles join the upper part of the body while the arch (laminae,
    spinous and inferior articular processes) hangs lower, so the attachment of the
    posterior elements (their surface within 3 mm of the body) lies above their area
-   centroid. On the nine lumbar surfaces of the shared data (Clouthier mean L2-L5, Visible
-   Human L1-L5) the difference is 10-26 % of the body height, always in that sense; below
-   5 % the rule is not trusted and the input's +z is taken as superior (logged). A body alone has no such cue; the input's +z is then taken as roughly superior
-   (logged) unless ``superior=`` (a direction) is given. ``anterior=`` overrides step 3.
+   centroid. On the fifteen lumbar surfaces of the shared data (Clouthier mean L2-L5,
+   Visible Human L1-L5, the clinical L1-L5 masks, the VerSe L2) the difference is 14-29 %
+   of the body height, always in that sense; below 5 % the rule is not trusted and the
+   input's +z is taken as superior (logged). A body alone has no such cue; the input's +z
+   is then taken as roughly superior (logged) unless ``superior=`` (a direction) is given.
+   ``anterior=`` overrides step 3.
 
 Dimensions: height = distance between the endplate centres along the axis; depth and
-width = extents of the body points along y and x at mid-height.
+width = extents of the vertebral body at mid-height. Overrides (``[anatomy]``):
+``anterior``, ``superior``, ``body_axis`` (directions).
 """
 from __future__ import annotations
 
@@ -120,10 +156,45 @@ class _Cloud:
     oriented: bool
     faces: np.ndarray | None
     source: str
+    face_normals: np.ndarray | None = None  # smoothed per-face normals of a voxel (staircase) surface
 
     @property
     def total_area(self) -> float:
         return float(self.weights.sum())
+
+
+def _staircase_normals(pts: np.ndarray, faces: np.ndarray, fn: np.ndarray,
+                       fa: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Smoothed (vertex, face) normals when the surface is a voxel staircase, else None.
+
+    The boundary of a hexahedral voxel mesh has face normals along three orthogonal
+    directions only; its vertex normals then follow the steps, not the bone. When six
+    directions carry more than 90 % of the area, each normal is replaced by the area-weighted
+    mean face normal within 2.5 voxel edges (the median edge length), which restores the
+    normal of the underlying surface to within a few degrees.
+    """
+    from scipy.spatial import cKDTree
+
+    unit = fn / np.maximum(np.linalg.norm(fn, axis=1), 1e-300)[:, None]
+    key = np.round(unit, 3)
+    _, inv = np.unique(key, axis=0, return_inverse=True)
+    area = np.bincount(inv.ravel(), weights=fa)
+    if np.sort(area)[-6:].sum() < 0.9 * fa.sum():
+        return None
+    edge = float(np.median(np.linalg.norm(pts[faces[:, 1]] - pts[faces[:, 0]], axis=1)))
+    cent = pts[faces].mean(axis=1)
+    tree = cKDTree(cent)
+    radius = 2.5 * edge
+    wn = fn  # area-weighted normals (|fn| = 2 x face area)
+
+    def smooth(q: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(q), 3))
+        for i, nb in enumerate(tree.query_ball_point(q, r=radius)):
+            out[i] = wn[nb].sum(axis=0)
+        return out / np.maximum(np.linalg.norm(out, axis=1), 1e-300)[:, None]
+
+    log.debug("surface is a voxel staircase: normals smoothed over %.1f mm", radius)
+    return smooth(pts), smooth(cent)
 
 
 def _as_triangles(obj: Any) -> tuple[np.ndarray, np.ndarray | None, str]:
@@ -191,7 +262,10 @@ def _cloud(obj: Any) -> _Cloud:
         vn = vn / np.where(nn > 0, nn, 1.0)[:, None]
         va = np.zeros(len(pts))
         np.add.at(va, faces.ravel(), np.repeat(fa / 3.0, 3))
-        cloud = _Cloud(pts, vn, va, True, faces, source)
+        stair = _staircase_normals(pts, faces, fn, fa)
+        if stair is not None:
+            vn = stair[0]
+        cloud = _Cloud(pts, vn, va, True, faces, source, None if stair is None else stair[1])
     else:
         from scipy.spatial import cKDTree
 
@@ -244,8 +318,8 @@ def _fit_line(points: np.ndarray, w: np.ndarray | None = None) -> tuple[np.ndarr
     return m, vecs[:, -1]
 
 
-def fit_sphere_weighted(points: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, float, float]:
-    """Area-weighted least-squares sphere: algebraic fit refined by Gauss-Newton.
+def fit_sphere(points: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, float, float]:
+    """(Area-)weighted least-squares sphere: algebraic fit refined by Gauss-Newton.
 
     Returns (centre (3,), radius mm, weighted RMS of the radial residual mm).
     """
@@ -289,7 +363,9 @@ class FemurFrame:
     neck_axis : (3,) unit vector from the neck to the head centre
     shaft_axis : (3,) unit vector along the shaft, pointing proximally (= basis z)
     shaft_point : (3,) a point on the shaft axis, mm
-    greater_trochanter, lesser_trochanter : (3,) landmark points on the surface, mm
+    greater_trochanter : (3,) landmark point on the surface, mm
+    lesser_trochanter : (3,) landmark point on the surface, mm, or None when the bone ends
+        above it (a femur truncated through the trochanteric region)
     distal_end : (3,) the most distal point of the bone projected on the shaft axis, mm
     side : ``"left"`` or ``"right"``
     basis : (3, 3) rows x (patient right), y (anterior), z (proximal); right-handed
@@ -298,6 +374,8 @@ class FemurFrame:
     length_mm : extent of the bone along the shaft axis, mm
     whole_bone : True when the distal condyles are present
     side_cues : the signed votes used for the side (positive = anterior along +q), for audit
+    methods : how each landmark was obtained (``head``, ``shaft_axis``, ``neck_axis``,
+        ``greater_trochanter``, ``side``): a method name or ``"given"`` (an ``[anatomy]`` override)
     """
 
     head_centre: np.ndarray
@@ -308,7 +386,7 @@ class FemurFrame:
     shaft_axis: np.ndarray
     shaft_point: np.ndarray
     greater_trochanter: np.ndarray
-    lesser_trochanter: np.ndarray
+    lesser_trochanter: np.ndarray | None
     distal_end: np.ndarray
     side: str
     basis: np.ndarray
@@ -317,6 +395,7 @@ class FemurFrame:
     length_mm: float
     whole_bone: bool
     side_cues: Mapping[str, float] = field(default_factory=dict)
+    methods: Mapping[str, str] = field(default_factory=dict)
 
     bone = "femur"
 
@@ -354,9 +433,10 @@ class FemurFrame:
         return (np.asarray(points, dtype=float) - self.head_centre) @ self.shaft_axis
 
     def landmarks(self) -> dict[str, np.ndarray]:
-        return {"head_centre": self.head_centre, "greater_trochanter": self.greater_trochanter,
-                "lesser_trochanter": self.lesser_trochanter, "distal_end": self.distal_end,
-                "shaft_point": self.shaft_point}
+        out = {"head_centre": self.head_centre, "greater_trochanter": self.greater_trochanter,
+               "lesser_trochanter": self.lesser_trochanter, "distal_end": self.distal_end,
+               "shaft_point": self.shaft_point}
+        return {k: v for k, v in out.items() if v is not None}
 
     def to_dict(self) -> dict:
         """JSON-ready summary (lists and floats)."""
@@ -365,9 +445,35 @@ class FemurFrame:
                "neck_shaft_angle_deg": self.neck_shaft_angle_deg, "anteversion_deg": self.anteversion_deg,
                "length_mm": self.length_mm, "whole_bone": self.whole_bone,
                "neck_axis": self.neck_axis.tolist(), "shaft_axis": self.shaft_axis.tolist(),
-               "basis": self.basis.tolist(), "side_cues": dict(self.side_cues)}
+               "basis": self.basis.tolist(), "side_cues": dict(self.side_cues), "methods": dict(self.methods),
+               "lesser_trochanter": None}
         out.update({k: v.tolist() for k, v in self.landmarks().items()})
         return out
+
+
+#: Plausibility bounds of the automatic femur landmarks (adult human femora). Head radius:
+#: adult head diameters are about 40-55 mm (women ~43, men ~48-50 mm) [M]; neck-shaft angle:
+#: 129.2 +- 7.3 deg in 375 adult femora, coxa vara below ~120 deg, coxa valga above ~140 deg
+#: (Toogood, Skalak & Cooperman 2009, Clin Orthop Relat Res 467:876) [M]. A value outside is
+#: refused with the override that fixes it.
+HEAD_RADIUS_RANGE_MM = (17.0, 30.0)
+NECK_SHAFT_ANGLE_RANGE_DEG = (110.0, 150.0)
+#: smallest fraction of a sphere the head inliers must cover: a spherical cap of half-angle
+#: 66 deg. The femoral head measures 0.8 on a 1 mm surface and about 0.5 on a 3 mm CT mask
+#: (the neck and the blurred head-neck junction take the rest); the condyles, the trochanters
+#: and a bone end cut flat stay far below it or fail the residual test.
+MIN_HEAD_COVERAGE = 0.3
+
+_OVERRIDE_HINT = {
+    "head": "set anatomy.head_centre_mm = [x, y, z] and anatomy.head_radius_mm (world mm; --set "
+            "anatomy.head_centre_mm=[x,y,z] on the command line)",
+    "shaft_axis": "set anatomy.shaft_axis = [x, y, z] (a direction along the shaft; --set "
+                  "anatomy.shaft_axis=[x,y,z])",
+    "neck_axis": "set anatomy.neck_axis = [x, y, z] (a direction along the femoral neck; --set "
+                 "anatomy.neck_axis=[x,y,z])",
+    "greater_trochanter": "set anatomy.greater_trochanter_mm = [x, y, z] (world mm)",
+    "side": "set anatomy.side = \"left\" or \"right\" (--set anatomy.side=right)",
+}
 
 
 def _hough_sphere(cloud: _Cloud, radii: np.ndarray, bin_mm: float) -> list[tuple[float, np.ndarray, float]]:
@@ -404,20 +510,37 @@ def _hough_sphere(cloud: _Cloud, radii: np.ndarray, bin_mm: float) -> list[tuple
     return out
 
 
+def _sphere_inliers(cloud: _Cloud, centre: np.ndarray, r: float, tol: float) -> np.ndarray:
+    """Samples within ``tol * r`` (at least 0.75 mm) of the sphere whose normals point away from the centre."""
+    d = cloud.points - centre
+    dist = np.linalg.norm(d, axis=1)
+    radial = (d * cloud.normals).sum(1) / np.maximum(dist, 1e-12)
+    align = radial if cloud.oriented else np.abs(radial)
+    return (np.abs(dist - r) < max(tol * r, 0.75)) & (align > 0.85)
+
+
 def _refine_head(cloud: _Cloud, centre: np.ndarray, r: float) -> tuple[np.ndarray, float, float, float, np.ndarray]:
-    """Iterated sphere fit on the inliers; returns centre, r, rms, coverage, inlier mask."""
-    p, n, w = cloud.points, cloud.normals, cloud.weights
+    """Robust sphere fit from a seed: trimmed least squares iterated to a fixed point.
+
+    The inlier band (radial residual within 15 %, 10 %, then 8 % of R, normals pointing away
+    from the centre) shrinks over the first passes; the 8 % pass is then repeated until the
+    inlier set no longer changes (at most 20 times). Outliers (neck, fovea, a flattened or
+    blurred head-neck junction) have no weight once outside the band, which makes the fit a
+    redescending M-estimator seeded by the Hough vote. Returns centre, R, RMS, coverage
+    (inlier area / 4 pi R^2) and the inlier mask.
+    """
+    p, w = cloud.points, cloud.weights
     inl = np.zeros(len(p), bool)
     rms = np.inf
-    for tol in (0.15, 0.1, 0.08, 0.08):
-        d = p - centre
-        dist = np.linalg.norm(d, axis=1)
-        radial = (d * n).sum(1) / np.maximum(dist, 1e-12)
-        align = radial if cloud.oriented else np.abs(radial)
-        inl = (np.abs(dist - r) < max(tol * r, 0.75)) & (align > 0.85)
-        if inl.sum() < 10:
+    schedule = (0.15, 0.1, 0.08, 0.08) + (0.08,) * 20
+    for i, tol in enumerate(schedule):
+        new = _sphere_inliers(cloud, centre, r, tol)
+        if new.sum() < 10:
             break
-        centre, r, rms = fit_sphere_weighted(p[inl], w[inl])
+        if i >= 4 and np.array_equal(new, inl):
+            break
+        inl = new
+        centre, r, rms = fit_sphere(p[inl], w[inl])
     coverage = float(w[inl].sum() / (4 * np.pi * r**2)) if inl.any() else 0.0
     return centre, float(r), float(rms), coverage, inl
 
@@ -436,8 +559,113 @@ def _slice_centroids(p: np.ndarray, w: np.ndarray, origin: np.ndarray, axis: np.
     return np.array(cents).reshape(-1, 3), np.array(ts)
 
 
-def femur_frame(geometry: Any, *, side: str | None = None) -> FemurFrame:
-    """Fit the anatomical frame of a (whole or proximal) femur; see the module docstring.
+def _vec3(value: Any, name: str) -> np.ndarray | None:
+    if value is None or isinstance(value, str):
+        return None
+    v = np.asarray(value, dtype=float).reshape(-1)
+    if v.shape != (3,) or not np.isfinite(v).all():
+        raise RegionError(f"anatomy.{name} must be three finite numbers [x, y, z], got {value!r}")
+    return v
+
+
+def _find_head(cloud: _Cloud, centroid: np.ndarray, e1: np.ndarray, length: float,
+               centre: np.ndarray | None, radius: float | None) -> tuple[np.ndarray, float, float, float, np.ndarray, str]:
+    """Femoral head: (centre, R, rms, coverage, inlier mask, method)."""
+    p, w = cloud.points, cloud.weights
+    if centre is not None:
+        if radius is None:  # the radius from the surface around the given centre
+            d = p - centre
+            dist = np.linalg.norm(d, axis=1)
+            radial = (d * cloud.normals).sum(1) / np.maximum(dist, 1e-12)
+            near = (dist > 8.0) & (dist < 40.0) & ((radial if cloud.oriented else np.abs(radial)) > 0.85)
+            if w[near].sum() <= 0:
+                raise RegionError(f"femur frame: no head surface within 8-40 mm of anatomy.head_centre_mm "
+                                  f"{np.round(centre, 1).tolist()} in {cloud.source}; check the point (world mm) or "
+                                  "also set anatomy.head_radius_mm")
+            order = np.argsort(dist[near])
+            cw = np.cumsum(w[near][order])
+            radius = float(dist[near][order][np.searchsorted(cw, 0.5 * cw[-1])])
+        inl = _sphere_inliers(cloud, centre, radius, 0.08)
+        res = np.linalg.norm(p[inl] - centre, axis=1) - radius
+        rms = float(np.sqrt((w[inl] * res**2).sum() / w[inl].sum())) if inl.any() else float("nan")
+        cov = float(w[inl].sum() / (4 * np.pi * radius**2))
+        return np.asarray(centre, float), float(radius), rms, cov, inl, "given"
+    t_all = (p - centroid) @ e1
+    cands = _hough_sphere(cloud, np.arange(8.0, 40.5, 1.0), 2.0)
+    tried = []
+    for area, c0, r0 in cands[:6]:
+        c, r, rms, cov, inl = _refine_head(cloud, c0, r0)
+        tc = float((c - centroid) @ e1)
+        at_end = max(t_all.max() - tc, tc - t_all.min()) > 0.6 * length  # near one end
+        tried.append(f"R={r:.1f} mm coverage {cov:.0%} rms {rms:.2f} mm")
+        if 8.0 <= r <= 40.0 and cov >= MIN_HEAD_COVERAGE and rms <= 0.05 * r and at_end:
+            if radius is not None:
+                r = float(radius)
+            return c, r, rms, cov, inl, "sphere_fit"
+    raise RegionError(
+        f"femur frame: femoral head not found in {cloud.source}: no near-spherical region of radius 8-40 mm "
+        f"covering >= {MIN_HEAD_COVERAGE:.0%} of a sphere with an RMS residual <= 5 % of R at an end of the bone "
+        f"(best tries: {'; '.join(tried[:3]) or 'none'}). Is this a femur, in mm? {_OVERRIDE_HINT['head']}, "
+        f"or {_EXPLICIT_HINT}")
+
+
+def _flat_end_face(cloud: _Cloud, hc: np.ndarray, hr: float) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """The flat face that ends a cut or truncated bone: (centroid, outward normal, area mm^2) or None.
+
+    A cut face is a supporting plane of the bone (all of the bone lies on one side of it) and
+    is flat to a fraction of a millimetre, which no natural bone surface is over several
+    square centimetres. For each of 2000 near-uniform directions n, the samples within 1 mm
+    of the supporting plane ``max(p . n)`` with normals within 10 deg of n are counted by
+    area; the five best separate directions are refined by the mean normal of their samples
+    and scored by the area within 0.5 mm of the plane with normals within 5 deg (a smoothed
+    3 mm CT mask's cut face keeps about 90 % of its area by that test, the flattest natural
+    region of the bundled femur 20 % of a 4 cm^2 patch); the face's normal is that of the
+    plane fitted through those samples. The best is a cut face when it covers
+    at least a disc of half a head radius and does not pass through the head (its plane at
+    least one head radius from the head centre).
+    """
+    p, n, w = cloud.points, cloud.normals, cloud.weights
+    dirs = _fibonacci_sphere(2000)
+    pf = p.astype(np.float32)
+    scores = np.zeros(len(dirs))
+    for k in range(0, len(dirs), 250):
+        dk = dirs[k:k + 250]
+        proj = pf @ dk.T.astype(np.float32)
+        al = n @ dk.T
+        on = (proj > proj.max(axis=0) - 1.0) & ((al if cloud.oriented else np.abs(al)) > np.cos(np.radians(10.0)))
+        scores[k:k + 250] = w @ on
+    seeds: list[np.ndarray] = []
+    for i in np.argsort(-scores):
+        if scores[i] <= 0 or len(seeds) == 5:
+            break
+        if all(dirs[i] @ s_ < np.cos(np.radians(20.0)) for s_ in seeds):
+            seeds.append(dirs[i])
+    best = None
+    for u in seeds:
+        for tol_mm, tol_deg in ((1.0, 10.0), (0.5, 5.0), (0.5, 5.0)):
+            proj, al = p @ u, n @ u
+            on = (proj > proj.max() - tol_mm) & ((al if cloud.oriented else np.abs(al)) > np.cos(np.radians(tol_deg)))
+            if w[on].sum() <= 0:
+                break
+            nn = n[on] if cloud.oriented else n[on] * np.sign(al[on])[:, None]
+            u = _unit(_wmean(nn, w[on]))
+        else:
+            proj, al = p @ u, n @ u
+            on = (proj > proj.max() - 0.5) & ((al if cloud.oriented else np.abs(al)) > np.cos(np.radians(5.0)))
+            area = float(w[on].sum())
+            if best is None or area > best[2]:
+                c_on, _, vecs_on = _pca(p[on], w[on])  # the plane through the face's points
+                best = (c_on, vecs_on[:, 0] if vecs_on[:, 0] @ u > 0 else -vecs_on[:, 0], area)
+    if best is None or best[2] < np.pi * (0.5 * hr) ** 2 or (best[0] - hc) @ best[1] < hr:
+        return None
+    return best
+
+
+def femur_frame(geometry: Any, *, side: str | None = None, head_centre: Sequence[float] | None = None,
+                head_radius: float | None = None, shaft_axis: Sequence[float] | None = None,
+                neck_axis: Sequence[float] | None = None, greater_trochanter: Sequence[float] | None = None,
+                require_side: bool = True) -> FemurFrame:
+    """Fit the anatomical frame of a (whole, proximal or truncated) femur; see the module docstring.
 
     Parameters
     ----------
@@ -445,13 +673,31 @@ def femur_frame(geometry: Any, *, side: str | None = None) -> FemurFrame:
         (n, 3) surface points, in mm, any pose, either side
     side : ``"left"`` / ``"right"`` to override the side detection (``None`` or ``"auto"``:
         detect)
+    head_centre, head_radius : override the head sphere (input coordinates, mm); a centre
+        without a radius takes the radius from the surface around it
+    shaft_axis, neck_axis : override the axes (directions in input coordinates; the sign is
+        free: the shaft axis is turned to point proximally, the neck axis towards the head)
+    greater_trochanter : override the greater trochanter point (input coordinates, mm)
+    require_side : when False, an undecidable side does not raise: the frame takes the
+        majority (or ``"right"`` without any cue) and records ``methods["side"] =
+        "unresolved"`` (for uses that need the axes only, such as a proximal cut)
 
     Raises
     ------
-    RegionError naming the landmark that could not be found.
+    RegionError naming the landmark that could not be found, or the implausible value (head
+    radius outside 17-30 mm, neck-shaft angle outside 110-150 deg) and the ``[anatomy]``
+    override that fixes it.
     """
     if side not in (None, "auto", "left", "right"):
         raise RegionError(f"side must be 'left', 'right' or 'auto', got {side!r}")
+    given_hc = _vec3(head_centre, "head_centre_mm")
+    given_shaft = _vec3(shaft_axis, "shaft_axis")
+    given_neck = _vec3(neck_axis, "neck_axis")
+    given_gt = _vec3(greater_trochanter, "greater_trochanter_mm")
+    given_r = None if head_radius is None or isinstance(head_radius, str) else float(head_radius)
+    if given_r is not None and not (np.isfinite(given_r) and given_r > 0):
+        raise RegionError(f"anatomy.head_radius_mm must be a positive length in mm, got {head_radius!r}")
+    methods: dict[str, str] = {}
     cloud = _cloud(geometry)
     p, w = cloud.points, cloud.weights
     centroid, _, vecs = _pca(p, w)
@@ -460,83 +706,131 @@ def femur_frame(geometry: Any, *, side: str | None = None) -> FemurFrame:
     length = float(t_all.max() - t_all.min())
 
     # ---- 1. head
-    cands = _hough_sphere(cloud, np.arange(8.0, 40.5, 1.0), 2.0)
-    head = None
-    tried = []
-    for area, c0, r0 in cands[:6]:
-        c, r, rms, cov, inl = _refine_head(cloud, c0, r0)
-        tc = float((c - centroid) @ e1)
-        at_end = max(t_all.max() - tc, tc - t_all.min()) > 0.6 * length  # near one end
-        tried.append(f"R={r:.1f} mm coverage {cov:.0%} rms {rms:.2f} mm")
-        if 8.0 <= r <= 40.0 and cov >= 0.6 and rms <= 0.05 * r and at_end:
-            head = (c, r, rms, cov, inl)
-            break
-    if head is None:
+    hc, hr, hrms, hcov, head_inl, methods["head"] = _find_head(cloud, centroid, e1, length, given_hc, given_r)
+    if methods["head"] != "given" and given_r is None and not (
+            HEAD_RADIUS_RANGE_MM[0] <= hr <= HEAD_RADIUS_RANGE_MM[1]):
         raise RegionError(
-            f"femur frame: femoral head not found in {cloud.source}: no near-spherical region of radius 8-40 mm "
-            f"covering >= 60 % of a sphere at an end of the bone (best tries: {'; '.join(tried[:3]) or 'none'}). "
-            f"Is this a femur, in mm? {_EXPLICIT_HINT}")
-    hc, hr, hrms, hcov, head_inl = head
+            f"femur frame: femoral head radius {hr:.1f} mm (sphere fit, coverage {hcov:.0%}, RMS {hrms:.2f} mm) is "
+            f"outside the adult range {HEAD_RADIUS_RANGE_MM[0]:g}-{HEAD_RADIUS_RANGE_MM[1]:g} mm in {cloud.source}: "
+            f"the sphere found is not the femoral head, or the bone is not in mm. {_OVERRIDE_HINT['head']}")
     if (hc - centroid) @ e1 < 0:
         e1 = -e1
-    # ---- 2. shaft axis. Seed: the direction the normals of the surface far from the head
-    # are perpendicular to (a tube's axis; flat cut faces excluded), then slice centroids
-    # (slab limits recomputed along each refined axis).
-    axis = e1
-    far = np.linalg.norm(p - hc, axis=1) > 2.8 * hr
-    if w[far].sum() > 0:
-        for _ in range(3):
-            sel = far & (np.abs(cloud.normals @ axis) < 0.6)
-            if w[sel].sum() <= 0:
-                break
-            nrm = cloud.normals[sel]
-            _, vecs_n = np.linalg.eigh((nrm * w[sel, None]).T @ nrm)
-            new = vecs_n[:, 0]
-            axis = new if new @ axis > 0 else -new
+    # ---- 2. shaft axis. A bone ending in a flat cut face less than 3.5 head radii below the
+    # head centre (a proximal femur cut close under the lesser trochanter, or truncated by the
+    # scan through the trochanteric region) has no shaft to measure: the cut face is taken as
+    # perpendicular to the shaft (a saw cut across the shaft, or the scanner's axial plane,
+    # which lies within about 5-15 deg of the shaft of a supine patient). Otherwise the seed
+    # is the direction the normals of the surface far from the head are perpendicular to (a
+    # tube's axis; flat cut faces excluded), refined through cross-section centroids (slab
+    # limits recomputed along each refined axis).
     d_lo = 3.0 * hr
+    face = _flat_end_face(cloud, hc, hr)
+    short_cut = face is not None and (face[0] - hc) @ face[1] < 3.5 * hr
+    if given_shaft is not None:
+        axis = _unit(given_shaft)
+        axis = axis if axis @ (hc - centroid) >= 0 else -axis
+        shaft_method = "given"
+    elif short_cut:
+        axis = -face[1]
+        shaft_method = "cut_face_normal"
+        log.warning("femur frame: %s ends %.0f mm below the head centre in a flat cut face (%.0f mm^2) with no "
+                    "shaft below the trochanters to measure: the shaft axis is taken as the normal of the cut "
+                    "face (the cut assumed perpendicular to the shaft); %s", cloud.source,
+                    float((hc - face[0]) @ axis), face[2], _OVERRIDE_HINT["shaft_axis"])
+    else:
+        axis = e1
+        shaft_method = "cross_section_centroids"
+        far = np.linalg.norm(p - hc, axis=1) > 2.8 * hr
+        if w[far].sum() > 0:
+            for _ in range(3):
+                sel = far & (np.abs(cloud.normals @ axis) < 0.6)
+                if w[sel].sum() <= 0:
+                    break
+                nrm = cloud.normals[sel]
+                _, vecs_n = np.linalg.eigh((nrm * w[sel, None]).T @ nrm)
+                new = vecs_n[:, 0]
+                axis = new if new @ axis > 0 else -new
     whole = False
-    for _ in range(4):
-        d_all = (hc - p) @ axis  # distance below the head centre along the axis
-        d_max = float(d_all.max())
-        whole = d_max > 10.0 * hr
-        d_hi = 0.75 * d_max if whole else d_max - max(3.0, 0.1 * (d_max - d_lo))
-        if d_hi - d_lo < 0.5 * hr:
-            raise RegionError(
-                f"femur frame: shaft axis not found in {cloud.source}: only {max(d_max - d_lo, 0):.0f} mm of shaft "
-                f"below 3 head radii ({d_lo:.0f} mm) under the head centre; include at least {hr:.0f} mm "
-                f"more shaft. {_EXPLICIT_HINT}")
-        n_slices = int(np.clip((d_hi - d_lo) / 4.0, 3, 12))
-        cents, _ = _slice_centroids(p, w, hc, -axis, d_lo, d_hi, n_slices)
-        if len(cents) < 3:
-            raise RegionError(f"femur frame: shaft axis not found in {cloud.source} (too few cross-sections). "
-                              f"{_EXPLICIT_HINT}")
-        pt, new = _fit_line(cents)
-        axis = new if new @ axis > 0 else -new
+    shaft_r = None
+    d_all = (hc - p) @ axis
+    d_max = float(d_all.max())
+    if shaft_method == "cut_face_normal" or (shaft_method == "given" and d_max - max(3.0, 0.1 * (d_max - d_lo))
+                                             - d_lo < 0.5 * hr):
+        # no shaft to slice: the point on the axis is the cut face's (or the distal end's) centroid
+        if face is not None:
+            shaft_point = face[0]
+            shaft_r = float(np.sqrt(face[2] / np.pi))  # the cut section's equivalent radius
+        else:
+            end = d_all > d_max - 0.1 * hr
+            shaft_point = _wmean(p[end], w[end])
+        d_hi = d_max
+    else:
+        for _ in range(4):
+            d_all = (hc - p) @ axis  # distance below the head centre along the axis
+            d_max = float(d_all.max())
+            whole = d_max > 10.0 * hr
+            d_hi = 0.75 * d_max if whole else d_max - max(3.0, 0.1 * (d_max - d_lo))
+            if d_hi - d_lo < 0.5 * hr:
+                if face is not None:
+                    how = (f"its flat end is {float((face[0] - hc) @ face[1]):.0f} mm below the head centre, "
+                           "too far from a cross-section to be taken as one")
+                else:
+                    how = "no flat cut face at the distal end"
+                raise RegionError(
+                    f"femur frame: shaft axis not found in {cloud.source}: only {max(d_max - d_lo, 0):.0f} mm of "
+                    f"shaft below 3 head radii ({d_lo:.0f} mm) under the head centre and {how}; include at least "
+                    f"{hr:.0f} mm more shaft, or {_OVERRIDE_HINT['shaft_axis']}")
+            n_slices = int(np.clip((d_hi - d_lo) / 4.0, 3, 12))
+            cents, _ = _slice_centroids(p, w, hc, -axis, d_lo, d_hi, n_slices)
+            if len(cents) < 3:
+                raise RegionError(f"femur frame: shaft axis not found in {cloud.source} (too few cross-sections). "
+                                  f"{_OVERRIDE_HINT['shaft_axis']}, or {_EXPLICIT_HINT}")
+            pt, new = _fit_line(cents)
+            shaft_point = pt
+            if shaft_method == "given":  # a given direction: only the point on the axis is measured
+                break
+            axis = new if new @ axis > 0 else -new
+    methods["shaft_axis"] = shaft_method
     z = axis
-    shaft_point = pt
     rel = hc - shaft_point
     if np.linalg.norm(_perp(rel, z)) < 0.3 * hr:
         raise RegionError(f"femur frame: the head centre lies on the shaft axis in {cloud.source}; this is not a "
-                          f"femur-like shape. {_EXPLICIT_HINT}")
+                          f"femur-like shape. {_OVERRIDE_HINT['shaft_axis']}, or {_EXPLICIT_HINT}")
     # ---- 3. neck axis
     dh = p - hc
-    dist = np.linalg.norm(dh, axis=1)
-    u0 = _unit(_perp(shaft_point - hc, z) * 1.0 - 0.6 * hr * z)  # towards the neck: lateral and distal
-    band = (dist > 1.15 * hr) & (dist < 1.8 * hr) & ~head_inl & ((dh @ u0) > 0.3 * dist)
-    if w[band].sum() <= 0:
-        raise RegionError(f"femur frame: femoral neck not found next to the head in {cloud.source}. "
-                          f"{_EXPLICIT_HINT}")
-    u = _unit(_wmean(p[band], w[band]) - hc)
-    for _ in range(3):
-        s = dh @ u
-        radial = np.linalg.norm(dh - np.outer(s, u), axis=1)
-        sel = (s > 1.1 * hr) & (s < 1.8 * hr) & (radial < 1.0 * hr)
-        if w[sel].sum() <= 0:
-            break
-        u = _unit(_wmean(p[sel], w[sel]) - hc)
-    neck = -u  # from the neck to the head
+    if given_neck is not None:
+        neck = _unit(given_neck)
+        neck = neck if neck @ (hc - shaft_point) > 0 else -neck
+        methods["neck_axis"] = "given"
+    else:
+        dist = np.linalg.norm(dh, axis=1)
+        u0 = _unit(_perp(shaft_point - hc, z) * 1.0 - 0.6 * hr * z)  # towards the neck: lateral and distal
+        band = (dist > 1.15 * hr) & (dist < 1.8 * hr) & ~head_inl & ((dh @ u0) > 0.3 * dist)
+        if w[band].sum() <= 0:
+            raise RegionError(f"femur frame: femoral neck not found next to the head in {cloud.source}. "
+                              f"{_OVERRIDE_HINT['neck_axis']}, or {_EXPLICIT_HINT}")
+        u = _unit(_wmean(p[band], w[band]) - hc)
+        for _ in range(3):
+            s = dh @ u
+            radial = np.linalg.norm(dh - np.outer(s, u), axis=1)
+            sel = (s > 1.1 * hr) & (s < 1.8 * hr) & (radial < 1.0 * hr)
+            if w[sel].sum() <= 0:
+                break
+            u = _unit(_wmean(p[sel], w[sel]) - hc)
+        neck = -u  # from the neck to the head
+        methods["neck_axis"] = "cross_section_centroids"
     medial = _unit(_perp(neck, z))
     q = _unit(np.cross(z, neck))
+    nsa = float(np.degrees(np.arccos(np.clip(neck @ -z, -1, 1))))
+    if not NECK_SHAFT_ANGLE_RANGE_DEG[0] <= nsa <= NECK_SHAFT_ANGLE_RANGE_DEG[1]:
+        measured = [k for k in ("shaft_axis", "neck_axis") if methods[k] != "given"]
+        if measured:
+            raise RegionError(
+                f"femur frame: neck-shaft angle {nsa:.1f} deg (shaft axis from {methods['shaft_axis']}, neck axis "
+                f"from {methods['neck_axis']}) is outside {NECK_SHAFT_ANGLE_RANGE_DEG[0]:g}-"
+                f"{NECK_SHAFT_ANGLE_RANGE_DEG[1]:g} deg in {cloud.source}: an axis is wrong. "
+                + "; or ".join(_OVERRIDE_HINT[k] for k in measured))
+        log.warning("femur frame: the given shaft and neck axes make a neck-shaft angle of %.1f deg", nsa)
     # ---- landmarks in the shaft frame
     ax = (p - hc) @ z  # + proximal, 0 at head level
     rvec = _perp(p - shaft_point, z)
@@ -546,24 +840,43 @@ def femur_frame(geometry: Any, *, side: str | None = None) -> FemurFrame:
     lt_band = (ax < -1.6 * hr) & (ax > -4.0 * hr) & (med_c > 0.0)
     neck_dist = np.linalg.norm(np.cross(p - hc, neck), axis=1)
     lt_band &= neck_dist > 1.0 * hr
-    shaft_r = float(np.median(rlen[(-ax > d_lo) & (-ax < d_hi)]))
+    if shaft_r is None:
+        shaft_sel = (-ax > d_lo) & (-ax < d_hi)
+        shaft_r = float(np.median(rlen[shaft_sel])) if shaft_sel.any() else float("nan")
     lt_point, lt_prom = None, 0.0
-    if lt_band.any():
+    if lt_band.any() and np.isfinite(shaft_r):
         i = np.flatnonzero(lt_band)[np.argmax(rlen[lt_band])]
         lt_point, lt_prom = p[i], float(rlen[i] - shaft_r)
     # greater trochanter: most proximal-lateral point on the lateral side
-    gt_band = (med_c < -0.2) & (ax > -2.5 * hr)
-    if not gt_band.any():
-        raise RegionError(f"femur frame: greater trochanter not found in {cloud.source} (no surface lateral to "
-                          f"the shaft axis near the head level). {_EXPLICIT_HINT}")
-    score = ax - (p - shaft_point) @ medial
-    gi = np.flatnonzero(gt_band)[np.argmax(score[gt_band])]
-    gt_point = p[gi]
+    if given_gt is not None:
+        gt_point = given_gt
+        methods["greater_trochanter"] = "given"
+    else:
+        gt_band = (med_c < -0.2) & (ax > -2.5 * hr)
+        if not gt_band.any():
+            raise RegionError(f"femur frame: greater trochanter not found in {cloud.source} (no surface lateral to "
+                              f"the shaft axis near the head level). {_OVERRIDE_HINT['greater_trochanter']}, or "
+                              f"{_EXPLICIT_HINT}")
+        score = ax - (p - shaft_point) @ medial
+        gi = np.flatnonzero(gt_band)[np.argmax(score[gt_band])]
+        gt_point = p[gi]
+        methods["greater_trochanter"] = "surface_extreme"
     # ---- 4. side cues (positive = anterior is +q)
     cues: dict[str, float] = {}
     if lt_point is not None and lt_prom > 0.1 * shaft_r:
         v = _perp(lt_point - shaft_point, z)
         cues["lesser_trochanter"] = float(-np.sign(v @ q)) * min(1.0, abs(v @ q) / (0.2 * np.linalg.norm(v)))
+    # greater trochanter: the trochanteric region (lateral of the neck, from 1.5 head radii
+    # below to half a radius above the head centre) lies posterior to the shaft-neck plane (the
+    # trochanter overhangs the trochanteric fossa and the intertrochanteric crest behind the
+    # anteverted neck). Offset of its area centroid from the plane, in head radii; counted
+    # from 0.1 R (measured: 0.22 R on the shared whole femur, 0.34 R on the clinical right
+    # femur mask, 0.03 R on the smooth synthetic femora, where it does not count).
+    troch = (ax > -1.5 * hr) & (ax < 0.5 * hr) & (-(dh @ medial) > 1.2 * hr)
+    if w[troch].sum() > 0:
+        off = float(_wmean(dh[troch], w[troch]) @ q) / hr
+        if abs(off) >= 0.1:
+            cues["greater_trochanter"] = float(-np.sign(off)) * min(1.0, abs(off) / 0.2)
     distal_t = float(((p - shaft_point) @ z).min())
     if whole:
         dist_sel = ((p - shaft_point) @ z) < distal_t + 0.08 * (d_max)
@@ -577,28 +890,32 @@ def femur_frame(geometry: Any, *, side: str | None = None) -> FemurFrame:
             coef = np.polyfit(ts, offs, 2)[0] * (d_hi - d_lo) ** 2 / 8.0  # sagitta, mm
             if abs(coef) > 0.5:
                 cues["anterior_bow"] = float(-np.sign(coef))
-    weights = {"condyles": 2.0, "lesser_trochanter": 1.5, "anterior_bow": 1.0}
+    weights = {"condyles": 2.0, "lesser_trochanter": 1.5, "anterior_bow": 1.0, "greater_trochanter": 1.0}
     vote = sum(weights[k] * np.sign(v) for k, v in cues.items())
     signs = {np.sign(v) for v in cues.values() if v != 0}
     if side in ("left", "right"):
         s_ant = 1.0 if side == "left" else -1.0
+        methods["side"] = "given"
         if cues and len(signs) == 1 and next(iter(signs)) != s_ant:
             log.warning("femur frame: side=%r given, but the geometry suggests the other side (cues %s)",
                         side, cues)
-    else:
-        if not cues or vote == 0 or (len(signs) > 1 and abs(vote) < 2.0):
+    elif not cues or vote == 0 or (len(signs) > 1 and abs(vote) < 2.0):
+        if require_side:
             raise RegionError(
                 f"femur frame: the side (left/right) of {cloud.source} is ambiguous: anterior cues {cues or 'none'} "
-                "(condyles, lesser trochanter, anterior bow); set [anatomy] side = \"left\" or \"right\" in the "
-                "load case (femur_frame(..., side=...)).")
+                "(condyles, lesser trochanter, anterior bow, greater trochanter); "
+                f"{_OVERRIDE_HINT['side']} in the load case (femur_frame(..., side=...)).")
+        s_ant = 1.0 if vote > 0 else -1.0
+        methods["side"] = "unresolved"
+    else:
         if len(signs) > 1:
             log.warning("femur frame: side cues disagree (%s); majority vote used", cues)
         s_ant = float(np.sign(vote))
+        methods["side"] = "cues"
     anterior = s_ant * q
     side_name = "left" if s_ant > 0 else "right"
     x = np.cross(anterior, z)
     basis = np.vstack([x, anterior, z])
-    nsa = float(np.degrees(np.arccos(np.clip(neck @ -z, -1, 1))))
     # ---- 6. anteversion from the posterior condylar line
     antev = None
     if whole:
@@ -618,12 +935,102 @@ def femur_frame(geometry: Any, *, side: str | None = None) -> FemurFrame:
             nproj = _unit(_perp(neck, z))
             antev = float(np.degrees(np.arctan2(nproj @ cond_ant, nproj @ cond)))
     distal_end = shaft_point + distal_t * z
-    return FemurFrame(hc, hr, hrms, hcov, neck, z, shaft_point, gt_point,
-                      lt_point if lt_point is not None else shaft_point - 2.5 * hr * z,
-                      distal_end, side_name, basis, nsa, antev, float(ax.max() - ax.min()), whole, cues)
+    return FemurFrame(hc, hr, hrms, hcov, neck, z, shaft_point, gt_point, lt_point,
+                      distal_end, side_name, basis, nsa, antev, float(ax.max() - ax.min()), whole, cues, methods)
 
 
 # =========================================================================== vertebra
+@dataclass(frozen=True, eq=False)
+class VertebralBody:
+    """The vertebral body of a vertebra surface, separated from the posterior elements.
+
+    Found by a morphological opening of the solid (:func:`vertebral_body`): a voxel grid
+    (aligned with the principal axes of the surface and centred on its area centroid, so
+    that the result does not depend on the pose) holds the distance, mm, from each voxel to
+    the body; points within ``tolerance_mm`` of the body belong to it.
+
+    Attributes
+    ----------
+    centre : (3,) grid centre, mm;  axes : (3, 3) grid axes as columns
+    spacing : voxel size, mm;  half : (3,) half the grid size in voxels
+    distance : distance from each voxel to the body, mm (0 inside)
+    opening_radius_mm : radius of the ball the body was opened with
+    tolerance_mm : points this close to the opened body belong to the body (the opening rounds
+        the rim of the body by up to 0.41 of the radius)
+    volume_mm3 : body volume (opened voxels)
+    """
+
+    centre: np.ndarray
+    axes: np.ndarray
+    spacing: float
+    half: np.ndarray
+    distance: np.ndarray
+    opening_radius_mm: float
+    tolerance_mm: float
+    volume_mm3: float
+
+    def distance_to(self, points) -> np.ndarray:
+        """Distance (mm) of points (input coordinates) from the body: trilinear in the grid, inf outside it."""
+        from scipy.ndimage import map_coordinates
+
+        idx = (np.asarray(points, dtype=float).reshape(-1, 3) - self.centre) @ self.axes / self.spacing + self.half
+        inside = ((idx >= 0) & (idx <= np.asarray(self.distance.shape) - 1)).all(axis=1)
+        out = np.full(len(idx), np.inf)
+        out[inside] = map_coordinates(self.distance, idx[inside].T, order=1, mode="nearest")
+        return out
+
+    def contains(self, points) -> np.ndarray:
+        """True for points (input coordinates) on or in the vertebral body."""
+        return self.distance_to(points) <= self.tolerance_mm
+
+
+def vertebral_body(geometry: Any) -> VertebralBody | None:
+    """Separate the vertebral body from the posterior elements by a morphological opening.
+
+    The closed surface is voxelised (about 1 mm voxels) on a grid aligned with its principal
+    axes. The body is the thickest part of a vertebra: the largest inscribed ball sits in it
+    (lumbar: radius 6-8 mm, half the body height), while the pedicles, laminae and processes
+    are thinner. An opening with a ball of half that radius (the set swept by every ball of
+    that radius inside the solid) removes them; the body is the opened component that holds
+    the deepest voxel. Endplates and dimensions are then taken on the body only, so that the
+    articular and spinous processes, which rise above and hang below the endplates, are never
+    taken for them. Returns None without a closed triangle surface (a bare point cloud).
+    """
+    import pyvista as pv
+    from scipy import ndimage
+
+    cloud = geometry if isinstance(geometry, _Cloud) else _cloud(geometry)
+    if cloud.faces is None:
+        return None
+    pts, faces = cloud.points, cloud.faces
+    tri = pts[faces]
+    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    centre = (tri.mean(axis=1) * area[:, None]).sum(0) / area.sum()
+    d = pts - centre
+    _, axes = np.linalg.eigh(d.T @ d)
+    q = d @ axes
+    ext = 2.0 * np.abs(q).max(0)
+    h = max(1.0, float(ext.max()) / 150.0)
+    half = np.ceil(np.abs(q).max(0) / h) + 2
+    dims = (2 * half + 1).astype(int)
+    grid = pv.ImageData(dimensions=tuple(int(x) for x in dims), spacing=(h, h, h), origin=tuple(-half * h))
+    poly = pv.PolyData(q, np.hstack([np.full((len(faces), 1), 3), faces]).ravel())
+    img = poly.voxelize_binary_mask(reference_volume=grid)
+    solid = np.asarray(img.point_data[img.point_data.keys()[0]]).reshape(tuple(dims), order="F") > 0
+    vol = abs(float(np.einsum("ij,ij->i", tri[:, 0], np.cross(tri[:, 1], tri[:, 2])).sum()) / 6.0)
+    if not solid.any() or abs(solid.sum() * h**3 - vol) > 0.15 * vol:
+        log.info("vertebral body: %s does not voxelise to its enclosed volume (%.0f vs %.0f mm^3); no body "
+                 "separation", cloud.source, solid.sum() * h**3, vol)
+        return None
+    depth = ndimage.distance_transform_edt(solid) * h
+    r = 0.5 * float(depth.max())
+    core, _ = ndimage.label(depth > r)
+    deepest = np.unravel_index(int(np.argmax(depth)), depth.shape)
+    body = (ndimage.distance_transform_edt(core != core[deepest]) * h <= r) & solid
+    dist = (ndimage.distance_transform_edt(~body) * h).astype(np.float32)
+    return VertebralBody(centre, axes, h, half, dist, r, 0.45 * r + h, float(body.sum() * h**3))
+
+
 @dataclass(frozen=True)
 class VertebraFrame:
     """Anatomical frame of a vertebral body (input coordinates, mm).
@@ -640,6 +1047,9 @@ class VertebraFrame:
     anterior_method, superior_method : how the anterior and superior directions were set
         (``"posterior_elements"``, ``"outline_shape"``, ``"given"``, ``"input_z"``)
     endplate_flatness_mm : RMS distance of the endplate samples from their planes, mm
+    endplate_areas_mm2 : areas of the flat superior and inferior endplate patches, mm^2
+    axis_method : ``"paired_endplates"`` or ``"given"``
+    body : the :class:`VertebralBody` the endplates were taken from (None for a point cloud)
     """
 
     superior_centre: np.ndarray
@@ -655,6 +1065,9 @@ class VertebraFrame:
     anterior_method: str
     superior_method: str
     endplate_flatness_mm: tuple[float, float]
+    endplate_areas_mm2: tuple[float, float] = (float("nan"), float("nan"))
+    axis_method: str = "paired_endplates"
+    body: VertebralBody | None = None
 
     bone = "vertebra"
 
@@ -681,6 +1094,17 @@ class VertebraFrame:
     def vector_to_global(self, v) -> np.ndarray:
         return np.asarray(v, dtype=float) @ self.basis
 
+    def in_body(self, points) -> np.ndarray:
+        """True for points (input coordinates) of the vertebral body.
+
+        With a separated body (:class:`VertebralBody`): within its tolerance of the body.
+        Without (a point cloud): within 0.55 of the body's width and depth around its centre.
+        """
+        if self.body is not None:
+            return self.body.contains(points)
+        loc = self.to_local(points)
+        return (np.abs(loc[:, 0]) <= 0.55 * self.width_mm) & (np.abs(loc[:, 1]) <= 0.55 * self.depth_mm)
+
     def landmarks(self) -> dict[str, np.ndarray]:
         return {"superior_centre": self.superior_centre, "inferior_centre": self.inferior_centre,
                 "body_centre": self.body_centre,
@@ -690,8 +1114,11 @@ class VertebraFrame:
         out = {"bone": "vertebra", "height_mm": self.height_mm, "depth_mm": self.depth_mm,
                "width_mm": self.width_mm, "posterior_elements": self.posterior_elements,
                "anterior_method": self.anterior_method, "superior_method": self.superior_method,
-               "endplate_flatness_mm": list(self.endplate_flatness_mm), "basis": self.basis.tolist(),
-               "superior_normal": self.superior_normal.tolist(), "inferior_normal": self.inferior_normal.tolist()}
+               "axis_method": self.axis_method,
+               "endplate_flatness_mm": list(self.endplate_flatness_mm),
+               "endplate_areas_mm2": list(self.endplate_areas_mm2), "basis": self.basis.tolist(),
+               "superior_normal": self.superior_normal.tolist(), "inferior_normal": self.inferior_normal.tolist(),
+               "body_volume_mm3": None if self.body is None else self.body.volume_mm3}
         out.update({k: v.tolist() for k, v in self.landmarks().items()})
         return out
 
@@ -749,7 +1176,7 @@ def _face_cloud(cloud: _Cloud) -> tuple[_Cloud, Any]:
     area = 0.5 * np.linalg.norm(fn, axis=1)
     keep = area > 0
     f, tri, fn, area = f[keep], tri[keep], fn[keep], area[keep]
-    fn = fn / (2 * area)[:, None]
+    fn = fn / (2 * area)[:, None] if cloud.face_normals is None else cloud.face_normals[keep]
     nf = len(f)
     inc = sp.csr_matrix((np.ones(3 * nf), (np.repeat(np.arange(nf), 3), f.ravel())),
                         shape=(nf, len(cloud.points)))
@@ -799,7 +1226,8 @@ def _outline_bulge(xy: np.ndarray) -> tuple[float, float]:
 
 
 def vertebra_frame(geometry: Any, *, anterior: Sequence[float] | None = None,
-                   superior: Sequence[float] | None = None) -> VertebraFrame:
+                   superior: Sequence[float] | None = None,
+                   body_axis: Sequence[float] | None = None) -> VertebraFrame:
     """Fit the anatomical frame of a vertebra or a vertebral body; see the module docstring.
 
     Parameters
@@ -809,6 +1237,9 @@ def vertebra_frame(geometry: Any, *, anterior: Sequence[float] | None = None,
     anterior, superior : optional approximate directions (input coordinates) overriding the
         automatic choice of the anterior side and of the superior endplate; only their sign
         relative to the fitted axes is used
+    body_axis : optional direction of the body axis (input coordinates, either sign)
+        replacing the paired-endplate search; the endplates are then the body's faces facing
+        along it
 
     Raises
     ------
@@ -818,8 +1249,20 @@ def vertebra_frame(geometry: Any, *, anterior: Sequence[float] | None = None,
     cloud_points_all = vcloud.points
     cloud, graph = _face_cloud(vcloud)
     p, nrm, w = cloud.points, cloud.normals, cloud.weights
+    total = cloud.total_area
+    body = vertebral_body(vcloud)
+    body_sel = body.contains(p) if body is not None else np.ones(len(p), bool)
+    if body is not None and w[body_sel].sum() < 0.2 * total:
+        log.info("vertebra frame: the opened body of %s holds only %.0f %% of the surface; body separation not used",
+                 cloud.source, 100 * w[body_sel].sum() / total)
+        body, body_sel = None, np.ones(len(p), bool)
+    body_area = float(w[body_sel].sum())
+    given_axis = _vec3(body_axis, "body_axis")
     cos_ep = np.cos(np.radians(25.0))
-    u = _paired_flat_direction(nrm, w, cos_ep)
+    if given_axis is not None:
+        u, axis_method = _unit(given_axis), "given"
+    else:
+        u, axis_method = _paired_flat_direction(nrm[body_sel], w[body_sel], cos_ep), "paired_endplates"
     cos_patch = np.cos(np.radians(35.0))
     d = nrm @ u
     if not cloud.oriented:  # unoriented normals: split the flat samples by position instead
@@ -829,15 +1272,14 @@ def vertebra_frame(geometry: Any, *, anterior: Sequence[float] | None = None,
         up_sel, dn_sel = flat & (t > mid), flat & (t <= mid)
     else:
         up_sel, dn_sel = d > cos_patch, d < -cos_patch
-    patch_up = _largest_patch(cloud, graph, up_sel)
-    patch_dn = _largest_patch(cloud, graph, dn_sel)
-    total = cloud.total_area
+    patch_up = _largest_patch(cloud, graph, up_sel & body_sel)
+    patch_dn = _largest_patch(cloud, graph, dn_sel & body_sel)
     for name, patch in (("one endplate", patch_up), ("the other endplate", patch_dn)):
-        if w[patch].sum() < 0.03 * total:
+        if w[patch].sum() < 0.03 * body_area:
             raise RegionError(
-                f"vertebra frame: {name} not found in {cloud.source}: no flat patch of >= 3 % of the surface area "
-                f"facing along the body axis (found {w[patch].sum():.0f} mm^2 of {total:.0f} mm^2). Is this a "
-                f"vertebra, in mm? {_EXPLICIT_HINT}")
+                f"vertebra frame: {name} not found in {cloud.source}: no flat patch of >= 3 % of the vertebral body's "
+                f"surface area facing along the body axis (found {w[patch].sum():.0f} mm^2 of {body_area:.0f} mm^2). "
+                f"Is this a vertebra, in mm? Set anatomy.body_axis = [x, y, z], or {_EXPLICIT_HINT}")
     c_up, n_up, rms_up = _fit_plane(p[patch_up], w[patch_up], u)
     c_dn, n_dn, rms_dn = _fit_plane(p[patch_dn], w[patch_dn], -u)
     for name, patch, rms in (("one endplate", patch_up, rms_up), ("the other endplate", patch_dn, rms_dn)):
@@ -910,7 +1352,8 @@ def vertebra_frame(geometry: Any, *, anterior: Sequence[float] | None = None,
     # mid-height section of the body, from the surface vertices
     vp = cloud_points_all
     vtax = (vp - centre0) @ axis
-    v_in = poly.contains_points(proj(vp)) & (vtax < t_up + margin) & (vtax > t_dn - margin)
+    v_in = (body.contains(vp) if body is not None else poly.contains_points(proj(vp))) & \
+        (vtax < t_up + margin) & (vtax > t_dn - margin)
     mid_sel = v_in & (np.abs(vtax - 0.5 * (t_up + t_dn)) < 0.3 * (t_up - t_dn))
     if mid_sel.sum() < 10:
         mid_sel = v_in
@@ -952,5 +1395,7 @@ def vertebra_frame(geometry: Any, *, anterior: Sequence[float] | None = None,
     if height <= 0:
         raise RegionError(f"vertebra frame: endplates of {cloud.source} are not on opposite sides of the body "
                           f"(height {height:.1f} mm). {_EXPLICIT_HINT}")
+    areas = (float(w[patch_up].sum()), float(w[patch_dn].sum()))
     return VertebraFrame(sc, si, sn, inn, body_c, basis, height, depth, width, bool(has_post), ant_method,
-                         sup_method, (float(flat[0]), float(flat[1])))
+                         sup_method, (float(flat[0]), float(flat[1])), areas if sup_sign > 0 else areas[::-1],
+                         axis_method, body)

@@ -161,7 +161,8 @@ class FemurParams:
     * ``shaft_length_mm`` 190: distal cut below the head centre (about 125 mm below the lesser
       trochanter), a usual proximal-femur FE length [M].
     * ``lesser_trochanter_drop_mm`` 60: lesser trochanter below the head centre (the shared
-      femur surface gives 64 mm with :func:`femur_fe.bone.meshing.femur_landmarks`) [M].
+      femur surface has the distal end of the lesser trochanter's flare 64 mm and its most
+      prominent point 47 mm below the head centre) [M].
     """
 
     head_diameter_mm: float = 46.0

@@ -22,11 +22,10 @@ Approach
   rather than taken from TetGen: TetGen 1.6's ``-o2`` output puts its mid-edge nodes on
   edges (2,3), (0,3), (0,1), (1,2), (1,3), (0,2), i.e. VTK order = TetGen columns
   [0, 1, 2, 3, 6, 7, 9, 5, 8, 4] (checked with tetgen 0.8.4).
-* **Proximal femur cut** (:func:`cut_proximal_femur`): landmarks from
-  :func:`femur_landmarks` (a geometric approach: shaft axis through cross-section
-  centroids, head by an iterated sphere fit, lesser trochanter as the distal end of the
-  medial proximal flare), then ``vtkClipClosedSurface`` with a plane perpendicular to the
-  shaft axis, which caps the cut so the result stays closed.
+* **Proximal femur cut** (:func:`cut_proximal_femur`): shaft axis, head and lesser
+  trochanter from :func:`femur_fe.bone.anatomy.femur_frame`, then ``vtkClipClosedSurface``
+  with a plane perpendicular to the shaft axis, which caps the cut so the result stays
+  closed.
 * **Mask to surface** (:func:`surface_from_mask`): VTK flying edges on the 0/1 image at
   level 0.5 (optionally after a small Gaussian blur of the mask), windowed-sinc smoothing,
   and mapping to world coordinates with the 4x4 index-to-world affine.
@@ -48,6 +47,7 @@ from ..io.surface import (
     _merge_exact_duplicates,
     surface_topology,
 )
+from .anatomy import FemurFrame, femur_frame
 
 log = logging.getLogger(__name__)
 
@@ -608,169 +608,15 @@ def surface_from_mask(mask: np.ndarray, affine: np.ndarray | None = None, *,
     return s
 
 
-# --------------------------------------------------------------------------- femur landmarks and cut
-@dataclass(frozen=True)
-class FemurLandmarks:
-    """Geometric proximal femur landmarks (mm).
-
-    Attributes
-    ----------
-    shaft_axis : (3,) unit vector along the shaft, pointing proximally (towards the head)
-    shaft_point : (3,) a point on the shaft axis (mid-shaft centroid)
-    head_centre : (3,) centre of the sphere fitted to the head
-    head_radius : mm
-    lesser_trochanter : (3,) the most prominent point of the lesser trochanter
-    medial : (3,) unit vector perpendicular to the shaft axis towards the head
-    """
-
-    shaft_axis: np.ndarray
-    shaft_point: np.ndarray
-    head_centre: np.ndarray
-    head_radius: float
-    lesser_trochanter: np.ndarray
-    medial: np.ndarray
-
-    def axial(self, x) -> np.ndarray:
-        """Signed distance of points along the shaft axis from the head centre (mm, + proximal)."""
-        return (np.asarray(x, dtype=float) - self.head_centre) @ self.shaft_axis
-
-
-def fit_sphere(points: np.ndarray) -> tuple[np.ndarray, float]:
-    """Least-squares sphere through points (algebraic fit); returns (centre, radius)."""
-    p = np.asarray(points, dtype=float)
-    if len(p) < 4:
-        raise SurfaceError(f"a sphere fit needs at least 4 points, got {len(p)}")
-    a = np.hstack([2 * p, np.ones((len(p), 1))])
-    b = (p ** 2).sum(axis=1)
-    sol, *_ = np.linalg.lstsq(a, b, rcond=None)
-    c = sol[:3]
-    r = float(np.sqrt(max(sol[3] + c @ c, 0.0)))
-    return c, r
-
-
-def _area_weighted_samples(surface: Surface) -> tuple[np.ndarray, np.ndarray]:
-    p = surface.points[surface.faces]
-    return p.mean(axis=1), surface.face_areas()
-
-
-def femur_landmarks(surface: Surface, *, shaft_axis_hint: Sequence[float] | None = None) -> FemurLandmarks:
-    """Find shaft axis, head centre and lesser trochanter of a femur surface geometrically.
-
-    Method: (1) the long axis is the first principal axis of the area-weighted surface (or
-    ``shaft_axis_hint``); (2) the proximal end is the end whose last 6 % of length is
-    farthest off that axis (the head overhangs medially; the condyles or a shaft cut are
-    centred); (3) the shaft axis is refined as the line through the centroids of surface
-    cross-sections between 35 % and 75 % of the length from the proximal end (or, for a
-    short proximal piece, the distal 40 % of it); (4) the head centre is an iterated sphere
-    fit seeded one head radius below the most proximal point; (5) the lesser trochanter is
-    the distal end of the medial flare: the most distal level below the neck at which the
-    medial-half radius exceeds the shaft radius by 25 % of the flare, and its most
-    prominent point there.
-    """
-    c, w = _area_weighted_samples(surface)
-    mean = (c * w[:, None]).sum(0) / w.sum()
-    if shaft_axis_hint is not None:
-        axis = np.asarray(shaft_axis_hint, dtype=float)
-        axis = axis / np.linalg.norm(axis)
-    else:
-        cov = ((c - mean) * w[:, None]).T @ (c - mean) / w.sum()
-        evals, evecs = np.linalg.eigh(cov)
-        axis = evecs[:, -1]
-    t = (c - mean) @ axis
-    length = float(t.max() - t.min())
-
-    def end_offset(sign: float) -> float:
-        tt = sign * t
-        sel = tt > tt.max() - 0.06 * length
-        mid = np.abs(t - np.median(t)) < 0.1 * length
-        centre_mid = (c[mid] * w[mid, None]).sum(0) / w[mid].sum()
-        d = c[sel] - centre_mid
-        d = d - np.outer(d @ axis, axis)
-        return float(np.linalg.norm((d * w[sel, None]).sum(0) / w[sel].sum()))
-
-    if shaft_axis_hint is None and end_offset(-1.0) > end_offset(1.0):
-        axis = -axis
-        t = -t
-    # refine the shaft axis through slice centroids, using the distal part of the bone
-    tmax = t.max()
-    dist_from_top = tmax - t
-    lo, hi = (0.35, 0.75) if length > 200 else (0.6, 0.98)
-    edges = np.linspace(lo * length, hi * length, 13)
-    cents = []
-    for a, b in zip(edges[:-1], edges[1:]):
-        s = (dist_from_top >= a) & (dist_from_top < b)
-        if w[s].sum() > 0:
-            cents.append((c[s] * w[s, None]).sum(0) / w[s].sum())
-    cents = np.array(cents)
-    if len(cents) >= 3 and shaft_axis_hint is None:
-        cm = cents.mean(0)
-        _, _, vt = np.linalg.svd(cents - cm)
-        new_axis = vt[0] if vt[0] @ axis > 0 else -vt[0]
-        if new_axis @ axis > np.cos(np.radians(25)):
-            axis = new_axis
-        shaft_point = cm
-    else:
-        shaft_point = cents.mean(0) if len(cents) else mean
-    pts = surface.points
-    tp = (pts - shaft_point) @ axis
-    top = pts[np.argmax(tp)]
-    # head: iterated sphere fit
-    r = 22.0
-    centre = top - r * axis
-    for _ in range(30):
-        d = np.linalg.norm(pts - centre, axis=1)
-        sel = (d < 1.25 * r) & (np.abs(d - r) < 0.2 * r)
-        # only points on the proximal/medial cap side, away from the neck
-        if sel.sum() < 20:
-            break
-        new_c, new_r = fit_sphere(pts[sel])
-        if not (8.0 < new_r < 40.0):
-            break
-        moved = np.linalg.norm(new_c - centre)
-        centre, r = new_c, new_r
-        if moved < 1e-3:
-            break
-    rel = centre - shaft_point
-    medial = rel - (rel @ axis) * axis
-    if np.linalg.norm(medial) < 1e-6:
-        raise SurfaceError(f"{surface.source}: the head centre lies on the shaft axis; this does not look like a "
-                           "femur (pass shaft_axis_hint or cut the bone by hand)")
-    medial /= np.linalg.norm(medial)
-    # lesser trochanter: medial-half radial profile below the neck
-    z = (pts - centre) @ axis
-    radial = pts - shaft_point - np.outer((pts - shaft_point) @ axis, axis)
-    rad_len = np.linalg.norm(radial, axis=1)
-    cosang = (radial @ medial) / np.maximum(rad_len, 1e-9)
-    med_half = cosang > 0.0
-    zlev = np.arange(-r - 5.0, -max(130.0, 3 * r), -1.0)
-    prof = np.full(len(zlev), np.nan)
-    for i, zl in enumerate(zlev):
-        s = med_half & (np.abs(z - zl) < 1.0)
-        if s.any():
-            prof[i] = rad_len[s].max()
-    ok = np.isfinite(prof)
-    if ok.sum() < 10:
-        raise SurfaceError(f"{surface.source}: too little shaft below the femoral neck to find the lesser "
-                           "trochanter (needs about 100 mm below the head centre)")
-    shaft_r = float(np.nanmedian(prof[-max(10, len(prof) // 4):]))
-    peak = float(np.nanmax(prof))
-    thresh = shaft_r + 0.25 * (peak - shaft_r)
-    above = np.flatnonzero(ok & (prof > thresh))
-    last = int(above.max())
-    z_lt = zlev[last]
-    # most prominent point of the flare within 15 mm above that level
-    s = med_half & (z <= z_lt + 15.0) & (z >= z_lt - 1.0)
-    lt = pts[s][np.argmax(rad_len[s])]
-    return FemurLandmarks(axis, shaft_point, centre, float(r), lt, medial)
-
-
+# --------------------------------------------------------------------------- proximal femur cut
 def cut_proximal_femur(surface_or_mesh: Surface | Mesh, distance_below_lesser_trochanter_mm: float = 50.0, *,
-                       landmarks: FemurLandmarks | None = None,
+                       landmarks: FemurFrame | None = None,
                        element_size: float | None = None) -> Surface | Mesh:
     """Cut a femur with a plane perpendicular to the shaft axis below the lesser trochanter.
 
     The cut is capped (``vtkClipClosedSurface``) so the proximal part stays a closed
-    surface. Landmarks come from :func:`femur_landmarks` unless given.
+    surface. The shaft axis, head and lesser trochanter come from
+    :func:`femur_fe.bone.anatomy.femur_frame` unless ``landmarks`` (a frame) is given.
 
     Parameters
     ----------
@@ -819,11 +665,19 @@ def nodes_on_plane(mesh: Mesh, origin, normal, tol_mm: float = 1e-3) -> np.ndarr
 
 
 def proximal_cut_plane(surface: Surface, distance_below_lesser_trochanter_mm: float, *,
-                       landmarks: FemurLandmarks | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Plane of :func:`cut_proximal_femur`: (point on the plane, unit normal pointing proximally)."""
+                       landmarks: FemurFrame | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Plane of :func:`cut_proximal_femur`: (point on the plane, unit normal pointing proximally).
+
+    ``landmarks`` is a :class:`~femur_fe.bone.anatomy.FemurFrame` (fitted here when not given;
+    the side is not needed for a cut, so an undecidable side does not stop it).
+    """
     d = float(distance_below_lesser_trochanter_mm)
-    lm = landmarks or femur_landmarks(surface)
+    lm = landmarks or femur_frame((surface.points, surface.faces), require_side=False)
     axis = lm.shaft_axis
+    if lm.lesser_trochanter is None:
+        raise SurfaceError(f"{surface.source}: no lesser trochanter found (the bone ends "
+                           f"{-float(lm.axial(surface.points).min()):.0f} mm below the head centre); a cut below it "
+                           "needs the bone down to below the lesser trochanter")
     z_lt = lm.axial(lm.lesser_trochanter)
     z_cut = z_lt - d
     zmin = float(lm.axial(surface.points).min())

@@ -50,8 +50,8 @@ REGION_KINDS: dict[str, dict[str, Any]] = {
     "head_patch": {"patch_angle_deg": 30.0},
     "trochanter_patch": {"depth_mm": 5.0, "radius_mm": 30.0},
     "distal_cut": {"depth_mm": 5.0, "volume": False},
-    "superior_endplate": {"depth_mm": 2.0, "normal_angle_deg": 45.0},
-    "inferior_endplate": {"depth_mm": 2.0, "normal_angle_deg": 45.0},
+    "superior_endplate": {"depth_mm": 5.0, "normal_angle_deg": 45.0},
+    "inferior_endplate": {"depth_mm": 5.0, "normal_angle_deg": 45.0},
     "node_set": {"node_set": None},
     "nodes": {"nodes": None},
 }
@@ -123,11 +123,32 @@ class Material:
 
 @dataclass(frozen=True)
 class Anatomy:
-    """``[anatomy]``: overrides for the automatic frame (side, anterior, superior)."""
+    """``[anatomy]``: overrides for the automatic frame, world mm / directions ("auto" = found).
+
+    Femur: side, head_centre_mm, head_radius_mm, shaft_axis, neck_axis, greater_trochanter_mm.
+    Vertebra: anterior, superior, body_axis.
+    """
 
     side: str = "auto"
     anterior: Any = "auto"
     superior: Any = "auto"
+    head_centre_mm: Any = "auto"
+    head_radius_mm: Any = "auto"
+    shaft_axis: Any = "auto"
+    neck_axis: Any = "auto"
+    greater_trochanter_mm: Any = "auto"
+    body_axis: Any = "auto"
+
+    def overrides(self, bone: str) -> dict[str, Any]:
+        """The keys of ``bone`` that are set (not "auto"), by [anatomy] name."""
+        keys = FEMUR_ANATOMY_KEYS if bone == "femur" else VERTEBRA_ANATOMY_KEYS
+        return {k: getattr(self, k) for k in keys if getattr(self, k) != "auto"}
+
+
+#: [anatomy] keys and their kinds: side choice, points (world mm), directions, a length
+FEMUR_ANATOMY_KEYS = {"side": "side", "head_centre_mm": "point", "head_radius_mm": "length",
+                      "shaft_axis": "direction", "neck_axis": "direction", "greater_trochanter_mm": "point"}
+VERTEBRA_ANATOMY_KEYS = {"anterior": "direction", "superior": "direction", "body_axis": "direction"}
 
 
 @dataclass(frozen=True)
@@ -183,7 +204,8 @@ class RegionSpec:
 
 @dataclass(frozen=True)
 class Boundary:
-    """``[[boundary]]``: ``apply = "load"`` or ``fix = "all" | "along_load"`` on a region."""
+    """``[[boundary]]``: ``apply = "load"`` or ``fix = "all" | "along_load" | "across_load"`` on a region
+    (``across_load``: the two components perpendicular to the load, free along it)."""
 
     region: str
     apply: str | None = None
@@ -309,17 +331,24 @@ def _parse_material(raw: Any, source: str, bone: str) -> Material:
 
 def _parse_anatomy(raw: Any, source: str, bone: str) -> Anatomy:
     t = Table(raw, "[anatomy]", source, LoadCaseError, schema="load case [anatomy]")
-    if bone == "femur":
-        side = t.get("side", "str", "auto", choices=("auto", "left", "right"))
-        t.finish()
-        return Anatomy(side=side)
-    anterior = t.get("anterior", "str_or_vec3", "auto")
-    superior = t.get("superior", "str_or_vec3", "auto")
-    for key, v in (("anterior", anterior), ("superior", superior)):
+    values: dict[str, Any] = {}
+    for key, kind in (FEMUR_ANATOMY_KEYS if bone == "femur" else VERTEBRA_ANATOMY_KEYS).items():
+        if kind == "side":
+            values[key] = t.get(key, "str", "auto", choices=("auto", "left", "right"))
+            continue
+        if kind == "length":
+            v = t.get(key, "str_or_float", "auto", lo=0.0, lo_open=True)
+        else:
+            v = t.get(key, "str_or_vec3", "auto")
+        what = {"point": "a point [x, y, z] in world mm", "direction": "a direction [x, y, z]",
+                "length": "a length in mm"}[kind]
         if isinstance(v, str) and v != "auto":
-            raise t.err(f"{key} must be 'auto' or a direction [x, y, z], got {v!r}")
+            raise t.err(f"{key} must be 'auto' or {what}, got {v!r}")
+        if kind == "direction" and not isinstance(v, str) and not any(v):
+            raise t.err(f"{key} must be a non-zero direction, got {list(v)}")
+        values[key] = v
     t.finish()
-    return Anatomy(anterior=anterior, superior=superior)
+    return Anatomy(**values)
 
 
 def _parse_loading(raw: Any, source: str, bone: str) -> Loading:
@@ -419,10 +448,11 @@ def _parse_boundary(raw: Any, source: str, i: int) -> Boundary:
     t = Table(raw, f"[[boundary]] #{i + 1}", source, LoadCaseError, schema="load case [[boundary]]")
     region = t.get("region", "str")
     apply = t.get("apply", "str", None, choices=("load",))
-    fix = t.get("fix", "str", None, choices=("all", "along_load"))
+    fix = t.get("fix", "str", None, choices=("all", "along_load", "across_load"))
     t.finish()
     if (apply is None) == (fix is None):
-        raise t.err(f"region {region!r} needs exactly one of apply = 'load' or fix = 'all' | 'along_load'")
+        raise t.err(f"region {region!r} needs exactly one of apply = 'load' or fix = 'all' | 'along_load' | "
+                    "'across_load'")
     return Boundary(region, apply, fix)
 
 
@@ -562,8 +592,8 @@ class LoadCase:
                          "params": dict(self.material.params),
                          "calibration": {k: (dict(getattr(cal, k)) if k == "tissue_hu" else getattr(cal, k))
                                          for k in Calibration.__dataclass_fields__}},
-            "anatomy": ({"side": self.anatomy.side} if self.bone == "femur" else
-                        {"anterior": self.anatomy.anterior, "superior": self.anatomy.superior}),
+            "anatomy": {k: getattr(self.anatomy, k) for k in
+                        (FEMUR_ANATOMY_KEYS if self.bone == "femur" else VERTEBRA_ANATOMY_KEYS)},
             "loading": {"mode": self.loading.mode, "direction": self.loading.direction,
                         "displacement_mm": self.loading.displacement_mm, "force_n": self.loading.force_n,
                         **dict(self.loading.angles)},

@@ -36,8 +36,14 @@ NOTES: dict[tuple[str, str], str] = {
     ("load case [material.calibration]", "tissue_hu"): "mean HU of `air`, `adipose`, `muscle`, `blood`, "
                                                        "`cortical_bone` (internal calibration)",
     ("load case [anatomy]", "side"): "femur only",
+    ("load case [anatomy]", "head_centre_mm"): "femur only: `auto` or the head centre [x, y, z] (world mm)",
+    ("load case [anatomy]", "head_radius_mm"): "femur only: `auto` or the head radius",
+    ("load case [anatomy]", "shaft_axis"): "femur only: `auto` or a direction [x, y, z] along the shaft (either sign)",
+    ("load case [anatomy]", "neck_axis"): "femur only: `auto` or a direction [x, y, z] along the neck (either sign)",
+    ("load case [anatomy]", "greater_trochanter_mm"): "femur only: `auto` or a point [x, y, z] (world mm)",
     ("load case [anatomy]", "anterior"): "vertebra only: `auto` or an approximate direction [x, y, z]",
     ("load case [anatomy]", "superior"): "vertebra only: `auto` or an approximate direction [x, y, z]",
+    ("load case [anatomy]", "body_axis"): "vertebra only: `auto` or a direction [x, y, z] (either sign)",
     ("load case [loading]", "direction"): "femur: `sideways_fall`, `stance`, `vector`; vertebra: `axial`, "
                                           "`wedge`, `vector`",
     ("load case [loading]", "displacement_mm"): "femur 1.0, vertebra 0.2 (wedge: extra axial displacement, 0)",

@@ -13,10 +13,10 @@ import time
 
 import numpy as np
 
+from ..bone.anatomy import femur_frame
 from ..bone.meshing import (
     cut_proximal_femur,
     dihedral_angles,
-    femur_landmarks,
     nodes_on_plane,
     proximal_cut_plane,
     repair_surface,
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         print(str(rep))
     plane = None
     if args.cut_proximal is not None:
-        lm = femur_landmarks(surf)
+        lm = femur_frame((surf.points, surf.faces), require_side=False)
         plane = proximal_cut_plane(surf, args.cut_proximal, landmarks=lm)
         surf = cut_proximal_femur(surf, args.cut_proximal, landmarks=lm)
         print(f"proximal cut {args.cut_proximal:g} mm below the lesser trochanter: {surf}")

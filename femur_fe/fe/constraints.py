@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 TIE_DOF_NAMES = ("ux", "uy", "uz", "rx", "ry", "rz")
 _AXES = ("x", "y", "z")
+#: displacement components a support holds, in a load frame where the load acts along +z:
+#: everything, only the component along the load, or the two perpendicular to it
+FIX_COMPONENTS = {"all": (0, 1, 2), "along_load": (2,), "across_load": (0, 1)}
 
 
 def rigid_body_modes(points: np.ndarray, center: np.ndarray | None = None) -> np.ndarray:

@@ -28,6 +28,7 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import FemurFeError, LoadCaseError
+from ..fe.constraints import FIX_COMPONENTS
 from ..fe.elements import FACES, quadrature, shape_gradients
 from ..fe.recovery import strain as recover_strain
 
@@ -375,7 +376,7 @@ def build_deck(an: Any, res: Any, *, n_materials: int | None = None, gap_mpa: fl
         if not b.fix:
             continue
         nodes = np.asarray(an.region_fe_nodes[b.region], dtype=np.int64)
-        comps = (0, 1, 2) if b.fix == "all" else (2,)
+        comps = FIX_COMPONENTS[b.fix]
         sn = ("CAP_" + _set_name(b.region) + "_TOP") if b.region in an.caps else _set_name(b.region)
         node_sets.setdefault(sn, nodes)
         supports.append(Support(sn, b.region, nodes, comps))

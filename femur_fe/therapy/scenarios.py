@@ -191,14 +191,17 @@ def _derived_landmark(frame: Any, name: str) -> np.ndarray | None:
     * ``femoral_neck_centre`` = head_centre - 1.475 head_radius * neck_axis (on the neck
       axis, in the middle of the neck section band used by the frame);
     * ``intertrochanteric`` = midpoint of the greater and lesser trochanter landmarks (the
-      intertrochanteric line/crest joins them; their midpoint lies inside the region).
+      intertrochanteric line/crest joins them; their midpoint lies inside the region); on a
+      femur truncated above the lesser trochanter, of the greater trochanter and the centre of
+      the cut face (the frame's ``shaft_point``), which lies in the trochanteric region.
     """
     g = lambda a: getattr(frame, a, None)  # noqa: E731
     if name == "femoral_neck_centre" and all(g(a) is not None for a in ("head_centre", "head_radius", "neck_axis")):
         return np.asarray(g("head_centre"), float) - NECK_CENTRE_HEAD_RADII * float(g("head_radius")) * \
             np.asarray(g("neck_axis"), float)
-    if name == "intertrochanteric" and g("greater_trochanter") is not None and g("lesser_trochanter") is not None:
-        return 0.5 * (np.asarray(g("greater_trochanter"), float) + np.asarray(g("lesser_trochanter"), float))
+    other = g("lesser_trochanter") if g("lesser_trochanter") is not None else g("shaft_point")
+    if name == "intertrochanteric" and g("greater_trochanter") is not None and other is not None:
+        return 0.5 * (np.asarray(g("greater_trochanter"), float) + np.asarray(other, float))
     return None
 
 
