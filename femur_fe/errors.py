@@ -28,6 +28,10 @@ class AmbiguousUnitError(CTError):
     """The unit of a CT is neither stored in the file nor given, and its values do not tell it."""
 
 
+class MetalError(CTError):
+    """Metal (an implant) lies in or next to the bone in the CT."""
+
+
 class OutputError(FemurFeError):
     """An output folder cannot be written, or would mix or overwrite what it must not."""
 

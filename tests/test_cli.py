@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -29,6 +30,13 @@ def test_run_bundled_vertebra_writes_results(tmp_path, capsys):
     assert (out / "result.vtu").stat().st_size > 0
     printed = capsys.readouterr().out
     assert "linear strength" in printed
+    # every stage prints one line with the elapsed time, in order
+    stages = ["bone:", "CT:", "metal:", "calibration: linear", "mapping:", "material:", "regions:", "solved:",
+              "strength: linear"]
+    lines = [ln.strip() for ln in printed.splitlines()]
+    at = [next(i for i, ln in enumerate(lines) if ln.startswith(st)) for st in stages]
+    assert at == sorted(at)
+    assert all(re.search(r"\(\d+\.\d s\)$", lines[i]) for i in at)
     # the spine thresholds are nonlinear strengths: without --nonlinear the CLI says the linear one stood in
     assert "run with --nonlinear" in printed and "linear:apparent_strain" in printed
     # the preset's whole-body criterion: strength = 0.0068 x stiffness x endplate-to-endplate height

@@ -113,10 +113,21 @@ def test_parallel_halves_first_yield_and_plateau():
     young = np.full(mesh.n_cells, 1500.0)
     eps_t = np.where(half1, 0.003, 0.006)
     fixed, values, top, _ = axial_bcs(mesh, 0.6)  # strain 0.015
+    lines = []
     res = nonlinear_strength(mesh, young, fixed_dofs=fixed, fixed_values=values, load_nodes=top,
                              load_direction=[0, 0, 1], yield_model=SecantYield(eps_t, 0.0104), n_steps=6,
-                             rtol=1e-10, stop_at_peak=False)
+                             rtol=1e-10, stop_at_peak=False, progress=lines.append)
     assert res.converged
+    # yielded volume: half 1 (2000 mm^3) beyond strain 0.003, both halves (4000 mm^3) beyond 0.006
+    # (the steps fall at strains 0.003 (first yield, r = 1: not yielded), 0.005, 0.007, ...)
+    eps_steps = np.array([st.displacement_mm for st in res.steps]) / 40.0
+    expected_v = np.where(eps_steps > 0.006 + 1e-9, 4000.0, np.where(eps_steps > 0.003 + 1e-9, 2000.0, 0.0))
+    np.testing.assert_allclose([st.yielded_volume_mm3 for st in res.steps], expected_v, rtol=1e-12)
+    # one progress line after the elastic set-up, then one per step with load, displacement,
+    # yielded volume and iterations
+    assert len(lines) == len(res.steps) + 1 and lines[0].startswith("nonlinear: elastic set-up")
+    assert lines[2] == (f"nonlinear step 2: load {res.steps[1].force_N:.0f} N at {res.steps[1].displacement_mm:.3g} mm, "
+                        f"yielded 2000 mm^3 (50.0 % of the bone), {res.steps[1].iterations} iterations")
     # uniform strain stays the exact solution (same E and nu in both halves)
     assert res.first_yield_force_N == pytest.approx(1500.0 * 100.0 * 0.003, rel=1e-9)
     eps = res.curve_displacement_mm / 40.0

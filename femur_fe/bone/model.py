@@ -11,7 +11,7 @@ import logging
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -22,6 +22,7 @@ from ..io.ct import read_ct
 from .checks import check_ct_overlap, floor_warnings
 from .internal_calibration import internal_calibration
 from .mapping import map_density, map_young_modulus
+from .metal import check_metal
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,38 @@ def sha256_of(path: str | os.PathLike) -> str:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()
+
+
+#: internal calibrations of CT files already calibrated in this process (file identity -> result)
+_CALIBRATIONS: dict[tuple, Any] = {}
+
+
+def _file_key(p: Any) -> tuple | None:
+    """(resolved path, size, mtime) of a file, None for anything else (an array)."""
+    if not isinstance(p, (str, os.PathLike)):
+        return None
+    st = Path(p).stat()
+    return (str(Path(p).resolve()), st.st_size, st.st_mtime_ns)
+
+
+def _internal_calibration(ct, ct_path, masks, tissue_hu):
+    """:func:`internal_calibration`, computed once per process for the same CT file, mask files
+    and given tissue HUs (a mesh check or several bones of one scan reuse it)."""
+    key = None
+    if ct_path is not None and (masks is None or isinstance(masks, dict)):
+        mkeys = tuple(sorted((str(k), _file_key(v)) for k, v in (masks or {}).items()))
+        if all(v is not None for _, v in mkeys):
+            sample = np.ascontiguousarray(np.asarray(ct.array)[::7, ::7, ::7])  # the CT in memory, not only its file
+            key = (_file_key(ct_path), ct.shape, hash(sample.tobytes()), mkeys,
+                   tuple(sorted((tissue_hu or {}).items())))
+    if key is not None and key in _CALIBRATIONS:
+        return _CALIBRATIONS[key]
+    ic = internal_calibration(ct, masks=masks, tissue_hu=tissue_hu)
+    if key is not None:
+        if len(_CALIBRATIONS) >= 4:
+            _CALIBRATIONS.pop(next(iter(_CALIBRATIONS)))
+        _CALIBRATIONS[key] = ic
+    return ic
 
 
 @dataclass(frozen=True, eq=False)
@@ -111,7 +144,8 @@ class Model:
 
     @classmethod
     def from_ct(cls, mesh: Mesh, ct, material, *, outside: str = "nearest", n_steps: int = 3,
-                ct_path: str | os.PathLike | None = None, calibration_masks=None) -> "Model":
+                ct_path: str | os.PathLike | None = None, calibration_masks=None,
+                bone_name: str = "the bone", progress: Callable[[str], None] | None = None) -> "Model":
         """Map a CT onto ``mesh`` with the ``[material]`` section of a load case.
 
         ``material`` is a :class:`femur_fe.case.loadcase.Material`. Elements with samples outside
@@ -121,18 +155,29 @@ class Model:
         or ``"internal"`` (:func:`femur_fe.bone.internal_calibration` on this CT, helped by
         ``calibration_masks``: name -> label image, e.g. the segmenter's masks); what was used is
         recorded in ``model.calibration``.
+
+        An HU CT is first checked for metal in or next to the bone
+        (:func:`femur_fe.bone.metal.check_metal`, ``bone_name`` names the bone in the refusal);
+        the check is recorded in ``model.mapping["metal"]``. ``progress`` is called with one line
+        per stage (metal check, calibration, mapping).
         """
         with collecting() as found:
             model = cls._from_ct(mesh, ct, material, outside=outside, n_steps=n_steps, ct_path=ct_path,
-                                 calibration_masks=calibration_masks)
+                                 calibration_masks=calibration_masks, bone_name=bone_name, progress=progress)
             floor_warnings(model.young, model.density, model.law, mesh.cell_volumes())
         return replace(model, warnings=merged(model.warnings, found))
 
     @classmethod
-    def _from_ct(cls, mesh: Mesh, ct, material, *, outside: str, n_steps: int, ct_path, calibration_masks) -> "Model":
+    def _from_ct(cls, mesh: Mesh, ct, material, *, outside: str, n_steps: int, ct_path, calibration_masks,
+                 bone_name: str, progress: Callable[[str], None] | None) -> "Model":
+        say = progress or (lambda msg: log.info("%s", msg))
         law = material.build()
         cal = material.calibration
         check_ct_overlap(mesh, ct)
+        metal = check_metal(ct, mesh, where=bone_name) if ct.unit == "HU" else None
+        if metal is not None:
+            say(f"metal: none in or next to {bone_name} (> {metal.threshold_hu:.0f} HU; "
+                f"{metal.n_metal_in_ct} such voxels elsewhere in the CT)")
         if ct.unit == "HU" and cal.ct_unit != "HU":
             raise CTError(f"the CT holds HU but the load case says ct_unit = {cal.ct_unit!r}; calibrate it: "
                           "--calibration internal (phantomless) or --calibration PHANTOM.json (CLI), or "
@@ -140,12 +185,11 @@ class Model:
         record: dict[str, Any] = {"ct_unit": cal.ct_unit, "ct_density_type": cal.ct_density_type,
                                   "qct_to_ash": cal.qct_to_ash}
         if cal.ct_unit == "HU" and cal.method == "internal":
-            ic = internal_calibration(ct, masks=calibration_masks or None,
-                                      tissue_hu=dict(cal.tissue_hu) or None)
+            ic = _internal_calibration(ct, ct_path, calibration_masks or None, dict(cal.tissue_hu) or None)
             dcal = ic  # the two-component curve itself (HUCalibration), not a line through it
             record.update({**ic.to_dict(), "method": "internal"})
-            log.info("internal calibration: %.0f keV, R^2 %.6f, %s", ic.effective_energy_kev, ic.r_squared,
-                     ", ".join(f"{k} {v.mean_hu:.1f} HU" for k, v in ic.tissues.items() if v.used))
+            say(f"calibration: internal, {ic.effective_energy_kev:.0f} keV, R^2 {ic.r_squared:.5f}, "
+                + ", ".join(f"{k} {v.mean_hu:.0f} HU" for k, v in ic.tissues.items() if v.used))
         else:
             dcal = cal.density_calibration()
             if cal.ct_unit == "HU" and dcal is None:
@@ -154,6 +198,8 @@ class Model:
                               "or slope/intercept/unit")
             if dcal is not None:
                 record.update(method="linear", **dcal.to_dict())
+                say(f"calibration: linear, {record.get('slope'):.4g} x HU + {record.get('intercept'):.4g} "
+                    f"{record.get('unit')}")
         method = material.mapping
         point_method = "element_average" if method in ("modulus_average", "element_average") else method
         if point_method == "quadrature":
@@ -173,9 +219,12 @@ class Model:
         else:
             e = law.young(rho.values)
             het = None
+        say(f"mapping: {mesh.n_cells} elements, {method}")
         inputs = {str(ct_path): sha256_of(ct_path)} if ct_path else {}
-        return cls(mesh, rho.values, e, law, law.density_type, law.poisson, qct, het, inputs,
-                   rho.report.to_dict() | {"n_elements_affected": rho.report.n_elements_affected}, record)
+        mapping = rho.report.to_dict() | {"n_elements_affected": rho.report.n_elements_affected}
+        if metal is not None:
+            mapping["metal"] = metal.to_dict()
+        return cls(mesh, rho.values, e, law, law.density_type, law.poisson, qct, het, inputs, mapping, record)
 
     @classmethod
     def from_inputs(cls, mesh: Mesh, material, *, ct_path: str | os.PathLike | None = None,

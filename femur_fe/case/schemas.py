@@ -68,7 +68,9 @@ NOTES: dict[tuple[str, str], str] = {
     ("load case [nonlinear]", "characteristic_length_mm"): "`auto` (loaded-to-support distance) or a length",
     ("load case [output]", "reactions"): "default: the regions of [[boundary]]",
     ("bone [bone]", "ct_unit"): "default: the load case's [material.calibration] ct_unit",
-    ("bone [bone]", "element_size_mm"): "`auto` or a length, for meshes built from a mask or a surface",
+    ("bone [bone]", "element_size_mm"): "for meshes built from a mask or a surface: `auto` = min(3 mm, mean chord "
+                                        "4V/A / 6, max(2 mm, CT voxel), 0.8 x [bone.density] cortical thickness) "
+                                        "(Specimen.element_size), or a length",
     ("bone [bone]", "calibration"): "`internal`, a calibration JSON file, or a table of its keys",
 }
 

@@ -13,6 +13,7 @@ from ..diagnostics import merged
 from ..errors import LoadCaseError
 from ..io.outdir import output_folder, write_or_fallback
 from ..io.toml_io import read_toml
+from ..studies.meshcheck import check_mesh, format_mesh_check
 from ..studies.run import as_case
 from ..studies.run import run as run_case
 
@@ -84,6 +85,9 @@ def register(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a case value by TOML key path, e.g. loading.adduction_deg=20")
     p.add_argument("--nonlinear", action="store_true", help="also run the nonlinear strength analysis")
+    p.add_argument("--check-mesh", action="store_true",
+                   help="run again with elements 0.7x the size and report the change of stiffness and strength "
+                        "(summary.json mesh_check; a warning beyond 5 %% / 10 %%)")
     p.add_argument("--sex", choices=("female", "male"), help="subject sex (fragility classification)")
     p.add_argument("--mass", type=float, help="body mass in kg (fall impact force, factor of risk)")
     p.add_argument("--height", type=float, help="height in cm (fall impact force, factor of risk)")
@@ -145,6 +149,9 @@ def run(args) -> int:
     with output_folder(args.out, overwrite=args.overwrite, kind="run", inputs=input_files(specimen, args.case)) as tmp:
         res = run_case(case, specimen, subject=subject, nonlinear=args.nonlinear, out=None,
                        progress=lambda line: print(f"  {line}", flush=True))
+        if args.check_mesh:
+            check_mesh(case, specimen, res, subject=subject, nonlinear=args.nonlinear,
+                       progress=lambda line: print(f"  {line}", flush=True))
         write_or_fallback(res.write, tmp)
     out = Path(args.out)
     s = res.summary()
@@ -181,6 +188,8 @@ def run(args) -> int:
         print(f"  strength used       {s.get('strength_used')}")
     if s.get("strength_used_note") and (c or s.get("factor_of_risk") is not None):
         print(f"  note: {s['strength_used_note']}")
+    if s.get("mesh_check"):
+        print(f"  {format_mesh_check(s['mesh_check'])}")
     print_warnings(res.warnings)
     print(f"  written: {out / 'result.vtu'}, {out / 'summary.json'}", file=sys.stdout)
     return 0

@@ -52,7 +52,7 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -205,6 +205,7 @@ class NonlinearStep:
     converged: bool
     seconds: float
     cutbacks: int = 0
+    yielded_volume_mm3: float = 0.0
 
 
 @dataclass
@@ -319,6 +320,7 @@ def nonlinear_strength(
     method: str = "auto",
     assembler=None,
     time_limit_s: float | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> NonlinearResult:
     """Incremental displacement-controlled nonlinear strength (secant model, see module doc).
 
@@ -368,6 +370,8 @@ def nonlinear_strength(
     method : elastic solver method for the preconditioner (see :class:`femur_fe.fe.LinearSolver`)
     assembler : an existing :class:`femur_fe.fe.StiffnessAssembler` of ``mesh`` with ``poisson``
     time_limit_s : stop (not converged) when the wall time exceeds this
+    progress : called with one line per converged load step (force, displacement, yielded
+        volume, secant iterations) and one after the elastic set-up
 
     Returns
     -------
@@ -481,7 +485,8 @@ def nonlinear_strength(
     t0 = time.perf_counter()
     asm = assembler if assembler is not None else StiffnessAssembler(mesh, poisson)
 
-    q = len(quadrature(mesh.cell_type).weights)
+    qw = np.asarray(quadrature(mesh.cell_type).weights, dtype=np.float64)
+    q = len(qw)
     e0q = np.repeat(e0[:, None], q, axis=1)
     indptr, indices = asm.csr_structure()
     data = asm.assemble_data(e0q)
@@ -539,6 +544,14 @@ def nonlinear_strength(
         lam_max = float(auto_displacement_factor) * lam_fy
     log.info("nonlinear: elastic stiffness %.4g N/mm, first yield at %.4g N (lambda %.4g), final lambda %.4g, "
              "yield %s, set-up %.2f s", stiff, f1 * lam_fy, lam_fy, lam_max, ym.to_dict(), setup_s)
+    # volume of each quadrature point (det J is constant on tet4, straight-edged tet10 and
+    # parallelepiped hex8 elements, so the element volume splits by the weights)
+    vol_q = mesh.cell_volumes()[:, None] * (qw / qw.sum())[None, :]
+    bone_volume = float(vol_q[~elastic].sum())
+    if progress is not None:
+        progress(f"nonlinear: elastic set-up {setup_s:.1f} s, first yield at {f1 * lam_fy:.0f} N "
+                 f"({d1 * lam_fy:.3g} mm), "
+                 + (f"steps to {lam_max:.3g} mm" if mode != "explicit" else "steps to the full load"))
 
     # ---------------- incremental loop
     hq = float(ym.hardening)
@@ -644,11 +657,17 @@ def nonlinear_strength(
             k_step += 1
             f = force_of(reac)
             d = disp_of(u, lam)
-            steps.append(NonlinearStep(k_step, float(lam), d, f, its, n_prec[0] - n0, err, int((r > 1).sum()), True,
-                                       time.perf_counter() - ts, cut))
+            yielded = r > 1.0 + 1e-9  # beyond yield by more than round-off (r = 1 at first yield)
+            v_y = float(vol_q[yielded].sum())
+            steps.append(NonlinearStep(k_step, float(lam), d, f, its, n_prec[0] - n0, err, int(yielded.sum()), True,
+                                       time.perf_counter() - ts, cut, v_y))
+            if progress is not None:
+                progress(f"nonlinear step {k_step}: load {f:.0f} N at {d:.3g} mm, yielded {v_y:.0f} mm^3 "
+                         f"({100.0 * v_y / bone_volume:.1f} % of the bone), {its} iterations"
+                         + (f", {cut} cutbacks" if cut else ""))
             log.info("nonlinear step %d: displacement %.4g mm, force %.5g N, %d iterations, %d CG solves, "
                      "residual %.1e, %d yielded points, %.1f s", k_step, d, f, its, n_prec[0] - n0, err,
-                     int((r > 1).sum()), steps[-1].seconds)
+                     int(yielded.sum()), steps[-1].seconds)
             # peak / plateau detection
             if len(curve_f) >= 2 and d != curve_d[-1]:
                 k_inc = (f - curve_f[-1]) / (d - curve_d[-1])

@@ -61,6 +61,7 @@ class Prepared:
     specimen: Specimen | None
     model: Model
     analysis: Analysis
+    element_size_mm: float | None = None  # of a mesh built from a mask or a surface
 
 
 def prepare_run(case: LoadCase | str | os.PathLike | Mapping[str, Any],
@@ -79,7 +80,8 @@ def prepare_run(case: LoadCase | str | os.PathLike | Mapping[str, Any],
         say(f"material: {model.mesh.n_cells} elements, E {model.young.min():.0f}-{model.young.max():.0f} MPa")
     an = prepare(case, model)
     say(f"regions: {', '.join(f'{k} {v.n_nodes} nodes' for k, v in an.regions.items())}")
-    return Prepared(case, specimen, model, an)
+    size = specimen.element_size() if specimen is not None and specimen.builds_mesh else None
+    return Prepared(case, specimen, model, an, size)
 
 
 def solve(prep: Prepared, *, model: Model | None = None, subject: Subject | None = None, nonlinear: bool = False,
@@ -88,15 +90,19 @@ def solve(prep: Prepared, *, model: Model | None = None, subject: Subject | None
     subject attached), nonlinear strength when asked."""
     t0 = time.perf_counter()
     say = _say(progress, t0)
-    res = prep.analysis.solve(model=model, subject=subject)
-    say(f"solved: stiffness {res.stiffness_N_per_mm:.0f} N/mm, linear strength {res.linear.strength_N:.0f} N"
-        if res.stiffness_N_per_mm is not None else f"solved: linear strength {res.linear.strength_N:.0f} N")
+    res = prep.analysis.solve(model=model, subject=subject, strength=False)
+    stiff = f", stiffness {res.stiffness_N_per_mm:.0f} N/mm" if res.stiffness_N_per_mm is not None else ""
+    say(f"solved: {res.solver.n_dofs} DOFs, {res.solver.method}{stiff}")
+    res.evaluate_strength()
+    say(f"strength: linear {res.linear.strength_N:.0f} N ({res.linear.criterion})")
     if nonlinear:
-        run_nonlinear(prep.analysis, res)
+        run_nonlinear(prep.analysis, res, progress=say)
         nl = res.strength_summary.get("strength_nonlinear_N")
         say(f"nonlinear strength {nl:.0f} N" if nl is not None else "nonlinear strength not reached")
     if prep.specimen is not None:
         res.extra["specimen"] = prep.specimen.to_dict()
+    if prep.element_size_mm is not None:
+        res.extra["element_size_mm"] = prep.element_size_mm
     return res
 
 
@@ -121,8 +127,9 @@ def run(case: LoadCase | str | os.PathLike | Mapping[str, Any], specimen: Specim
     """
     if out is not None:
         check_output_dir(out, overwrite=overwrite)
-    prep = prepare_run(case, specimen, progress=progress)
-    res = solve(prep, subject=subject, nonlinear=nonlinear, progress=progress)
+    say = _say(progress, time.perf_counter())
+    prep = prepare_run(case, specimen, progress=say)
+    res = solve(prep, subject=subject, nonlinear=nonlinear, progress=say)
     if out is not None:
         with output_folder(out, overwrite=overwrite) as tmp:
             write_or_fallback(res.write, tmp)
@@ -130,10 +137,16 @@ def run(case: LoadCase | str | os.PathLike | Mapping[str, Any], specimen: Specim
 
 
 def _say(progress: Progress | None, t0: float) -> Progress:
+    """``progress`` with the time since ``t0`` appended to each line (a callback made here is
+    returned as it is, so the stages of one run share one clock)."""
+    if getattr(progress, "timed", False):
+        return progress
+
     def say(msg: str) -> None:
         line = f"{msg} ({time.perf_counter() - t0:.1f} s)"
         if progress is None:
             log.info("%s", line)
         else:
             progress(line)
+    say.timed = True  # type: ignore[attr-defined]
     return say
