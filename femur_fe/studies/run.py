@@ -91,7 +91,7 @@ def solve(prep: Prepared, *, model: Model | None = None, subject: Subject | None
     say(f"solved: stiffness {res.stiffness_N_per_mm:.0f} N/mm, linear strength {res.linear.strength_N:.0f} N"
         if res.stiffness_N_per_mm is not None else f"solved: linear strength {res.linear.strength_N:.0f} N")
     if nonlinear:
-        run_nonlinear(prep.analysis, res)
+        run_nonlinear(prep.analysis, res, progress=progress)
         nl = res.strength_summary.get("strength_nonlinear_N")
         say(f"nonlinear strength {nl:.0f} N" if nl is not None else "nonlinear strength not reached")
     if prep.specimen is not None:
