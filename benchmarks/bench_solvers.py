@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/bench_solvers.py              # ~100k DOFs: amg + direct, and AMG variants
+    python benchmarks/bench_solvers.py              # ~100k DOFs: amg + direct
     python benchmarks/bench_solvers.py --full       # also ~1M DOFs (AMG-CG; minutes, ~2.5 GB)
     python benchmarks/bench_solvers.py --sizes 31 --methods amg
 
@@ -54,11 +54,9 @@ def build(ncell: int, seed: int = 0):
     return mesh, k, fixed, f, f2, t_asm, bottom
 
 
-def run_one(ncell: int, method: str, amg_variant: str | None) -> dict:
+def run_one(ncell: int, method: str) -> dict:
     import femur_fe.fe.solvers as S
 
-    if amg_variant:
-        S.AMG_OPTIONS.update(VARIANTS[amg_variant])
     mesh, k, fixed, f, f2, t_asm, bottom = build(ncell)
     base_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     solver = S.LinearSolver(k, fixed, points=mesh.points, method=method, rtol=1e-8)
@@ -70,24 +68,11 @@ def run_one(ncell: int, method: str, amg_variant: str | None) -> dict:
     ftot = f.reshape(-1, 3).sum(axis=0)
     # the support reactions balance the applied load (includes the CG residual)
     balance = float(np.abs(sol.reaction_force(bottom) + ftot).max() / np.abs(ftot).max())
-    return dict(n_dofs=rep.n_dofs, method=rep.method, variant=amg_variant or "default", assembly_s=t_asm,
+    return dict(n_dofs=rep.n_dofs, method=rep.method, assembly_s=t_asm,
                 setup_s=rep.setup_seconds, solve_s=rep.solve_seconds, iterations=rep.iterations,
                 residual=rep.residual, second_rhs_s=t2, iterations_2=sol2.report.iterations,
                 peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, after_assembly_mb=base_mb,
                 memory_estimate_mb=rep.memory_estimate_bytes / 2**20, reaction_balance=balance)
-
-
-# AMG variants tried at ~100k DOFs (see the module docstring of femur_fe.fe.solvers)
-VARIANTS = {
-    "default": {},
-    "jacobi_smoother": dict(presmoother=("jacobi", {"omega": 0.6, "iterations": 2}),
-                            postsmoother=("jacobi", {"omega": 0.6, "iterations": 2})),
-    "gs_forward": dict(presmoother=("gauss_seidel", {"sweep": "forward"}),
-                       postsmoother=("gauss_seidel", {"sweep": "backward"})),
-    "no_prolongation_smoothing": dict(smooth=None),
-    "theta_0.05": dict(strength=("symmetric", {"theta": 0.05})),
-    "max_coarse_5000": dict(max_coarse=5000),
-}
 
 
 def main(argv=None) -> int:
@@ -95,12 +80,11 @@ def main(argv=None) -> int:
     ap.add_argument("--full", action="store_true", help="also run ~1M DOFs (AMG only)")
     ap.add_argument("--sizes", type=int, nargs="*", help="cells per side (31 -> ~100k DOFs, 68 -> ~1M)")
     ap.add_argument("--methods", nargs="*", default=["amg", "direct"])
-    ap.add_argument("--variants", action="store_true", help="compare AMG variants at the first size")
-    ap.add_argument("--child", nargs=3, metavar=("NCELL", "METHOD", "VARIANT"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs=2, metavar=("NCELL", "METHOD"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        ncell, method, variant = args.child
-        print(json.dumps(run_one(int(ncell), method, None if variant == "-" else variant)))
+        ncell, method = args.child
+        print(json.dumps(run_one(int(ncell), method)))
         return 0
     sizes = args.sizes or ([27, 60] if args.full else [27])
     jobs = []
@@ -108,24 +92,22 @@ def main(argv=None) -> int:
         for m in args.methods:
             if m.startswith("direct") and n > 40:
                 continue  # SuperLU at 1M DOFs needs tens of GB
-            jobs.append((n, m, "-"))
-    if args.variants:
-        jobs += [(sizes[0], "amg", v) for v in VARIANTS if v != "default"]
-    hdr = (f"{'DOFs':>9} {'method':>15} {'variant':>26} {'asm s':>6} {'setup s':>8} {'solve s':>8} "
+            jobs.append((n, m))
+    hdr = (f"{'DOFs':>9} {'method':>15} {'asm s':>6} {'setup s':>8} {'solve s':>8} "
            f"{'its':>4} {'residual':>9} {'2nd rhs s':>9} {'peak MB':>8} {'balance':>8}")
     print(hdr)
     print("-" * len(hdr))
-    for n, m, v in jobs:
+    for n, m in jobs:
         # single-threaded BLAS: CG's vector operations are tiny per call and multi-threaded
         # OpenBLAS on a shared, oversubscribed 2-core machine made them 5-10x slower
         env = dict(os.environ, OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        out = subprocess.run([sys.executable, __file__, "--child", str(n), m, v], capture_output=True, text=True,
+        out = subprocess.run([sys.executable, __file__, "--child", str(n), m], capture_output=True, text=True,
                              env=env)
         if out.returncode:
-            print(f"{n} {m} {v}: failed\n{out.stderr[-2000:]}")
+            print(f"{n} {m}: failed\n{out.stderr[-2000:]}")
             continue
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{r['n_dofs']:>9} {r['method']:>15} {r['variant']:>26} {r['assembly_s']:>6.1f} {r['setup_s']:>8.2f} "
+        print(f"{r['n_dofs']:>9} {r['method']:>15} {r['assembly_s']:>6.1f} {r['setup_s']:>8.2f} "
               f"{r['solve_s']:>8.2f} {r['iterations']:>4} {r['residual']:>9.1e} {r['second_rhs_s']:>9.2f} "
               f"{r['peak_mb']:>8.0f} {r['reaction_balance']:>8.1e}", flush=True)
     return 0

@@ -457,7 +457,7 @@ cdef void _csr_row(Py_ssize_t i, const int64_t[::1] bptr, const int32_t[::1] bco
 # ----------------------------------------------------------------------------- assembly
 cdef void _assemble_node(const Ctx* c, Py_ssize_t i, const int64_t* ptr, const int32_t* elem,
                          const int8_t* loc, const int64_t* bptr, const int32_t* bmap,
-                         double* data, int8_t* bad) noexcept nogil:
+                         double* data, int8_t* bad, int bsr) noexcept nogil:
     cdef double acc[MAXK * 9]
     cdef int64_t deg = bptr[i + 1] - bptr[i], t
     cdef double* row0 = data + 9 * bptr[i]
@@ -478,7 +478,10 @@ cdef void _assemble_node(const Ctx* c, Py_ssize_t i, const int64_t* ptr, const i
         for b in range(k):
             ab = acc + 9 * b
             for cc in range(3):
-                r = row0 + 3 * cc * deg + 3 * bm[b]
+                if bsr:  # block (i, bm[b]) stored row-major at 9 * (bptr[i] + bm[b])
+                    r = row0 + 9 * bm[b] + 3 * cc
+                else:
+                    r = row0 + 3 * cc * deg + 3 * bm[b]
                 r[0] += ab[3 * cc]
                 r[1] += ab[3 * cc + 1]
                 r[2] += ab[3 * cc + 2]
@@ -490,8 +493,10 @@ def assemble_values(int mode, const double[:, ::1] points, const int64_t[:, ::1]
                     const double[:, :, ::1] tmpl, const double[:, :, :, ::1] geo,
                     const int64_t[::1] ptr, const int32_t[::1] elem, const int8_t[::1] loc,
                     const int64_t[::1] bptr, const int32_t[:, ::1] bmap,
-                    double[::1] data, int8_t[::1] bad, int n_threads):
-    """Global stiffness values ``data`` (9 nnzb) on the interleaved node-row CSR layout.
+                    double[::1] data, int8_t[::1] bad, int n_threads, int bsr=0):
+    """Global stiffness values ``data`` (9 nnzb) on the interleaved node-row CSR layout, or
+    (``bsr``) as 3x3 blocks in the order of the node pattern (BSR with indptr ``bptr`` and
+    indices ``bcols``).
 
     Parallel over node rows; each row is owned by one thread, so the result does not depend
     on ``n_threads``. ``bad[e]`` is set to 1 for elements with det J <= 0 somewhere.
@@ -512,7 +517,7 @@ def assemble_values(int mode, const double[:, ::1] points, const int64_t[:, ::1]
     cdef int8_t* pbad = &bad[0]
     with nogil:
         for i in prange(n, num_threads=n_threads, schedule="dynamic", chunksize=256):
-            _assemble_node(&c, i, pp, pe, pl, pb, pm, pd, pbad)
+            _assemble_node(&c, i, pp, pe, pl, pb, pm, pd, pbad, bsr)
 
 
 # ----------------------------------------------------------------------------- template check

@@ -16,7 +16,16 @@ subpackage, imported top-down (each layer uses only the layers above it in this 
 """
 from __future__ import annotations
 
-from . import analysis, bone, case, fe, io, studies, therapy, viz  # noqa: E402  (layer order)
+import os
+
+# OpenMP threads that finish a parallel loop sleep instead of spinning (read once, when the
+# compiled kernels first load the OpenMP runtime; an explicit OMP_WAIT_POLICY wins). On a
+# machine whose cores are shared, spinning threads take the time the lagging thread needs:
+# AMG-CG at 300k DOFs with 2 threads under load ~10 took 30 s spinning and 14 s sleeping
+# (benchmarks/bench_speed.py); on idle cores the difference is a few microseconds per loop.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from . import analysis, bone, case, fe, io, studies, therapy, viz  # noqa: E402  (before the kernels load)
 from ._version import __version__
 from .analysis import Analysis, Result, Subject, prepare
 from .bone import Model, Specimen, bundled_bone

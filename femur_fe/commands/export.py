@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..studies.stored import load_analysis
 from ..errors import FemurFeError
 from ..io.abaqus import TIE_FORMS, export_abaqus
 from ..io.deck import BINNING_GROUPING
 from ..io.febio import export_febio
+from ..studies.stored import load_analysis
 
 FORMATS = {"abaqus": ".inp", "febio": ".feb"}
 

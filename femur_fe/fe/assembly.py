@@ -176,7 +176,7 @@ class StiffnessAssembler:
     constructor; :meth:`assemble` only computes values. The assembler keeps a private
     copy of the node coordinates and cells, or, instead, the scaled shape-function
     gradients ``sqrt(w det J) dN/dX`` at the quadrature points when these take at most
-    60% of the size of the assembled matrix (otherwise they are recomputed at every
+    60% of the size of the assembled matrix in 3x3 blocks (otherwise they are recomputed at every
     assembly: closed form for tet4, precomputed reference gradients for tet10/hex8).
     Voxel meshes use one template element matrix.
 
@@ -301,8 +301,10 @@ class StiffnessAssembler:
         m, k = self._cells.shape
         nq = len(self._wq)
         nbytes = m * nq * k * 3 * 8
-        csr_bytes = self.nnz * (8 + np.dtype(self.index_dtype).itemsize)
-        if request is None and nbytes > _CACHE_FRACTION * csr_bytes:
+        # the matrix as 3x3 blocks (8-byte values, one int32 index per block), the layout the
+        # AMG solver keeps: a cache larger than 60 % of it is recomputed instead (general hex8)
+        matrix_bytes = self.nnz * 8 + (self.nnz // 9) * 4
+        if request is None and nbytes > _CACHE_FRACTION * matrix_bytes:
             return None
         geo = np.empty((m, nq, k, 3))
         bad = np.zeros(m, dtype=np.int8)
@@ -339,13 +341,16 @@ class StiffnessAssembler:
         return indptr, indices
 
     # -------------------------------------------------------------- assembly
-    def assemble_data(self, young, out: np.ndarray | None = None) -> np.ndarray:
-        """Values (nnz,) of the global matrix in the order of :meth:`csr_structure`.
+    def assemble_data(self, young, out: np.ndarray | None = None, *, format: str = "csr") -> np.ndarray:
+        """Values (nnz,) of the global matrix in the order of :meth:`csr_structure`
+        (``format="bsr"``: the 3x3 blocks of :meth:`bsr_structure`, row-major, flattened).
 
         ``out``: optional float64 (nnz,) array to fill, e.g. ``K.data`` of a matrix returned by
         :meth:`assemble` (untouched since), for re-assembly without any allocation:
-        ``asm.assemble_data(new_young, out=K.data)``.
+        ``asm.assemble_data(new_young, out=K.data)`` (``K.data.reshape(-1)`` for BSR).
         """
+        if format not in ("csr", "bsr"):
+            raise FemurFeError(f"format must be 'csr' or 'bsr', got {format!r}")
         e = check_young(young, _MeshShape(self))
         if out is None:
             out = np.empty(self.nnz)
@@ -360,17 +365,33 @@ class StiffnessAssembler:
             mode, geo = _kernels.MODE_CACHED, self._geometry
         _kernels.assemble_values(mode, self._points, self._cells, self._dn, self._wq, e, self._lam,
                                  self._mu, tmpl, geo, self._ptr, self._elem, self._loc, self._bptr,
-                                 self._bmap, out, bad, self.n_threads)
+                                 self._bmap, out, bad, self.n_threads, int(format == "bsr"))
         if bad.any():
             _raise_bad_elements(bad, "StiffnessAssembler.assemble")
         return out
 
-    def assemble(self, young) -> sp.csr_matrix:
-        """Global stiffness (3n, 3n) CSR in N/mm for Young's moduli ``young`` (MPa).
+    def bsr_structure(self) -> tuple[np.ndarray, np.ndarray]:
+        """Fresh BSR ``indptr`` (n+1) and ``indices`` (nnz / 9) int32 arrays of the 3x3-block pattern."""
+        if self._bptr[-1] > _INT32_MAX:
+            raise MeshError("the node pattern is too large for int32 BSR indices; split the model")
+        return self._bptr.astype(np.int32), self._bcols.copy()
+
+    def assemble(self, young, *, format: str = "csr") -> sp.csr_matrix | sp.bsr_matrix:
+        """Global stiffness (3n, 3n) in N/mm for Young's moduli ``young`` (MPa).
 
         ``young``: scalar, (m,) per element, or (m, q) per quadrature point.
+        ``format``: ``"csr"`` or ``"bsr"`` (3x3 node blocks, the same values; 9 nnz / 8 bytes
+        fewer index bytes than CSR and the layout :class:`femur_fe.LinearSolver` uses for AMG
+        without a copy).
         """
-        data = self.assemble_data(young)
+        if format == "bsr":
+            data = self.assemble_data(young, format="bsr")
+            indptr, indices = self.bsr_structure()
+            mat = sp.bsr_matrix((data.reshape(-1, 3, 3), indices, indptr), shape=(self.n_dofs, self.n_dofs),
+                                copy=False)
+            mat.has_sorted_indices = True
+            return mat
+        data = self.assemble_data(young, format=format)
         indptr, indices = self.csr_structure()
         mat = sp.csr_matrix((data, indices, indptr), shape=(self.n_dofs, self.n_dofs), copy=False)
         mat.has_sorted_indices = True

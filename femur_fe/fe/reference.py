@@ -130,3 +130,48 @@ def sparsity_pattern(mesh: Mesh) -> sp.csr_matrix:
     a.sum_duplicates()
     a.data[:] = 1.0
     return a
+
+
+# ----------------------------------------------------------------------------- multigrid (femur_fe._amg)
+def bsr_to_dense(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, n_cols: int) -> np.ndarray:
+    """Dense matrix of a block sparse (BSR) triple; ``n_cols`` block columns."""
+    nb, (r, c) = len(indptr) - 1, data.shape[1:]
+    out = np.zeros((nb * r, n_cols * c), dtype=np.float64)
+    for i in range(nb):
+        for p in range(indptr[i], indptr[i + 1]):
+            j = indices[p]
+            out[i * r:(i + 1) * r, j * c:(j + 1) * c] += data[p]
+    return out
+
+
+def chebyshev_smooth(a: np.ndarray, dinv: np.ndarray, b: np.ndarray, x: np.ndarray, lower: float, upper: float,
+                     degree: int) -> np.ndarray:
+    """``degree`` steps of Chebyshev iteration for a x = b preconditioned by the block diagonal
+    inverse ``dinv`` (nb, R, R), on the eigenvalue interval [lower, upper] (Saad 2003, Iterative
+    Methods for Sparse Linear Systems, algorithm 12.1), dense; returns the new x."""
+    nb, r = dinv.shape[:2]
+    dmat = np.zeros((nb * r, nb * r))
+    for i in range(nb):
+        dmat[i * r:(i + 1) * r, i * r:(i + 1) * r] = dinv[i]
+    theta, delta = 0.5 * (upper + lower), 0.5 * (upper - lower)
+    sigma = theta / delta
+    x = x.astype(np.float64).copy()
+    res = b - a @ x
+    d = dmat @ res / theta
+    rho = 1.0 / sigma
+    for _ in range(degree - 1):
+        x = x + d
+        res = b - a @ x
+        rho_new = 1.0 / (2.0 * sigma - rho)
+        d = rho_new * rho * d + 2.0 * rho_new / delta * (dmat @ res)
+        rho = rho_new
+    return x + d
+
+
+def smoothed_prolongator(a: np.ndarray, dinv: np.ndarray, t: np.ndarray, weight: float) -> np.ndarray:
+    """Dense ``P = T - weight D^-1 A T`` with D^-1 the block diagonal inverse (nb, R, R)."""
+    nb, r = dinv.shape[:2]
+    dmat = np.zeros((nb * r, nb * r))
+    for i in range(nb):
+        dmat[i * r:(i + 1) * r, i * r:(i + 1) * r] = dinv[i]
+    return t - weight * dmat @ (a @ t)

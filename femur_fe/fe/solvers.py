@@ -8,8 +8,10 @@ prescribed values:
 1. rigid ties (:class:`femur_fe.fe.RigidTie`) are eliminated master-slave, ``u = T z``;
 2. Dirichlet DOFs are eliminated (not penalised): ``K_FF z_F = f_F - K_FP z_P``;
 3. ``K_FF`` is factorised (CHOLMOD if scikit-sparse is importable, else SciPy SuperLU) or
-   preconditioned by pyamg smoothed aggregation whose near-null space is the six
-   rigid-body modes of the free DOFs, and solved with conjugate gradients.
+   solved by conjugate gradients preconditioned by smoothed-aggregation multigrid
+   (:mod:`femur_fe.fe.amg`) whose near-null space is the six rigid-body modes; the AMG path
+   keeps the reduced matrix whole (3x3 blocks, no copy of a BSR ``K`` without ties) and masks
+   the prescribed DOFs instead of cutting them out.
 
 Before anything is factorised the constraints are checked for rigid-body modes left free
 in each connected part of the mesh (:class:`femur_fe.errors.UnderConstrainedError`), and nodes in
@@ -20,13 +22,15 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from ..errors import LoadCaseError, SolverError, UnderConstrainedError
+from . import _amg
+from .amg import SmoothedAggregation, pcg
 from .constraints import (
     TIE_DOF_NAMES,
     RigidTie,
@@ -60,23 +64,13 @@ AUTO_DIRECT_MAX_FREE_CHOLMOD = 80_000
 #: ... and only if the estimated factor fits in this fraction of the available memory.
 AUTO_DIRECT_MEMORY_FRACTION = 0.5
 
-#: pyamg smoothed-aggregation settings (see benchmarks/bench_solvers.py for the tuning):
-#: strength 'symmetric' with theta=0 keeps every node-node coupling (elasticity matrices
-#: have positive off-diagonal entries that a classical strength test would drop), one
-#: Jacobi prolongation smoothing step, symmetric Gauss-Seidel smoothing, a direct coarse
-#: solve of at most ``max_coarse`` DOFs (sparse LU: pyamg's default dense pinv costs an SVD
-#: of the coarse matrix, seconds at 1000 DOFs), and the tentative prolongator/aggregates
-#: discarded (keep=False) to save memory.
-AMG_OPTIONS: dict[str, Any] = dict(
-    strength=("symmetric", {"theta": 0.0}),
-    smooth=("jacobi", {"omega": 4.0 / 3.0, "degree": 1}),
-    presmoother=("gauss_seidel", {"sweep": "symmetric", "iterations": 1}),
-    postsmoother=("gauss_seidel", {"sweep": "symmetric", "iterations": 1}),
-    max_coarse=1000,
-    coarse_solver="splu",
-    keep=False,
-)
 DEFAULT_MAXITER = 2000
+#: ``preconditioner=`` an AMG solver: CG first uses the base hierarchy as it is, and rebuilds it
+#: (re-smoothed prolongators and Galerkin products on the base's aggregates) for the new
+#: moduli when that takes more than this many times the base's last iteration count
+REUSE_ITERATION_FACTOR = 1.5
+#: ... but never below this many iterations
+REUSE_MIN_ITERATIONS = 20
 
 
 def _have_cholmod() -> bool:
@@ -160,10 +154,13 @@ class Solution:
 
 
 # ---------------------------------------------------------------------- input checks
-def _as_csr(k) -> sp.csr_matrix:
+def _as_csr(k) -> sp.csr_matrix | sp.bsr_matrix:
+    """``k`` as CSR, or as it is when it is a 3x3-block BSR matrix (no copy)."""
     if not sp.issparse(k):
-        raise SolverError(f"K must be a SciPy sparse matrix (e.g. from femur_fe.fe.assemble_stiffness), got {type(k).__name__}")
-    k = k.tocsr()
+        raise SolverError(f"K must be a SciPy sparse matrix (e.g. from femur_fe.fe.assemble_stiffness), got "
+                          f"{type(k).__name__}")
+    if not (k.format == "bsr" and k.blocksize == (3, 3)):
+        k = k.tocsr()
     if k.shape[0] != k.shape[1] or k.shape[0] % 3:
         raise SolverError(f"K must be square with 3 DOFs per node (interleaved), got shape {k.shape}")
     if not np.issubdtype(k.dtype, np.floating):
@@ -199,7 +196,12 @@ def _node_components(k: sp.csr_matrix, mesh: Mesh | None) -> np.ndarray:
         return connected_components(mesh)[1]
     from scipy.sparse.csgraph import connected_components as cc
 
-    kxx = k[0::3, 0::3]  # node-node pattern through the x-x blocks (structural nonzeros)
+    if k.format == "bsr":  # node-node pattern: the block pattern
+        nb = k.shape[0] // 3
+        kxx = sp.csr_matrix((np.ones(int(k.indptr[-1]), dtype=np.int8), k.indices[:k.indptr[-1]], k.indptr),
+                            shape=(nb, nb))
+    else:
+        kxx = k[0::3, 0::3]  # node-node pattern through the x-x blocks (structural nonzeros)
     return cc(kxx, directed=False)[1]
 
 
@@ -226,10 +228,14 @@ class LinearSolver:
     maxiter : CG iteration limit (default 2000).
     constraints : list of :class:`femur_fe.fe.RigidTie`.
     preconditioner : another :class:`LinearSolver` set up for the same constraints (same
-        fixed DOFs and ties) on a *nearby* matrix, e.g. the same bone before a density change.
-        Its factorisation or AMG hierarchy is reused as the preconditioner of CG on ``K``
-        (method ``"cg-reuse"``): no new set-up, and few iterations when the moduli changed
-        moderately. The answer still meets ``rtol`` on ``K`` itself.
+        fixed DOFs and ties) on the same mesh, e.g. the same bone before a density change.
+        A factorisation is reused as the preconditioner of CG on ``K`` (method ``"cg-reuse"``):
+        no new set-up, and few iterations when the moduli changed moderately. An AMG set-up
+        (method ``"amg-reuse"``) is first used as it is; when CG on ``K`` needs more than
+        ``REUSE_ITERATION_FACTOR`` (1.5) times the base's last iteration count, a hierarchy for
+        ``K`` is built on the base's aggregates and tentative prolongators (geometry only):
+        only the prolongator smoothing and the Galerkin products are recomputed, and CG goes
+        on from where it stopped. The answer meets ``rtol`` on ``K`` itself either way.
 
     Raises
     ------
@@ -271,6 +277,7 @@ class LinearSolver:
         fixed, self._fixed_given = _fixed_mask(fixed_dofs, self.n_dofs)
         self.red = TieReduction(n_nodes, pts, ties)
         self.tie_names = self.red.names
+        self.last_iterations = 0
 
         slave_nodes = np.flatnonzero(self.red.slave_of >= 0)
         clash = slave_nodes[fixed.reshape(-1, 3)[slave_nodes].any(axis=1)]
@@ -305,11 +312,24 @@ class LinearSolver:
         self._presc = np.flatnonzero(fz)
         if self._free.size == 0:
             raise SolverError("every DOF is prescribed: nothing to solve (check fixed_dofs)")
+        self.n_free = int(self._free.size)
+        self._nnz_free = _free_rows_nnz(kz, self._free)
+        amg_base = preconditioner is not None and getattr(preconditioner, "amg", None) is not None
+        if amg_base or (preconditioner is None and self._choose(method) == "amg-cg"):
+            # AMG-CG works on the whole reduced matrix (3x3 blocks, no copy when K is BSR and
+            # there are no ties): the prescribed DOFs are masked, not cut out
+            self._setup_amg(kz, fz, preconditioner if amg_base else None)
+            self.setup_seconds = time.perf_counter() - t0
+            log.info("solver set up: %s, %d DOFs (%d free), %.2f s", self.method, self.n_dofs, self.n_free,
+                     self.setup_seconds)
+            return
+        self.amg = None
+        if sp.isspmatrix_bsr(kz):
+            kz = kz.tocsr()
         rows = kz[self._free]
         self.A = rows[:, self._free].tocsr()
         self._kfp = rows[:, self._presc].tocsr()
         del rows, kz
-        self.n_free = int(self._free.size)
         if preconditioner is not None:
             self._reuse(preconditioner)
         else:
@@ -319,6 +339,63 @@ class LinearSolver:
         log.info("solver set up: %s, %d DOFs (%d free), %.2f s", self.method, self.n_dofs, self.n_free,
                  self.setup_seconds)
 
+    def _setup_amg(self, kz, pinned: np.ndarray, base: "LinearSolver | None") -> None:
+        """Smoothed-aggregation hierarchy (:mod:`femur_fe.fe.amg`) on the masked reduced matrix."""
+
+        if self.points is None:
+            raise SolverError("method='amg' needs node coordinates for the rigid-body near-null space: "
+                              "pass points=mesh.points (or the Mesh)")
+        if kz.shape[0] % 3:
+            raise SolverError(f"the reduced matrix has {kz.shape[0]} DOFs, not 3 per node")
+        if not (sp.isspmatrix_bsr(kz) and kz.blocksize == (3, 3)):
+            kz = kz.tobsr(blocksize=(3, 3))
+        if kz.dtype != np.float64:
+            kz = kz.astype(np.float64)
+        self._kz = kz
+        self._pinned = pinned
+        self.A = None
+        if base is not None:
+            if base.n_free != self.n_free or not np.array_equal(base._free, self._free) \
+                    or base.tie_names != self.tie_names:
+                raise SolverError("preconditioner was set up for other constraints (free DOFs or ties differ); "
+                                  "it can only be reused for the same fixed DOFs and ties")
+            # the base hierarchy first; rebuilt on the aggregation of the base (geometry only)
+            # when CG with it needs more than REUSE_ITERATION_FACTOR x the base's iterations
+            self.amg = base.amg
+            self._refresh_from = base
+            self.method = "amg-reuse"
+        else:
+            self.amg = SmoothedAggregation(kz, self.red.near_null_space(self.points), pinned)
+            self._refresh_from = None
+            self.method = "amg-cg"
+        self.memory_estimate_bytes = int(self.amg.nbytes + 8 * self.n_free * 6)
+
+    def _amg_matvec(self, x: np.ndarray) -> np.ndarray:
+        """Masked reduced matrix times x (prescribed rows zero)."""
+
+        k = self._kz
+        y = np.empty(k.shape[0])
+        _amg.bsr_matvec(k.indptr, k.indices, k.data, np.ascontiguousarray(x, dtype=np.float64), y, False,
+                        self.amg.n_threads)
+        y[self._pinned] = 0.0
+        return y
+
+    def free_preconditioner(self) -> spla.LinearOperator:
+        """The set-up (factor solve or one AMG V-cycle) as an operator on the free DOFs, in the
+        order of the free DOFs of the reduced system (no ties: the unconstrained DOFs)."""
+        n = self.n_free
+        if self.amg is not None:
+            nz = self._kz.shape[0]
+
+            def mv(r):
+                full = np.zeros(nz)
+                full[self._free] = np.asarray(r).ravel()
+                return self.amg(full)[self._free]
+
+            return spla.LinearOperator((n, n), matvec=mv, dtype=float)
+        fn = self._solve_fn if self.method.startswith("direct") else self._precond.matvec
+        return spla.LinearOperator((n, n), matvec=lambda v: np.asarray(fn(v)).reshape(-1), dtype=float)
+
     def _reuse(self, other: "LinearSolver") -> None:
         """Use ``other``'s set-up as the CG preconditioner for this matrix."""
         if not isinstance(other, LinearSolver):
@@ -327,14 +404,7 @@ class LinearSolver:
                 or other.tie_names != self.tie_names:
             raise SolverError("preconditioner was set up for other constraints (free DOFs or ties differ); "
                               "it can only be reused for the same fixed DOFs and ties")
-        if other.method.startswith("direct"):
-            fn = other._solve_fn
-        elif other.method == "amg-cg":
-            fn = other._precond.matvec
-        else:  # a reuse of a reuse: go to the original set-up
-            fn = other._precond.matvec
-        n = self.n_free
-        self._precond = spla.LinearOperator((n, n), matvec=lambda v: np.asarray(fn(v)).reshape(-1), dtype=float)
+        self._precond = other.free_preconditioner()
         self.method = "cg-reuse"
         self.memory_estimate_bytes = int(getattr(other, "memory_estimate_bytes", 0))
 
@@ -427,7 +497,7 @@ class LinearSolver:
         # supernodal Cholesky fill of 3-D FE meshes grows ~ n^(1/3) (nested dissection:
         # nnz(L) ~ n^(4/3)); the constant 1.5 fits SuperLU/CHOLMOD on tet4 boxes (bench_solvers)
         fill = 1.5 * self.n_free ** (1.0 / 3.0)
-        return int(self.A.nnz * fill * 12)
+        return int(self._nnz_free * fill * 12)
 
     def _choose(self, method: str) -> str:
         have_cholmod = _have_cholmod()
@@ -473,36 +543,7 @@ class LinearSolver:
             self._solve_fn = lu.solve
             self.memory_estimate_bytes = int((lu.L.nnz + lu.U.nnz) * 12 + a.data.nbytes + a.indices.nbytes)
         else:
-            import pyamg
-
-            if self.points is None:
-                raise SolverError("method='amg' needs node coordinates for the rigid-body near-null space: "
-                                  "pass points=mesh.points (or the Mesh)")
-            b = self.red.near_null_space(self.points)[self._free]
-            if self.n_free % 3 == 0 and np.array_equal(self._free[0::3] % 3, np.zeros(self.n_free // 3)) \
-                    and np.array_equal(self._free[1::3], self._free[0::3] + 1) \
-                    and np.array_equal(self._free[2::3], self._free[0::3] + 2):
-                # whole nodes are free: hand pyamg the 3x3-block matrix it would build anyway and
-                # keep only that copy (one matrix fewer in memory; CG runs on it as well)
-                a = a.tobsr(blocksize=(3, 3))
-                self.A = a
-            self.ml = pyamg.smoothed_aggregation_solver(a, B=b, **AMG_OPTIONS)
-            if sp.isspmatrix_bsr(self.ml.levels[0].A):
-                # after the set-up (its temporaries are freed): CSR matvec and point Gauss-Seidel on
-                # the finest level are faster in SciPy/pyamg than their 3x3-block versions
-                fine = self.ml.levels[0].A.tocsr()
-                self.ml.levels[0].A = fine
-                self.A = fine
-                del a
-            self._precond = self.ml.aspreconditioner(cycle="V")
-            self._precond.matvec(np.zeros(self.n_free))  # pyamg factorises the coarse level lazily
-            mem = 0
-            for lvl in self.ml.levels:
-                for name in ("A", "P", "R"):
-                    m = getattr(lvl, name, None)
-                    if m is not None and sp.issparse(m):
-                        mem += m.data.nbytes + m.indices.nbytes + m.indptr.nbytes
-            self.memory_estimate_bytes = int(mem + 6 * 8 * self.n_free)
+            raise SolverError(f"unknown set-up method {self.method!r}")
         log.debug("set-up %s done", self.method)
 
     # ------------------------------------------------------------------ solve
@@ -591,8 +632,53 @@ class LinearSolver:
             its.append(count[0])
         return x, its
 
+    def _solve_amg(self, fz: np.ndarray, zp: np.ndarray, z0: np.ndarray | None
+                   ) -> tuple[np.ndarray, list[int], list[float]]:
+        """AMG-preconditioned CG on the masked reduced system for each column; z (n_z, r)."""
+
+        nz, r = fz.shape
+        z = np.zeros((nz, r))
+        its, res = [], []
+        for j in range(r):
+            g = np.zeros(nz)
+            g[self._presc] = zp[:, j]
+            b = fz[:, j] - self._kz @ g if np.any(g) else fz[:, j].copy()
+            b[self._pinned] = 0.0
+            x0 = None
+            if z0 is not None:
+                x0 = np.array(z0[:, min(j, z0.shape[1] - 1)], dtype=np.float64)
+                x0[self._pinned] = 0.0
+            if self._refresh_from is not None:
+                base = self._refresh_from
+                cap = max(REUSE_MIN_ITERATIONS, int(REUSE_ITERATION_FACTOR * max(base.last_iterations, 1)))
+                x, it, rj = pcg(self._amg_matvec, b, self.amg, rtol=self.rtol, maxiter=min(cap, self.maxiter),
+                                x0=x0)
+                if rj > self.rtol:
+                    log.info("CG with the base AMG hierarchy: %d iterations, residual %.1e; rebuilding the "
+                             "hierarchy on its aggregates for the new moduli", it, rj)
+                    self.amg = base.amg.refresh(self._kz)
+                    self._refresh_from = None
+                    self.memory_estimate_bytes = int(self.amg.nbytes + 8 * self.n_free * 6)
+                    x, it2, rj = pcg(self._amg_matvec, b, self.amg, rtol=self.rtol,
+                                     maxiter=max(self.maxiter - it, 1), x0=x)
+                    it += it2
+            else:
+                x, it, rj = pcg(self._amg_matvec, b, self.amg, rtol=self.rtol, maxiter=self.maxiter, x0=x0)
+            if rj > self.rtol:
+                raise SolverError(
+                    f"{self.method} preconditioned CG did not converge: {it} iterations, relative residual {rj:.3e} "
+                    f"> rtol {self.rtol:.1e}. Try method='direct' (if memory allows), check the constraints "
+                    "(nearly free rigid modes, parts hanging on a few nodes) and the material (E spanning many "
+                    "orders of magnitude, nu close to 0.5), or raise maxiter"
+                )
+            x[self._presc] = zp[:, j]
+            z[:, j] = x
+            its.append(it)
+            res.append(rj)
+        return z, its, res
+
     def solve(self, f, fixed_values=None, *, tie_values: Mapping | Sequence | None = None,
-              tie_loads: Mapping | Sequence | None = None) -> Solution:
+              tie_loads: Mapping | Sequence | None = None, initial_u=None) -> Solution:
         """Solve for load(s) ``f`` and prescribed values, reusing the set-up.
 
         Parameters
@@ -606,6 +692,9 @@ class LinearSolver:
             reference values of ties (mm, rad); DOFs must be prescribed in the tie.
         tie_loads : ``{tie name or index: (Fx, Fy, Fz, Mx, My, Mz)}`` (N, N mm) overriding
             the ties' force/moment on free reference DOFs.
+        initial_u : (3n,) or (3n, r) displacements (mm) to start CG from, e.g. the solution of
+            the same load on the previous moduli (AMG methods; direct methods ignore it). Its
+            values at prescribed DOFs are replaced by the prescribed ones.
         """
         t0 = time.perf_counter()
         fa = np.asarray(f, dtype=np.float64)
@@ -624,15 +713,28 @@ class LinearSolver:
         loads = self._tie_loads(tie_loads)
         for k in range(red.n_ties):
             fz[red.tie_dof(k)] += loads[k][:, None]
-        b = fz[self._free] - self._kfp @ zp
-        xf, its = self._solve_free(b)
-        res = []
-        for j in range(r):
-            nb = np.linalg.norm(b[:, j])
-            res.append(float(np.linalg.norm(self.A @ xf[:, j] - b[:, j]) / nb) if nb > 0 else 0.0)
-        z = np.zeros((red.n_z, r))
-        z[self._free] = xf
-        z[self._presc] = zp
+        if self.amg is not None:
+            z0 = None
+            if initial_u is not None:
+                u0 = np.asarray(initial_u, dtype=np.float64)
+                u0 = u0[:, None] if u0.ndim == 1 else u0
+                if u0.ndim != 2 or u0.shape[0] != self.n_dofs or u0.shape[1] not in (1, r) \
+                        or not np.isfinite(u0).all():
+                    raise SolverError(f"initial_u must be finite with shape ({self.n_dofs},) or ({self.n_dofs}, "
+                                      f"{r}), got {np.shape(initial_u)}")
+                z0 = np.zeros((red.n_z, u0.shape[1]))
+                z0[: red.n_master] = u0[red.master_dofs]
+            z, its, res = self._solve_amg(fz, zp, z0)
+        else:
+            b = fz[self._free] - self._kfp @ zp
+            xf, its = self._solve_free(b)
+            res = []
+            for j in range(r):
+                nb = np.linalg.norm(b[:, j])
+                res.append(float(np.linalg.norm(self.A @ xf[:, j] - b[:, j]) / nb) if nb > 0 else 0.0)
+            z = np.zeros((red.n_z, r))
+            z[self._free] = xf
+            z[self._presc] = zp
         u = np.asarray(red.expand(z))
         reac = self.K @ u - fa
         ties = {}
@@ -643,6 +745,7 @@ class LinearSolver:
                 ties[self.tie_names[k]] = TieResult(
                     self.tie_names[k], _squeeze(z[d[:3]], one), _squeeze(z[d[3:]], one),
                     _squeeze(rz[d[:3]], one), _squeeze(rz[d[3:]], one))
+        self.last_iterations = int(max(its))
         report = SolveReport(self.method, int(max(its)), float(max(res)), self.setup_seconds,
                              time.perf_counter() - t0, int(self.memory_estimate_bytes), self.n_dofs, self.n_free,
                              r, red.n_ties, int(self.orphan_nodes.size))
@@ -650,6 +753,16 @@ class LinearSolver:
         if one:
             u, reac = u[:, 0], reac[:, 0]
         return Solution(u, reac, report, ties)
+
+
+def _free_rows_nnz(k, free: np.ndarray) -> int:
+    """Stored entries in the rows ``free`` of the CSR or 3x3-BSR matrix ``k`` (an upper bound of
+    nnz(K_FF), exact up to the columns of the prescribed DOFs)."""
+    if k.format == "bsr":
+        per_row = np.repeat(np.diff(k.indptr) * k.blocksize[1], k.blocksize[0])
+    else:
+        per_row = np.diff(k.indptr)
+    return int(per_row[free].sum())
 
 
 def _squeeze(a: np.ndarray, one: bool) -> np.ndarray:

@@ -284,10 +284,9 @@ class ReusingSolver:
         kff = k[free][:, free].tocsr()
         nf = int(free.sum())
 
-        ml = getattr(base, "ml", None)
-        if ml is not None and getattr(base.red, "n_ties", 0) == 0:
+        if getattr(base, "amg", None) is not None and getattr(base.red, "n_ties", 0) == 0:
             # AMG set-up: one V-cycle of the old hierarchy (its free DOFs are ours, in order)
-            m_op = ml.aspreconditioner(cycle="V")
+            m_op = base.free_preconditioner()
         else:
             def prec(r):
                 full = np.zeros(n)
