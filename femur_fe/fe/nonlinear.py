@@ -93,6 +93,9 @@ HARD_ITERATIONS = 5
 STEP_GROWTH = 1.5
 STEP_SHRINK = 0.5
 MAX_STEP_GROWTH = 2.0
+#: most DOFs a reused preconditioner may leave free beyond the nonlinear problem's and still be
+#: corrected exactly (one preconditioner application each at set-up)
+MAX_BORDER_DOFS = 12
 #: a last step shorter than this fraction of the current step is merged into the one before
 STEP_MERGE = 0.25
 
@@ -948,12 +951,13 @@ def _preconditioner_on(solver: Any, red: TieReduction, fixed_z: np.ndarray):
     """``r -> M r`` on the free entries of ``z`` (``~fixed_z``) from a :class:`LinearSolver` set-up:
     its factorisation (one forward/back substitution) or one AMG V-cycle.
 
-    The solver may leave more DOFs free than the nonlinear problem (e.g. the loading plate
-    moves under a force in the linear case and is displaced here): the residual is embedded
-    with zeros and the answer restricted, which is the inverse of a matrix one bordered
-    row/column larger, a symmetric positive definite preconditioner of the restricted
-    system (at most a few more Krylov iterations per extra DOF). Reads the solver's
-    factor/hierarchy (``_solve_fn`` / ``_precond``).
+    The solver may leave a few more DOFs free than the nonlinear problem (e.g. the loading
+    plate moves under a force in the linear case and is displaced here). With ``S`` the
+    solver's operator on its free DOFs and ``E`` those extra DOFs, the inverse of the matrix
+    restricted to the nonlinear free DOFs F is ``S_FF - S_FE (S_EE)^-1 S_EF`` (the inverse of a
+    principal submatrix, exact for a factorisation); ``S E`` costs one application per extra
+    DOF, once. Without the correction every Krylov solve would need one more iteration per
+    extra DOF.
     """
     if not isinstance(solver, LinearSolver):
         raise LoadCaseError(f"preconditioner must be a femur_fe.fe.LinearSolver, got {type(solver).__name__}")
@@ -968,19 +972,32 @@ def _preconditioner_on(solver: Any, red: TieReduction, fixed_z: np.ndarray):
     if (s_fixed & ~fixed_z).any():
         raise LoadCaseError("preconditioner prescribes DOFs that are free in the nonlinear problem; pass a solver "
                             "whose prescribed DOFs are a subset of the nonlinear ones")
-    if solver.method.startswith("direct"):
-        fn = solver._solve_fn
-    else:  # "amg-cg", "cg-reuse": one cycle of the hierarchy (or of the reused set-up)
-        fn = solver._precond.matvec
+    fn = solver.free_preconditioner().matvec
     s_free = np.flatnonzero(~s_fixed)
     free = np.flatnonzero(~fixed_z)
     if np.array_equal(s_free, free):
         return lambda r: np.asarray(fn(r)).reshape(-1)
     pos = np.searchsorted(s_free, free)
     n_s = s_free.size
+    extra = np.setdiff1d(np.arange(n_s), pos)
+    if extra.size > MAX_BORDER_DOFS:  # many extra DOFs: restriction only (a few more Krylov iterations each)
+        extra = extra[:0]
+    w = np.empty((free.size, extra.size))
+    c = np.empty((extra.size, extra.size))
+    for j, e in enumerate(extra):
+        v = np.zeros(n_s)
+        v[e] = 1.0
+        col = np.asarray(fn(v)).reshape(-1)
+        w[:, j] = col[pos]
+        c[:, j] = col[extra]
+    c = 0.5 * (c + c.T)
+    cinv_wt = np.linalg.solve(c, w.T) if extra.size else w.T
 
     def apply(r: np.ndarray) -> np.ndarray:
         v = np.zeros(n_s)
         v[pos] = r
-        return np.asarray(fn(v)).reshape(-1)[pos]
+        y = np.asarray(fn(v)).reshape(-1)[pos]
+        if extra.size:
+            y -= w @ (cinv_wt @ r)
+        return y
     return apply
