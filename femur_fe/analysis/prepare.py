@@ -399,7 +399,7 @@ def characteristic_length_mm(an: Analysis) -> float:
     return length
 
 
-def run_nonlinear(an: Analysis, res: Result, **kw):
+def run_nonlinear(an: Analysis, res: Result, *, progress=None, **kw):
     """Nonlinear strength of a solved case (displacement control of the loaded plate).
 
     The loading plate keeps the constraints of the linear analysis (free in the directions the
@@ -407,6 +407,8 @@ def run_nonlinear(an: Analysis, res: Result, **kw):
     on the linear stiffness. The strength definition comes from the case's ``[nonlinear]``
     table: by default the largest force up to a displacement of ``endpoint_percent`` (4 %) of
     :func:`characteristic_length_mm` (Ogo's hip and spine reporting endpoint [V-code]).
+    The linear solver set-up of the analysis (factorisation or AMG hierarchy) preconditions
+    the nonlinear iterations: no second set-up. ``progress`` gets one line per load step.
     Keyword arguments go to :func:`femur_fe.fe.nonlinear_strength` (they override the table).
     """
     with collecting() as found:
@@ -433,12 +435,15 @@ def _run_nonlinear(an: Analysis, res: Result, **kw):
         # characteristic_length_mm(an) is only called again to raise its error when there is no height
         length = opts.characteristic_length_mm or an.height_mm or characteristic_length_mm(an)
         extra["endpoint_mm"] = opts.endpoint_percent / 100.0 * length
+    solver = an.solver_for(res.model)
+    if isinstance(solver, LinearSolver) and "preconditioner" not in kw:
+        extra["preconditioner"] = solver  # a voxel solver has no assembled set-up to share
     extra.update(kw)
     nl = nonlinear_strength(an.fe_mesh, an.fe_young(res.model), poisson=res.model.poisson,
                             fixed_dofs=an.fixed_dofs, ties=[tie], load_tie=tie.name,
                             load_direction=np.array([0.0, 0.0, 1.0]), yield_model=yield_model,
                             density=np.concatenate([res.model.density, np.zeros(len(elastic))]),
-                            elastic_elements=elastic, assembler=an.assembler, **extra)
+                            elastic_elements=elastic, assembler=an.assembler, progress=progress, **extra)
     if length is not None:
         nl.report["characteristic_length_mm"] = float(length)
         nl.report["endpoint_percent"] = float(opts.endpoint_percent)
