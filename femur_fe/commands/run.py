@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import tomllib
 
+from ..analysis.risk import SUBJECT_INPUTS
 from ..analysis.subject import Subject
 from ..bone.specimen import MESH_TYPES, UNITS, Specimen
 from ..diagnostics import merged
@@ -119,7 +121,17 @@ def case_with_sets(case_arg: str, sets: list[str]):
 def subject_from_args(args) -> Subject | None:
     if (args.mass or args.height) and not args.sex:
         raise LoadCaseError("--mass/--height need --sex as well (female or male)")
+    if (args.mass is None) != (args.height is None):
+        raise LoadCaseError("--mass and --height go together (the fall impact force needs both); give both or neither")
     return Subject(args.sex, args.mass, args.height) if args.sex else None
+
+
+def progress_printer(quiet: bool = False):
+    """A progress callback printing ``  line (T s)`` to stderr, T since its creation (None when quiet)."""
+    if quiet:
+        return lambda msg: None
+    t0 = time.perf_counter()
+    return lambda msg: print(f"  {msg} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)
 
 
 def print_warnings(warnings, indent: str = "  ") -> None:
@@ -129,6 +141,17 @@ def print_warnings(warnings, indent: str = "  ") -> None:
         print(f"{indent}warnings ({len(ws)}, also in summary.json \"warnings\"):")
         for w in ws:
             print(f"{indent}  {w.name}: {w.message}")
+
+
+def not_computed_line(missing: dict) -> str:
+    """One line naming what was not computed for lack of subject data, and the options that give it
+    (summary.json ``not_computed``); empty when nothing an option can give is missing."""
+    names = {"classification": "classification", "factor_of_risk": "factor of risk"}
+    parts = [f"{names.get(k, k)} needs {', '.join(SUBJECT_INPUTS[n][0] for n in v['needs'])}"
+             for k, v in missing.items() if v.get("needs")]
+    if not parts:
+        return ""
+    return f"not computed: {'; '.join(parts)} (summary.json \"not_computed\")"
 
 
 def input_files(specimen: Specimen, case_arg: str | None = None) -> list[Path]:
@@ -188,6 +211,9 @@ def run(args) -> int:
         print(f"  strength used       {s.get('strength_used')}")
     if s.get("strength_used_note") and (c or s.get("factor_of_risk") is not None):
         print(f"  note: {s['strength_used_note']}")
+    line = not_computed_line(s.get("not_computed") or {})
+    if line:
+        print(f"  {line}")
     if s.get("mesh_check"):
         print(f"  {format_mesh_check(s['mesh_check'])}")
     print_warnings(res.warnings)
