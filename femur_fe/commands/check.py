@@ -11,7 +11,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "check",
         help="validate a load case and print it with every default filled in",
-        description=("Read a load-case TOML (or a preset by name, as `run` takes it), validate it (unknown keys, types, ranges, region references) and "
+        description=("Read a load-case TOML (or a preset by name, as `run` takes it), validate it (unknown keys, "
+                     "types, ranges, region references) and "
                      "print the fully resolved case as TOML (or JSON with --json). Exit code 0 when valid; "
                      "an invalid case prints one line naming the file, table and key, and exits 2."),
     )

@@ -203,9 +203,10 @@ def format_info(info: dict) -> str:
         names = list(labels)
         shown = ", ".join(names[:20]) + (f", ... ({len(names)} labels)" if len(names) > 20 else "")
         counts = ", ".join(str(labels[k]["voxels"]) for k in names[:20]) + (", ..." if len(names) > 20 else "")
+        each, label = (" each", " with --label N") if len(names) > 1 else ("", "")
         lines += [
-            f"  kind:        label mask (labels: {shown or 'none'}; {counts or 0} voxels{' each' if len(names) > 1 else ''})",
-            f"  use:         not a CT: give it to `run`/`regions` as --mask{' with --label N' if len(names) > 1 else ''}",
+            f"  kind:        label mask (labels: {shown or 'none'}; {counts or 0} voxels{each})",
+            f"  use:         not a CT: give it to `run`/`regions` as --mask{label}",
             *_grid_lines(info),
             f"  background:  {info['background_voxels']} voxels (label 0)",
         ]

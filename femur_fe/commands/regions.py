@@ -22,7 +22,7 @@ import numpy as np
 from ..analysis.regions import frame_for, load_direction, regions_mesh, select_regions
 from ..errors import OutputError
 from ..io import atomic_path, write_json_atomic, write_mesh
-from .run import add_bone_arguments, case_with_sets, progress_printer, specimen_from_args
+from .run import add_bone_arguments, case_and_specimen, progress_printer
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = regions_output(args.output)
     say = progress_printer(args.quiet)
-    case = case_with_sets(args.case, args.set)
-    specimen = specimen_from_args(args, case)
+    case, specimen = case_and_specimen(args)
     say(f"bone: {specimen.label}")
     mesh = specimen.mesh(None, progress=say)  # the geometry only: a mask is meshed on its own grid (the CT's)
     say(f"mesh: {mesh.n_cells} {mesh.cell_type} elements")

@@ -16,7 +16,7 @@ from ..errors import LoadCaseError
 from ..io.outdir import output_folder, write_or_fallback
 from ..io.toml_io import read_toml
 from ..studies.meshcheck import check_mesh, format_mesh_check
-from ..studies.run import as_case
+from ..studies.run import as_case, case_for
 from ..studies.run import run as run_case
 
 #: [bone] keys and the options that set them
@@ -104,9 +104,13 @@ def parse_value(text: str):
         return text
 
 
-def case_with_sets(case_arg: str, sets: list[str]):
-    """The load case of ``case_arg`` (path or preset) with the ``--set KEY=VALUE`` overrides."""
+def case_with_sets(case_arg: str, sets: list[str], specimen: Specimen | None = None):
+    """The load case of ``case_arg`` (path or preset) with the ``--set KEY=VALUE`` overrides; with a
+    specimen, its calibration (``--calibration``, ``--ct-unit``) is applied first, so that ``--set``
+    refines it (e.g. ``material.calibration.tissue_hu.muscle=40`` with ``--calibration internal``)."""
     case = as_case(case_arg)
+    if specimen is not None:
+        case = case_for(case, specimen)
     if sets:
         values = {}
         for item in sets:
@@ -114,8 +118,20 @@ def case_with_sets(case_arg: str, sets: list[str]):
                 raise LoadCaseError(f"--set {item!r}: use KEY=VALUE, e.g. loading.adduction_deg=20")
             k, v = item.split("=", 1)
             values[k.strip()] = parse_value(v.strip())
-        case = case.with_values(values)
+        try:
+            case = case.with_values(values)
+        except LoadCaseError as exc:  # said in the options' words, not with_values(...)
+            msg = str(exc).removeprefix(f"with_values({values!r}): ").replace(" (with_values)", "")
+            for k in values:
+                msg = msg.replace(f"with_values({k!r})", f"--set {k}")
+            raise LoadCaseError(f"--set {' --set '.join(sets)}: {msg}") from None
     return case
+
+
+def case_and_specimen(args) -> tuple[Any, Specimen]:
+    """The case of ``args.case`` with the bone's calibration and the ``--set`` values, and the bone."""
+    specimen = specimen_from_args(args, case_with_sets(args.case, args.set) if args.density is not None else None)
+    return case_with_sets(args.case, args.set, specimen), specimen
 
 
 def subject_from_args(args) -> Subject | None:
@@ -166,8 +182,7 @@ def input_files(specimen: Specimen, case_arg: str | None = None) -> list[Path]:
 
 
 def run(args) -> int:
-    case = case_with_sets(args.case, args.set)
-    specimen = specimen_from_args(args, case)
+    case, specimen = case_and_specimen(args)
     subject = subject_from_args(args)
     with output_folder(args.out, overwrite=args.overwrite, kind="run", inputs=input_files(specimen, args.case)) as tmp:
         res = run_case(case, specimen, subject=subject, nonlinear=args.nonlinear, out=None,
