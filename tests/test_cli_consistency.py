@@ -266,6 +266,15 @@ def test_run_says_classification_needs_sex(l1_run):
     assert s["not_computed"]["factor_of_risk"]["needs"] == []
 
 
+def test_run_says_when_the_slow_steps_begin(l1_run):
+    """Preparing (frame, regions, caps) and solving take seconds on a whole bone: a line says each
+    has begun, and its result line follows."""
+    lines = [ln.strip() for ln in l1_run[1].splitlines()]
+    order = [next(i for i, ln in enumerate(lines) if ln.startswith(st)) for st in
+             ("material:", "frame, regions, caps and supports ...", "regions:", "solving (", "solved:")]
+    assert order == sorted(order)
+
+
 # ------------------------------------------------------------------ 6. regions -o suffix
 def test_regions_refuses_suffix_without_region_arrays(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
