@@ -91,6 +91,28 @@ def test_check_unknown_preset_lists_presets(capsys, tmp_path, monkeypatch):
     assert "no preset of that name" in err and "sideways_fall" in err and "vertebral_compression" in err
 
 
+def test_every_command_taking_a_case_resolves_presets(tmp_path, capsys, monkeypatch):
+    """Each subcommand with a free `case` argument goes through the one resolver (file or preset):
+    an unknown name is refused by it, listing the presets, before any bone is built."""
+    monkeypatch.chdir(tmp_path)
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    checked = []
+    for name, parser in sub.choices.items():
+        acts = {a.dest: a for a in parser._actions}
+        if "case" not in acts or acts["case"].choices:  # verify's case is a fixed benchmark name
+            continue
+        argv = [name, "no_such_preset_xyz"]
+        if "bundled" in acts:
+            argv += ["--bundled", "vertebra"]
+        if "out" in acts and acts["out"].required:
+            argv += ["-o", "out"]
+        assert main(argv) == 2, name
+        line = _one_error_line(capsys.readouterr().err, name)
+        assert "no preset of that name" in line and "sideways_fall" in line, line
+        checked.append(name)
+    assert {"run", "check", "regions"} <= set(checked)
+
+
 def test_sweep_base_takes_preset_name(tmp_path):
     spec = tmp_path / "sweep.toml"
     spec.write_text('name = "preset_base"\nbase = "stance"\nmethod = "grid"\n\n[parameters]\n'
