@@ -322,3 +322,13 @@ def test_view_screenshot_without_display_has_no_x_warning(l1_run, tmp_path):
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "l1.png").stat().st_size > 0
     assert "bad X server" not in res.stderr and "X server" not in res.stdout
+
+
+def test_output_into_a_closed_pipe_is_not_an_error(tmp_path):
+    """`femur-fe check sideways_fall | head -1`: the reader stops early; no "Broken pipe" error."""
+    p = subprocess.Popen([sys.executable, "-m", "femur_fe.commands.cli", "check", "sideways_fall"], cwd=tmp_path,
+                         env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8")
+    p.stdout.close()  # before the command writes anything (it first imports femur_fe)
+    err = p.stderr.read()
+    assert p.wait(timeout=120) == 0, err
+    assert "Broken pipe" not in err and "Exception ignored" not in err
