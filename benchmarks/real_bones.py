@@ -219,9 +219,11 @@ def rows(work: Path, check_mesh: bool = True) -> list[Row]:
                    ["run", "vertebral_compression", *verse, *SUBJECT, "--nonlinear", *cm], "vertebra"))
     gias = gias3_inputs(work)
     if gias is not None:
+        # a 60 mm crop around the hip joint holds no air and no subcutaneous fat, so the internal
+        # calibration has nothing to fit (and no femoral shaft for the frame): it must be refused
         out.append(Row("gias3 hip crop (1 mm assumed), sideways fall", "sideways_fall",
                        ["run", "sideways_fall", "--ct", str(gias[0]), "--calibration", "internal", "--mask",
-                        str(gias[1]), *SUBJECT, *cm], "femur"))
+                        str(gias[1]), *SUBJECT, *cm], "femur", expect_refusal="internal calibration: too few air"))
     out.append(Row("femur STL + stated density, sideways fall", "sideways_fall",
                    ["run", "sideways_fall", "--bone", str(femur_bone_toml(work)), *SUBJECT, *cm], "femur"))
     return out

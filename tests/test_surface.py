@@ -268,3 +268,33 @@ def test_cli_mesh_writes_vtu(tmp_path, capsys):
     mesh = ff.read_mesh(out)
     assert mesh.validate().ok and mesh.cell_type == "tetra"
     assert "min dihedral" in capsys.readouterr().out
+
+
+def test_zero_volume_tetgen_cells_are_dropped_with_a_warning(monkeypatch, caplog):
+    """TetGen's relaxed fallback can leave a zero-volume tet (seen on a thresholded hip-CT mask):
+    it carries no stiffness, so it is removed with a warning; the volume is unchanged."""
+    import femur_fe.bone.meshing as meshing
+
+    ball = _icosphere(10.0, 3)
+    real = meshing._run_tetgen
+
+    def with_sliver(surface, kwargs):
+        nodes, elems = real(surface, kwargs)
+        nodes = np.asarray(nodes, dtype=np.float64)
+        elems = np.asarray(elems, dtype=np.int64)
+        # a flat tet: its fourth node is the centroid of the first three
+        a, b, c = nodes[elems[0, :3]]
+        extra = np.vstack([nodes, (a + b + c) / 3.0])
+        sliver = np.array([[elems[0, 0], elems[0, 1], elems[0, 2], len(nodes)]])
+        return extra, np.vstack([elems, sliver])
+
+    monkeypatch.setattr(meshing, "MAX_DROPPED_DEGENERATE", 0.01)
+    monkeypatch.setattr(meshing, "_run_tetgen", with_sliver)
+    with caplog.at_level(logging.WARNING):
+        mesh = ff.bone.tetmesh_from_surface(ball, element_size=3.0, remesh=False)
+    assert "1 zero-volume tetrahedra left by TetGen removed" in caplog.text
+    assert mesh.validate().ok
+    assert mesh.cell_volumes().sum() == pytest.approx(ball.volume, rel=1e-9)
+    monkeypatch.setattr(meshing, "MAX_DROPPED_DEGENERATE", 0.0)
+    with pytest.raises(SurfaceError, match="degenerate cells"):
+        ff.bone.tetmesh_from_surface(ball, element_size=3.0, remesh=False)

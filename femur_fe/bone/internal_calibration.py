@@ -654,8 +654,8 @@ def fit_internal_calibration(tissues: Mapping[str, TissueSample | float], *,
             if s.used and not lo <= s.mean_hu <= hi:
                 if t in REQUIRED_TISSUES:
                     raise MaterialError(f"{t} mean {s.mean_hu:.1f} HU ({s.source}) is outside the plausible "
-                                        f"{lo:g}..{hi:g} HU: the sample is not {t}; give tissue_hu={{'{t}': ...}} "
-                                        f"(CLI: --set material.calibration.tissue_hu.{t}=HU) or an ROI mask for it")
+                                        f"{lo:g}..{hi:g} HU: the sample is not {t}; give its HU "
+                                        f"(--set material.calibration.tissue_hu.{t}=HU) or an ROI mask for it")
                 note = f"mean {s.mean_hu:.1f} HU outside the plausible {lo:g}..{hi:g} HU"
                 if t == "blood" and s.mean_hu > hi:
                     note += " (contrast-enhanced?)"
@@ -666,8 +666,7 @@ def fit_internal_calibration(tissues: Mapping[str, TissueSample | float], *,
     for t in REQUIRED_TISSUES:
         if not samples[t].used:
             raise MaterialError(f"internal calibration needs {t}: {samples[t].note or 'not used'}; give "
-                                f"tissue_hu={{'{t}': ...}} (CLI: --set material.calibration.tissue_hu.{t}=HU) "
-                                "or an ROI mask for it")
+                                f"tissue_hu={{'{t}': ...}} or an ROI mask for it")
     used = [t for t in TISSUES if samples[t].used]
 
     if energy_kev is not None:
@@ -1032,9 +1031,9 @@ def sample_tissues(ct, masks=None, *, options: SamplingOptions | None = None,
         s = samples[_canonical(t)]
         if not s.used:
             raise CTError(f"internal calibration: too few {t} voxels ({s.n_voxels} < {min_voxels}"
-                          f"{'; ' + s.note if s.note else ''}); the scan may not contain enough {t}: give "
-                          f"tissue_hu={{'{t}': HU}} (CLI: --set material.calibration.tissue_hu.{t}=HU) or "
-                          f"roi_masks={{'{t}': mask}}")
+                          f"{'; ' + s.note if s.note else ''}); the scan may not contain enough {t}: give its HU "
+                          f"(CLI --set material.calibration.tissue_hu.{t}=HU, TOML [material.calibration.tissue_hu] "
+                          f"{t} = HU) or a phantom calibration (--calibration PHANTOM.json)")
     return samples, labels
 
 

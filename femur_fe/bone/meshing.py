@@ -307,6 +307,10 @@ def _regular_tet_volume(h: float) -> float:
     return h ** 3 / (6.0 * np.sqrt(2.0))
 
 
+#: largest fraction of zero-volume TetGen cells dropped (with a warning) instead of refusing the mesh
+MAX_DROPPED_DEGENERATE = 1e-4
+
+
 def tetmesh_from_surface(surface: Surface, *, element_size: float | None = None, order: int = 1,
                          quality: tuple[float, float] = (1.5, 12.0), remesh: bool = True,
                          repair: bool | None = None) -> Mesh:
@@ -410,6 +414,17 @@ def tetmesh_from_surface(surface: Surface, *, element_size: float | None = None,
         mesh = tet10_from_tet4(mesh)
     mesh = mesh.with_node_set("surface", np.unique(_tet_boundary(mesh.cells[:, :4])[0]))
     rep = mesh.validate()
+    n_bad = len(rep.degenerate_cells)
+    if n_bad and rep.errors == [e for e in rep.errors if e.startswith(f"{n_bad} degenerate cells")] \
+            and n_bad <= MAX_DROPPED_DEGENERATE * mesh.n_cells:
+        # zero-volume cells carry no stiffness and no mass: dropping them changes no answer, while
+        # their collapsed Jacobian would make the element matrices undefined
+        keep = np.setdiff1d(np.arange(mesh.n_cells), rep.degenerate_cells)
+        mesh = remove_orphan_nodes(Mesh(mesh.points, mesh.cells[keep], mesh.cell_type))
+        mesh = mesh.with_node_set("surface", np.unique(_tet_boundary(mesh.cells[:, :4])[0]))
+        log.warning("%s: %d zero-volume tetrahedra left by TetGen removed (of %d)", surface.source, n_bad,
+                    mesh.n_cells + n_bad)
+        rep = mesh.validate()
     if not rep.ok:
         raise SurfaceError(f"{surface.source}: the tet mesh failed validation: {rep}")
     log.info("%s: %d nodes, %d %s cells (min scaled Jacobian %.3g)", surface.source, mesh.n_points,

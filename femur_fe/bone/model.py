@@ -51,7 +51,7 @@ def _file_key(p: Any) -> tuple | None:
     return (str(Path(p).resolve()), st.st_size, st.st_mtime_ns)
 
 
-def _internal_calibration(ct, ct_path, masks, tissue_hu):
+def cached_internal_calibration(ct, ct_path, masks, tissue_hu):
     """:func:`internal_calibration`, computed once per process for the same CT file, mask files
     and given tissue HUs (a mesh check or several bones of one scan reuse it)."""
     key = None
@@ -185,7 +185,7 @@ class Model:
         record: dict[str, Any] = {"ct_unit": cal.ct_unit, "ct_density_type": cal.ct_density_type,
                                   "qct_to_ash": cal.qct_to_ash}
         if cal.ct_unit == "HU" and cal.method == "internal":
-            ic = _internal_calibration(ct, ct_path, calibration_masks or None, dict(cal.tissue_hu) or None)
+            ic = cached_internal_calibration(ct, ct_path, calibration_masks or None, dict(cal.tissue_hu) or None)
             dcal = ic  # the two-component curve itself (HUCalibration), not a line through it
             record.update({**ic.to_dict(), "method": "internal"})
             say(f"calibration: internal, {ic.effective_energy_kev:.0f} keV, R^2 {ic.r_squared:.5f}, "

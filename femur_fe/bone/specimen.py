@@ -52,7 +52,7 @@ from .calibration import DensityCalibration
 from .checks import check_meshing_size
 from .mapping import integration_rule
 from .meshing import repair_surface, surface_from_mask, tetmesh_from_surface
-from .model import Model, sha256_of
+from .model import Model, cached_internal_calibration, sha256_of
 from .voxel import hexmesh_from_mask, subdivide_mask
 
 log = logging.getLogger(__name__)
@@ -515,10 +515,14 @@ class Specimen:
             if progress is not None:
                 progress(f"CT: {files['ct'].name}, {'x'.join(map(str, ct.shape))} voxels of "
                          f"{'x'.join(f'{v:g}' for v in ct.spacing)} mm, {ct.unit}")
+        masks = self.calibration_masks() if ct is not None and material.calibration.method == "internal" else None
         if mesh is None:
+            if ct is not None and ct.unit == "HU" and material.calibration.method == "internal":
+                # calibrate first (cached for the model below): a scan without the tissues the internal
+                # calibration needs is refused before the bone is meshed
+                cached_internal_calibration(ct, files["ct"], masks, dict(material.calibration.tissue_hu) or None)
             mesh = self.mesh(ct, progress=progress)
         if ct is not None:
-            masks = self.calibration_masks() if material.calibration.method == "internal" else None
             model = Model.from_ct(mesh, ct, material, outside=outside, ct_path=files["ct"], calibration_masks=masks,
                                   bone_name=self.label, progress=progress)
         elif self.density is not None:

@@ -118,6 +118,10 @@ def case_with_sets(case_arg: str, sets: list[str], specimen: Specimen | None = N
                 raise LoadCaseError(f"--set {item!r}: use KEY=VALUE, e.g. loading.adduction_deg=20")
             k, v = item.split("=", 1)
             values[k.strip()] = parse_value(v.strip())
+        if any(k.startswith("material.calibration.tissue_hu") for k in values):
+            # tissue HUs are the input of the internal calibration: they imply it
+            values.setdefault("material.calibration.method", "internal")
+            values.setdefault("material.calibration.ct_unit", "HU")
         try:
             case = case.with_values(values)
         except LoadCaseError as exc:  # said in the options' words, not with_values(...)
