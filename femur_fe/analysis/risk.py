@@ -240,4 +240,40 @@ def summary_fields(*, linear=None, nonlinear=None, site: str | None = None, sex:
             out["impact_force"] = impact.to_dict() if isinstance(impact, ImpactForce) else {"force_N": load}
         if site is not None and sex is not None:
             out["classification"] = classify_strength(strength, site, sex, strength_source=source).to_dict()
+        missing = not_computed(site, sex, impact)
+        if missing:
+            out["not_computed"] = missing
+    return out
+
+
+#: subject data -> the ``femur-fe run`` option and the ``[subject]`` key that give it
+SUBJECT_INPUTS = {"sex": ("--sex", "sex"), "body_mass_kg": ("--mass", "body_mass_kg"),
+                  "height_cm": ("--height", "height_cm")}
+
+
+def not_computed(site: str | None, sex: str | None, impact) -> dict[str, dict[str, Any]]:
+    """Why the classification and the factor of risk of a strength were not computed.
+
+    Returns ``{quantity: {"needs": [subject keys], "reason": text}}`` for each of
+    ``classification`` and ``factor_of_risk`` that the given inputs do not allow (empty when
+    both were computed). ``needs`` lists the subject data that would allow it (keys of
+    :data:`SUBJECT_INPUTS`); it is empty when no subject data can (no fall impact model of the spine).
+    """
+    out: dict[str, dict[str, Any]] = {}
+    if sex is None:
+        out["classification"] = {
+            "needs": ["sex"],
+            "reason": "the fragility thresholds (Kopperdahl et al. 2014) depend on sex: give --sex female|male "
+                      "(femur-fe run) or [subject] sex"}
+    if impact is None:
+        if site == "hip":
+            needs = ([] if sex is not None else ["sex"]) + ["body_mass_kg", "height_cm"]
+            out["factor_of_risk"] = {
+                "needs": needs,
+                "reason": "the factor of risk divides the sideways-fall impact force, computed from body mass and "
+                          f"height, by the strength: give {', '.join(SUBJECT_INPUTS[k][0] for k in needs)} "
+                          f"(femur-fe run) or [subject] {', '.join(SUBJECT_INPUTS[k][1] for k in needs)}"}
+        else:
+            out["factor_of_risk"] = {"needs": [], "reason": "no fall impact force model for this site (the factor "
+                                                            "of risk is computed for the hip only)"}
     return out

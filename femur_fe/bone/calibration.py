@@ -144,6 +144,10 @@ class DensityCalibration:
         t.get("density_type", "str", "qct", choices=("qct",))
         t.finish()
         scale = 1.0 if unit in ("g/cm3", "g/cc") else 1e-3
+        if slope * scale > 0.01:  # the __post_init__ bound, said in the keys of this table
+            fix = "unit = 'mg/cm3' if the slope is in mg/cm3 per HU" if scale == 1.0 else "check the slope"
+            raise t.err(f"slope = {slope:g} {unit} per HU is too large (phantoms give about 0.8 mg/cm3 = 0.0008 "
+                        f"g/cm3 per HU): {fix}")
         return cls(slope * scale, intercept * scale, mineral, source)
 
 

@@ -311,7 +311,7 @@ def _ct_values_to_density(ct_unit: str, calibration, ct_density_type: str):
         if not isinstance(calibration, HUCalibration):
             raise CTError("the CT is in HU: pass calibration=femur_fe.bone.DensityCalibration(...) (phantom fit or "
                           "literature slope/intercept) or the result of femur_fe.bone.internal_calibration(...) to "
-                          "convert HU to density")
+                          "convert HU to density (CLI: --calibration PHANTOM.json or --calibration internal)")
         return "qct", lambda v: calibration.density(v, clamp=False)
     if calibration is not None:
         raise CTError(f"the CT is already in {ct_unit}; do not pass a HU calibration")

@@ -669,7 +669,8 @@ def _check_calibration_table(d: dict, err: Callable[[str], FemurFeError]) -> Non
     try:
         DensityCalibration.from_dict(d)
     except (FemurFeError, KeyError, TypeError, ValueError) as exc:
-        raise err(f"calibration: {exc}; a phantom calibration has slope, intercept, unit ('mg/cm3' or "
+        msg = str(exc) if str(exc).startswith("calibration") else f"calibration: {exc}"
+        raise err(f"{msg}; a phantom calibration has slope, intercept, unit ('mg/cm3' or "
                   "'g/cm3') and mineral ('k2hpo4' or 'ha') (docs/schemas.md)") from None
 
 

@@ -72,6 +72,13 @@ NOTES: dict[tuple[str, str], str] = {
                                         "4V/A / 6, max(2 mm, CT voxel), 0.8 x [bone.density] cortical thickness) "
                                         "(Specimen.element_size), or a length",
     ("bone [bone]", "calibration"): "`internal`, a calibration JSON file, or a table of its keys",
+    ("calibration JSON (phantom)", "slope"): "density per HU in `unit` (density = slope x HU + intercept), at most "
+                                             "0.01 g/cm3 per HU; e.g. `{\"slope\": 0.80028, \"intercept\": 8.1229, "
+                                             "\"unit\": \"mg/cm3\", \"mineral\": \"k2hpo4\"}`",
+    ("calibration JSON (phantom)", "intercept"): "density at 0 HU, in `unit`",
+    ("calibration JSON (phantom)", "unit"): "unit of slope (per HU) and intercept",
+    ("calibration JSON (phantom)", "mineral"): "equivalent mineral of the phantom rods: K2HPO4 or hydroxyapatite",
+    ("calibration JSON (phantom)", "density_type"): "the calibration gives QCT (equivalent mineral) density",
 }
 
 #: defaults shown in words where they depend on other keys

@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         rc = args.func(args)
+    except BrokenPipeError:  # the output went to a reader that stopped early (`| head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
     except (FemurFeError, OSError) as exc:
         if os.environ.get("FEMUR_FE_DEBUG") == "1":
             raise

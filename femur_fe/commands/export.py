@@ -15,6 +15,7 @@ from ..io.abaqus import TIE_FORMS, export_abaqus
 from ..io.deck import BINNING_GROUPING
 from ..io.febio import export_febio
 from ..studies.stored import load_analysis
+from .run import progress_printer
 
 FORMATS = {"abaqus": ".inp", "febio": ".feb"}
 
@@ -46,6 +47,7 @@ def register(subparsers) -> None:
                         "(default %(default)s: coupling when the tied nodes form a surface)")
     p.add_argument("--print-displacements", action="store_true",
                    help="abaqus: also *NODE PRINT the displacement of every node into the .dat file")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
     p.set_defaults(func=run)
 
 
@@ -65,7 +67,10 @@ def run(args: argparse.Namespace) -> int:
         raise FemurFeError(f"--materials must be >= 1, got {args.materials}")
     if fmt == "febio" and (args.tie != "auto" or args.print_displacements):
         raise FemurFeError("--tie and --print-displacements apply to --format abaqus only")
+    say = progress_printer(args.quiet)
+    say(f"reading the model of {args.run_dir} (result.vtu, summary.json, fe_model.json)")
     an, res = load_analysis(args.run_dir)
+    say(f"writing {out} ({fmt}, {an.n_bone_cells} bone elements)")
     binning = {"n_materials": args.materials, "gap_mpa": args.gap_mpa, "grouping": args.grouping}
     if fmt == "abaqus":
         rep = export_abaqus(an, res, out, tie=args.tie, print_displacements=args.print_displacements, **binning)

@@ -2,6 +2,9 @@
 
 * CT (``.nii``, ``.nii.gz``, ``.nrrd``, ``.mha``/``.mhd``, ``.npy`` with ``--spacing``, a DICOM
   folder): size, spacing, orientation, world bounds (LPS), unit, value range, NaN count.
+* Label mask (an image of the same formats holding at most 256 distinct non-negative integers,
+  e.g. a TotalSegmentator mask): its labels with their voxel counts and volumes; it is the
+  ``--mask`` of ``femur-fe run``, not a CT.
 * Surface (``.stl``, ``.obj``, ``.ply``, ``.vtp``; ``.vtk`` holding only triangles): triangle
   count, watertight yes/no (boundary, non-manifold and flipped edges), bounds, units guess.
 * Volume mesh (anything :func:`femur_fe.read_mesh` reads): cell type, counts, bounds, units
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MeshError
+from ..errors import CTError, MeshError
 from ..io.ct import CT_SUFFIXES, read_ct, suffix_of
 from ..io.mesh_io import read_mesh
 from ..io.surface import read_surface, surface_topology
@@ -31,8 +34,9 @@ def register(subparsers) -> None:
         "info", help="describe a mesh, surface or CT volume",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("path", help="mesh, surface, CT file or DICOM folder")
-    p.add_argument("--unit", default="auto", choices=["auto", "HU", "mg/cm3", "g/cm3"],
-                   help="CT unit (default: %(default)s = stored or guessed from the values)")
+    p.add_argument("--ct-unit", "--unit", dest="unit", default="auto", choices=["auto", "HU", "mg/cm3", "g/cm3"],
+                   help="CT unit, as `run --ct-unit` (default: %(default)s = stored or guessed from the values; "
+                        "auto also recognises label masks)")
     p.add_argument("--spacing", type=float, nargs=3, metavar=("SI", "SJ", "SK"),
                    help="voxel spacing in mm for .npy volumes")
     p.add_argument("--series-id", default=None, help="DICOM series to read when a folder holds several")
@@ -64,12 +68,65 @@ def _kind(path: Path) -> str:
     return "mesh"
 
 
+#: most distinct values of a label mask (TotalSegmentator's multi-label output has 118)
+MAX_LABELS = 256
+
+
+def label_counts(array: np.ndarray) -> dict[int, int] | None:
+    """Voxel count per label when ``array`` is a label mask, else None.
+
+    A label mask holds only finite non-negative integers below 65536, with at most
+    :data:`MAX_LABELS` distinct values; a CT in HU has air below 0, and a density image has
+    fractions or thousands of distinct values.
+    """
+    flat = np.asarray(array).ravel()
+    if flat.size == 0 or not (np.issubdtype(flat.dtype, np.number) or flat.dtype == bool):
+        return None
+    sample = flat[:: max(1, flat.size // 100_000)]  # a CT is told from a mask on a sample, at no cost
+    counts = np.zeros(65536, dtype=np.int64)
+    for part in (sample, *(flat[k:k + 2**22] for k in range(0, flat.size, 2**22))):  # bounded memory
+        if not (np.isfinite(part).all() and (np.mod(part, 1) == 0).all()) or part.min() < 0 or part.max() >= 65536:
+            return None
+        if part is sample:
+            if len(np.unique(part)) > MAX_LABELS:
+                return None
+            continue
+        counts += np.bincount(part.astype(np.int64), minlength=65536)
+    present = np.flatnonzero(counts)
+    if len(present) > MAX_LABELS:
+        return None
+    return {int(v): int(counts[v]) for v in present}
+
+
 def ct_info(path: Path, args) -> dict:
-    ct = read_ct(path, unit=args.unit, spacing=args.spacing, series_id=args.series_id,
-                 check_unit=not args.no_unit_check)
+    try:
+        ct = read_ct(path, unit=args.unit, spacing=args.spacing, series_id=args.series_id,
+                     check_unit=not args.no_unit_check)
+        error = None
+    except CTError as exc:  # e.g. a multi-label mask, whose unit cannot be guessed
+        if args.unit != "auto":
+            raise
+        ct, error = None, exc
+    if args.unit == "auto":
+        raw = ct if ct is not None else read_ct(path, unit="g/cm3", spacing=args.spacing, series_id=args.series_id,
+                                                check_unit=False)
+        counts = label_counts(raw.array)
+        if counts is not None:
+            return mask_info(raw, counts)
+    if ct is None:
+        raise error
     out = {"kind": "ct", **ct.summary()}
     out["voxel_count"] = int(np.prod(ct.shape))
     return out
+
+
+def mask_info(image, counts: dict[int, int]) -> dict:
+    """Info dict of a label mask: the geometry of its grid and the voxels of each label."""
+    geom = {k: v for k, v in image.summary().items() if k not in ("unit", "value_min", "value_max", "n_nan")}
+    vox_mm3 = float(image.voxel_volume_mm3)
+    labels = {str(k): {"voxels": n, "volume_cm3": n * vox_mm3 / 1000.0} for k, n in counts.items() if k != 0}
+    return {"kind": "label_mask", **geom, "voxel_count": int(np.prod(image.shape)),
+            "background_voxels": counts.get(0, 0), "labels": labels}
 
 
 def surface_info(path: Path) -> dict:
@@ -129,17 +186,35 @@ def _fmt3(v) -> str:
     return "(" + ", ".join(f"{x:.4g}" for x in v) + ")"
 
 
+def _grid_lines(info: dict) -> list[str]:
+    """Size, spacing, orientation, origin and bounds of an image grid."""
+    return [
+        f"  size:        {' x '.join(str(n) for n in info['shape'])} voxels ({info['voxel_count']})",
+        f"  spacing:     {_fmt3(info['spacing_mm'])} mm",
+        f"  orientation: {info['orientation']} (axes i, j, k point to these directions; world frame LPS)",
+        f"  origin:      {_fmt3(info['origin_mm'])} mm (centre of voxel [0, 0, 0])",
+        f"  bounds:      {_fmt3(info['bounds_mm'][0])} .. {_fmt3(info['bounds_mm'][1])} mm",
+    ]
+
+
 def format_info(info: dict) -> str:
     """Human-readable text of an info dict."""
     lines = [f"{info['source']}"]
-    if info["kind"] == "ct":
+    if info["kind"] == "label_mask":
+        labels = info["labels"]
+        names = list(labels)
+        shown = ", ".join(names[:20]) + (f", ... ({len(names)} labels)" if len(names) > 20 else "")
+        counts = ", ".join(str(labels[k]["voxels"]) for k in names[:20]) + (", ..." if len(names) > 20 else "")
+        each, label = (" each", " with --label N") if len(names) > 1 else ("", "")
         lines += [
-            "  kind:        CT volume",
-            f"  size:        {' x '.join(str(n) for n in info['shape'])} voxels ({info['voxel_count']})",
-            f"  spacing:     {_fmt3(info['spacing_mm'])} mm",
-            f"  orientation: {info['orientation']} (axes i, j, k point to these directions; world frame LPS)",
-            f"  origin:      {_fmt3(info['origin_mm'])} mm (centre of voxel [0, 0, 0])",
-            f"  bounds:      {_fmt3(info['bounds_mm'][0])} .. {_fmt3(info['bounds_mm'][1])} mm",
+            f"  kind:        label mask (labels: {shown or 'none'}; {counts or 0} voxels{each})",
+            f"  use:         not a CT: give it to `run`/`regions` as --mask{label}",
+            *_grid_lines(info),
+            f"  background:  {info['background_voxels']} voxels (label 0)",
+        ]
+        lines += [f"  label {k:<5s} {v['voxels']:10d} voxels  {v['volume_cm3']:9.2f} cm^3" for k, v in labels.items()]
+    elif info["kind"] == "ct":
+        lines += ["  kind:        CT volume", *_grid_lines(info),
             f"  unit:        {info['unit']}",
             f"  values:      {info['value_min']:.6g} .. {info['value_max']:.6g} {info['unit']}",
             f"  NaN voxels:  {info['n_nan']}",
@@ -185,4 +260,4 @@ def run(args) -> int:
     return 0
 
 
-__all__ = ["register", "run", "describe", "format_info", "units_guess"]
+__all__ = ["register", "run", "describe", "format_info", "units_guess", "label_counts"]

@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from ..analysis.regions import frame_for, load_direction, regions_mesh, select_regions
+from ..errors import OutputError
 from ..io import atomic_path, write_json_atomic, write_mesh
-from .run import add_bone_arguments, case_with_sets, specimen_from_args
+from .run import add_bone_arguments, case_and_specimen, progress_printer
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,25 @@ def register(subparsers) -> None:
     add_bone_arguments(p)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a case value by TOML key path, e.g. anatomy.head_centre_mm=[x,y,z]")
-    p.add_argument("-o", "--output", default="regions.vtu", help="output mesh file (default %(default)s)")
+    p.add_argument("-o", "--output", default="regions.vtu",
+                   help="output mesh file, .vtu or .vtk (default %(default)s; a name without suffix gets .vtu)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
     p.set_defaults(func=run)
+
+#: mesh formats that keep the region_<name> point-data arrays
+REGION_SUFFIXES = (".vtu", ".vtk")
+
+
+def regions_output(name: str) -> Path:
+    """The output path of ``-o NAME``: ``.vtu`` appended to a name without suffix; a suffix that
+    cannot hold the region arrays is refused (before any work)."""
+    out = Path(name)
+    if not out.suffix:
+        return out.with_name(out.name + ".vtu")
+    if out.suffix.lower() not in REGION_SUFFIXES:
+        raise OutputError(f"-o {name}: the regions are point-data arrays (region_<name>), which only .vtu and .vtk "
+                          f"files keep; use -o {out.with_suffix('.vtu')}")
+    return out
 
 
 def _fmt(v) -> str:
@@ -49,12 +67,16 @@ def _fmt(v) -> str:
 def run(args: argparse.Namespace) -> int:
     import meshio
 
-    case = case_with_sets(args.case, args.set)
-    specimen = specimen_from_args(args, case)
-    mesh = specimen.mesh(None)  # the geometry only: a mask is meshed on its own grid (the CT's)
+    out = regions_output(args.output)
+    say = progress_printer(args.quiet)
+    case, specimen = case_and_specimen(args)
+    say(f"bone: {specimen.label}")
+    mesh = specimen.mesh(None, progress=say)  # the geometry only: a mask is meshed on its own grid (the CT's)
+    say(f"mesh: {mesh.n_cells} {mesh.cell_type} elements")
     needs_frame = any(s.kind not in ("node_set", "nodes") for s in case.regions.values())
     frame = frame_for(mesh, case) if needs_frame else None
-    out = Path(args.output)
+    if frame is not None:
+        say(f"anatomical frame of the {frame.bone}")
     summary = {"case": case.name, "bone": specimen.label, "n_elements": mesh.n_cells}
     if frame is not None:
         marks = frame.landmarks()
@@ -85,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         regions = select_regions(mesh, case, frame)
     finally:  # the frame is written even when a region is refused, so it can be checked
         write_json_atomic(out.with_name(out.stem + "_frame.json"), summary)
+    say(f"regions: {', '.join(regions)}")
     write_mesh(out, regions_mesh(mesh, regions))
     summary["regions"] = {k: r.to_dict() for k, r in regions.items()}
     write_json_atomic(out.with_name(out.stem + "_frame.json"), summary)

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import tomllib
 
+from ..analysis.risk import SUBJECT_INPUTS
 from ..analysis.subject import Subject
 from ..bone.specimen import MESH_TYPES, UNITS, Specimen
 from ..diagnostics import merged
@@ -14,7 +16,7 @@ from ..errors import LoadCaseError
 from ..io.outdir import output_folder, write_or_fallback
 from ..io.toml_io import read_toml
 from ..studies.meshcheck import check_mesh, format_mesh_check
-from ..studies.run import as_case
+from ..studies.run import as_case, case_for
 from ..studies.run import run as run_case
 
 #: [bone] keys and the options that set them
@@ -102,9 +104,13 @@ def parse_value(text: str):
         return text
 
 
-def case_with_sets(case_arg: str, sets: list[str]):
-    """The load case of ``case_arg`` (path or preset) with the ``--set KEY=VALUE`` overrides."""
+def case_with_sets(case_arg: str, sets: list[str], specimen: Specimen | None = None):
+    """The load case of ``case_arg`` (path or preset) with the ``--set KEY=VALUE`` overrides; with a
+    specimen, its calibration (``--calibration``, ``--ct-unit``) is applied first, so that ``--set``
+    refines it (e.g. ``material.calibration.tissue_hu.muscle=40`` with ``--calibration internal``)."""
     case = as_case(case_arg)
+    if specimen is not None:
+        case = case_for(case, specimen)
     if sets:
         values = {}
         for item in sets:
@@ -116,14 +122,36 @@ def case_with_sets(case_arg: str, sets: list[str]):
             # tissue HUs are the input of the internal calibration: they imply it
             values.setdefault("material.calibration.method", "internal")
             values.setdefault("material.calibration.ct_unit", "HU")
-        case = case.with_values(values)
+        try:
+            case = case.with_values(values)
+        except LoadCaseError as exc:  # said in the options' words, not with_values(...)
+            msg = str(exc).removeprefix(f"with_values({values!r}): ").replace(" (with_values)", "")
+            for k in values:
+                msg = msg.replace(f"with_values({k!r})", f"--set {k}")
+            raise LoadCaseError(f"--set {' --set '.join(sets)}: {msg}") from None
     return case
+
+
+def case_and_specimen(args) -> tuple[Any, Specimen]:
+    """The case of ``args.case`` with the bone's calibration and the ``--set`` values, and the bone."""
+    specimen = specimen_from_args(args, case_with_sets(args.case, args.set) if args.density is not None else None)
+    return case_with_sets(args.case, args.set, specimen), specimen
 
 
 def subject_from_args(args) -> Subject | None:
     if (args.mass or args.height) and not args.sex:
         raise LoadCaseError("--mass/--height need --sex as well (female or male)")
+    if (args.mass is None) != (args.height is None):
+        raise LoadCaseError("--mass and --height go together (the fall impact force needs both); give both or neither")
     return Subject(args.sex, args.mass, args.height) if args.sex else None
+
+
+def progress_printer(quiet: bool = False):
+    """A progress callback printing ``  line (T s)`` to stderr, T since its creation (None when quiet)."""
+    if quiet:
+        return lambda msg: None
+    t0 = time.perf_counter()
+    return lambda msg: print(f"  {msg} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)
 
 
 def print_warnings(warnings, indent: str = "  ") -> None:
@@ -133,6 +161,17 @@ def print_warnings(warnings, indent: str = "  ") -> None:
         print(f"{indent}warnings ({len(ws)}, also in summary.json \"warnings\"):")
         for w in ws:
             print(f"{indent}  {w.name}: {w.message}")
+
+
+def not_computed_line(missing: dict) -> str:
+    """One line naming what was not computed for lack of subject data, and the options that give it
+    (summary.json ``not_computed``); empty when nothing an option can give is missing."""
+    names = {"classification": "classification", "factor_of_risk": "factor of risk"}
+    parts = [f"{names.get(k, k)} needs {', '.join(SUBJECT_INPUTS[n][0] for n in v['needs'])}"
+             for k, v in missing.items() if v.get("needs")]
+    if not parts:
+        return ""
+    return f"not computed: {'; '.join(parts)} (summary.json \"not_computed\")"
 
 
 def input_files(specimen: Specimen, case_arg: str | None = None) -> list[Path]:
@@ -147,8 +186,7 @@ def input_files(specimen: Specimen, case_arg: str | None = None) -> list[Path]:
 
 
 def run(args) -> int:
-    case = case_with_sets(args.case, args.set)
-    specimen = specimen_from_args(args, case)
+    case, specimen = case_and_specimen(args)
     subject = subject_from_args(args)
     with output_folder(args.out, overwrite=args.overwrite, kind="run", inputs=input_files(specimen, args.case)) as tmp:
         res = run_case(case, specimen, subject=subject, nonlinear=args.nonlinear, out=None,
@@ -192,6 +230,9 @@ def run(args) -> int:
         print(f"  strength used       {s.get('strength_used')}")
     if s.get("strength_used_note") and (c or s.get("factor_of_risk") is not None):
         print(f"  note: {s['strength_used_note']}")
+    line = not_computed_line(s.get("not_computed") or {})
+    if line:
+        print(f"  {line}")
     if s.get("mesh_check"):
         print(f"  {format_mesh_check(s['mesh_check'])}")
     print_warnings(res.warnings)

@@ -125,26 +125,31 @@ def check_unit(vmin: float, vmax: float, unit: str, where: str = "CT") -> None:
     * mg/cm3: max < 50 (looks like g/cm^3 or a mask) or min < -900 (looks like HU: air);
     * g/cm3: max > 50 or min < -2 (looks like mg/cm^3 or HU).
     """
-    hint = " (pass check_unit=False if you are sure, e.g. for a cropped or masked image)"
+    hint = (" (pass check_unit=False, CLI `info --no-unit-check`, if you are sure, e.g. for a cropped or masked "
+            "image)")
     rng = f"values range from {vmin:.4g} to {vmax:.4g}"
     if unit == "HU":
         if vmax < 50.0:
             raise CTError(f"{where}: declared HU but {rng}; max < 50 is not a CT of bone in HU. "
-                          f"It looks like density in g/cm3 or a mask: pass unit='g/cm3'{hint}")
+                          f"It looks like density in g/cm3 or a mask: pass unit='g/cm3' (CLI: --ct-unit g/cm3; a "
+                          f"mask is --mask){hint}")
         if vmin > 0.0:
             raise CTError(f"{where}: declared HU but {rng}; a body CT in HU has air/fat below 0. "
-                          f"It looks like a calibrated density (mg/cm3): pass unit='mg/cm3'{hint}")
+                          f"It looks like a calibrated density (mg/cm3): pass unit='mg/cm3' (CLI: --ct-unit mg/cm3)"
+                          f"{hint}")
     elif unit == "mg/cm3":
         if vmax < 50.0:
             raise CTError(f"{where}: declared mg/cm3 but {rng}; that looks like g/cm3 or a mask: "
-                          f"pass unit='g/cm3'{hint}")
+                          f"pass unit='g/cm3' (CLI: --ct-unit g/cm3; a mask is --mask){hint}")
         if vmin < -900.0:
             raise CTError(f"{where}: declared mg/cm3 but {rng}; min < -900 looks like HU (air at -1000 HU): "
-                          f"pass unit='HU' and calibrate with femur_fe.bone.qct_from_hu{hint}")
+                          f"pass unit='HU' with a calibration (CLI: --ct-unit HU --calibration internal or "
+                          f"--calibration PHANTOM.json){hint}")
     elif unit == "g/cm3":
         if vmax > 50.0 or vmin < -2.0:
             raise CTError(f"{where}: declared g/cm3 but {rng}; that looks like mg/cm3 or HU: "
-                          f"pass unit='mg/cm3' or unit='HU'{hint}")
+                          f"pass unit='mg/cm3' or unit='HU' (CLI: --ct-unit mg/cm3, or --ct-unit HU with "
+                          f"--calibration internal|PHANTOM.json){hint}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,7 +316,8 @@ class CTImage:
         if self.unit == "mg/cm3":
             return self.array / 1000.0
         raise CTError("this CT is in HU; convert it to density with a phantom or literature calibration "
-                      "(femur_fe.bone.qct_from_hu / femur_fe.bone.calibrated_ct) first")
+                      "(femur_fe.bone.qct_from_hu / femur_fe.bone.calibrated_ct; CLI: --calibration internal or "
+                      "--calibration PHANTOM.json) first")
 
     def summary(self) -> dict:
         """Plain-dict description (size, spacing, orientation, unit, value range, NaN count)."""
@@ -475,7 +481,7 @@ def read_ct(path: str | os.PathLike, *, unit: str = "auto", spacing: Sequence[fl
             if guessed is None:
                 raise AmbiguousUnitError(f"{path}: cannot tell the unit: the file stores none and its values "
                                          f"({vmin:.4g} to {vmax:.4g}, no air below -900) do not tell HU from "
-                                         "mg/cm3; pass unit='HU', 'mg/cm3' or 'g/cm3' (CLI: --unit)")
+                                         "mg/cm3; pass unit='HU', 'mg/cm3' or 'g/cm3' (CLI: --ct-unit)")
             resolved = guessed
             log.info("%s: unit guessed as %s from the value range %.4g..%.4g", path, resolved, vmin, vmax)
     else:

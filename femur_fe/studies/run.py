@@ -78,6 +78,7 @@ def prepare_run(case: LoadCase | str | os.PathLike | Mapping[str, Any],
         say(f"bone: {specimen.label}")
         model = specimen.model(case.material, progress=say)
         say(f"material: {model.mesh.n_cells} elements, E {model.young.min():.0f}-{model.young.max():.0f} MPa")
+    say("frame, regions, caps and supports ...")  # a step of seconds on a whole bone: say it has begun
     an = prepare(case, model)
     say(f"regions: {', '.join(f'{k} {v.n_nodes} nodes' for k, v in an.regions.items())}")
     size = specimen.element_size() if specimen is not None and specimen.builds_mesh else None
@@ -90,6 +91,7 @@ def solve(prep: Prepared, *, model: Model | None = None, subject: Subject | None
     subject attached), nonlinear strength when asked."""
     t0 = time.perf_counter()
     say = _say(progress, t0)
+    say(f"solving ({prep.analysis.model.mesh.n_cells} elements, solver {prep.case.solver.method}) ...")
     res = prep.analysis.solve(model=model, subject=subject, strength=False)
     stiff = f", stiffness {res.stiffness_N_per_mm:.0f} N/mm" if res.stiffness_N_per_mm is not None else ""
     say(f"solved: {res.solver.n_dofs} DOFs, {res.solver.method}{stiff}")

@@ -1,6 +1,6 @@
 """Parameter sweeps on Dask: spec, expansion, execution and a resumable results store.
 
-A sweep is a *base case* (a load-case TOML path, a :class:`~femur_fe.case.loadcase.LoadCase` or
+A sweep is a *base case* (a load-case TOML path or preset name, a :class:`~femur_fe.case.loadcase.LoadCase` or
 a plain dict) plus *parameters* addressed by their TOML key path (``material.a_mpa``,
 ``loading.adduction_deg``...), and three sweep-level inputs that are not part of the case:
 ``mesh`` (mesh files or a glob over a cohort folder), ``state`` (bone state) and
@@ -65,8 +65,9 @@ from ..bone.materials import material_law_from_dict
 from ..bone.model import Model
 from ..bone.specimen import Specimen
 from ..case.loadcase import LoadCase, load_case
+from ..case.presets import resolve_case_path
 from ..case.scenarios import scenarios_from_dict
-from ..errors import FemurFeError, SweepError
+from ..errors import FemurFeError, LoadCaseError, SweepError
 from ..fe.assembly import StiffnessAssembler
 from ..fe.boxes import structured_mesh
 from ..fe.solvers import LinearSolver
@@ -371,12 +372,10 @@ def _load_base(base: Any, root: Path | None) -> Any:
     if _has_loadcase_api(base):
         return base
     if isinstance(base, (str, os.PathLike)):
-        path = Path(base)
-        if not path.is_absolute() and root is not None:
-            path = root / path
-        if not path.exists():
-            raise SweepError(f"base case {str(path)!r} does not exist; give a load-case TOML path "
-                             "(relative paths are relative to the sweep file)")
+        try:  # a TOML path (relative to the sweep file) or a preset name, as `femur-fe run` takes it
+            path = resolve_case_path(base, root)
+        except LoadCaseError as exc:
+            raise SweepError(f"base case: {exc} (relative paths are relative to the sweep file)") from None
         return load_case(path)
     raise SweepError(f"base must be a load-case TOML path, a dict or a LoadCase, got {type(base).__name__}")
 
