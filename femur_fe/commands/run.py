@@ -9,6 +9,7 @@ import tomllib
 
 from ..analysis.subject import Subject
 from ..bone.specimen import MESH_TYPES, UNITS, Specimen
+from ..case.runfile import is_run_file, load_run_file
 from ..diagnostics import merged
 from ..errors import LoadCaseError
 from ..io.outdir import output_folder, write_or_fallback
@@ -16,6 +17,7 @@ from ..io.toml_io import read_toml
 from ..studies.meshcheck import check_mesh, format_mesh_check
 from ..studies.run import as_case
 from ..studies.run import run as run_case
+from ..studies.run import write_result
 
 #: [bone] keys and the options that set them
 BONE_OPTIONS = {"bundled": "--bundled", "state": "--state", "mesh": "--mesh", "ct": "--ct", "ct_unit": "--ct-unit",
@@ -76,7 +78,8 @@ def specimen_from_args(args, case=None) -> Specimen:
 def register(sub) -> None:
     p = sub.add_parser("run", help="run a load case on a bone (bundled, mesh or surface, CT + mask)",
                        description="Run a load case: writes DIR/result.vtu and DIR/summary.json.")
-    p.add_argument("case", help="load-case TOML file or preset name (e.g. sideways_fall)")
+    p.add_argument("case", help="load-case TOML file or preset name (e.g. sideways_fall), or the case.toml of a "
+                                "run folder (runs it again: its bone and subject unless options replace them)")
     add_bone_arguments(p)
     p.add_argument("--out", "-o", required=True, help="output folder (written whole: an existing one is refused "
                                                       "unless --overwrite)")
@@ -144,15 +147,20 @@ def input_files(specimen: Specimen, case_arg: str | None = None) -> list[Path]:
 
 def run(args) -> int:
     case = case_with_sets(args.case, args.set)
-    specimen = specimen_from_args(args, case)
-    subject = subject_from_args(args)
+    again = load_run_file(args.case) if is_run_file(args.case) else None
+    bone_given = args.bone or args.density is not None or any(
+        getattr(args, opt[2:].replace("-", "_")) is not None for opt in BONE_OPTIONS.values())
+    specimen = again.specimen if again is not None and not bone_given else specimen_from_args(args, case)
+    subject = subject_from_args(args) or (again.subject if again is not None else None)
+    if again is not None and again.nonlinear:
+        args.nonlinear = True
     with output_folder(args.out, overwrite=args.overwrite, kind="run", inputs=input_files(specimen, args.case)) as tmp:
         res = run_case(case, specimen, subject=subject, nonlinear=args.nonlinear, out=None,
                        progress=lambda line: print(f"  {line}", flush=True))
         if args.check_mesh:
             check_mesh(case, specimen, res, subject=subject, nonlinear=args.nonlinear,
                        progress=lambda line: print(f"  {line}", flush=True))
-        write_or_fallback(res.write, tmp)
+        write_or_fallback(lambda d: write_result(res, d, nonlinear=args.nonlinear), tmp)
     out = Path(args.out)
     s = res.summary()
     print(f"{s['case_name']}: {s['n_elements']} elements, {s['n_dofs']} DOFs, solver {s['solver']['method']} "
@@ -191,5 +199,6 @@ def run(args) -> int:
     if s.get("mesh_check"):
         print(f"  {format_mesh_check(s['mesh_check'])}")
     print_warnings(res.warnings)
-    print(f"  written: {out / 'result.vtu'}, {out / 'summary.json'}", file=sys.stdout)
+    print(f"  written: {out / 'result.vtu'}, {out / 'summary.json'}, {out / 'case.toml'} (runs again: "
+          f"femur-fe run {out / 'case.toml'} -o OUT)", file=sys.stdout)
     return 0

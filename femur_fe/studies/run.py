@@ -22,6 +22,7 @@ from ..bone.model import Model
 from ..bone.specimen import Specimen
 from ..case.loadcase import LoadCase, load_case
 from ..case.presets import resolve_case_path
+from ..case.runfile import is_run_file, load_run_file, write_run_file
 from ..io.outdir import check_output_dir, output_folder, write_or_fallback
 
 log = logging.getLogger(__name__)
@@ -30,12 +31,16 @@ Progress = Callable[[str], None]
 
 
 def as_case(case: LoadCase | str | os.PathLike | Mapping[str, Any], base: Path | None = None) -> LoadCase:
-    """A load case from a LoadCase, a TOML path, a preset name (``"sideways_fall"``) or a dict."""
+    """A load case from a LoadCase, a TOML path, a preset name (``"sideways_fall"``), a run file
+    (``case.toml`` of a run folder: its ``[case]``) or a dict."""
     if isinstance(case, LoadCase):
         return case
     if isinstance(case, Mapping):
         return load_case(case)
-    return load_case(resolve_case_path(case, base))
+    path = resolve_case_path(case, base)
+    if is_run_file(path):
+        return load_run_file(path).case
+    return load_case(path)
 
 
 def as_specimen(bone: Specimen | Mapping[str, Any], base: Path | None = None) -> Specimen:
@@ -132,8 +137,16 @@ def run(case: LoadCase | str | os.PathLike | Mapping[str, Any], specimen: Specim
     res = solve(prep, subject=subject, nonlinear=nonlinear, progress=say)
     if out is not None:
         with output_folder(out, overwrite=overwrite) as tmp:
-            write_or_fallback(res.write, tmp)
+            write_or_fallback(lambda d: write_result(res, d, nonlinear=nonlinear), tmp)
     return res
+
+
+def write_result(res: Result, folder: str | os.PathLike, *, nonlinear: bool | None = None) -> Path:
+    """Write a run folder: ``result.vtu``, ``summary.json``, ``fe_model.json`` (:meth:`Result.write`)
+    and ``case.toml``, the run file that runs it again (:mod:`femur_fe.case.runfile`)."""
+    out = res.write(folder)
+    write_run_file(res, out, nonlinear=nonlinear)
+    return out
 
 
 def _say(progress: Progress | None, t0: float) -> Progress:
