@@ -7,6 +7,7 @@ from typing import Any
 
 import tomllib
 
+from ..analysis.strengths import format_strengths
 from ..analysis.subject import Subject
 from ..bone.specimen import MESH_TYPES, UNITS, Specimen
 from ..case.runfile import is_run_file, load_run_file
@@ -187,6 +188,10 @@ def run(args) -> int:
         print(f"  nonlinear strength  {s['strength_nonlinear_N']:10.1f} N  ({how})")
     elif args.nonlinear:
         print("  nonlinear strength  not reached (see summary.json 'nonlinear': the last converged step is kept)")
+    if len(s.get("strengths") or {}) > 1:
+        print("  strengths (summary.json \"strengths\"):")
+        for line in format_strengths(s["strengths"]):
+            print(f"    {line}")
     if s.get("factor_of_risk") is not None:
         print(f"  factor of risk      {s['factor_of_risk']:10.2f}")
     c = s.get("classification")
