@@ -412,12 +412,12 @@ def run_nonlinear(an: Analysis, res: Result, *, progress=None, **kw):
     Keyword arguments go to :func:`femur_fe.fe.nonlinear_strength` (they override the table).
     """
     with collecting() as found:
-        nl = _run_nonlinear(an, res, **kw)
+        nl = _run_nonlinear(an, res, progress=progress, **kw)
     res.warnings = list(merged(res.warnings, found))
     return nl
 
 
-def _run_nonlinear(an: Analysis, res: Result, **kw):
+def _run_nonlinear(an: Analysis, res: Result, *, progress=None, **kw):
     case = an.case
     if case.loading.direction == "wedge":
         raise LoadCaseError("nonlinear strength is run for translational loads (not the wedge case)")
