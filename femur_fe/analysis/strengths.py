@@ -15,7 +15,8 @@ applies to its bone and load case, with its definition, next to the one the case
 
 A linear strength is the load of the linear solution scaled until its criterion is met, so
 each one costs a pass over the element fields, no solve. The entry of the case's own criterion
-is the ``strength_linear_N`` of the summary (``"used_by_case": true``). Units: N.
+is the ``strength_linear_N`` of the summary (``"case_criterion": true``); ``"used_for_risk"`` marks
+the strength the factor of risk and the classification use. Units: N.
 """
 from __future__ import annotations
 
@@ -47,14 +48,15 @@ def applicable(result: Any) -> dict[str, FailureCriterion]:
 
 
 def strengths(result: Any) -> dict[str, dict[str, Any]]:
-    """Name -> ``{"strength_N", "kind", "parameters", "source", "used_by_case"}`` for every strength
+    """Name -> ``{"strength_N", "kind", "parameters", "source", "case_criterion", "used_for_risk"}`` for every strength
     that applies to a solved :class:`~femur_fe.analysis.result.Result` (its linear strength evaluated)."""
     lin = result.linear
+    used = result.strength_summary.get("strength_used")
     out: dict[str, dict[str, Any]] = {}
     if lin is not None:
         out[lin.criterion] = {"strength_N": float(lin.strength_N), "kind": "linear",
                               "parameters": dict(lin.parameters), "source": SOURCES.get(lin.criterion, ""),
-                              "used_by_case": True}
+                              "case_criterion": True, "used_for_risk": used == f"linear:{lin.criterion}"}
         for name, crit in applicable(result).items():
             if name in out:
                 continue
@@ -64,7 +66,7 @@ def strengths(result: Any) -> dict[str, dict[str, Any]]:
                 log.info("strength %s does not apply: %s", name, exc)
                 continue
             out[name] = {"strength_N": float(s.strength_N), "kind": "linear", "parameters": dict(s.parameters),
-                         "source": SOURCES[name], "used_by_case": False}
+                         "source": SOURCES[name], "case_criterion": False, "used_for_risk": False}
     nl = result.strength_summary.get("strength_nonlinear_N")
     if result.nonlinear is not None and nl is not None:
         out["reaction_at_deformation"] = {
@@ -72,7 +74,7 @@ def strengths(result: Any) -> dict[str, dict[str, Any]]:
             "parameters": {"endpoint_mm": result.nonlinear.endpoint_mm,
                            "definition": result.nonlinear.strength_definition},
             "source": SOURCES["reaction_at_deformation"],
-            "used_by_case": result.strength_summary.get("strength_used") == "nonlinear"}
+            "case_criterion": False, "used_for_risk": used == "nonlinear"}
     return out
 
 
@@ -80,6 +82,7 @@ def format_strengths(table: dict[str, dict[str, Any]]) -> list[str]:
     """One line per strength (what ``femur-fe run`` prints)."""
     lines = []
     for name, e in table.items():
-        mark = " (used by the case)" if e.get("used_by_case") else ""
-        lines.append(f"{name:<24s} {e['strength_N']:10.1f} N  {e['source']}{mark}")
+        mark = "".join(m for k, m in (("case_criterion", "; the case's criterion"),
+                                      ("used_for_risk", "; used for the risk")) if e.get(k))
+        lines.append(f"{name:<24s} {e['strength_N']:10.1f} N  ({e['source']}{mark})")
     return lines
