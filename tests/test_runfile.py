@@ -39,7 +39,8 @@ def test_running_the_run_file_again_gives_the_same_numbers(vertebra_run, tmp_pat
     res, out = vertebra_run
     assert main(["run", str(out / "case.toml"), "-o", str(tmp_path / "again")]) == 0
     printed = capsys.readouterr().out
-    assert "case.toml" in printed
+    assert "case.toml" in printed and "QC picture: qc.png" in printed
+    assert (tmp_path / "again" / "qc.png").is_file()      # drawn before the solve, kept in the folder
     again = json.loads((tmp_path / "again" / "summary.json").read_text())
     first = json.loads((out / "summary.json").read_text())
     # same model, same direct solve: only floating-point summation order could differ
@@ -62,7 +63,8 @@ def test_run_file_options_override_and_bad_keys_are_refused(vertebra_run, tmp_pa
     assert "nonlinaer" in capsys.readouterr().err
     # --set applies to the run file's case; --state replaces its bone's state
     assert main(["run", str(out / "case.toml"), "--bundled", "vertebra", "--state", "healthy",
-                 "--set", "loading.displacement_mm=0.1", "-o", str(tmp_path / "healthy")]) == 0
+                 "--set", "loading.displacement_mm=0.1", "--no-qc", "-o", str(tmp_path / "healthy")]) == 0
+    assert not (tmp_path / "healthy" / "qc.png").exists()
     s = json.loads((tmp_path / "healthy" / "summary.json").read_text())
     assert s["case"]["loading"]["displacement_mm"] == 0.1
     assert s["specimen"]["state"] == "healthy"

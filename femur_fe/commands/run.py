@@ -1,6 +1,7 @@
 """``femur-fe run CASE --mesh M | --ct CT --mask MASK | --bundled BONE -o DIR``: one load case, results on disk."""
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,10 @@ def register(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a case value by TOML key path, e.g. loading.adduction_deg=20")
     p.add_argument("--nonlinear", action="store_true", help="also run the nonlinear strength analysis")
+    p.add_argument("--qc", action=argparse.BooleanOptionalAction, default=True,
+                   help="write DIR/qc.png before the solve: the mesh coloured by modulus, the load and support "
+                        "regions, the caps (PyVista off-screen, under a second; skipped with a warning when it "
+                        "cannot render; default on)")
     p.add_argument("--check-mesh", action="store_true",
                    help="run again with elements 0.7x the size and report the change of stiffness and strength "
                         "(summary.json mesh_check; a warning beyond 5 %% / 10 %%)")
@@ -157,7 +162,8 @@ def run(args) -> int:
         args.nonlinear = True
     with output_folder(args.out, overwrite=args.overwrite, kind="run", inputs=input_files(specimen, args.case)) as tmp:
         res = run_case(case, specimen, subject=subject, nonlinear=args.nonlinear, out=None,
-                       progress=lambda line: print(f"  {line}", flush=True))
+                       progress=lambda line: print(f"  {line}", flush=True),
+                       qc=Path(tmp) / "qc.png" if args.qc else None)
         if args.check_mesh:
             check_mesh(case, specimen, res, subject=subject, nonlinear=args.nonlinear,
                        progress=lambda line: print(f"  {line}", flush=True))

@@ -20,8 +20,8 @@ next to the bone, a mask that is not a femur, a missing mask...) is a row with s
 ``failed`` and run again on the next run.
 
 Output folder: ``batch_results.csv`` and ``batch_results.json`` (one row per CT and bone),
-``runs/<case id>_<bone>/`` (the run folder of each bone: ``result.vtu``, ``summary.json``,
-``case.toml``) and ``sweep/`` (the engine's records: manifest, one part per finished task).
+``runs/<case id>_<bone>/`` (the run folder of each bone: ``qc.png``, ``result.vtu``,
+``summary.json``, ``case.toml``) and ``sweep/`` (the engine's records: manifest, one part per finished task).
 """
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ from ..diagnostics import merged
 from ..errors import FemurFeError, OutputError, SweepError
 from ..io.atomic import atomic_path, write_json_atomic
 from ..io.tables import plain
+from ..viz.qc import QC_NAME
 from .run import as_case, run, write_result
 from .sweep import SweepSpec, file_digest, register_task, run_sweep
 
@@ -217,13 +218,15 @@ def batch_task(inputs) -> dict[str, Any]:
     subject = Subject.from_dict(d["subject"] or None)
     try:
         specimen = Specimen.from_dict(table, source=f"batch {row['case_id']}")
-        res = run(case, specimen, subject=subject, nonlinear=settings["nonlinear"])
+        folder = ""
+        if settings["runs_dir"]:
+            folder = str(Path(settings["runs_dir"]) / f"{row['case_id']}_{row['bone']}")
+            Path(folder).mkdir(parents=True, exist_ok=True)
+        res = run(case, specimen, subject=subject, nonlinear=settings["nonlinear"],
+                  qc=Path(folder) / QC_NAME if folder else None)
     except FemurFeError as exc:   # a refused bone is a row with its reason
         return {"outcome": "refused", "reason": _one_line(exc)}
-    folder = ""
-    if settings["runs_dir"]:
-        folder = str(Path(settings["runs_dir"]) / f"{row['case_id']}_{row['bone']}")
-        Path(folder).mkdir(parents=True, exist_ok=True)
+    if folder:
         write_result(res, folder, nonlinear=settings["nonlinear"])
     s = res.summary()
     cal = s["material"].get("calibration") or {}
