@@ -60,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "verbose", 0) < 2:
         for name in ("distributed", "bokeh", "tornado"):
             logging.getLogger(name).setLevel(logging.WARNING)
+    if getattr(args, "verbose", 0) < 1:   # each bone's named warnings are in the table's warnings column
+        logging.getLogger("femur_fe").setLevel(logging.ERROR)
     scheduler = None if args.scheduler == "local" else args.scheduler
     calibration = None if args.calibration == "case" else args.calibration
     table = run_batch(args.folder, args.out, cases=args.case, bones=args.bone, calibration=calibration,
@@ -68,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
                       progress=not args.no_progress, timeout_s=args.timeout, runs=not args.no_runs)
     for line in format_table(table):
         print(line)
+    n_warned = sum(1 for w in table["warnings"] if isinstance(w, str) and w)
+    if n_warned:
+        print(f"{n_warned} rows with named warnings (column 'warnings' of the table; -v prints them as they occur)")
     counts = table["status"].value_counts().to_dict()
     print(f"{len(table)} rows: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "refused", "failed")))
     print(f"results: {args.out}/{TABLE_NAME}.csv, {args.out}/{TABLE_NAME}.json")
