@@ -78,6 +78,11 @@ def test_batch_on_the_clinical_ct_refuses_the_implant_and_resumes(shared_data, t
     assert l1["stiffness_N_per_mm"] == summary["stiffness_N_per_mm"] > 0
     assert l1["strength_linear_N"] == summary["strength_linear_N"] > 0
     assert l1["calibration"] == "internal" and l1["element_size_mm"] == 5.0
+    # the strengths that apply to a vertebra, side by side (summary.json "strengths")
+    assert l1["strength_apparent_strain_N"] == l1["strength_linear_N"]
+    assert l1["strength_pistoia_N"] == summary["strengths"]["pistoia"]["strength_N"] > 0
+    assert l1["strength_max_principal_strain_N"] is None
+    assert (out / "runs" / "example_vertebrae_L1" / "qc.png").is_file()
     assert l1["classification"] in ("fragile", "not fragile")
     assert (out / "runs" / "example_vertebrae_L1" / "case.toml").is_file()
     assert list(table["bone"]) == ["femur_left", "vertebrae_L1"]

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         print(line)
     n_warned = sum(1 for w in table["warnings"] if isinstance(w, str) and w)
     if n_warned:
-        print(f"{n_warned} rows with named warnings (column 'warnings' of the table; -v prints them as they occur)")
+        print(f"{n_warned} row{'s' if n_warned != 1 else ''} with named warnings (column 'warnings' of the table; -v prints them as they occur)")
     counts = table["status"].value_counts().to_dict()
     print(f"{len(table)} rows: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "refused", "failed")))
     print(f"results: {args.out}/{TABLE_NAME}.csv, {args.out}/{TABLE_NAME}.json")

@@ -19,6 +19,12 @@ next to the bone, a mask that is not a femur, a missing mask...) is a row with s
 ``refused`` and the one-line reason, not a failure of the batch. Rows whose task crashed are
 ``failed`` and run again on the next run.
 
+Each row holds the case id, the bone, the status (``ok``, ``refused``, ``failed``) and its reason,
+the stiffness (N/mm), the linear strength of the case's criterion and the other strengths that
+apply (:mod:`femur_fe.analysis.strengths`: Pistoia, principal strain for a femur, apparent strain
+for a vertebra; N), the nonlinear strength when run, the factor of risk and the classification
+when a subject is given, the integral vBMD, the mesh, the calibration and the named warnings.
+
 Output folder: ``batch_results.csv`` and ``batch_results.json`` (one row per CT and bone),
 ``runs/<case id>_<bone>/`` (the run folder of each bone: ``qc.png``, ``result.vtu``,
 ``summary.json``, ``case.toml``) and ``sweep/`` (the engine's records: manifest, one part per finished task).
@@ -56,7 +62,8 @@ DEFAULT_CASES = ("sideways_fall", "vertebral_compression")
 TABLE_NAME = "batch_results"
 #: columns of the results table, in order
 COLUMNS = ("case_id", "bone", "status", "reason", "load_case", "stiffness_N_per_mm", "strength_linear_N",
-           "criterion", "strength_nonlinear_N", "strength_used", "factor_of_risk", "classification",
+           "criterion", "strength_pistoia_N", "strength_max_principal_strain_N", "strength_apparent_strain_N",
+           "strength_nonlinear_N", "strength_used", "factor_of_risk", "classification",
            "integral_vbmd_mg_cm3", "n_elements", "element_size_mm", "calibration", "warnings", "run_folder")
 _NAME = "femur_fe_batch"
 
@@ -236,6 +243,8 @@ def batch_task(inputs) -> dict[str, Any]:
         "stiffness_N_per_mm": res.stiffness_N_per_mm,
         "strength_linear_N": s.get("strength_linear_N"),
         "criterion": res.linear.criterion,
+        **{f"strength_{k}_N": (s["strengths"].get(k) or {}).get("strength_N")
+           for k in ("pistoia", "max_principal_strain", "apparent_strain")},
         "strength_nonlinear_N": s.get("strength_nonlinear_N"),
         "strength_used": s.get("strength_used"),
         "factor_of_risk": s.get("factor_of_risk"),
