@@ -83,6 +83,8 @@ def test_batch_on_the_clinical_ct_refuses_the_implant_and_resumes(shared_data, t
     assert l1["strength_pistoia_N"] == summary["strengths"]["pistoia"]["strength_N"] > 0
     assert l1["strength_max_principal_strain_N"] is None
     assert (out / "runs" / "example_vertebrae_L1" / "qc.png").is_file()
+    assert not (out / "runs" / "example_femur_left").exists()     # refused before any model was built
+    assert isinstance(l1["n_elements"], int)
     assert l1["classification"] in ("fragile", "not fragile")
     assert (out / "runs" / "example_vertebrae_L1" / "case.toml").is_file()
     assert list(table["bone"]) == ["femur_left", "vertebrae_L1"]

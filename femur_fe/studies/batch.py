@@ -232,6 +232,8 @@ def batch_task(inputs) -> dict[str, Any]:
         res = run(case, specimen, subject=subject, nonlinear=settings["nonlinear"],
                   qc=Path(folder) / QC_NAME if folder else None)
     except FemurFeError as exc:   # a refused bone is a row with its reason
+        if folder and not any(Path(folder).iterdir()):
+            Path(folder).rmdir()   # refused before anything was drawn (a QC picture drawn is kept)
         return {"outcome": "refused", "reason": _one_line(exc)}
     if folder:
         write_result(res, folder, nonlinear=settings["nonlinear"])
@@ -328,7 +330,9 @@ def results_table(sweep_table) -> Any:
     df = pd.DataFrame.from_records(recs, columns=list(COLUMNS))
     df = df.sort_values(["case_id", "bone"], kind="stable").reset_index(drop=True)
     df = df.astype(object)
-    return df.where(df.notna(), None)
+    df = df.where(df.notna(), None)
+    df["n_elements"] = [None if v is None else int(v) for v in df["n_elements"]]
+    return df
 
 
 def run_batch(folder: str | os.PathLike, out: str | os.PathLike, *, cases=None, bones: Sequence[str] | None = None,
