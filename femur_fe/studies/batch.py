@@ -331,7 +331,8 @@ def results_table(sweep_table) -> Any:
     df = df.sort_values(["case_id", "bone"], kind="stable").reset_index(drop=True)
     df = df.astype(object)
     df = df.where(df.notna(), None)
-    df["n_elements"] = [None if v is None else int(v) for v in df["n_elements"]]
+    df["n_elements"] = pd.Series([None if v is None else int(v) for v in df["n_elements"]], index=df.index,
+                                 dtype=object)
     return df
 
 
