@@ -18,6 +18,7 @@ from ..fe.recovery import node_average, strain, stress
 from ..io import write_json_atomic, write_mesh
 from ..io.results import write_fe_model
 from .risk import summary_fields
+from .strengths import strengths
 
 log = logging.getLogger(__name__)
 
@@ -73,14 +74,17 @@ class Result:
 
     def evaluate_strength(self, criterion=None):
         """Linear strength with the case's (or the given) failure criterion; fills ``linear``."""
-        crit = criterion or self.case.failure.build()
-        self.linear = crit.linear_strength(abs(self.load_force_N), self.mesh, strain=self.strain,
-                                           young=self.model.young, stress=self.stress, density=self.model.density,
-                                           strain_nodal=self.strain_nodal, bc_nodes=self.bc_nodes,
-                                           density_type=self.model.density_type,
-                                           plate_displacement_mm=self.plate_displacement_mm, height_mm=self.height_mm)
+        self.linear = self.evaluate_criterion(criterion or self.case.failure.build())
         self._update_summary()
         return self.linear
+
+    def evaluate_criterion(self, crit):
+        """Linear strength of any failure criterion on this solution (``linear`` is left as it is)."""
+        return crit.linear_strength(abs(self.load_force_N), self.mesh, strain=self.strain,
+                                    young=self.model.young, stress=self.stress, density=self.model.density,
+                                    strain_nodal=self.strain_nodal, bc_nodes=self.bc_nodes,
+                                    density_type=self.model.density_type,
+                                    plate_displacement_mm=self.plate_displacement_mm, height_mm=self.height_mm)
 
     def _update_summary(self, *, impact=None) -> None:
         subj = self.subject
@@ -135,6 +139,7 @@ class Result:
         s.update(self.strength_summary)
         if self.linear is not None:
             s["strength_linear_detail"] = self.linear.to_dict()
+            s["strengths"] = strengths(self)
         if self.subject is not None:
             s["subject"] = self.subject.to_dict()
         if self.nonlinear is not None:

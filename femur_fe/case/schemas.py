@@ -21,6 +21,7 @@ from ..io.tables import MISSING, SCHEMA, KeySpec, Table
 from ..therapy.scenarios import OPERATOR_TYPES
 from .comparison import load_comparison
 from .loadcase import DIRECTIONS, REGION_KINDS, load_case
+from .runfile import load_run_file
 from .presets import loadcases_dir
 from .scenarios import load_scenarios
 
@@ -182,6 +183,7 @@ def exercise() -> None:
     for path in sorted((root / "scenarios").glob("*.toml")):
         load_comparison(path)
         load_scenarios(path, allow_other_keys=True)
+    load_run_file({"case": {"schema_version": 1}, "bone": {"bundled": "femur"}, "subject": {"sex": "female"}})
     _record_operators()
 
 

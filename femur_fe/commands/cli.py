@@ -17,6 +17,7 @@ import sys
 from .._version import __version__
 from ..errors import FemurFeError
 from . import (
+    batch,
     check,
     compare,
     demo,
@@ -32,7 +33,7 @@ from . import (
 )
 
 #: subcommand modules in help order
-COMMANDS = (demo, info, make_bone, mesh, check, regions, run, compare, sweep, view, export, verify)
+COMMANDS = (demo, info, make_bone, mesh, check, regions, run, compare, sweep, batch, view, export, verify)
 
 
 def build_parser() -> argparse.ArgumentParser:

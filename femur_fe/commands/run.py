@@ -1,6 +1,7 @@
 """``femur-fe run CASE --mesh M | --ct CT --mask MASK | --bundled BONE -o DIR``: one load case, results on disk."""
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -9,8 +10,10 @@ from typing import Any
 import tomllib
 
 from ..analysis.risk import SUBJECT_INPUTS
+from ..analysis.strengths import format_strengths
 from ..analysis.subject import Subject
 from ..bone.specimen import MESH_TYPES, UNITS, Specimen
+from ..case.runfile import is_run_file, load_run_file
 from ..diagnostics import merged
 from ..errors import LoadCaseError
 from ..io.outdir import output_folder, write_or_fallback
@@ -18,6 +21,7 @@ from ..io.toml_io import read_toml
 from ..studies.meshcheck import check_mesh, format_mesh_check
 from ..studies.run import as_case, case_for
 from ..studies.run import run as run_case
+from ..studies.run import write_result
 
 #: [bone] keys and the options that set them
 BONE_OPTIONS = {"bundled": "--bundled", "state": "--state", "mesh": "--mesh", "ct": "--ct", "ct_unit": "--ct-unit",
@@ -78,7 +82,8 @@ def specimen_from_args(args, case=None) -> Specimen:
 def register(sub) -> None:
     p = sub.add_parser("run", help="run a load case on a bone (bundled, mesh or surface, CT + mask)",
                        description="Run a load case: writes DIR/result.vtu and DIR/summary.json.")
-    p.add_argument("case", help="load-case TOML file or preset name (e.g. sideways_fall)")
+    p.add_argument("case", help="load-case TOML file or preset name (e.g. sideways_fall), or the case.toml of a "
+                                "run folder (runs it again: its bone and subject unless options replace them)")
     add_bone_arguments(p)
     p.add_argument("--out", "-o", required=True, help="output folder (written whole: an existing one is refused "
                                                       "unless --overwrite)")
@@ -87,6 +92,10 @@ def register(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a case value by TOML key path, e.g. loading.adduction_deg=20")
     p.add_argument("--nonlinear", action="store_true", help="also run the nonlinear strength analysis")
+    p.add_argument("--qc", action=argparse.BooleanOptionalAction, default=True,
+                   help="write DIR/qc.png before the solve: the mesh coloured by modulus, the load and support "
+                        "regions, the caps (PyVista off-screen, under a second; skipped with a warning when it "
+                        "cannot render; default on)")
     p.add_argument("--check-mesh", action="store_true",
                    help="run again with elements 0.7x the size and report the change of stiffness and strength "
                         "(summary.json mesh_check; a warning beyond 5 %% / 10 %%)")
@@ -186,15 +195,25 @@ def input_files(specimen: Specimen, case_arg: str | None = None) -> list[Path]:
 
 
 def run(args) -> int:
-    case, specimen = case_and_specimen(args)
-    subject = subject_from_args(args)
+    again = load_run_file(args.case) if is_run_file(args.case) else None
+    bone_given = args.bone or args.density is not None or any(
+        getattr(args, opt[2:].replace("-", "_")) is not None for opt in BONE_OPTIONS.values())
+    if again is not None and not bone_given:
+        specimen = again.specimen
+        case = case_with_sets(args.case, args.set, specimen)
+    else:
+        case, specimen = case_and_specimen(args)
+    subject = subject_from_args(args) or (again.subject if again is not None else None)
+    if again is not None and again.nonlinear:
+        args.nonlinear = True
     with output_folder(args.out, overwrite=args.overwrite, kind="run", inputs=input_files(specimen, args.case)) as tmp:
         res = run_case(case, specimen, subject=subject, nonlinear=args.nonlinear, out=None,
-                       progress=lambda line: print(f"  {line}", flush=True))
+                       progress=lambda line: print(f"  {line}", flush=True),
+                       qc=Path(tmp) / "qc.png" if args.qc else None)
         if args.check_mesh:
             check_mesh(case, specimen, res, subject=subject, nonlinear=args.nonlinear,
                        progress=lambda line: print(f"  {line}", flush=True))
-        write_or_fallback(res.write, tmp)
+        write_or_fallback(lambda d: write_result(res, d, nonlinear=args.nonlinear), tmp)
     out = Path(args.out)
     s = res.summary()
     print(f"{s['case_name']}: {s['n_elements']} elements, {s['n_dofs']} DOFs, solver {s['solver']['method']} "
@@ -210,7 +229,8 @@ def run(args) -> int:
     for reg, f in s["reaction_forces_N"].items():
         print(f"  reaction {reg:<18s} [{f[0]:9.1f} {f[1]:9.1f} {f[2]:9.1f}] N")
     crit = s.get("criterion") or {}
-    print(f"  linear strength     {s['strength_linear_N']:10.1f} N  ({crit.get('name')}: {crit.get('parameters')})")
+    params = ", ".join(f"{k} {v}" for k, v in (crit.get("parameters") or {}).items())
+    print(f"  linear strength     {s['strength_linear_N']:10.1f} N  ({crit.get('name')}{': ' + params if params else ''})")
     if s.get("strength_nonlinear_N") is not None:
         nls = s.get("nonlinear") or {}
         how = "peak of the curve"
@@ -221,6 +241,10 @@ def run(args) -> int:
         print(f"  nonlinear strength  {s['strength_nonlinear_N']:10.1f} N  ({how})")
     elif args.nonlinear:
         print("  nonlinear strength  not reached (see summary.json 'nonlinear': the last converged step is kept)")
+    if len(s.get("strengths") or {}) > 1:
+        print("  strengths (summary.json \"strengths\"):")
+        for line in format_strengths(s["strengths"]):
+            print(f"    {line}")
     if s.get("factor_of_risk") is not None:
         print(f"  factor of risk      {s['factor_of_risk']:10.2f}")
     c = s.get("classification")
@@ -236,5 +260,6 @@ def run(args) -> int:
     if s.get("mesh_check"):
         print(f"  {format_mesh_check(s['mesh_check'])}")
     print_warnings(res.warnings)
-    print(f"  written: {out / 'result.vtu'}, {out / 'summary.json'}", file=sys.stdout)
+    print(f"  written: {out / 'result.vtu'}, {out / 'summary.json'}, {out / 'case.toml'} (runs again: "
+          f"femur-fe run {out / 'case.toml'} -o OUT)", file=sys.stdout)
     return 0

@@ -30,6 +30,7 @@ from ..therapy.sensitivity import AnalysisSensitivity
 from ..viz.report import write_comparison_report
 from .run import prepare_run
 from .run import solve as solve_run
+from .run import write_result
 
 log = logging.getLogger(__name__)
 
@@ -349,7 +350,7 @@ def compare_in(spec: ComparisonSpec | str | os.PathLike, out: str | os.PathLike,
     s_scale = _strength(base, False) / sens.strength_N if sens.strength_N > 0 else 0.0
     zones, zone_of = anatomical_zones(an.frame, mesh, case.bone)
     cortical = (model.qct_density if model.qct_density is not None else model.density) >= 0.35
-    base.write(out / "baseline")
+    write_result(base, out / "baseline", nonlinear=spec.nonlinear)   # with case.toml: the baseline runs again
     tick(f"baseline: strength {_strength(base, spec.nonlinear):.0f} N, stiffness {base.stiffness_N_per_mm:.0f} N/mm")
     records = []
     extras: dict[str, dict] = {"baseline": {"trabecular_vbmd_mg_cm3": model.trabecular_vbmd_mg_cm3()}}

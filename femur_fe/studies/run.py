@@ -22,7 +22,9 @@ from ..bone.model import Model
 from ..bone.specimen import Specimen
 from ..case.loadcase import LoadCase, load_case
 from ..case.presets import resolve_case_path
+from ..case.runfile import is_run_file, load_run_file, write_run_file
 from ..io.outdir import check_output_dir, output_folder, write_or_fallback
+from ..viz.qc import write_qc_picture
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +32,16 @@ Progress = Callable[[str], None]
 
 
 def as_case(case: LoadCase | str | os.PathLike | Mapping[str, Any], base: Path | None = None) -> LoadCase:
-    """A load case from a LoadCase, a TOML path, a preset name (``"sideways_fall"``) or a dict."""
+    """A load case from a LoadCase, a TOML path, a preset name (``"sideways_fall"``), a run file
+    (``case.toml`` of a run folder: its ``[case]``) or a dict."""
     if isinstance(case, LoadCase):
         return case
     if isinstance(case, Mapping):
         return load_case(case)
-    return load_case(resolve_case_path(case, base))
+    path = resolve_case_path(case, base)
+    if is_run_file(path):
+        return load_run_file(path).case
+    return load_case(path)
 
 
 def as_specimen(bone: Specimen | Mapping[str, Any], base: Path | None = None) -> Specimen:
@@ -110,7 +116,7 @@ def solve(prep: Prepared, *, model: Model | None = None, subject: Subject | None
 
 def run(case: LoadCase | str | os.PathLike | Mapping[str, Any], specimen: Specimen | Mapping[str, Any] | Model, *,
         subject: Subject | None = None, nonlinear: bool = False, out: str | os.PathLike | None = None,
-        overwrite: bool = False, progress: Progress | None = None) -> Result:
+        overwrite: bool = False, progress: Progress | None = None, qc: str | os.PathLike | None = None) -> Result:
     """Run one load case on one bone and return the complete :class:`Result`.
 
     Parameters
@@ -124,6 +130,9 @@ def run(case: LoadCase | str | os.PathLike | Mapping[str, Any], specimen: Specim
         whole (:func:`femur_fe.io.outdir.output_folder`)
     overwrite : replace an existing output folder written by femur_fe (else it is refused)
     progress : called with one line per stage (the CLI prints them); default: logging
+    qc : PNG path of a picture of the prepared model (mesh coloured by modulus, regions, caps,
+        load), written before the solve (:func:`femur_fe.viz.qc.write_qc_picture`; skipped with
+        a logged warning when PyVista cannot render)
 
     Named warnings of every stage are in ``Result.warnings`` (and ``summary.json``).
     """
@@ -131,11 +140,21 @@ def run(case: LoadCase | str | os.PathLike | Mapping[str, Any], specimen: Specim
         check_output_dir(out, overwrite=overwrite)
     say = _say(progress, time.perf_counter())
     prep = prepare_run(case, specimen, progress=say)
+    if qc is not None and write_qc_picture(prep.analysis, qc) is not None:
+        say(f"QC picture: {Path(qc).name}")
     res = solve(prep, subject=subject, nonlinear=nonlinear, progress=say)
     if out is not None:
         with output_folder(out, overwrite=overwrite) as tmp:
-            write_or_fallback(res.write, tmp)
+            write_or_fallback(lambda d: write_result(res, d, nonlinear=nonlinear), tmp)
     return res
+
+
+def write_result(res: Result, folder: str | os.PathLike, *, nonlinear: bool | None = None) -> Path:
+    """Write a run folder: ``result.vtu``, ``summary.json``, ``fe_model.json`` (:meth:`Result.write`)
+    and ``case.toml``, the run file that runs it again (:mod:`femur_fe.case.runfile`)."""
+    out = res.write(folder)
+    write_run_file(res, out, nonlinear=nonlinear)
+    return out
 
 
 def _say(progress: Progress | None, t0: float) -> Progress:
