@@ -486,7 +486,11 @@ class Specimen:
                 mesh = hexmesh_from_mask(*subdivide_mask(mask, geom, int(round(spacing / size))))
             say(f"voxel mesh of {files['mask'].name}: {mesh.n_cells} hexahedra of {size:.3g} mm")
         else:
-            mesh = _tetmesh(surface_from_mask(mask, geom.affine), size, files["mask"].name)
+            # meshed in the image's own frame (voxel axes in mm) and then placed in the world, so that
+            # the mesh does not depend on where the scan puts the bone (moved, rotated or mirrored)
+            local = np.diag([*np.asarray(geom.spacing, dtype=float), 1.0])
+            mesh = _tetmesh(surface_from_mask(mask, local), size, files["mask"].name)
+            mesh = mesh.transformed(np.asarray(geom.direction, dtype=float), geom.origin)
             say(f"meshed {files['mask'].name}: {mesh.n_cells} tetrahedra at {size:g} mm")
         return mesh
 
