@@ -371,7 +371,7 @@ class MaxPrincipalStrain(FailureCriterion):
     negative ``eps3`` count. Failure when the first node (or element) reaches risk 1.
 
     Defaults ``tension = 0.0073``, ``compression = 0.0104`` are the Bayraktar 2004 tissue
-    yield strains adopted by Schileo 2014 **[V]** (biomechanics.md 2.2, 1.3).
+    yield strains adopted by Schileo et al. 2014, J Biomech 47:3531 **[V]**.
 
     Parameters
     ----------
@@ -415,7 +415,7 @@ class MaxPrincipalStrain(FailureCriterion):
 
 
 # Morgan & Keaveny 2001 site-mean apparent compressive yield strains of trabecular bone,
-# as listed in biomechanics.md 1.3 [M] (memory, not verified against the paper).
+# (Morgan & Keaveny 2001, J Biomech 34:569) [M]: not verified against the paper.
 SITE_COMPRESSIVE_YIELD_STRAIN: dict[str, float] = {
     "vertebra": 0.0077,
     "proximal_tibia": 0.0073,
@@ -427,12 +427,12 @@ SITE_COMPRESSIVE_YIELD_STRAIN: dict[str, float] = {
 class SiteYieldStrain(MaxPrincipalStrain):
     """Principal-strain criterion with site-specific trabecular yield strains.
 
-    Compression limits are the Morgan & Keaveny 2001 site means listed in biomechanics.md
-    1.3, tagged **[M]** (from memory, unverified): vertebra 0.77 %, proximal tibia 0.73 %,
-    greater trochanter 0.70 %, femoral neck 0.85 %. Morgan et al. 2004 **[V]** found that
+    Compression limits are the Morgan & Keaveny 2001 (J Biomech 34:569) site means,
+    **[M]** (not verified against the paper): vertebra 0.77 %, proximal tibia 0.73 %,
+    greater trochanter 0.70 %, femoral neck 0.85 %. Morgan et al. 2004 (J Biomech 37:1413) **[V]** found that
     apparent yield strains differ across sites in compression but not in tension; no
     verified tensile value is available, so ``tension`` must be given explicitly
-    (biomechanics.md quotes the range 0.61-0.75 % [M]).
+    (0.61-0.75 % is the range quoted for Morgan & Keaveny 2001 [M]).
 
     Parameters
     ----------
@@ -555,9 +555,9 @@ class DensityYieldStress(FailureCriterion):
     """Stress criterion with a density-dependent yield stress ``sigma_y = a + b rho^c``.
 
     Default: Kopperdahl et al. 2002 vertebral trabecular bone, ``sigma_y = -0.750 + 24.9
-    rho`` (MPa, rho in g/cm^3 QCT-equivalent density) **[V-code]** (biomechanics.md 1.2,
+    rho`` (MPa, rho in g/cm^3 QCT-equivalent density) **[V-code]** (Kopperdahl, Morgan & Keaveny 2002, J Orthop Res 20:801, as in a
     qctma-style MechanicalLaw file; the primary paper was not read, and Ogo attributes a
-    different power form to the same paper, see biomechanics.md 8.5).
+    different power form to the same paper).
 
     ``risk_e = demand_e / sigma_y(rho_e)`` with the demand
 

@@ -1,7 +1,7 @@
 """Cell-population models of bone remodeling used as therapy-driven density drivers.
 
 :class:`Komarova2003` is the osteoclast/osteoblast population ODE of Komarova et al. 2003
-(Bone 33:206, PMID 14499354; BioModels BIOMD0000000148), see biomechanics.md 4.3:
+(Bone 33:206, PMID 14499354; BioModels BIOMD0000000148):
 
 .. math::
 
@@ -142,7 +142,7 @@ class CellTrajectory:
 class Komarova2003:
     """Komarova et al. 2003 osteoclast/osteoblast/bone-mass ODE (time in days).
 
-    Defaults are the published parameters (BioModels BIOMD0000000148, biomechanics.md 4.3):
+    Defaults are the published parameters (Komarova et al. 2003, Bone 33:206; BioModels BIOMD0000000148):
     α1=3, α2=4, β1=0.2, β2=0.02, g11=0.5, g21=−0.5, g12=1, g22=0, k1=0.24, k2=0.0017.
     """
 

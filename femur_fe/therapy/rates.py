@@ -1,6 +1,6 @@
 """Fit remodeling rate parameters to published treatment trajectories of FE strength.
 
-Target (biomechanics.md 4.4 [V]): Keaveny et al. 2014 JBMR (FREEDOM, doi 10.1002/jbmr.2024),
+Target [V]: Keaveny et al. 2014, J Bone Miner Res 29:158 (FREEDOM, doi 10.1002/jbmr.2024),
 hip FE strength vs baseline: denosumab +5.3 % at 12 months and +8.6 % at 36 months, placebo
 -5.6 % at 36 months (:data:`KEAVENY2014_HIP`).
 

@@ -8,7 +8,7 @@ Rate law per element (time in months, density rho in g/cm^3)::
             + (F(x,t) f0 - R(x,t) r0) rho              basal turnover + baseline loss
 
 * S = U/rho: strain energy density per unit mass (Weinans et al. 1992 J Biomech 25:1425;
-  Huiskes family, biomechanics.md 4.1), averaged over the load cases with weights n_i
+  the strain-energy-density family of Huiskes et al. 1987, J Biomech 20:1135), averaged over the load cases with weights n_i
   (e.g. daily cycles). U_i is the element's mean SED, 0.5 u_e^T K_e u_e / V_e.
 * k: reference stimulus, a number (J/g) or ``"initial"`` = each element's own stimulus at
   t = 0 (site-specific homeostasis: the untreated mechanics are in equilibrium and only
@@ -24,7 +24,7 @@ Rate law per element (time in months, density rho in g/cm^3)::
   lambda = -ln(1 - p)/12 the continuous monthly rate of a net annual loss fraction p =
   ``baseline_loss_per_year``. Without therapy and mechanics rho(t) = rho0 (1 - p)^(t/12),
   the same compounding as the ``annual_change`` scenario operator. SWAN
-  early-postmenopausal rates (Greendale 2012, biomechanics.md 4.6 [V]): hip 1.0-1.4 %/yr,
+  early-postmenopausal rates (Greendale et al. 2012, J Bone Miner Res 27:111) [V]: hip 1.0-1.4 %/yr,
   spine 1.8-2.3 %/yr; presets in :data:`BASELINE_LOSS_PRESETS`.
 * F, R: osteoblast/osteoclast activity factors of the therapies, ``1 + (factor - 1) w(x)``
   with w a spatial weight in [0, 1] (global, or the footprint of a scenario operator),
@@ -36,7 +36,7 @@ Numerics
 * Node-based stimulus smoothing (``smoothing="node"``, default): element stimuli are
   averaged to the nodes (volume-weighted) and back to the elements (mean of the corner
   nodes), the node-based approach that avoids checkerboards (Jacobs et al. 1995; Mullender
-  et al. 1994 spatial influence; Garzón-Alvarado et al. 2011, biomechanics.md 4.1).
+  et al. 1994 spatial influence; Garzón-Alvarado et al. 2011, Rev Cubana Invest Biomed).
   ``smoothing="element"`` uses the raw element stimulus (checkerboards appear).
 * Explicit Euler in months with a stability check: if a step would change some density
   by more than ``max_step_change_g_cm3``, the step is split in halves (each re-solving the
@@ -73,7 +73,7 @@ from ..fe.topology import boundary_faces
 
 log = logging.getLogger(__name__)
 
-#: annual fractional BMD loss presets (SWAN, Greendale 2012 JBMR 27:111, biomechanics.md 4.6 [V];
+#: annual fractional BMD loss presets (SWAN, Greendale et al. 2012, J Bone Miner Res 27:111 [V];
 #: midpoints of hip 1.0-1.4 %/yr and spine 1.8-2.3 %/yr)
 BASELINE_LOSS_PRESETS: dict[str, float] = {"postmenopausal_hip": 0.012, "postmenopausal_spine": 0.020}
 
@@ -705,7 +705,7 @@ class RemodelingModel:
 
 # ============================================================================ Weinans plate
 def weinans_plate(n: int = 20, *, smoothing: str = "node") -> tuple[Mesh, BoundaryConditions, RemodelingParameters, Callable]:
-    """The Weinans 1992 plate benchmark as a thin 3-D hex slab (biomechanics.md 4.1).
+    """The Weinans 1992 plate benchmark (Weinans, Huiskes & Grootenboer 1992, J Biomech 25:1425) as a thin 3-D hex slab.
 
     1 x 1 plate, ``n`` x ``n`` cubic hex8 elements, one element thick (thickness 1/n);
     set-up of Pympo (lunabrun/Pympo ``utils/bc.py``, ``utils/inp.py`` [V-code]): bottom

@@ -45,11 +45,11 @@ further: a scenario does not rewrite the measured state. ``upper`` is the densit
 fully dense cortical bone:
 
 * apparent: **2.0 g/cm^3** (Beaupré, Orr & Carter 1990 use rho_max ≈ 2.0 g/cm^3;
-  biomechanics.md 4.2, tagged [M]; cortical apparent density is ≈ 1.8-2.0 g/cm^3);
+  J Orthop Res 8:651, not checked against the paper; cortical apparent density is ≈ 1.8-2.0 g/cm^3);
 * ash: **1.2 g/cm^3** = 0.6 x 2.0 with the ash/apparent ratio 0.598 of Schileo et al. 2008
-  (biomechanics.md 1.1 [V]);
+  (J Biomech 41:2483) [V];
 * qct: **1.2 g/cm^3**, the ash bound (QCT-equivalent mineral density is close to ash
-  density, Schileo 2008 R² = 0.997 but not identical; biomechanics.md 1.1).
+  density, Schileo 2008 R² = 0.997 but not identical).
 
 Time
 ----
@@ -92,7 +92,7 @@ _ABS_MAX = max(DENSITY_UPPER_BOUND.values())
 KNOWN_LANDMARKS = ("femoral_head_centre", "femoral_neck_centre", "intertrochanteric",
                    "vertebral_body_centre")
 
-#: SWAN early-postmenopausal annual BMD loss, %/yr (Greendale 2012, biomechanics.md 4.6 [V]):
+#: SWAN early-postmenopausal annual BMD loss, %/yr (Greendale et al. 2012, J Bone Miner Res 27:111) [V]:
 #: hip 1.0-1.4 %/yr (midpoint 1.2), spine 1.8-2.3 %/yr (rounded midpoint 2.0).
 ANNUAL_CHANGE_PRESETS: dict[str, float] = {
     "postmenopausal_hip": -1.2,
@@ -719,7 +719,7 @@ class AnnualChange(Operator):
     (``compartment`` with ``cortical_threshold_g_cm3`` or ``cortical_cell_set``). Give
     ``percent_per_year`` or a ``preset``: ``postmenopausal_hip`` (-1.2 %/yr) or
     ``postmenopausal_spine`` (-2.0 %/yr), SWAN early-postmenopausal BMD loss (Greendale et
-    al. 2012 JBMR 27:111; hip 1.0-1.4 %/yr, spine 1.8-2.3 %/yr; biomechanics.md 4.6 [V]).
+    al. 2012 JBMR 27:111; hip 1.0-1.4 %/yr, spine 1.8-2.3 %/yr) [V].
     Drug effects (e.g. an antiresorptive) have no preset: they are scenario assumptions,
     or fitted with :mod:`femur_fe.therapy.rates`.
     """

@@ -13,7 +13,7 @@ Measures (one load case, see :class:`StrengthProblem`):
   factorisation). Under displacement control F/delta is the whole-bone stiffness.
 * **compliance** C = f^T u under force control: dC/drho_e = -E'_e u_e^T K̂_e u_e.
 * **risk** of the asymmetric max-principal-strain criterion (Schileo 2008/2014:
-  RF = max(eps1/eps_t, -eps3/eps_c), biomechanics.md 2.2) with element-centroid strains.
+  RF = max(eps1/eps_t, -eps3/eps_c), Schileo et al. 2014, J Biomech 47:3531) with element-centroid strains.
   Its maximum over elements is not differentiable, so a smooth p-norm aggregate is used::
 
       R_p = ( sum_e in I  [ (eps1_e/eps_t)_+^p + (-eps3_e/eps_c)_+^p ] )^(1/p)
