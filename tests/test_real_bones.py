@@ -1,7 +1,7 @@
 """A reduced run of benchmarks/real_bones.py on the shared real data: the clinical L3 (HU CT,
 TotalSegmentator mask, internal calibration, default element size) and the femur STL with its
 stated density at 5 mm, each through the command line in a fresh process, checked against the
-published ranges of the issue's acceptance."""
+published ranges of femoral and vertebral strength and stiffness (benchmarks/real_bones.py)."""
 from __future__ import annotations
 
 import importlib.util

@@ -157,7 +157,7 @@ def test_lame_l2_convergence_rate(cell_type, order):
         h.append(r["h_mm"])
         err.append(r["l2_error"])
     rate = np.polyfit(np.log(h), np.log(err), 1)[0]
-    # measured 1.92 (tet4) and 3.14 (tet10); the task's band is +-0.15 around p + 1
+    # measured 1.92 (tet4) and 3.14 (tet10); +-0.15 around p + 1 separates the orders
     assert abs(rate - order) <= 0.15
     assert err[-1] < {"tetra": 3e-3, "tetra10": 5e-6}[cell_type]  # absolute bound on the finest mesh
 
