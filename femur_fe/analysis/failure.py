@@ -1,45 +1,11 @@
 """Failure criteria and linear strength.
 
-A criterion turns the fields of one *linear* solution into a **risk field** = demand /
-capacity (per element, and per node where the criterion is node based). Because the
-model is linear, every risk value scales with the applied load, so the load at which
-the criterion is first met is::
+A criterion turns the fields of one linear solution into a risk field (demand / capacity,
+per element or per node); the load at which the largest risk reaches 1 is the linear
+strength. Criteria are registered by name for load-case ``[failure]`` tables.
 
-    strength_N = load_force_N / governing_risk
-
-where ``governing_risk`` is the maximum risk (max-type criteria) or the risk at a
-critical volume percentile (Pistoia). ``load_force_N`` is the reaction force at the
-loaded region projected on the load direction (N, positive).
-
-Criteria (select by name with :func:`failure_criterion`, e.g. from the load case
-``[failure]`` table):
-
-========================  ==========================================================
-name                      class
-========================  ==========================================================
-``max_principal_strain``  :class:`MaxPrincipalStrain` (Schileo 2008/2014), alias ``schileo``
-``pistoia``               :class:`Pistoia` (Pistoia 2002 as in n88tools)
-``density_yield_stress``  :class:`DensityYieldStress` (Kopperdahl 2002 default), alias
-                          ``kopperdahl2002``
-``site_yield_strain``     :class:`SiteYieldStrain` (Morgan & Keaveny 2001 site means)
-``apparent_strain``       :class:`ApparentStrain` (whole-body apparent strain, Crawford 2003
-                          stiffness x height), alias ``crawford2003``
-========================  ==========================================================
-
-Strain limits are **fractions** (0.0073, not 0.73 %); a value that looks like a
-percentage is rejected with a message saying so.
-
-Excluding boundary-condition artefacts
---------------------------------------
-Nodes where loads or supports are applied carry stress concentrations that are
-artefacts of the idealised boundary conditions. Max-type criteria therefore exclude,
-by default, the nodes of the loaded and support regions (``exclude_nodes="bc"``): the
-caller passes their ids as ``bc_nodes`` (the pipeline passes the union of the load-case
-regions). Other options: ``"none"``, or a list of node-set names of the mesh.
-``exclude_margin_mm`` widens the excluded zone to all nodes within that distance.
-Element-based evaluation drops every element that touches an excluded node.
-Independently, ``include_elements`` (bool mask or ids) restricts the evaluation to bone
-elements, e.g. to leave out PMMA caps.
+The method in full (equations, parameters, choices, sources): ``docs/strength.md``, section
+``femur_fe.analysis.failure``.
 """
 from __future__ import annotations
 
@@ -378,7 +344,7 @@ class MaxPrincipalStrain(FailureCriterion):
     tension, compression : positive strain limits (fractions)
     at : ``"node"`` (Schileo: principal strains of the volume-weighted nodal strain
         tensor) or ``"element"`` (centroid strains)
-    exclude_nodes, exclude_margin_mm : see the module docstring (default ``"bc"``)
+    exclude_nodes, exclude_margin_mm : see ``docs/strength.md`` (default ``"bc"``)
     """
 
     name = "max_principal_strain"
@@ -575,7 +541,7 @@ class DensityYieldStress(FailureCriterion):
     density_type : the density definition the law expects (checked against the model's
         density type when the caller passes it)
     demand : ``"compressive_principal"`` or ``"von_mises"``
-    exclude_nodes, exclude_margin_mm : see module docstring (default ``"bc"``)
+    exclude_nodes, exclude_margin_mm : see ``docs/strength.md`` (default ``"bc"``)
     """
 
     name = "density_yield_stress"

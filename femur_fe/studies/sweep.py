@@ -8,29 +8,8 @@ a plain dict) plus *parameters* addressed by their TOML key path (``material.a_m
 parameters are expanded into tasks as a full ``grid``, ``random`` samples, a Latin
 hypercube (``lhs``, :class:`scipy.stats.qmc.LatinHypercube`) or an explicit ``list``.
 
-Every task has a stable id: a hash of its *resolved* inputs (the full case after the
-parameter values are applied, the content hash of the mesh file, the state, the resolved
-scenario and the task function name), so a re-run recognises finished work even if the
-spec is reordered or extended.
-
-The default task (:func:`pipeline_task`) runs one load case through
-:mod:`femur_fe.analysis.prepare`; tasks that share a density field (same bone, state, scenario,
-material) share the prepared analysis and its factorisation/AMG hierarchy in a per-worker
-cache (:func:`worker_cache`), and the engine places such tasks on one worker in a row.
-Any importable function ``f(TaskInputs) -> dict`` can be the task.
-
-Tasks run on a Dask ``LocalCluster`` (one single-threaded worker process per core) or on
-any running cluster (``scheduler="tcp://host:8786"``). Each finished task is written at
-once, atomically, as one small Parquet part file ``parts/<task_id>.parquet``; the parts are
-consolidated into ``results.parquet`` and ``results.csv`` at the end of every run. Running
-the same sweep into the same folder resumes it: tasks whose part says ``ok`` are skipped,
-failed and timed-out ones are run again. Killing a worker or the client loses no finished
-task.
-
-This module is callable: ``femur_fe.studies.sweep(spec, out="runs/s1")`` is
-:func:`run_sweep`.
-
-Units follow the rest of femur_fe (mm, N, MPa, g/cm^3); timings are in seconds.
+The method in full (equations, parameters, choices, sources): ``docs/sweeps.md``, section
+``femur_fe.studies.sweep``.
 """
 from __future__ import annotations
 

@@ -1,54 +1,11 @@
 """Mechanobiological bone remodeling over months (strain-energy-density driven).
 
-Rate law per element (time in months, density rho in g/cm^3)::
+An explicit-Euler density update per element driven by the strain energy density per unit
+mass (Huiskes/Weinans family) with a lazy zone, a baseline loss rate and therapy activity
+factors; :class:`RemodelingModel` runs it over months on a mesh.
 
-    S   = sum_i n_i U_i / rho / sum_i n_i              stimulus, J/g (U in MPa = J/cm^3)
-    drho/dt = F(x,t) B_f (S - (1+s) k)_+               formation  (osteoblasts)
-            - R(x,t) B_r ((1-s) k - S)_+               resorption (osteoclasts)
-            + (F(x,t) f0 - R(x,t) r0) rho              basal turnover + baseline loss
-
-* S = U/rho: strain energy density per unit mass (Weinans et al. 1992 J Biomech 25:1425;
-  the strain-energy-density family of Huiskes et al. 1987, J Biomech 20:1135), averaged over the load cases with weights n_i
-  (e.g. daily cycles). U_i is the element's mean SED, 0.5 u_e^T K_e u_e / V_e.
-* k: reference stimulus, a number (J/g) or ``"initial"`` = each element's own stimulus at
-  t = 0 (site-specific homeostasis: the untreated mechanics are in equilibrium and only
-  changes of the state drive mechanical adaptation). s: lazy-zone half width (Huiskes).
-* B_f, B_r: formation/resorption slopes, (g/cm^3)/month per J/g (``stimulus_error =
-  "absolute"``, the Weinans form above). With ``stimulus_error = "relative"`` the
-  mechanical terms are ``B rho (S - (1 +- s) k)/k`` with B in 1/month: scale-free (no
-  dependence on load magnitude or units), so rates fitted on one model transfer to
-  another; for a uniform density change x, dx/dt = -B (b + 1) x near equilibrium under
-  force control with E ~ rho^b (time constant 1 / (B (b + 1))).
-* r0 = ``basal_turnover_per_year`` / 12: fraction of density resorbed per month by
-  non-mechanical (basal) remodeling; f0 = r0 - lambda is the matching formation, with
-  lambda = -ln(1 - p)/12 the continuous monthly rate of a net annual loss fraction p =
-  ``baseline_loss_per_year``. Without therapy and mechanics rho(t) = rho0 (1 - p)^(t/12),
-  the same compounding as the ``annual_change`` scenario operator. SWAN
-  early-postmenopausal rates (Greendale et al. 2012, J Bone Miner Res 27:111) [V]: hip 1.0-1.4 %/yr,
-  spine 1.8-2.3 %/yr; presets in :data:`BASELINE_LOSS_PRESETS`.
-* F, R: osteoblast/osteoclast activity factors of the therapies, ``1 + (factor - 1) w(x)``
-  with w a spatial weight in [0, 1] (global, or the footprint of a scenario operator),
-  while the therapy is active. An antiresorptive lowers R (``resorption_factor < 1``),
-  an anabolic raises F.
-
-Numerics
---------
-* Node-based stimulus smoothing (``smoothing="node"``, default): element stimuli are
-  averaged to the nodes (volume-weighted) and back to the elements (mean of the corner
-  nodes), the node-based approach that avoids checkerboards (Jacobs et al. 1995; Mullender
-  et al. 1994 spatial influence; Garzón-Alvarado et al. 2011, Rev Cubana Invest Biomed).
-  ``smoothing="element"`` uses the raw element stimulus (checkerboards appear).
-* Explicit Euler in months with a stability check: if a step would change some density
-  by more than ``max_step_change_g_cm3``, the step is split in halves (each re-solving the
-  FE model) up to ``max_halvings`` times; if it still changes too much, or a solve fails,
-  or densities become non-finite, the run stops, keeps the last good state and says why
-  (:attr:`RemodelingResult.stop_reason`).
-* Densities are clamped to ``[rho_min, rho_max]`` after every step.
-* Every step re-assembles K with :class:`femur_fe.fe.assembly.StiffnessAssembler` (pattern
-  reused) and solves with :class:`femur_fe.fe.solvers.LinearSolver`. The factorisation (or
-  AMG hierarchy) of an earlier step is reused as a preconditioner for conjugate gradients
-  on the new matrix (:class:`ReusingSolver`); it is rebuilt every ``rebuild_every`` steps
-  or when PCG needs more than ``max_pcg_iterations``.
+The method in full (equations, parameters, choices, sources): ``docs/therapy.md``, section
+``femur_fe.therapy.remodeling``.
 """
 from __future__ import annotations
 
@@ -383,7 +340,7 @@ class NodeSmoother:
 # ============================================================================ parameters
 @dataclass(frozen=True)
 class RemodelingParameters:
-    """Parameters of the rate law (see the module doc for the equation and units).
+    """Parameters of the rate law (see ``docs/therapy.md`` for the equation and units).
 
     Parameters
     ----------
@@ -508,7 +465,7 @@ def activity_factors(therapies: Sequence[Therapy], weights: Sequence[np.ndarray]
 
 def density_rate(params: RemodelingParameters, rho: np.ndarray, stimulus: np.ndarray, k_ref: np.ndarray,
                  f_act: np.ndarray, r_act: np.ndarray) -> np.ndarray:
-    """drho/dt in (g/cm^3)/month of the rate law (module doc)."""
+    """drho/dt in (g/cm^3)/month of the rate law (``docs/therapy.md``)."""
     s = params.lazy_zone
     up = np.maximum(stimulus - (1.0 + s) * k_ref, 0.0)
     down = np.maximum((1.0 - s) * k_ref - stimulus, 0.0)
