@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import scipy.sparse as sp
-import scipy.sparse.linalg as spla
 
 from ..errors import FemurFeError, ScenarioError, SolverError
 from ..fe.assembly import StiffnessAssembler, element_stiffness
@@ -25,7 +23,7 @@ from ..fe.boxes import hex_grid
 from ..fe.elements import FACES
 from ..fe.loads import assemble_pressure
 from ..fe.mesh import Mesh
-from ..fe.solvers import LinearSolver
+from ..fe.reuse import ReusingSolver
 from ..fe.topology import boundary_faces
 
 log = logging.getLogger(__name__)
@@ -151,127 +149,6 @@ class ElementMatrices:
             d = self._dofs[ids]
             fe = values_per_elem[ids, None] * np.einsum("cij,cj->ci", kh, u[d])
             np.add.at(out, d.ravel(), fe.ravel())
-        return out
-
-
-class ReusingSolver:
-    """Solve K(E) u = f for a sequence of moduli, reusing an earlier set-up as preconditioner.
-
-    The first call (and every ``rebuild_every``-th, or when PCG needs more than
-    ``max_pcg_iterations``) builds a :class:`femur_fe.fe.solvers.LinearSolver` on the current
-    matrix. Other calls run conjugate gradients on the free DOFs of the new matrix, starting
-    from the previous solution, preconditioned by that set-up: ``M r = K_old^-1 r`` with a
-    direct factorisation (``solve`` of the old solver), one V-cycle of the old AMG hierarchy
-    (the solver's ``ml`` attribute) with AMG. Rigid ties are not supported here.
-
-    Measured (16x16x32 hex block, 28.6k DOFs, Morgan 2003 femoral-neck law, 12 monthly steps
-    of a therapy run with relative stimulus error, shared 2-core machine): rebuilding every step
-    137 s (CHOLMOD) / 117 s (AMG); one set-up reused for all steps 16 s (CHOLMOD, one PCG
-    iteration per step) / 46 s (AMG, ~10 PCG iterations per step).
-
-    Attributes
-    ----------
-    n_setups, n_pcg_solves, pcg_iterations, setup_seconds, solve_seconds : statistics
-    """
-
-    def __init__(self, assembler, fixed_dofs, points, *, method: str = "auto", rebuild_every: int = 10,
-                 max_pcg_iterations: int = 30, rtol: float = 1e-10) -> None:
-        self.assembler = assembler
-        self.fixed_dofs = np.asarray(fixed_dofs, dtype=np.int64)
-        self.points = points
-        self.method = method
-        self.rebuild_every = int(rebuild_every)
-        self.max_pcg_iterations = int(max_pcg_iterations)
-        self.rtol = float(rtol)
-        self._base = None
-        self._since = 0
-        self._last = None
-        self.n_setups = 0
-        self.n_pcg_solves = 0
-        self.n_pcg_failures = 0
-        self.pcg_iterations = 0
-        self.setup_seconds = 0.0
-        self.solve_seconds = 0.0
-        self.last_report = None
-
-    def _setup(self, k):
-        t0 = time.perf_counter()
-        self._base = LinearSolver(k, self.fixed_dofs, points=self.points, method=self.method, rtol=self.rtol)
-        self.setup_seconds += time.perf_counter() - t0
-        self.n_setups += 1
-        self._since = 0
-
-    def solve(self, young: np.ndarray, f: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, sp.csr_matrix]:
-        """Displacements (3n, r) for moduli ``young`` (m,) MPa, forces f (3n, r), fixed values g (k, r)."""
-        t0 = time.perf_counter()
-        k = self.assembler.assemble(young)
-        if self._base is None or self._since >= self.rebuild_every:
-            self._setup(k)
-            sol = self._base.solve(f, g)
-            self.last_report = sol.report
-            self.solve_seconds += time.perf_counter() - t0
-            self._since += 1
-            u = np.asarray(sol.u).reshape(f.shape)
-            self._last = (u, np.array(g, copy=True))
-            return u, k
-        u = self._pcg(k, f, g)
-        if u is None:
-            log.info("PCG with the reused preconditioner needed more than %d iterations: rebuilding",
-                     self.max_pcg_iterations)
-            self._setup(k)
-            sol = self._base.solve(f, g)
-            self.last_report = sol.report
-            u = np.asarray(sol.u).reshape(f.shape)
-        self._since += 1
-        self._last = (u, np.array(g, copy=True))
-        self.solve_seconds += time.perf_counter() - t0
-        return u, k
-
-    def _pcg(self, k: sp.csr_matrix, f: np.ndarray, g: np.ndarray) -> np.ndarray | None:
-        base = self._base
-        fixed = base.fixed_mask
-        free = ~fixed
-        n = k.shape[0]
-        if self._last is not None and self._last[1].shape == g.shape and np.array_equal(self._last[1], g):
-            u0 = self._last[0]  # the previous solution satisfies the same prescribed values
-        else:
-            u0 = np.asarray(base.solve(f, g).u).reshape(f.shape)  # satisfies the BCs, exact for K_old
-        out = np.empty_like(u0)
-        zero_g = np.zeros(self.fixed_dofs.size)
-        kff = k[free][:, free].tocsr()
-        nf = int(free.sum())
-
-        if getattr(base, "amg", None) is not None and getattr(base.red, "n_ties", 0) == 0:
-            # AMG set-up: one V-cycle of the old hierarchy (its free DOFs are ours, in order)
-            m_op = base.free_preconditioner()
-        else:
-            def prec(r):
-                full = np.zeros(n)
-                full[free] = r
-                return np.asarray(base.solve(full, zero_g).u)[free]
-
-            m_op = spla.LinearOperator((nf, nf), matvec=prec, dtype=np.float64)
-        for j in range(f.shape[1]):
-            rhs = (f[:, j] - k @ u0[:, j])[free]
-            bnorm = np.linalg.norm((f[:, j] - k @ np.where(fixed, u0[:, j], 0.0))[free])
-            if bnorm == 0 or np.linalg.norm(rhs) <= self.rtol * bnorm:
-                out[:, j] = u0[:, j]
-                continue
-            count = [0]
-
-            def cb(_x, count=count):
-                count[0] += 1
-
-            d, info = spla.cg(kff, rhs, rtol=self.rtol * bnorm / np.linalg.norm(rhs), atol=0.0,
-                              maxiter=self.max_pcg_iterations, M=m_op, callback=cb)
-            self.pcg_iterations += count[0]
-            if info != 0:
-                self.n_pcg_failures += 1
-                return None
-            uj = u0[:, j].copy()
-            uj[free] += d
-            out[:, j] = uj
-        self.n_pcg_solves += 1
         return out
 
 
@@ -652,7 +529,7 @@ class RemodelingModel:
         stats = {"n_setups": sv.n_setups, "n_pcg_solves": sv.n_pcg_solves, "n_pcg_failures": sv.n_pcg_failures,
                  "pcg_iterations": sv.pcg_iterations,
                  "setup_seconds": sv.setup_seconds, "solve_seconds": sv.solve_seconds,
-                 "method": sv.last_report.method if sv.last_report is not None else None}
+                 "method": sv.method}
         return RemodelingResult(np.array(times), np.array(dens), np.array(stims), np.array(masses), rho.copy(),
                                 not stop, stop, n_steps, n_sub, stats, np.array(energies), k_ref)
 
