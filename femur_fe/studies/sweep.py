@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import glob as _glob
 import hashlib
 import importlib
 import itertools
@@ -45,6 +44,15 @@ from ..bone.model import Model
 from ..bone.specimen import Specimen
 from ..case.loadcase import LoadCase, load_case
 from ..case.scenarios import scenarios_from_dict
+from ..case.sweep import (
+    BASELINE,
+    DISTRIBUTION_KEYS,
+    SPECIAL_KEYS,
+    distribution,
+    flatten_parameters,
+    plain,
+    sweep_table,
+)
 from ..errors import FemurFeError, SweepError
 from ..fe.assembly import StiffnessAssembler
 from ..fe.boxes import structured_mesh
@@ -56,12 +64,6 @@ from .run import case_for
 
 log = logging.getLogger(__name__)
 
-#: sweep-level inputs that are not key paths of the load case
-SPECIAL_KEYS = ("mesh", "state", "scenario")
-#: ways to expand the parameters into tasks
-METHODS = ("grid", "random", "lhs", "list")
-#: keys that make a parameter table a distribution rather than a nested key path
-DISTRIBUTION_KEYS = ("values", "choice", "linspace", "logspace", "uniform", "loguniform", "glob")
 #: status values in the results table
 STATUSES = ("ok", "failed", "timeout")
 #: the default task: one FE case through the run pipeline
@@ -69,10 +71,6 @@ DEFAULT_TASK = "femur_fe.studies.sweep:pipeline_task"
 #: the default task for a base in the :data:`COLUMN_CASE` layout
 COLUMN_TASK = "femur_fe.studies.sweep:column_task"
 
-_TOP_LEVEL_KEYS = ("name", "base", "parameters", "method", "samples", "seed", "cases", "task",
-                   "timeout_s", "retries", "description", "scenario", "bone", "allow_import")
-#: value of the ``scenario`` parameter meaning "no scenario" (the bone as it is)
-BASELINE = "baseline"
 _EVENT_TOPIC = "femur-fe-sweep"
 _UNSET = object()
 
@@ -139,127 +137,12 @@ def _is_mesh(v: Any) -> bool:
     return type(v).__name__ == "Mesh" and hasattr(v, "points") and hasattr(v, "cells")
 
 
-def _number(name: str, v: Any, what: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-        raise SweepError(f"parameter {name!r}: {what} must be a number, got {v!r}")
-    v = float(v)
-    if not math.isfinite(v):
-        raise SweepError(f"parameter {name!r}: {what} must be finite, got {v!r}")
-    return v
-
-
-def _bounds(name: str, kind: str, spec: Any) -> tuple[float, float]:
-    if not isinstance(spec, (list, tuple)) or len(spec) != 2:
-        raise SweepError(f"parameter {name!r}: {kind} needs [low, high], got {spec!r} "
-                         f"(e.g. {{ {kind} = [0.5, 2.0] }})")
-    lo, hi = (_number(name, x, f"{kind} bound") for x in spec)
-    if not hi > lo:
-        raise SweepError(f"parameter {name!r}: empty range {kind} = [{lo}, {hi}]; the high bound must "
-                         "exceed the low bound")
-    if kind == "loguniform" and lo <= 0:
-        raise SweepError(f"parameter {name!r}: loguniform needs positive bounds, got [{lo}, {hi}]; "
-                         "use uniform for ranges that include zero or negative values")
-    return lo, hi
-
-
-def _spaced(name: str, kind: str, spec: Any) -> tuple:
-    if not isinstance(spec, (list, tuple)) or len(spec) != 3:
-        raise SweepError(f"parameter {name!r}: {kind} needs [start, stop, count], got {spec!r}")
-    lo, hi = (_number(name, x, f"{kind} bound") for x in spec[:2])
-    n = spec[2]
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise SweepError(f"parameter {name!r}: {kind} count must be a positive integer, got {n!r}")
-    if kind == "logspace":
-        if lo <= 0 or hi <= 0:
-            raise SweepError(f"parameter {name!r}: logspace needs positive start and stop, got [{lo}, {hi}]")
-        vals = np.geomspace(lo, hi, int(n))
-    else:
-        vals = np.linspace(lo, hi, int(n))
-    return tuple(float(v) for v in vals)
-
-
 def make_parameter(key: str, spec: Any, *, root: Path | None = None) -> Parameter:
-    """Build a :class:`Parameter` from its spec.
-
-    ``spec`` is a list of values, a single value, or a table with one of
-    ``values``, ``choice`` (lists), ``linspace``/``logspace`` ([start, stop, count]),
-    ``uniform``/``loguniform`` ([low, high]) or, for ``mesh``, ``glob`` (pattern, relative
-    to ``root``). A ``mesh`` string with wildcards is a glob too.
-    """
-    if not isinstance(key, str) or not key or any(not part for part in key.split(".")):
-        raise SweepError(f"parameter name {key!r} is not a key path; use dotted TOML keys like 'material.a_mpa'")
-    if isinstance(spec, Parameter):
+    """Build a :class:`Parameter` from its spec (see :func:`femur_fe.case.sweep.distribution`)."""
+    if isinstance(spec, Parameter) and isinstance(key, str) and key:
         return spec
-    if isinstance(spec, Mapping):
-        kinds = [k for k in spec if k in DISTRIBUTION_KEYS]
-        extra = [k for k in spec if k not in DISTRIBUTION_KEYS]
-        if len(kinds) != 1 or extra:
-            raise SweepError(
-                f"parameter {key!r}: a table must have exactly one of {', '.join(DISTRIBUTION_KEYS)}, "
-                f"got keys {sorted(spec)}"
-            )
-        kind = kinds[0]
-        arg = spec[kind]
-        if kind in ("uniform", "loguniform"):
-            if key in SPECIAL_KEYS:
-                raise SweepError(f"parameter {key!r} is categorical; give values or choice, not {kind}")
-            lo, hi = _bounds(key, kind, arg)
-            return Parameter(key, kind, (), lo, hi)
-        if kind in ("linspace", "logspace"):
-            return Parameter(key, "values", _spaced(key, kind, arg))
-        if kind == "glob":
-            if key not in ("mesh", "bone.mesh", "bone.ct", "bone.mask"):
-                raise SweepError(f"parameter {key!r}: glob is only for files (bone.mesh, bone.ct, bone.mask; a "
-                                 "cohort folder pattern)")
-            return Parameter(key, "values", _glob_meshes(arg, root))
-        values = arg if isinstance(arg, (list, tuple)) else [arg]
-    elif isinstance(spec, (list, tuple, np.ndarray)):
-        values = list(spec)
-    else:
-        values = [spec]
-    if len(values) == 0:
-        raise SweepError(f"parameter {key!r}: empty list of values; give at least one value")
-    if key in ("scenario", "state") and not all(isinstance(v, str) for v in values):
-        raise SweepError(f"parameter {key!r}: values must be names (strings), got {list(values)!r}")
-    if key == "mesh":
-        out: list = []
-        for v in values:
-            if isinstance(v, (str, os.PathLike)) and any(c in str(v) for c in "*?["):
-                out.extend(_glob_meshes(str(v), root))
-            else:
-                out.append(v)
-        values = out
-    return Parameter(key, "values", tuple(_plain(v) for v in values))
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
-
-
-def _glob_meshes(pattern: Any, root: Path | None) -> tuple:
-    if not isinstance(pattern, str) or not pattern:
-        raise SweepError(f"parameter 'mesh': glob needs a pattern string, got {pattern!r}")
-    full = pattern if os.path.isabs(pattern) or root is None else str(root / pattern)
-    found = tuple(sorted(p for p in _glob.glob(full, recursive=True) if os.path.isfile(p)))
-    if not found:
-        raise SweepError(f"parameter 'mesh': the glob {full!r} matches no files; check the cohort folder")
-    return found
-
-
-def _flatten_parameters(tree: Mapping, prefix: str = "") -> dict[str, Any]:
-    """``{"material": {"a_mpa": [..]}}`` -> ``{"material.a_mpa": [..]}`` (distribution tables kept)."""
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and not any(d in v for d in DISTRIBUTION_KEYS):
-            if not v:
-                raise SweepError(f"parameter {key!r}: empty table; give values or a distribution")
-            out.update(_flatten_parameters(v, key + "."))
-        else:
-            out[key] = v
-    return out
+    kind, values, low, high = distribution(key, spec, root=root)
+    return Parameter(key, kind, values, low, high)
 
 
 # ============================================================================ case access
@@ -411,8 +294,14 @@ class SweepSpec:
     allow_import: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.allow_import, bool):
-            raise SweepError(f"allow_import must be true or false, got {self.allow_import!r}")
+        fields = {"name": self.name, "description": self.description, "base": self.base,
+                  "parameters": self.parameters, "method": self.method, "samples": plain(self.samples),
+                  "seed": plain(self.seed), "cases": self.cases, "task": self.task,
+                  "timeout_s": plain(self.timeout_s), "retries": plain(self.retries), "scenario": self.scenarios,
+                  "bone": self.bone, "allow_import": self.allow_import}
+        checked = sweep_table({k: v for k, v in fields.items() if v is not None})
+        self.samples, self.seed, self.retries = (checked.get(k) for k in ("samples", "seed", "retries"))
+        self.timeout_s = checked.get("timeout_s")
         if self.root is not None:
             self.root = Path(self.root)
         if isinstance(self.bone, Specimen):
@@ -428,10 +317,8 @@ class SweepSpec:
         names = [sc["name"] for sc in self.scenarios]
         if len(set(names)) != len(names) or BASELINE in names:
             raise SweepError(f"scenario names must be unique and not {BASELINE!r}, got {names}")
-        if self.method not in METHODS:
-            raise SweepError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if isinstance(self.parameters, Mapping):
-            flat = _flatten_parameters(self.parameters)
+            flat = flatten_parameters(self.parameters)
             self.parameters = tuple(make_parameter(k, v, root=self.root) for k, v in flat.items())
         else:
             self.parameters = tuple(p if isinstance(p, Parameter) else make_parameter(*p, root=self.root)
@@ -441,7 +328,7 @@ class SweepSpec:
         if dup:
             raise SweepError(f"parameters given twice: {', '.join(dup)}")
         if self.method in ("random", "lhs"):
-            if isinstance(self.samples, bool) or not isinstance(self.samples, (int, np.integer)) or self.samples < 1:
+            if self.samples is None:
                 raise SweepError(f"method {self.method!r} needs samples = a positive integer, got {self.samples!r}")
             if not self.parameters:
                 raise SweepError(f"method {self.method!r} needs at least one parameter")
@@ -464,32 +351,19 @@ class SweepSpec:
             self.cases = cases
         elif self.cases:
             raise SweepError(f"cases are only for method 'list', not {self.method!r}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer))
-                                      or self.seed < 0):
-            raise SweepError(f"seed must be a non-negative integer, got {self.seed!r}")
         if self.seed is None and self.method in ("random", "lhs"):
             self.seed = int(np.random.SeedSequence().entropy % (2**63))
             log.info("sweep %s: no seed given, drew seed %d (recorded in sweep.json and the results)",
                      self.name, self.seed)
-        if self.timeout_s is not None:
-            t = _number("timeout_s", self.timeout_s, "timeout_s")
-            if t <= 0:
-                raise SweepError(f"timeout_s must be positive (seconds) or None, got {self.timeout_s!r}")
-            self.timeout_s = t
-        if isinstance(self.retries, bool) or not isinstance(self.retries, (int, np.integer)) or self.retries < 0:
-            raise SweepError(f"retries must be a non-negative integer, got {self.retries!r}")
         if self.task is not None and not (callable(self.task) or isinstance(self.task, str)):
             raise SweepError(f"task must be a callable or 'module:function', got {self.task!r}")
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def from_dict(cls, data: Mapping, *, root: str | os.PathLike | None = None) -> "SweepSpec":
-        """Build a spec from the TOML layout (top-level keys as in :data:`_TOP_LEVEL_KEYS`)."""
-        if not isinstance(data, Mapping):
-            raise SweepError(f"a sweep spec must be a table, got {type(data).__name__}")
-        unknown = sorted(set(data) - set(_TOP_LEVEL_KEYS))
-        if unknown:
-            raise SweepError(f"unknown sweep key(s) {', '.join(unknown)}; allowed: {', '.join(_TOP_LEVEL_KEYS)}")
+    def from_dict(cls, data: Mapping, *, root: str | os.PathLike | None = None, source: str = "") -> "SweepSpec":
+        """Build a spec from the TOML layout (the keys of :func:`femur_fe.case.sweep.sweep_table`,
+        documented in ``docs/schemas.md``)."""
+        sweep_table(data, source)
         kw = dict(data)
         if "scenario" in kw:
             kw["scenarios"] = kw.pop("scenario")
@@ -501,7 +375,7 @@ class SweepSpec:
         path = Path(path)
         data = read_toml(path, SweepError, "sweep file (it does not exist)")
         data.setdefault("name", path.stem)
-        return cls.from_dict(data, root=path.resolve().parent)
+        return cls.from_dict(data, root=path.resolve().parent, source=str(path))
 
     # ------------------------------------------------------------------ description
     @property
@@ -723,7 +597,7 @@ def _flatten_values(tree: Mapping, prefix: str = "") -> dict[str, Any]:
         if isinstance(v, Mapping):
             out.update(_flatten_values(v, key + "."))
         else:
-            out[key] = _plain(v)
+            out[key] = plain(v)
     return out
 
 
