@@ -59,6 +59,7 @@ from ..fe.boxes import structured_mesh
 from ..fe.solvers import LinearSolver
 from ..io.atomic import atomic_path, write_json_atomic
 from ..io.mesh_io import read_mesh
+from ..io.tables import is_number, set_path
 from ..io.toml_io import read_toml
 from .run import case_for
 
@@ -162,40 +163,10 @@ def _case_dict(case: Any) -> dict:
 def _dict_with_values(base: Mapping, values: Mapping[str, Any]) -> dict:
     """Copy of ``base`` with dotted ``values`` set; every key path must already exist."""
     out = copy.deepcopy(dict(base))
+    hint = f"; the parameter's table is not a sweep distribution; use one of {', '.join(DISTRIBUTION_KEYS)}"
     for key, value in values.items():
-        node = out
-        parts = key.split(".")
-        for i, part in enumerate(parts[:-1]):
-            if not isinstance(node, dict) and i > 0:
-                prefix, rest = ".".join(parts[:i]), ".".join(parts[i:])
-                raise SweepError(f"parameter {prefix!r} is a value of the base case and {rest!r} is not a sweep "
-                                 f"distribution; use one of {', '.join(DISTRIBUTION_KEYS)}")
-            if not isinstance(node, dict) or part not in node:
-                where = ".".join(parts[:i]) or "the top level"
-                known = sorted(node) if isinstance(node, dict) else []
-                raise SweepError(f"parameter {key!r}: no key {part!r} under {where} of the base case "
-                                 f"(known: {', '.join(map(str, known)) or 'none'}); fix the key path")
-            node = node[part]
-        if not isinstance(node, dict) and len(parts) > 1:
-            prefix = ".".join(parts[:-1])
-            raise SweepError(f"parameter {prefix!r} is a value of the base case and {parts[-1]!r} is not a sweep "
-                             f"distribution; use one of {', '.join(DISTRIBUTION_KEYS)}")
-        if not isinstance(node, dict) or parts[-1] not in node:
-            known = sorted(node) if isinstance(node, dict) else []
-            raise SweepError(f"parameter {key!r}: the base case has no key {parts[-1]!r} there "
-                             f"(known: {', '.join(map(str, known)) or 'none'}); fix the key path")
-        old = node[parts[-1]]
-        if isinstance(old, dict):
-            raise SweepError(f"parameter {key!r} names a table of the base case, not a value; "
-                             f"address one of its keys ({', '.join(sorted(old))})")
-        if _is_num(old) and not _is_num(value):
-            raise SweepError(f"parameter {key!r}: the base case holds a number ({old!r}), got {value!r}")
-        node[parts[-1]] = value
+        out = set_path(out, key, value, SweepError, what="sweep parameter", strict=True, value_hint=hint)
     return out
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
 
 def _apply(base: Any, values: Mapping[str, Any]) -> tuple[Any, dict]:
@@ -1138,7 +1109,7 @@ column_task.share_key = _column_share_key  # type: ignore[attr-defined]
 
 # ============================================================================ pipeline task
 def _angle_keys(case: Any) -> dict[str, float]:
-    return {k: float(v) for k, v in dict(case.loading.angles).items() if _is_num(v)}
+    return {k: float(v) for k, v in dict(case.loading.angles).items() if is_number(v)}
 
 
 def _support_case(base: Any, case: Any) -> Any:
