@@ -23,6 +23,7 @@ from ..fe.boxes import hex_grid
 from ..fe.elements import FACES
 from ..fe.loads import assemble_pressure
 from ..fe.mesh import Mesh
+from ..fe.recovery import node_average
 from ..fe.reuse import ReusingSolver
 from ..fe.topology import boundary_faces
 
@@ -192,26 +193,20 @@ def checkerboard_index(mesh: Mesh, density, threshold: float, neighbours: sp.csr
 
 
 class NodeSmoother:
-    """Element -> node (volume-weighted mean) -> element (mean of corner nodes) averaging."""
+    """Element -> node (volume-weighted mean, :func:`femur_fe.fe.recovery.node_average`) -> element
+    (mean of corner nodes) averaging."""
 
     def __init__(self, mesh: Mesh, volumes: np.ndarray | None = None) -> None:
-        m, k = mesh.cells.shape
-        vol = mesh.cell_volumes() if volumes is None else np.asarray(volumes, dtype=np.float64)
-        inc = sp.csr_matrix((np.ones(m * k), (mesh.cells.ravel(), np.repeat(np.arange(m), k))),
-                            shape=(mesh.n_points, m))
-        inc.data[:] = 1.0
-        wsum = inc @ vol
-        used = wsum > 0
-        scale = np.zeros(mesh.n_points)
-        scale[used] = 1.0 / wsum[used]
-        self._to_nodes = sp.diags(scale) @ inc @ sp.diags(vol)  # (n, m)
+        m = mesh.n_cells
+        self._mesh = mesh
+        self._volumes = mesh.cell_volumes() if volumes is None else np.asarray(volumes, dtype=np.float64)
         corners = mesh.corner_cells
         kc = corners.shape[1]
         self._to_cells = sp.csr_matrix((np.full(m * kc, 1.0 / kc), (np.repeat(np.arange(m), kc), corners.ravel())),
                                        shape=(m, mesh.n_points))
 
     def __call__(self, values: np.ndarray) -> np.ndarray:
-        return self._to_cells @ (self._to_nodes @ values)
+        return self._to_cells @ node_average(self._mesh, values, self._volumes)
 
 
 # ============================================================================ parameters
