@@ -72,22 +72,11 @@ def _load() -> str:
 
 def _nonlinear_args(an, model) -> dict:
     """The arguments run_nonlinear gives nonlinear_strength (endpoint strength definition)."""
-    from femur_fe.analysis.failure import MaxPrincipalStrain
-    from femur_fe.fe.constraints import RigidTie
-    from femur_fe.fe.nonlinear import SecantYield
+    from femur_fe.analysis.prepare import nonlinear_arguments
 
-    case = an.case
-    crit = case.failure.build()
-    opts = case.nonlinear
-    ym = (SecantYield.from_criterion(crit, hardening=opts.hardening) if isinstance(crit, MaxPrincipalStrain)
-          else SecantYield.default(hardening=opts.hardening))
-    tie = RigidTie(an.tie.node_ids, an.tie.reference_point, prescribed={**an.tie.prescribed, "uz": 1.0},
-                   name=an.tie.name)
+    opts = an.case.nonlinear
     length = opts.characteristic_length_mm or an.height_mm
-    return dict(poisson=model.poisson, fixed_dofs=an.fixed_dofs, ties=[tie], load_tie=tie.name,
-                load_direction=np.array([0.0, 0.0, 1.0]), yield_model=ym,
-                elastic_elements=np.arange(an.n_bone_cells, an.fe_mesh.n_cells),
-                endpoint_mm=opts.endpoint_percent / 100.0 * length)
+    return {**nonlinear_arguments(an, model), "endpoint_mm": opts.endpoint_percent / 100.0 * length}
 
 
 def run_one(bone: str, reference: bool) -> dict:
