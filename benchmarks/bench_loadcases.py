@@ -1,4 +1,4 @@
-"""Many load directions on one model: 12 sideways-fall directions vs one (issue target <= 3x).
+"""Many load directions on one model: 12 sideways-fall directions vs one (target: <= 3x the time of one).
 
 The matrix, the regions, the caps and the solver set-up are shared; each extra direction is
 one more right-hand side plus the field recovery and the strength evaluation.

@@ -29,8 +29,8 @@ Each model runs in its own subprocess (peak resident memory ``ru_maxrss`` per mo
    (instead of adaptive steps to 1e-3); ``diff`` = relative difference of the strengths.
 5. ``--cli``: ``femur-fe run vertebral_compression --ct ... --nonlinear`` on the VerSe L2 as a
    subprocess: wall time (meshing and material mapping included) and peak memory; parosol-py's
-   spine nonlinear profile (2 % displacement) took 228 s and 0.51 GB on this scan on the
-   2-core machine (issue 17).
+   spine nonlinear profile (2 % displacement) took 228 s and 0.51 GB on this scan, measured on
+   2 cores with ``parosol-py`` from PyPI (``benchmarks/bench_voxel.py --with-parosol``).
 
 The machine is shared: the load average (``uptime``) is printed with the table; the ratios
 (nonlinear / linear in the same process) are what carries over to another machine.
@@ -56,7 +56,7 @@ VERSE_IM = VERSE / "sub-verse004_0000_vertebra_21_im.nii.gz"
 VERSE_SEG = VERSE / "sub-verse004_0000_vertebra_21_seg.nii.gz"
 VERSE_LABELS = [1, 2, 3, 4]  # bone (PROVENANCE.md); 5 and 6 are the upstream PMMA caps
 VERSE_SIZE_MM = 1.5
-PAROSOL_SPINE_S, PAROSOL_SPINE_GB = 228.0, 0.51  # issue 17, same scan, same machine
+PAROSOL_SPINE_S, PAROSOL_SPINE_GB = 228.0, 0.51  # parosol-py spine nonlinear profile, this scan, 2 cores
 
 BONES = {
     "vertebra": ("vertebral_compression", {"bundled": "vertebra"}),
@@ -72,22 +72,11 @@ def _load() -> str:
 
 def _nonlinear_args(an, model) -> dict:
     """The arguments run_nonlinear gives nonlinear_strength (endpoint strength definition)."""
-    from femur_fe.analysis.failure import MaxPrincipalStrain
-    from femur_fe.fe.constraints import RigidTie
-    from femur_fe.fe.nonlinear import SecantYield
+    from femur_fe.analysis.prepare import nonlinear_arguments
 
-    case = an.case
-    crit = case.failure.build()
-    opts = case.nonlinear
-    ym = (SecantYield.from_criterion(crit, hardening=opts.hardening) if isinstance(crit, MaxPrincipalStrain)
-          else SecantYield.default(hardening=opts.hardening))
-    tie = RigidTie(an.tie.node_ids, an.tie.reference_point, prescribed={**an.tie.prescribed, "uz": 1.0},
-                   name=an.tie.name)
+    opts = an.case.nonlinear
     length = opts.characteristic_length_mm or an.height_mm
-    return dict(poisson=model.poisson, fixed_dofs=an.fixed_dofs, ties=[tie], load_tie=tie.name,
-                load_direction=np.array([0.0, 0.0, 1.0]), yield_model=ym,
-                elastic_elements=np.arange(an.n_bone_cells, an.fe_mesh.n_cells),
-                endpoint_mm=opts.endpoint_percent / 100.0 * length)
+    return {**nonlinear_arguments(an, model), "endpoint_mm": opts.endpoint_percent / 100.0 * length}
 
 
 def run_one(bone: str, reference: bool) -> dict:

@@ -1,4 +1,4 @@
-"""Benchmark: femur_fe AMG-CG vs pyamg used plainly, at the scale labs work at (issue 17).
+"""Benchmark: femur_fe AMG-CG vs pyamg used plainly, at the scale labs work at.
 
 Usage::
 

@@ -1,4 +1,4 @@
-"""Benchmark: femur_fe's matrix-free voxel solver vs parosol-py on the same voxel models (issue 17).
+"""Benchmark: femur_fe's matrix-free voxel solver vs parosol-py on the same voxel models.
 
 Usage::
 

@@ -1,8 +1,8 @@
 """Strength of the bundled femur (sideways fall) and vertebra (compression) in three bone states.
 
-Prints a table to compare with published ranges (biomechanics.md 2.3, 3): sideways-fall femur
-roughly 1.5-6 kN (Eckstein: 3951 +/- 1659 N, 54 pairs aged 79 +/- 11), vertebral compression
-roughly 2-8 kN (Farahmand 2013 T12 5.07 +/- 2.33 kN). Run: ``python benchmarks/plausibility.py``.
+Prints a table to compare with published ranges sideways-fall femur
+roughly 1.5-6 kN (Eckstein et al. 2004, J Bone Miner Res 19:379: 3951 +/- 1659 N, 54 pairs aged 79 +/- 11), vertebral compression
+roughly 2-8 kN (Farahmand et al. 2013, Osteoporos Int 24:2971, T12 5.07 +/- 2.33 kN). Run: ``python benchmarks/plausibility.py``.
 The last column says which strength each case's ``[failure] reference_strength`` sends to the factor
 of risk and the classification (linear for the femur, nonlinear when run for the vertebra).
 """
@@ -23,7 +23,7 @@ from femur_fe.studies.run import case_for
 
 CASES = {"femur": "sideways_fall.toml", "vertebra": "vertebral_compression.toml"}
 
-#: NHANES III femoral neck, young white women: mean 0.858 g/cm^2, SD 0.120 (biomechanics.md 5, [M]).
+#: NHANES III femoral neck, young white women: mean 0.858 g/cm^2, SD 0.120 (Looker et al. 1998, Osteoporos Int 8:468, [M]).
 NECK_YOUNG_MEAN, NECK_YOUNG_SD = 0.858, 0.120
 
 

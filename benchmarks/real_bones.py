@@ -57,7 +57,7 @@ SUBJECT = ["--sex", "female", "--mass", "70", "--height", "165"]
 FEMUR_DENSITY = {"density_type": "apparent", "cortical_g_cm3": 1.85, "trabecular_g_cm3": 0.40,
                  "cortical_thickness_mm": 3.0}
 
-#: published ranges of the issue's acceptance (N, N/mm)
+#: published ranges of whole-bone strength and lumbar stiffness (N, N/mm)
 FEMUR_STRENGTH_N = (1500.0, 8000.0)
 VERTEBRA_STRENGTH_N = (1500.0, 10000.0)
 LUMBAR_STIFFNESS_N_MM = (5000.0, 40000.0)
@@ -245,7 +245,7 @@ def strength_of(s: dict) -> tuple[float | None, str]:
 
 
 def check(o: Outcome) -> list[str]:
-    """What this outcome fails of the issue's acceptance (empty = passes)."""
+    """The published ranges and checks this outcome fails (empty = passes)."""
     r, s = o.row, o.summary
     if r.expect_refusal:
         if o.rc == 0:
@@ -386,7 +386,7 @@ def main(argv=None) -> int:
         print()
         print("\n".join(poses(work)))
     if failures:
-        print("\nacceptance not met:")
+        print("\noutside the published ranges or checks:")
         for name, bad in failures:
             print(f"  {name}: {'; '.join(bad)}")
     return 1 if failures else 0

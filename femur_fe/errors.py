@@ -52,6 +52,10 @@ class SolverError(FemurFeError):
     """A linear or nonlinear solve failed."""
 
 
+class ConvergenceError(SolverError):
+    """An iterative solve did not reach its tolerance within its iteration limit."""
+
+
 class UnderConstrainedError(SolverError):
     """Boundary conditions leave at least one rigid-body mode free."""
 

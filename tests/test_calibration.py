@@ -9,7 +9,7 @@ import pytest
 import femur_fe as ff
 from femur_fe.errors import CTError, MaterialError
 
-# Ogo archived Mindways test (biomechanics.md section 5, [V-code])
+# Bonelab/Ogo archived Mindways calibration test (mindways_calibration.py) [V-code]
 ROD_K2HPO4 = [375.83, 157.05, 58.88, -53.40, -51.83]
 ROD_WATER = [923.20, 1119.52, 1103.57, 1056.95, 1012.25]
 ROD_HU = [462.936, 345.738, 176.712, -35.378, -69.549]
@@ -77,7 +77,7 @@ def test_negative_density_clamped_with_count(caplog):
 
 
 def test_density_conversions_spot_values():
-    # Keyak 1994 (biomechanics.md 1.2 [C]): 200 mg/cm3 K2HPO4 -> 250.9 mg/cm3 ash
+    # Keyak et al. 1994 (J Biomed Mater Res 28:1329) computed: 200 mg/cm3 K2HPO4 -> 250.9 mg/cm3 ash
     assert ff.bone.ash_from_k2hpo4_keyak1994(0.200) == pytest.approx(0.2509, rel=1e-12)
     assert ff.bone.ash_mg_from_k2hpo4_mg_keyak1994(200.0) == pytest.approx(250.9, rel=1e-12)
     # Ogo clamp check: -31 mg/cm3 -> 6.04 mg/cm3 ash

@@ -1,4 +1,4 @@
-"""Komarova 2003 cell-population model (biomechanics.md 4.3 / 6.6)."""
+"""Komarova et al. 2003 (Bone 33:206) cell-population model."""
 from __future__ import annotations
 
 import math
@@ -24,7 +24,7 @@ def test_steady_state_published_values():
     x1, x2 = m.steady_state()
     assert x1 == pytest.approx(15 * math.sqrt(0.005), rel=1e-14)
     assert x2 == pytest.approx(15 / math.sqrt(0.005), rel=1e-14)
-    # the 4-5 digit values quoted in biomechanics.md 4.3
+    # the 4-5 digit steady state of the published parameters (BioModels BIOMD0000000148)
     assert round(x1, 4) == 1.0607 and round(x2, 2) == 212.13
     # it is a fixed point of the right-hand side
     assert np.abs(m.rhs(0.0, np.array([x1, x2, 100.0]))).max() < 1e-12

@@ -91,7 +91,7 @@ def test_truncated_clinical_right_femur_frame(right_femur, clinical_ct):
 def test_right_femur_moved_rotated_mirrored_same_frame_and_strength(right_femur, seed, mirror):
     """The mesh moved by a random rotation and translation (and mirrored: a left femur), with its
     element densities, gives the transformed frame and the same sideways-fall stiffness and
-    strength. The geometry is the same up to an isometry, so the 2 % of the acceptance is a
+    strength. The geometry is the same up to an isometry, so 2 % is a
     wide bound: the remaining differences come from the pose-dependent Hough bins and
     direction sets that seed the fits, which converge to the same landmarks."""
     mesh, model, case = right_femur
@@ -211,7 +211,7 @@ def test_clinical_lumbar_endplates_on_the_body(clinical_ct, level):
 
 
 def test_verse_l2_density_ct_endplates_and_cli(tmp_path):
-    """The VerSe L2 of the issue: loaded-to-support height 46 mm before (endplates on the
+    """The VerSe L2: loaded-to-support height 46 mm before (endplates on the
     posterior elements), the body height now; stiffness of the order of the published 10 kN/mm."""
     from femur_fe.commands.cli import main
 
@@ -242,7 +242,7 @@ def test_shared_vertebra_surfaces_body_and_endplates():
 
 
 def test_posterior_elements_alone_are_refused_not_a_number(tmp_path):
-    """The failure of the issue: endplates on the posterior processes. A vertebra whose body is cut
+    """Endplates must not be found on the posterior processes. A vertebra whose body is cut
     away (the clinical L2 clipped through the pedicles) has no endplate: refused, not a number,
     by the library and on the command line (one line, exit code 2)."""
     from femur_fe.commands.cli import main
@@ -277,7 +277,7 @@ def test_posterior_process_placement_of_the_issue_is_refused(clinical_ct):
 
 
 def test_endplate_checks_name_the_measured_values():
-    """The three refusals with the values of the issue (39 and 11.5 mm^2, a normal 37 deg off)."""
+    """The three refusals name the measured values (39 and 11.5 mm^2, a normal 37 deg off)."""
     from types import SimpleNamespace
 
     from femur_fe.analysis.regions import Region, check_endplates

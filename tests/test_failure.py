@@ -1,6 +1,6 @@
 """Tests of femur_fe.analysis.failure: criteria, registry, parameter checks and linear strength.
 
-Regression tests of biomechanics.md 6.6: Pistoia on a synthetic EES array with an exact
+Regression tests: Pistoia (Pistoia et al. 2002, Bone 30:842) on a synthetic EES array with an exact
 answer, and the Schileo max-principal-strain criterion on a uniaxial bar assembled and
 solved by femur_fe, which must fail at exactly eps_t E A (tension) and eps_c E A
 (compression).

@@ -1,4 +1,4 @@
-"""NAFEMS LE10 thick plate (biomechanics.md 6.2) with tet10 on a mapped elliptic mesh.
+"""NAFEMS LE10 thick plate (NAFEMS TNSB Rev. 3, 1990) with tet10 on a mapped elliptic mesh.
 
 Target sigma_yy at D = (2000, 0, 300) = -5.38 MPa (NAFEMS TNSB Rev. 3). The stress at D
 is each surrounding element's own (linear) tet10 stress evaluated at D, averaged.

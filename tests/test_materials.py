@@ -1,4 +1,4 @@
-"""Density-modulus laws: spot values (biomechanics.md 1.2), options, registry, density types."""
+"""Density-modulus laws: spot values of the published laws, options, registry, density types."""
 from __future__ import annotations
 
 import logging
@@ -9,7 +9,7 @@ import pytest
 import femur_fe as ff
 from femur_fe.errors import MaterialError
 
-# (registry name, density g/cm3 of the law's type, E in MPa) -- biomechanics.md 1.2 spot values [C]
+# (registry name, density g/cm3 of the law's type, E in MPa) -- spot values computed from the published equations
 SPOT_VALUES = [
     ("morgan2003_femoral_neck", 0.5, 2438.7),
     ("morgan2003_vertebra", 0.2, 384.1),

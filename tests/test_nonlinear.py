@@ -175,7 +175,7 @@ def test_density_dependent_compressive_yield():
     mesh = one_hex()
     rho = np.array([0.25])
     law = DensityYieldStress()  # Kopperdahl 2002: sigma_y = -0.750 + 24.9 rho (QCT density)
-    young = np.array([-34.7 + 3230 * 0.25])  # Kopperdahl 2002 linear E (biomechanics.md 1.2)
+    young = np.array([-34.7 + 3230 * 0.25])  # Kopperdahl 2002 linear E (J Orthop Res 20:801)
     ym = SecantYield.from_yield_stress(law, rho, young, tension_to_compression=0.9)
     fixed, values, top, _ = axial_bcs(mesh, -0.1)
     res = nonlinear_strength(mesh, young, fixed_dofs=fixed, fixed_values=values, load_nodes=top,

@@ -19,7 +19,7 @@ from femur_fe.errors import FemurFeError
 
 
 def test_fall_force_spot_value_and_attenuation():
-    # biomechanics.md 2.5 [C]: 65 kg, 165 cm -> 5183 N
+    # 8.25 g m (h/170)^0.5 computed for 65 kg, 165 cm -> 5183 N
     f = fall_impact_force(65.0, 165.0)
     assert f.peak_N == pytest.approx(5183, abs=0.5)
     assert f.attenuated_N is None and f.force_N == f.peak_N

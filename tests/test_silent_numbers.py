@@ -1,6 +1,6 @@
-"""No silent wrong number, no write outside the output folder (issue 15).
+"""No silent wrong number, no write outside the output folder.
 
-One test per row of the issue's table and per check that every run passes, each asserting
+One test per input that femur_fe can know to be wrong and per check that every run passes, each asserting
 the exit code of ``femur-fe`` and its message (or the named warning in summary.json), plus a
 property-based fuzz test over load-case TOML values: a clear one-line error, or a finite,
 positive result, never a traceback.
@@ -93,7 +93,7 @@ def _cracked(mesh, partial: bool = True):
     return ff.Mesh(np.vstack([mesh.points, mesh.points[shared]]), cells, "tetra"), len(shared)
 
 
-# ======================================================================== the issue's table
+# ======================================================================== inputs known to be wrong
 def test_row_mesh_in_centimetres_refused_naming_the_unit(tmp_path, capsys, vertebra_mesh):
     cm = ff.io.write_mesh(tmp_path / "cm.vtu", vertebra_mesh.scaled(0.1))
     rc, out, err = cli(capsys, "run", "vertebral_compression", "--mesh", cm, "--ct", BONE.ct, "--calibration",

@@ -227,7 +227,7 @@ def test_default_task_follows_the_base():
 
 
 def test_bad_top_level_and_method_errors(tmp_path):
-    with pytest.raises(SweepError, match="unknown sweep key.*paramters"):
+    with pytest.raises(SweepError, match=r"sweep: unknown key .paramters.; did you mean .parameters."):
         SweepSpec.from_dict({"paramters": {}})
     with pytest.raises(SweepError, match="needs samples"):
         spec_for({"density.scale": {"uniform": [0.5, 1.5]}}, method="lhs")

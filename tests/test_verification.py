@@ -43,7 +43,7 @@ def distorted_cube(cell_type: str, n: int = 3, seed: int = 7, size: float = 10.0
 
 
 def macneal_harder_patch() -> ff.Mesh:
-    """MacNeal & Harder (1985) 7-hexahedron patch of the unit cube (biomechanics.md 6.4)."""
+    """MacNeal & Harder (1985, Finite Elem Anal Des 1:3) 7-hexahedron patch of the unit cube."""
     outer = B._CUBE[B._HEX_VTK].astype(float)  # unit cube corners in VTK hexahedron order
     inner = np.array([[0.249, 0.342, 0.192], [0.826, 0.288, 0.288], [0.850, 0.649, 0.263],
                       [0.273, 0.750, 0.230], [0.320, 0.186, 0.643], [0.677, 0.305, 0.683],
@@ -144,7 +144,7 @@ def test_lame_cylinder_against_closed_form():
     res = V.run_lame(n=8)
     # tet10, h = 1.25 mm on a 10 mm bore: measured 0.02 % on u_r(a), 0.07 % on sigma_theta(a)
     # (element extrapolation to the bore); 0.2 % / 0.5 % leave margin.
-    assert res["u_r_bore"] == pytest.approx(9.5333e-4, rel=2e-3)  # biomechanics.md 6.5, x100 size
+    assert res["u_r_bore"] == pytest.approx(9.5333e-4, rel=2e-3)  # Lamé plane strain, a=0.1, b=0.2, p=10, x100 size
     assert res["sigma_theta_bore"] == pytest.approx(16.6667, rel=5e-3)
 
 
@@ -157,7 +157,7 @@ def test_lame_l2_convergence_rate(cell_type, order):
         h.append(r["h_mm"])
         err.append(r["l2_error"])
     rate = np.polyfit(np.log(h), np.log(err), 1)[0]
-    # measured 1.92 (tet4) and 3.14 (tet10); the task's band is +-0.15 around p + 1
+    # measured 1.92 (tet4) and 3.14 (tet10); +-0.15 around p + 1 separates the orders
     assert abs(rate - order) <= 0.15
     assert err[-1] < {"tetra": 3e-3, "tetra10": 5e-6}[cell_type]  # absolute bound on the finest mesh
 

@@ -1,45 +1,11 @@
 """Failure criteria and linear strength.
 
-A criterion turns the fields of one *linear* solution into a **risk field** = demand /
-capacity (per element, and per node where the criterion is node based). Because the
-model is linear, every risk value scales with the applied load, so the load at which
-the criterion is first met is::
+A criterion turns the fields of one linear solution into a risk field (demand / capacity,
+per element or per node); the load at which the largest risk reaches 1 is the linear
+strength. Criteria are registered by name for load-case ``[failure]`` tables.
 
-    strength_N = load_force_N / governing_risk
-
-where ``governing_risk`` is the maximum risk (max-type criteria) or the risk at a
-critical volume percentile (Pistoia). ``load_force_N`` is the reaction force at the
-loaded region projected on the load direction (N, positive).
-
-Criteria (select by name with :func:`failure_criterion`, e.g. from the load case
-``[failure]`` table):
-
-========================  ==========================================================
-name                      class
-========================  ==========================================================
-``max_principal_strain``  :class:`MaxPrincipalStrain` (Schileo 2008/2014), alias ``schileo``
-``pistoia``               :class:`Pistoia` (Pistoia 2002 as in n88tools)
-``density_yield_stress``  :class:`DensityYieldStress` (Kopperdahl 2002 default), alias
-                          ``kopperdahl2002``
-``site_yield_strain``     :class:`SiteYieldStrain` (Morgan & Keaveny 2001 site means)
-``apparent_strain``       :class:`ApparentStrain` (whole-body apparent strain, Crawford 2003
-                          stiffness x height), alias ``crawford2003``
-========================  ==========================================================
-
-Strain limits are **fractions** (0.0073, not 0.73 %); a value that looks like a
-percentage is rejected with a message saying so.
-
-Excluding boundary-condition artefacts
---------------------------------------
-Nodes where loads or supports are applied carry stress concentrations that are
-artefacts of the idealised boundary conditions. Max-type criteria therefore exclude,
-by default, the nodes of the loaded and support regions (``exclude_nodes="bc"``): the
-caller passes their ids as ``bc_nodes`` (the pipeline passes the union of the load-case
-regions). Other options: ``"none"``, or a list of node-set names of the mesh.
-``exclude_margin_mm`` widens the excluded zone to all nodes within that distance.
-Element-based evaluation drops every element that touches an excluded node.
-Independently, ``include_elements`` (bool mask or ids) restricts the evaluation to bone
-elements, e.g. to leave out PMMA caps.
+The method in full (equations, parameters, choices, sources): ``docs/strength.md``, section
+``femur_fe.analysis.failure``.
 """
 from __future__ import annotations
 
@@ -371,14 +337,14 @@ class MaxPrincipalStrain(FailureCriterion):
     negative ``eps3`` count. Failure when the first node (or element) reaches risk 1.
 
     Defaults ``tension = 0.0073``, ``compression = 0.0104`` are the Bayraktar 2004 tissue
-    yield strains adopted by Schileo 2014 **[V]** (biomechanics.md 2.2, 1.3).
+    yield strains adopted by Schileo et al. 2014, J Biomech 47:3531 **[V]**.
 
     Parameters
     ----------
     tension, compression : positive strain limits (fractions)
     at : ``"node"`` (Schileo: principal strains of the volume-weighted nodal strain
         tensor) or ``"element"`` (centroid strains)
-    exclude_nodes, exclude_margin_mm : see the module docstring (default ``"bc"``)
+    exclude_nodes, exclude_margin_mm : see ``docs/strength.md`` (default ``"bc"``)
     """
 
     name = "max_principal_strain"
@@ -415,7 +381,7 @@ class MaxPrincipalStrain(FailureCriterion):
 
 
 # Morgan & Keaveny 2001 site-mean apparent compressive yield strains of trabecular bone,
-# as listed in biomechanics.md 1.3 [M] (memory, not verified against the paper).
+# (Morgan & Keaveny 2001, J Biomech 34:569) [M]: not verified against the paper.
 SITE_COMPRESSIVE_YIELD_STRAIN: dict[str, float] = {
     "vertebra": 0.0077,
     "proximal_tibia": 0.0073,
@@ -427,12 +393,12 @@ SITE_COMPRESSIVE_YIELD_STRAIN: dict[str, float] = {
 class SiteYieldStrain(MaxPrincipalStrain):
     """Principal-strain criterion with site-specific trabecular yield strains.
 
-    Compression limits are the Morgan & Keaveny 2001 site means listed in biomechanics.md
-    1.3, tagged **[M]** (from memory, unverified): vertebra 0.77 %, proximal tibia 0.73 %,
-    greater trochanter 0.70 %, femoral neck 0.85 %. Morgan et al. 2004 **[V]** found that
+    Compression limits are the Morgan & Keaveny 2001 (J Biomech 34:569) site means,
+    **[M]** (not verified against the paper): vertebra 0.77 %, proximal tibia 0.73 %,
+    greater trochanter 0.70 %, femoral neck 0.85 %. Morgan et al. 2004 (J Biomech 37:1413) **[V]** found that
     apparent yield strains differ across sites in compression but not in tension; no
     verified tensile value is available, so ``tension`` must be given explicitly
-    (biomechanics.md quotes the range 0.61-0.75 % [M]).
+    (0.61-0.75 % is the range quoted for Morgan & Keaveny 2001 [M]).
 
     Parameters
     ----------
@@ -555,9 +521,9 @@ class DensityYieldStress(FailureCriterion):
     """Stress criterion with a density-dependent yield stress ``sigma_y = a + b rho^c``.
 
     Default: Kopperdahl et al. 2002 vertebral trabecular bone, ``sigma_y = -0.750 + 24.9
-    rho`` (MPa, rho in g/cm^3 QCT-equivalent density) **[V-code]** (biomechanics.md 1.2,
+    rho`` (MPa, rho in g/cm^3 QCT-equivalent density) **[V-code]** (Kopperdahl, Morgan & Keaveny 2002, J Orthop Res 20:801, as in a
     qctma-style MechanicalLaw file; the primary paper was not read, and Ogo attributes a
-    different power form to the same paper, see biomechanics.md 8.5).
+    different power form to the same paper).
 
     ``risk_e = demand_e / sigma_y(rho_e)`` with the demand
 
@@ -575,7 +541,7 @@ class DensityYieldStress(FailureCriterion):
     density_type : the density definition the law expects (checked against the model's
         density type when the caller passes it)
     demand : ``"compressive_principal"`` or ``"von_mises"``
-    exclude_nodes, exclude_margin_mm : see module docstring (default ``"bc"``)
+    exclude_nodes, exclude_margin_mm : see ``docs/strength.md`` (default ``"bc"``)
     """
 
     name = "density_yield_stress"

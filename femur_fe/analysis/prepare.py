@@ -417,18 +417,28 @@ def run_nonlinear(an: Analysis, res: Result, *, progress=None, **kw):
     return nl
 
 
+def nonlinear_arguments(an: Analysis, model: Model) -> dict[str, Any]:
+    """Keyword arguments of :func:`femur_fe.fe.nonlinear_strength` for this analysis: Poisson ratio,
+    fixed DOFs, the loading-plate tie driven along the load (``load_tie``), the secant yield
+    model of the case's failure criterion and the elastic (cap) elements."""
+    crit = an.case.failure.build()
+    hardening = an.case.nonlinear.hardening
+    yield_model = (SecantYield.from_criterion(crit, hardening=hardening) if isinstance(crit, MaxPrincipalStrain)
+                   else SecantYield.default(hardening=hardening))
+    tie = RigidTie(an.tie.node_ids, an.tie.reference_point, prescribed={**an.tie.prescribed, "uz": 1.0},
+                   name=an.tie.name)
+    return dict(poisson=model.poisson, fixed_dofs=an.fixed_dofs, ties=[tie], load_tie=tie.name,
+                load_direction=np.array([0.0, 0.0, 1.0]), yield_model=yield_model,
+                elastic_elements=np.arange(an.n_bone_cells, an.fe_mesh.n_cells))
+
+
 def _run_nonlinear(an: Analysis, res: Result, *, progress=None, **kw):
     case = an.case
     if case.loading.direction == "wedge":
         raise LoadCaseError("nonlinear strength is run for translational loads (not the wedge case)")
-    crit = case.failure.build()
-
     opts = case.nonlinear
-    yield_model = (SecantYield.from_criterion(crit, hardening=opts.hardening) if isinstance(crit, MaxPrincipalStrain)
-                   else SecantYield.default(hardening=opts.hardening))
-    tie = RigidTie(an.tie.node_ids, an.tie.reference_point, prescribed={**an.tie.prescribed, "uz": 1.0},
-                   name=an.tie.name)
-    elastic = np.arange(an.n_bone_cells, an.fe_mesh.n_cells)
+    args = nonlinear_arguments(an, res.model)
+    elastic = args["elastic_elements"]
     extra = {}
     length = None
     if opts.strength == "endpoint" and "max_displacement_mm" not in kw and "endpoint_mm" not in kw:
@@ -439,11 +449,9 @@ def _run_nonlinear(an: Analysis, res: Result, *, progress=None, **kw):
     if isinstance(solver, LinearSolver) and "preconditioner" not in kw:
         extra["preconditioner"] = solver  # a voxel solver has no assembled set-up to share
     extra.update(kw)
-    nl = nonlinear_strength(an.fe_mesh, an.fe_young(res.model), poisson=res.model.poisson,
-                            fixed_dofs=an.fixed_dofs, ties=[tie], load_tie=tie.name,
-                            load_direction=np.array([0.0, 0.0, 1.0]), yield_model=yield_model,
+    nl = nonlinear_strength(an.fe_mesh, an.fe_young(res.model), **args,
                             density=np.concatenate([res.model.density, np.zeros(len(elastic))]),
-                            elastic_elements=elastic, assembler=an.assembler, progress=progress, **extra)
+                            assembler=an.assembler, progress=progress, **extra)
     if length is not None:
         nl.report["characteristic_length_mm"] = float(length)
         nl.report["endpoint_percent"] = float(opts.endpoint_percent)

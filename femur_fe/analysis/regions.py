@@ -1,55 +1,11 @@
 """Boundary-condition regions selected from an anatomical frame and a load case.
 
-Every region is a set of mesh nodes plus, for surface regions, the boundary faces it
-covers (node ids, ids into :func:`femur_fe.fe.topology.boundary_faces`, areas), so pressure
-loads and caps can be built on it. Selection rules (parameters from ``[regions.<name>]``):
+Each region is a node set plus, for surface regions, the boundary faces it covers, so
+pressure loads and PMMA caps can be built on it; the selection rules are the
+``[regions.<name>]`` kinds of the load case.
 
-* ``head_patch``: boundary faces on the femoral head sphere (radial distance within 15 %
-  of R, outward normal pointing away from the centre) whose direction from the head
-  centre lies within ``patch_angle_deg`` of ``-d``, where ``d`` is the load direction: the
-  patch faces the incoming load.
-* ``trochanter_patch``: boundary faces within ``radius_mm`` of the greater trochanter whose
-  outward normal is within 60 deg of ``d`` (facing the support the load pushes the bone
-  against), and within ``depth_mm`` of the most extreme of them along ``d`` (the contact a
-  flat support plate pressed ``depth_mm`` into the surface would make).
-* ``distal_cut``: boundary faces within ``depth_mm`` of the most distal point along the
-  shaft axis; when at least half of their area is one flat face (normals within 25 deg),
-  the whole flat cut face is taken (faces within 1 mm of its plane), so an oblique cut is
-  selected completely. ``volume = true`` adds every mesh node in the distal slab. On a
-  short proximal segment (a femur cut or truncated by the scan less than 3.5 head radii
-  below the head centre) this is a cut face next to the trochanteric region, and a warning
-  says so: on the bundled femur (``benchmarks/truncated_femur.py``, 3 mm tet4) a cut 10 mm
-  below the lesser trochanter kept the stiffness within 20 % but put the first failure next
-  to the cut (0.69x the strength; 1.05x with ``exclude_margin_mm = 10``), and a cut 26 mm
-  below the head centre (the clinical right femur of the shared CT) made the femur 2.6x
-  stiffer, the cut face taking 76 % of the fall load (1.9x with ``fix = "across_load"``).
-* ``superior_endplate`` / ``inferior_endplate``: boundary faces of the vertebral body
-  (:meth:`~femur_fe.bone.anatomy.VertebraFrame.in_body`: the body separated from the
-  posterior elements) whose normal is within ``normal_angle_deg`` of the endplate normal,
-  within ``depth_mm`` below the most superior (inferior) such face along the normal. They
-  are refused (:func:`check_endplates`) under 300 mm^2, with a mean normal more than 30 deg
-  off the body axis, or when the two differ in area by more than 2x.
-* ``node_set`` / ``nodes``: explicit node ids (faces: boundary faces whose corner nodes all
-  belong to the set).
-
-A region with fewer than ``min_nodes`` nodes or less than ``min_area_mm2`` of face area
-raises :class:`~femur_fe.errors.RegionError` naming the region, what was found and how to
-fix it.
-
-Load direction ``d`` (unit vector of the force on the loaded region, input coordinates):
-
-* ``sideways_fall``: gravity in the frame of a femur adducted by ``a`` (distal end moved
-  medially) and internally rotated by ``r`` (anterior surface turned medially), with the
-  shaft-neck plane vertical and the shaft horizontal at ``a = r = 0``:
-  ``d = -cos a cos r * medial - cos a sin r * anterior + sin a * proximal``
-  (lateral, posterior for ``r > 0``, proximal for ``a > 0``).
-* ``stance``: ``d ~ -proximal + tan(frontal) * lateral - tan(sagittal) * anterior``
-  (distal, medial-to-lateral and ventral-to-dorsal, Bergmann 1993).
-* ``axial`` and ``wedge``: ``d = -z`` of the vertebra (pressing on the superior endplate);
-  ``wedge`` also rotates the plate by ``flexion_deg`` about the medio-lateral axis through
-  the hinge (:func:`wedge_hinge`), the anterior edge moving down.
-* ``vector``: the given components along the frame axes (x right, y anterior, z
-  proximal/superior).
+The method in full (equations, parameters, choices, sources): ``docs/anatomy.md``, section
+``femur_fe.analysis.regions``.
 """
 from __future__ import annotations
 
@@ -116,7 +72,7 @@ def frame_for(mesh_or_geometry: Any, case) -> Any:
 
 
 def load_direction(loading, frame) -> np.ndarray:
-    """Unit vector (input coordinates) of the load on the loaded region; see the module docstring."""
+    """Unit vector (input coordinates) of the load on the loaded region; see ``docs/anatomy.md``."""
     dirn = loading.direction
     if dirn == "vector":
         v = frame.vector_to_global(loading.vector)

@@ -12,7 +12,7 @@
 
 Spine factor of risk: a vertebral load model (standing / bending / lifting, Bouxsein
 2006) is not included — its load magnitudes are only known from memory [M]
-(biomechanics.md 3 and 8.14). :func:`factor_of_risk` accepts any load the user supplies.
+(Bouxsein et al. 2006, J Bone Miner Res 21:1475). :func:`factor_of_risk` accepts any load the user supplies.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from ..errors import FemurFeError
 log = logging.getLogger(__name__)
 
 #: gravitational acceleration used by the fall-force regression, m/s^2 (9.81 reproduces the
-#: biomechanics.md spot value 65 kg, 165 cm -> 5183 N)
+#: spot value 65 kg, 165 cm -> 5183 N of that regression)
 G_STANDARD = 9.81
 
 # Kopperdahl et al. 2014 (JBMR 29:570) fragile-bone-strength thresholds, N, inclusive [V]
@@ -86,8 +86,9 @@ def fall_impact_force(body_mass_kg: float, height_cm: float, soft_tissue_mm: flo
     Framingham factor-of-risk studies; ``F_att = F_peak - 71 N/mm * t`` with ``t`` the
     trochanteric soft-tissue thickness (Robinovitch et al. 1995).
 
-    Evidence: **[M]** — the formula and the 71 N/mm are from memory (biomechanics.md 2.5
-    and 8.8). What is verified **[V]** is that Keaveny & Bouxsein 2008 estimated the fall
+    Evidence: **[M]** — the formula (after van den Kroonenberg et al. 1995, J Biomech Eng
+    117:309) and the 71 N/mm (Robinovitch et al. 1995) are not checked against the papers.
+    What is verified **[V]** is that Keaveny & Bouxsein 2008 estimated the fall
     force from subject height and weight and that Dufour et al. 2012 used a "peak" force
     and an "attenuated" force that accounts for trochanteric soft tissue; the coefficients
     themselves could not be checked against the papers. Spot value from the formula

@@ -7,125 +7,8 @@ a ``(points, faces)`` pair, a pyvista ``PolyData``, a ``meshio.Mesh`` with trian
 surface file name, or a bare ``(n, 3)`` array of *surface* points (normals are then
 estimated from neighbours, with no orientation).
 
-Femur frame (:func:`femur_frame`)
----------------------------------
-Basis, the same form for both sides (a right-handed, patient-oriented frame like RAS)::
-
-    z = shaft axis, pointing proximally (towards the head)
-    y = anterior: normal of the plane spanned by the shaft axis and the neck axis
-    x = y cross z: in the shaft-neck plane, pointing to the patient's RIGHT
-        (so x is lateral for a right femur and medial for a left femur)
-
-This is the RAS patient orientation (x right, y anterior, z superior) with z along the
-shaft. ``FemurFrame.medial`` is the side-independent medial direction (-x for a right
-femur, +x for a left one). A
-mirror image of a femur is a femur of the other side: its frame has the mirrored z, y and
-medial directions (and x = -mirrored x, which keeps the basis right-handed).
-
-Method:
-
-1. Head: a Hough vote. Every surface point votes for the centres ``p - R n`` for radii
-   R in [8, 40] mm (``n`` the outward normal); on a sphere all votes for the true R fall in
-   one 2 mm bin, on a cylinder (shaft) they spread along the axis, on the condyles (two
-   radii of curvature, a notch) they spread. The strongest bins (area-weighted, summed with
-   their 26 neighbours) seed a robust sphere fit: area-weighted least squares on the points
-   within 15, 10, then 8 % of R of the sphere whose normals point away from its centre,
-   repeated until the inlier set no longer changes (a redescending M-estimator: the neck,
-   the fovea and a blurred head-neck junction drop out). The first candidate that covers
-   >= 30 % of the sphere's area (a 1 mm surface gives about 80 %, a 3 mm CT mask about
-   50 %) with an RMS residual <= 5 % of R at one end of the long axis is the head; its
-   radius must lie in 17-30 mm (adult femora), else the value is refused with the override.
-2. Shaft axis: line through the centroids of surface cross-sections between 3 head radii
-   below the head centre and 75 % of the remaining length (whole femur) or 10 % above the
-   distal end (proximal femur), re-sliced perpendicular to the fitted line twice. A bone
-   that ends in a flat cut face (a supporting plane of the bone, flat to 0.5 mm over at
-   least a disc of half a head radius) less than 3.5 head radii below the head centre has
-   too little shaft for that: a proximal femur cut just below the lesser trochanter, or a
-   femur truncated by a CT's field of view through the trochanters. The cut face is then
-   taken as perpendicular to the shaft and its normal is the shaft axis (a saw cut across
-   the shaft; for a truncated scan, the scanner's axial plane, which lies within about
-   5-15 deg of a supine patient's femoral shaft); a warning names the override. The
-   cross-section centroids of a trochanteric region are not a shaft axis: on the shared
-   femur cut 35-60 mm below the head centre they pointed 16-88 deg away from it.
-3. Neck axis: from the centroid of the neck cross-sections (1.15 to 1.8 head radii from
-   the head centre, within one head radius of the provisional axis) through the head
-   centre; it points from the neck to the head.
-4. Anterior side (and so the side): independent cues, each a signed vote along the normal
-   ``q = z x neck`` of the shaft-neck plane (``q`` is posterior for a right femur,
-   anterior for a left one: with x right, y anterior, z up, a right neck points to -x and
-   up, and z x (-x) = -y):
-
-   * condyles (whole femur): the distal condyles lie posterior to the shaft axis;
-   * lesser trochanter: the most prominent point of the medial flare below the neck is
-     posteromedial;
-   * anterior bow (whole femur): the diaphysis bulges anteriorly between its ends;
-   * greater trochanter: the trochanteric region lateral of the neck (1.5 head radii below
-     to half a radius above the head centre) lies posterior to the shaft-neck plane (the
-     trochanter overhangs the fossa and the intertrochanteric crest behind the anteverted
-     neck); counted when its centroid is >= 0.1 head radius off the plane. The only cue of
-     a femur truncated above the lesser trochanter.
-
-   The weighted votes (2, 1.5, 1, 1) must agree in sign, or the side is declared ambiguous
-   (a RegionError suggesting ``[anatomy] side = "left" | "right"``). Pass ``side=`` to
-   override; the frame then takes the anterior direction from that side.
-5. Greater trochanter: the surface point with the largest (proximal + lateral) coordinate
-   on the lateral side of the shaft axis, above 2.5 head radii below the head centre.
-6. Neck-shaft angle: the true 3-D angle between the neck axis (towards the head) and the
-   distal shaft axis; outside 110-150 deg it is refused, naming the override of the axis
-   that was measured. Anteversion (whole femur only): angle between the neck axis and the
-   posterior condylar line, both projected on the plane perpendicular to the shaft axis,
-   positive when the head points anteriorly.
-
-Overrides (``[anatomy]`` of a load case, so ``--set anatomy.<key>=...`` on the command
-line): ``side``, ``head_centre_mm`` and ``head_radius_mm``, ``shaft_axis`` and
-``neck_axis`` (directions, either sign), ``greater_trochanter_mm``; world mm of the mesh.
-``FemurFrame.methods`` says how each landmark was obtained.
-
-Limits: femoral heads with R outside [8, 40] mm are not found and outside 17-30 mm refused,
-bones whose head is severely deformed (no 30 % of a sphere), femora cut without a flat face
-less than 3.5 head radii below the head centre, and proximal femora without a prominent
-lesser trochanter whose greater trochanter is cut too (then no side cue is left: give the
-side explicitly). The frame uses the shaft-neck plane as the coronal reference (available
-on proximal femora); the condylar plane differs from it by the anteversion angle.
-
-Vertebra frame (:func:`vertebra_frame`)
----------------------------------------
-Basis: z = body axis pointing superiorly, y = anterior, x = y cross z (patient right).
-
-0. Vertebral body (:func:`vertebral_body`): the closed surface is voxelised (about 1 mm,
-   on a grid aligned with its principal axes, so independent of the pose) and opened with
-   a ball of half the largest inscribed radius (the body is the thickest part: inscribed
-   radius 6-8 mm in lumbar bodies; the pedicles, laminae and processes are thinner); the
-   opened component holding the deepest voxel is the body (30-47 cm^3 on the shared and
-   clinical lumbar vertebrae). Surface within 0.45 of the ball radius of it belongs to the
-   body. Endplates, dimensions and the endplate regions of a load case are taken on the
-   body only, so the articular and spinous processes, which rise above and hang below the
-   endplates, are never taken for them. A bare point cloud skips this step.
-1. Endplates: the direction u maximising the paired area of body faces whose normals lie
-   within 25 deg of +u and of -u (the two nearly parallel endplates), searched over a
-   Fibonacci sphere of directions and refined (or ``body_axis=``); the largest connected
-   patch of body faces with normals within 35 deg of +u (-u) is the superior (inferior)
-   endplate candidate; each is fitted with an area-weighted plane (centre, normal) and
-   must be a plate (RMS distance from its plane <= 7 % of its disc radius; lumbar endplates
-   measure 1-4 %).
-2. Posterior elements: points outside the endplate outlines (plus 15 %) or beyond the
-   plates, when their area exceeds 10 % of the total.
-3. Anterior: away from the posterior elements when present; otherwise from the outline of
-   the body cross-section: the anterior wall bulges outwards (convex) while the posterior
-   wall is flat or concave, measured by the curvature of the front and back outlines.
-4. Superior: the pedicles join the upper part of the body while the arch (laminae,
-   spinous and inferior articular processes) hangs lower, so the attachment of the
-   posterior elements (their surface within 3 mm of the body) lies above their area
-   centroid. On the fifteen lumbar surfaces of the shared data (Clouthier mean L2-L5,
-   Visible Human L1-L5, the clinical L1-L5 masks, the VerSe L2) the difference is 14-29 %
-   of the body height, always in that sense; below 5 % the rule is not trusted and the
-   input's +z is taken as superior (logged). A body alone has no such cue; the input's +z
-   is then taken as roughly superior (logged) unless ``superior=`` (a direction) is given.
-   ``anterior=`` overrides step 3.
-
-Dimensions: height = distance between the endplate centres along the axis; depth and
-width = extents of the vertebral body at mid-height. Overrides (``[anatomy]``):
-``anterior``, ``superior``, ``body_axis`` (directions).
+The method in full (equations, parameters, choices, sources): ``docs/anatomy.md``, section
+``femur_fe.bone.anatomy``.
 """
 from __future__ import annotations
 
@@ -665,7 +548,7 @@ def femur_frame(geometry: Any, *, side: str | None = None, head_centre: Sequence
                 head_radius: float | None = None, shaft_axis: Sequence[float] | None = None,
                 neck_axis: Sequence[float] | None = None, greater_trochanter: Sequence[float] | None = None,
                 require_side: bool = True) -> FemurFrame:
-    """Fit the anatomical frame of a (whole, proximal or truncated) femur; see the module docstring.
+    """Fit the anatomical frame of a (whole, proximal or truncated) femur; see ``docs/anatomy.md``.
 
     Parameters
     ----------
@@ -1228,7 +1111,7 @@ def _outline_bulge(xy: np.ndarray) -> tuple[float, float]:
 def vertebra_frame(geometry: Any, *, anterior: Sequence[float] | None = None,
                    superior: Sequence[float] | None = None,
                    body_axis: Sequence[float] | None = None) -> VertebraFrame:
-    """Fit the anatomical frame of a vertebra or a vertebral body; see the module docstring.
+    """Fit the anatomical frame of a vertebra or a vertebral body; see ``docs/anatomy.md``.
 
     Parameters
     ----------

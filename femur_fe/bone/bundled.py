@@ -51,8 +51,8 @@ SIDES = ("right", "left")
 GENERATOR_VERSION = 1
 
 #: Phantom calibration of the synthetic CT (HU -> K2HPO4 mg/cm^3): rho = 0.80028 HU + 8.1229.
-#: It is the Mindways-style fit of the archived Ogo test vector (see
-#: /work/shared/docs/biomechanics.md section 5, [V-code]); a typical clinical slope of
+#: It is the Mindways-style fit of the archived Ogo test vector (Bonelab/Ogo
+#: ``mindways_calibration.py`` after the Mindways QCT PRO User Guide v5.0, [V-code]); a typical clinical slope of
 #: about 0.8 mg/cm^3 per HU. Stored next to the volumes as ``calibration.json`` in the format
 #: of :meth:`femur_fe.bone.calibration.DensityCalibration.from_dict`.
 SYNTHETIC_CALIBRATION = {

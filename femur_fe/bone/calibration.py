@@ -7,8 +7,8 @@ mg/cm^3 (as phantom certificates and CT files do). Density types are kept apart:
 * ``ash``: ash mass / bulk volume;
 * ``apparent``: wet mass / bulk volume.
 
-Evidence tags as in ``shared/docs/biomechanics.md``: [V] verified in a source, [V-code] seen in
-an established code, [M] from memory (coefficients not checked against the paper).
+Evidence tags: [V] verified in the cited paper, [V-code] value as transcribed in an
+established open code (e.g. Bonelab/Ogo), [M] from memory (coefficients not checked against the paper).
 """
 from __future__ import annotations
 

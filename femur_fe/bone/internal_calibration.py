@@ -1,85 +1,11 @@
 """Internal (phantomless) density calibration of a clinical CT in HU.
 
-Method of Michalski, Besler, Michalak & Boyd 2020 (Med Eng Phys 78:55, "CT-based internal density
-calibration for opportunistic skeletal assessment using abdominal CT scans"), as implemented in
-Ogo's ``ogo/calib/internal_calibration.py`` (``InternalCalibration``) [V-code]:
+Michalski, Besler, Michalak & Boyd 2020 (Med Eng Phys 78:55): reference tissues sampled in
+the scan give the effective beam energy and a linear HU -> K2HPO4 mg/cm^3 calibration
+(:func:`internal_calibration`, :func:`sample_tissues`, :class:`InternalCalibration`).
 
-1. Sample the mean HU of reference tissues in the scan: air, subcutaneous adipose, skeletal muscle,
-   and, where they can be found, blood and cortical bone.
-2. For every candidate effective energy E (default 40-150 keV in 0.5 keV steps; Ogo searches
-   1-200 keV) take the tissues' **mass** attenuation coefficients (mu/rho)(E) and compute the
-   coefficient of determination R^2 of the least-squares line HU -> mu/rho. The energy with the
-   largest R^2 is the scan's effective energy.
-3. At that energy: the line HU -> mu/rho (``hu_to_mass_attenuation``) and the line HU -> "Archimedean"
-   density, fitted to ``rho_t = mu_water (1 + HU_t / 1000) / (mu/rho)_t`` of each tissue (water
-   density 1 g/cm^3) (``hu_to_density``).
-4. Two-component split of a voxel into K2HPO4 and a second component (triglyceride C55H98O6, as
-   Ogo, or water)::
-
-       rho_K2HPO4(HU) = rho(HU) * (u(HU) - u_2) / (u_K2HPO4 - u_2)
-
-   with ``rho(HU)`` and ``u(HU)`` the two fitted lines and ``u_2`` the second component's mass
-   attenuation. The product of two lines is **quadratic** in HU (Ogo's ``predict``);
-   :meth:`InternalCalibration.density` gives it, and the calibration object itself is a
-   :class:`~femur_fe.bone.calibration.HUCalibration` that the mapping takes directly.
-   :meth:`InternalCalibration.density_calibration` returns the straight line with the smallest
-   relative error over the bone voxels' HU distribution and records its largest deviation from the
-   curve. :meth:`InternalCalibration.to_dict` / :meth:`InternalCalibration.from_dict` round-trip the
-   record (summary.json). K2HPO4 and triglyceride attenuate alike above ~120 keV
-   (they cross at 144 keV), where the split is refused.
-
-Attenuation data: ``xraydb`` (Elam, Ravel & Sieber 2002, Radiat Phys Chem 63:121; total
-attenuation with coherent scattering, the quantity of the NIST tables). Tissue compositions are the
-ICRU Report 44 (1989) elemental mass fractions as listed by NIST (Hubbell & Seltzer 1995, NISTIR
-5632, Table 2: "Adipose Tissue (ICRU-44)", "Blood, Whole (ICRU-44)", "Bone, Cortical (ICRU-44)",
-"Muscle, Skeletal (ICRU-44)"); air is xraydb's own ``air`` material (dry air, its formula); water,
-K2HPO4, triglyceride and calcium hydroxyapatite are chemical formulas. At the NIST table energies
-these agree with the NIST/Ogo tables within 0.05 % (tests/test_internal_calibration.py).
-
-Accuracy limits (numbers from tests/test_internal_calibration.py and the clinical example CT):
-
-* **Against a phantom in a physically consistent scan** (every voxel from the same monoenergetic
-  attenuation physics at 74.3 keV: ICRU-44 tissues, the bundled vertebra's K2HPO4 field in water,
-  Mindways-style rods; ``test_b_physical_scan_internal_vs_phantom``): the phantom fit recovers the
-  trabecular K2HPO4 density (169.1 vs 169.2 mg/cm^3); this method gives 132.0 mg/cm^3 (-22 %; the
-  difference grows with density: -5 % for an 80 mg/cm^3 K2HPO4 solution at 100 HU). The marrow
-  does not change the comparison at a given HU (both are functions of HU); it moves both away from
-  the true K2HPO4 content (fatty marrow lowers HU: the classic fat error of single-energy QCT). Two
-  causes, both in the method: (1) the R^2 criterion ranks energies by how linear HU is in *mass*
-  attenuation, but HU is linear in *linear* attenuation (rho mu/rho): it returns 93.5 keV (5 tissues;
-  about 84 keV for air, fat and muscle whatever the scan's energy); at the true energy R^2 is only
-  0.929. Ogo's 97 keV on a 120 kVp scan is such an energy, not a spectrum's mean energy. (2) Even at
-  the true energy the split (tissue lines for density and mu/rho, triglyceride second component) has
-  about half the phantom's slope and 85 mg/cm^3 at 0 HU; it crosses the phantom line near 175
-  mg/cm^3. No option of Michalski 2020 or Ogo (tissue subsets, triglyceride or water, energy grid)
-  removes this: -10 % to -100 % at 65-85 keV. Bartenschlager et al. 2023 (J Bone Miner Res 38:1689)
-  report 12.6 +- 13.2 mg/cm^3 against simultaneous phantom calibration for the phantomless method
-  without precalibration, and good agreement only with a precalibration on phantom scans.
-* The curve is quadratic in HU; :meth:`InternalCalibration.density` is the curve, and the rest of
-  femur_fe takes it directly (:class:`~femur_fe.bone.calibration.HUCalibration`). The straight line of
-  :meth:`InternalCalibration.density_calibration` deviates from it by up to 25 % on the clinical CT.
-* Clinical example CT (3 mm, air/fat/muscle): L1-L5 trabecular vBMD 76-80 mg/cm^3 with the paraspinal
-  and gluteal muscle sample (23.5 HU; 74-77 mg/cm^3 with soft tissue within 40 mm of bone, 28.3 HU,
-  which includes bowel and bladder wall). A 120 kVp K2HPO4 phantom line (0.80 HU + 8 mg/cm^3) would
-  give 95-101 mg/cm^3 at these HUs: -20 %, the bias of the physical scan. With three tissues a
-  10 HU error in muscle moves trabecular densities by about 5 %.
-* **Cortical bone** has the largest leverage (L1-L5 become 110-117 mg/cm^3 with the 1088 HU of the 33
-  densest shell voxels, 102-108 with 1226 HU: about 1 % per 10 HU). It is used only when at least
-  ``min_voxels`` of the densest 0.9 cm^3 of the bone-mask shell are found, i.e. where voxels are small
-  enough to lie wholly inside cortex (a femoral shaft, 4-7 mm cortex, at <= 1.5 mm voxels). At 3 mm
-  no robust value exists: vertebral and femoral-neck cortex (0.3-2 mm) is thinner than a voxel, the
-  clinical CT holds no femoral shaft (femoral head and neck only), its densest bone voxels (99.9th
-  percentile 1050-1150 HU, at most 1183 HU in the right femur and 1262 HU in the right hip) are
-  partial-volume averages, and a partial-volume correction needs the cortical thickness that 3 mm
-  voxels cannot resolve. A wrong cortical value (too low by partial volume) biases every density
-  by ~1 % per 10 HU, so at 3 mm the calibration rests on air, fat and muscle, and a value measured
-  elsewhere (a finer scan of the same scanner) can be given as ``tissue_hu={"cortical_bone": HU}``.
-
-The result is an estimate of K2HPO4-equivalent density, not a phantom measurement.
-
-Automatic tissue sampling (:func:`sample_tissues`) is described in its docstring; every voxel
-used is returned as an ROI label image with Ogo's labels (91 adipose, 92 air, 93 blood, 94
-cortical bone, 95 skeletal muscle) so that it can be inspected.
+The method in full (equations, parameters, choices, sources): ``docs/calibration.md``, section
+``femur_fe.bone.internal_calibration``.
 """
 from __future__ import annotations
 

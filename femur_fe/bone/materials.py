@@ -14,8 +14,8 @@ Common options (keyword-only, on every law):
 Negative densities are clamped to 0 with a warning stating how many (never silently).
 Laws are found by name with :func:`material_law` (used by load-case TOML files).
 
-Evidence tags follow ``shared/docs/biomechanics.md``: [V] verified in a source, [V-code] seen in
-an established code (secondary), [M] from memory, not verified against the paper.
+Evidence tags: [V] verified in the cited paper, [V-code] value as transcribed in an
+established open code (secondary), [M] from memory, not verified against the paper.
 """
 from __future__ import annotations
 
@@ -330,7 +330,8 @@ class Keyak1994Chain(DensityModulusLaw):
 class Kopperdahl2002(DensityModulusLaw):
     """Kopperdahl, Morgan & Keaveny 2002, vertebral trabecular bone, QCT density (g/cm^3).
 
-    Two codes disagree on which relation is "Kopperdahl 2002" (biomechanics.md section 8 item 5):
+    Two codes disagree on which relation is "Kopperdahl 2002" (Kopperdahl, Morgan & Keaveny
+    2002, J Orthop Res 20:801; the primary paper was not checked):
 
     * ``form="linear"``: ``E = -34.7 + 3230 * rho`` MPa; yield stress
       ``sigma_y = -0.750 + 24.9 * rho`` MPa [V-code] (qctma-style MechanicalLaw table, which labels

@@ -4,31 +4,8 @@ The functions here turn closed surfaces (:class:`femur_fe.io.surface.Surface`, r
 :func:`femur_fe.io.read_surface`) or a binary mask into quality tetrahedral meshes
 (:class:`femur_fe.fe.mesh.Mesh`, tet4 or tet10) with TetGen.
 
-Approach
---------
-* **Repair** (:func:`repair_surface`): merge near-duplicate points, drop degenerate and
-  duplicate faces, keep the largest connected component, then pymeshfix (MeshFix, Attene
-  2010) fills holes and removes non-manifold / self-intersecting parts; normals are
-  made outward. A :class:`RepairReport` says what changed.
-* **Remeshing** (:func:`remesh_surface`): isotropic remeshing through a voxel grid
-  (voxelise at 0.8 x the target edge, surface nets ``vtkSurfaceNets3D``, project every
-  vertex to the closest point of the input surface), with quadric decimation as the
-  fallback. TetGen's quality refinement (radius-edge ratio and minimum dihedral angle)
-  then splits what is left of poor triangles, and its ``maxvolume`` switch sets the
-  interior element size. (pyacvd is not a dependency.)
-* **Tet meshing** (:func:`tetmesh_from_surface`): TetGen ``-pq<ratio>/<angle>a<vol>``;
-  tet10 meshes get straight mid-edge nodes in VTK/meshio order (edges (0,1), (1,2),
-  (0,2), (0,3), (1,3), (2,3)), generated here from the linear mesh (after sliver peeling)
-  rather than taken from TetGen: TetGen 1.6's ``-o2`` output puts its mid-edge nodes on
-  edges (2,3), (0,3), (0,1), (1,2), (1,3), (0,2), i.e. VTK order = TetGen columns
-  [0, 1, 2, 3, 6, 7, 9, 5, 8, 4] (checked with tetgen 0.8.4).
-* **Proximal femur cut** (:func:`cut_proximal_femur`): shaft axis, head and lesser
-  trochanter from :func:`femur_fe.bone.anatomy.femur_frame`, then ``vtkClipClosedSurface``
-  with a plane perpendicular to the shaft axis, which caps the cut so the result stays
-  closed.
-* **Mask to surface** (:func:`surface_from_mask`): VTK flying edges on the 0/1 image at
-  level 0.5 (optionally after a small Gaussian blur of the mask), windowed-sinc smoothing,
-  and mapping to world coordinates with the 4x4 index-to-world affine.
+The method in full (equations, parameters, choices, sources): ``docs/engine.md``, section
+``femur_fe.bone.meshing``.
 """
 from __future__ import annotations
 

@@ -34,7 +34,8 @@ BONES = ("femur", "vertebra")
 DIRECTIONS = {"femur": ("sideways_fall", "stance", "vector"), "vertebra": ("axial", "wedge", "vector")}
 #: direction-specific [loading] keys and their defaults (None: required)
 DIRECTION_KEYS: dict[str, dict[str, Any]] = {
-    # Zani et al. 2014 (biomechanics.md 2.1) [V]: the standard sideways-fall configuration
+    # Zani et al. 2014, "A new paradigm for the in vitro simulation of sideways fall loading of
+    # the proximal femur" [V]: the standard sideways-fall configuration
     "sideways_fall": {"adduction_deg": 10.0, "internal_rotation_deg": 15.0},
     # Bergmann et al. 2001 (HIP98, peak hip contact force in walking): about 13 deg from the
     # shaft axis in the frontal plane and 8 deg in the sagittal plane [M]; Bergmann 1993 [V]:
@@ -59,13 +60,13 @@ STANDARD_REGIONS = {"head_contact": "head_patch", "trochanter_contact": "trochan
                     "distal_cut": "distal_cut", "superior_endplate": "superior_endplate",
                     "inferior_endplate": "inferior_endplate"}
 DEFAULT_BOUNDARY = {
-    # Ogo SidewaysFallFe (biomechanics.md 2.1) [V-code]: head displaced, trochanter cap and
+    # Bonelab/Ogo SidewaysFallFe [V-code]: head displaced, trochanter cap and
     # distal femur fixed
     "sideways_fall": (("head_contact", "apply", "load"), ("trochanter_contact", "fix", "all"),
                       ("distal_cut", "fix", "all")),
-    # single-leg stance: head loaded, distal end fixed (biomechanics.md 2.1)
+    # single-leg stance: head loaded, distal end fixed (Schileo et al. 2014, J Biomech 47:3531)
     "stance": (("head_contact", "apply", "load"), ("distal_cut", "fix", "all")),
-    # vertebral compression (Ogo SpineCompressionFe, biomechanics.md 3) [V-code]
+    # vertebral compression (Bonelab/Ogo SpineCompressionFe) [V-code]
     "axial": (("superior_endplate", "apply", "load"), ("inferior_endplate", "fix", "all")),
     "wedge": (("superior_endplate", "apply", "load"), ("inferior_endplate", "fix", "all")),
 }

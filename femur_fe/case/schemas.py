@@ -24,6 +24,7 @@ from .loadcase import DIRECTIONS, REGION_KINDS, load_case
 from .runfile import load_run_file
 from .presets import loadcases_dir
 from .scenarios import load_scenarios
+from .sweep import distribution, sweep_table
 
 #: defaults that depend on other keys, and other facts a reader needs beside the key table
 NOTES: dict[tuple[str, str], str] = {
@@ -106,7 +107,8 @@ ORDER = ["load case (top level)", "load case [material]", "load case [material.c
          "load case [failure]", "load case [failure.params]", "load case [nonlinear]", "load case [solver]",
          "load case [output]", "bone [bone]", "bone [bone.density]", "calibration JSON (phantom)",
          "comparison (top level)", "comparison [comparison]", "subject [subject]", "scenario file (top level)",
-         "scenario [[scenario]]", "scenario [[scenario.operator]] (type)"]
+         "scenario [[scenario]]", "scenario [[scenario.operator]] (type)", "sweep (top level)",
+         "sweep [parameters] distribution"]
 UNITS = (("_percent_per_year", "%/yr"), ("_mm2", "mm²"), ("_mm3", "mm³"), ("_mm", "mm"), ("_mpa", "MPa"),
          ("_deg", "degrees"), ("_g_cm3", "g/cm³"), ("_mg_cm3", "mg/cm³"), ("_kg", "kg"), ("_cm", "cm"),
          ("_months", "months"), ("_days", "days"), ("_percent", "%"), ("_s", "s"), ("_n", "N"), ("_kev", "keV"))
@@ -185,6 +187,8 @@ def exercise() -> None:
         load_scenarios(path, allow_other_keys=True)
     load_run_file({"case": {"schema_version": 1}, "bone": {"bundled": "femur"}, "subject": {"sex": "female"}})
     _record_operators()
+    sweep_table({"name": "s", "method": "lhs", "samples": 4, "seed": 1, "parameters": {}})
+    distribution("loading.adduction_deg", {"uniform": [0.0, 20.0]})
 
 
 def markdown() -> str:
@@ -198,8 +202,8 @@ def markdown() -> str:
              "valid key suggested.", "",
              "Files: load cases (`loadcases/*.toml`), a bone (`[bone]` in run, comparison and sweep files, "
              "`femur-fe run --bone FILE`), comparison files (`femur-fe compare`), scenario tables "
-             "(`[[scenario]]`), the phantom calibration JSON (`--calibration FILE.json`). Sweep files: "
-             "`femur_fe.studies.sweep`.", ""]
+             "(`[[scenario]]`), the phantom calibration JSON (`--calibration FILE.json`), sweep files "
+             "(`femur-fe sweep`; a parameter is a key path = values or a distribution table).", ""]
     names = [n for n in ORDER if n in SCHEMA] + sorted(n for n in SCHEMA if n not in ORDER)
     for name in names:
         lines += [f"## {name}", "", "| key | type | default | allowed | unit | note |",

@@ -21,6 +21,7 @@ from .mesh import Mesh, MeshReport, remove_orphan_nodes, tet10_from_tet4, valida
 from .nonlinear import NonlinearResult, SecantYield, nonlinear_strength
 from .parallel import effective_n_threads, openmp_enabled
 from .recovery import node_average, strain, stress
+from .reuse import ReusingSolver
 from .solvers import LinearSolver, Solution, SolveReport, solve
 from .voxel_solver import VoxelGrid, VoxelSolver, is_voxel_mesh
 
@@ -30,6 +31,7 @@ __all__ = [
     "structured_mesh",
     "tet10_from_tet4",
     "LinearSolver",
+    "ReusingSolver",
     "Mesh",
     "MeshReport",
     "NonlinearResult",

@@ -1,75 +1,11 @@
 """Nonlinear (material) strength: incremental, displacement-controlled secant analysis.
 
-Material model (documented choice: a *secant-modulus, total-strain* model)
---------------------------------------------------------------------------
-At every quadrature point the equivalent strain ratio is the asymmetric principal-strain
-measure of the linear criterion (Schileo)::
+A secant-modulus, total-strain material with the asymmetric principal-strain measure of the
+linear criterion, loaded by increasing prescribed displacement; strength is the peak of the
+force-displacement curve (inexact Newton-Krylov steps, adaptive step size).
 
-    r = max(eps1+ / eps_t, eps3- / eps_c)        (eps1+ = max(eps1, 0), eps3- = max(-eps3, 0))
-
-With ``r <= 1`` the point is elastic (modulus E). Beyond, the secant modulus is::
-
-    E_s = E (1 + h (r - 1)) / r        (h = post-yield modulus ratio, 0 = perfectly plastic)
-
-so the stress along the governing principal direction stays at ``E eps_y`` (perfectly
-plastic plateau for ``h = 0``) while the Poisson ratio is unchanged. It is a monotonic
-loading model (no unloading, no softening) and a *total-strain* model: the stress depends on
-the current strain only, so the equilibrium at a displacement does not depend on the load
-path (the load steps serve the convergence, not the answer). ``E_s`` is floored at
-``min_secant_ratio * E`` (default 1e-3: only reached at strains 1000x the yield strain) to
-keep the matrix regular. Yield strains can be constants, per-element arrays, or derived
-from a density-dependent yield stress (``SecantYield.from_yield_stress``: ``eps_c =
-sigma_y(rho) / E``).
-
-Solution method
----------------
-Displacement control: all prescribed values (supports, loaded DOFs, rigid-tie reference
-DOFs) are scaled by a load factor ``lam``; the unknowns are the free DOFs of the reduced
-system of :class:`femur_fe.fe.LinearSolver` (rigid ties eliminated master-slave).
-
-* **Matrix-free model**: strains at the quadrature points come from one sparse product with
-  the strain operator ``B`` (:class:`femur_fe.fe.strain_operator.StrainOperator`), the
-  internal forces from ``B^T``; principal strains in closed form. No matrix is re-assembled.
-* **Inexact Newton** on the equilibrium ``R(u) = 0`` with the consistent tangent of the
-  secant model (non-symmetric: ``E_s D1`` plus a rank-one term per yielded point), each
-  correction by GMRES (:func:`femur_fe.fe.krylov.gmres`) **preconditioned by the elastic
-  set-up** (the factorisation or the AMG hierarchy of the initial stiffness, set up once, or
-  the linear analysis's own set-up passed as ``preconditioner``). The linear tolerance follows
-  the distance to convergence (``0.5 rtol / err``, within [0.05, ``inner_rtol``]). A Newton
-  update that does not lower the residual is halved (up to 3 times), then replaced by one
-  secant (Kacanov) update ``K_s du = -R`` (PCG), which always applies.
-  ``iteration="secant"`` uses secant updates only (linear convergence; a reference).
-* **Predictor**: linear extrapolation of the last two converged states.
-* **Adaptive steps**: an exact step to first yield, then steps starting at half the nominal
-  ``(final - first yield) / n_steps``, grown x1.5 after a step that converged easily (<= 2
-  residual evaluations to 1e-3) and halved after a hard one (>= 5), at most 2x the nominal
-  with the endpoint definition (the nominal with the peak definition, whose plateau test
-  compares the slope over a step); a step that does not converge in ``max_iterations`` is
-  cut in half (up to ``max_cutbacks`` times), else the analysis stops, the result is marked
-  ``converged=False`` and only converged steps are returned. A force drop after a long step
-  sends the analysis back to the highest point with steps a quarter as long, to locate the
-  peak. The last step ends exactly at the endpoint.
-* **Convergence** of a step: the energy norm of the residual,
-  ``sqrt(R . M R / (u . f_int)) <= rtol`` (``M`` the elastic preconditioner, ``f_int`` the
-  internal forces), default 1e-3. On the bundled vertebra and femur and the VerSe L2 this
-  keeps the strength within 0.08 % of 48 equal steps to 1e-6, and within 0.1 % on the test
-  column of ``tests/test_nonlinear.py`` (``benchmarks/bench_nonlinear.py --reference``).
-
-A ``progress`` callable receives one line per converged step (load, plate displacement,
-yielded volume, iterations, elapsed time).
-
-Two strength definitions:
-
-* ``peak`` (default here): the peak of the force-displacement curve. The peak counts as
-  *reached* when the force drops, or when the incremental stiffness of a step falls below
-  ``plateau_ratio`` times the elastic stiffness (the plateau of the perfectly plastic
-  model). Without either, ``peak_reached`` is False and :func:`femur_fe.analysis.summary_fields`
-  reports no nonlinear strength.
-* ``endpoint`` (``endpoint_mm``): the largest force reached up to a prescribed displacement
-  endpoint, as Ogo reports its nonlinear FAIM results (endpoint 4 % of a characteristic
-  length for the hip and the spine [V-code]). A perfectly plastic model has no force drop,
-  so its "peak" depends on how far the plateau is followed; the endpoint fixes that choice
-  to a stated, geometry-scaled deformation. The load-case presets use it (``[nonlinear]``).
+The method in full (equations, parameters, choices, sources): ``docs/strength.md``, section
+``femur_fe.fe.nonlinear``.
 """
 from __future__ import annotations
 
@@ -505,7 +441,7 @@ def nonlinear_strength(
     preconditioner: LinearSolver | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> NonlinearResult:
-    """Incremental displacement-controlled nonlinear strength (secant model, see module doc).
+    """Incremental displacement-controlled nonlinear strength (secant model, see ``docs/strength.md``).
 
     Parameters
     ----------
@@ -544,7 +480,7 @@ def nonlinear_strength(
     elastic_elements : bool mask or ids of elements that never yield (e.g. PMMA caps)
     n_steps : nominal number of load steps after first yield (the adaptive steps start at half
         and grow to at most twice that size; ``adaptive=False``: exactly these steps)
-    rtol : energy-norm convergence tolerance of each step (see the module doc; 1e-3 keeps the
+    rtol : energy-norm convergence tolerance of each step (see ``docs/strength.md``; 1e-3 keeps the
         strength within 0.1 % of a strict reference on the tested models)
     max_iterations : residual evaluations per step (Newton or secant updates + 1) before a cutback
     max_inner : Krylov iterations per update (GMRES for Newton, PCG for secant updates)

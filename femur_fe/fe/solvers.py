@@ -28,7 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
-from ..errors import LoadCaseError, SolverError, UnderConstrainedError
+from ..errors import ConvergenceError, LoadCaseError, SolverError, UnderConstrainedError
 from . import _amg
 from .amg import SmoothedAggregation, pcg
 from .constraints import (
@@ -279,6 +279,7 @@ class LinearSolver:
         self.red = TieReduction(n_nodes, pts, ties)
         self.tie_names = self.red.names
         self.last_iterations = 0
+        self.last_iteration_counts: list[int] = []
 
         slave_nodes = np.flatnonzero(self.red.slave_of >= 0)
         clash = slave_nodes[fixed.reshape(-1, 3)[slave_nodes].any(axis=1)]
@@ -601,8 +602,9 @@ class LinearSolver:
             loads[k] = load
         return loads
 
-    def _solve_free(self, b: np.ndarray) -> tuple[np.ndarray, list[int]]:
-        """Solve A x = b for (n_free, r) b; returns x and iterations per column."""
+    def _solve_free(self, b: np.ndarray, x0: np.ndarray | None = None) -> tuple[np.ndarray, list[int]]:
+        """Solve A x = b for (n_free, r) b; returns x and iterations per column. ``x0`` (n_free, r):
+        start of CG (``cg-reuse``); a direct factorisation solves exactly and does not use it."""
         if self.method.startswith("direct"):
             x = self._solve_fn(b)
             return np.asarray(x).reshape(b.shape), [0] * b.shape[1]
@@ -619,11 +621,11 @@ class LinearSolver:
             def cb(_xk, count=count):
                 count[0] += 1
 
-            xj, info = spla.cg(self.A, bj, rtol=self.rtol, atol=0.0, maxiter=self.maxiter, M=self._precond,
-                               callback=cb)
+            xj, info = spla.cg(self.A, bj, x0=None if x0 is None else x0[:, j], rtol=self.rtol, atol=0.0,
+                               maxiter=self.maxiter, M=self._precond, callback=cb)
             if info != 0:
                 res = np.linalg.norm(bj - self.A @ xj) / nb
-                raise SolverError(
+                raise ConvergenceError(
                     f"{self.method} preconditioned CG did not converge: {count[0]} iterations, relative residual {res:.3e} "
                     f"> rtol {self.rtol:.1e}. Try method='direct' (if memory allows), check the constraints "
                     "(nearly free rigid modes, parts hanging on a few nodes) and the material (E spanning many "
@@ -666,7 +668,7 @@ class LinearSolver:
             else:
                 x, it, rj = pcg(self._amg_matvec, b, self.amg, rtol=self.rtol, maxiter=self.maxiter, x0=x0)
             if rj > self.rtol:
-                raise SolverError(
+                raise ConvergenceError(
                     f"{self.method} preconditioned CG did not converge: {it} iterations, relative residual {rj:.3e} "
                     f"> rtol {self.rtol:.1e}. Try method='direct' (if memory allows), check the constraints "
                     "(nearly free rigid modes, parts hanging on a few nodes) and the material (E spanning many "
@@ -694,8 +696,9 @@ class LinearSolver:
         tie_loads : ``{tie name or index: (Fx, Fy, Fz, Mx, My, Mz)}`` (N, N mm) overriding
             the ties' force/moment on free reference DOFs.
         initial_u : (3n,) or (3n, r) displacements (mm) to start CG from, e.g. the solution of
-            the same load on the previous moduli (AMG methods; direct methods ignore it). Its
-            values at prescribed DOFs are replaced by the prescribed ones.
+            the same load on the previous moduli (AMG methods and ``cg-reuse``; a direct
+            factorisation solves exactly and ignores it). Its values at prescribed DOFs are
+            replaced by the prescribed ones.
         """
         t0 = time.perf_counter()
         fa = np.asarray(f, dtype=np.float64)
@@ -714,21 +717,22 @@ class LinearSolver:
         loads = self._tie_loads(tie_loads)
         for k in range(red.n_ties):
             fz[red.tie_dof(k)] += loads[k][:, None]
+        z0 = None
+        if initial_u is not None and (self.amg is not None or self.method == "cg-reuse"):
+            u0 = np.asarray(initial_u, dtype=np.float64)
+            u0 = u0[:, None] if u0.ndim == 1 else u0
+            if u0.ndim != 2 or u0.shape[0] != self.n_dofs or u0.shape[1] not in (1, r) \
+                    or not np.isfinite(u0).all():
+                raise SolverError(f"initial_u must be finite with shape ({self.n_dofs},) or ({self.n_dofs}, "
+                                  f"{r}), got {np.shape(initial_u)}")
+            z0 = np.zeros((red.n_z, u0.shape[1]))
+            z0[: red.n_master] = u0[red.master_dofs]
         if self.amg is not None:
-            z0 = None
-            if initial_u is not None:
-                u0 = np.asarray(initial_u, dtype=np.float64)
-                u0 = u0[:, None] if u0.ndim == 1 else u0
-                if u0.ndim != 2 or u0.shape[0] != self.n_dofs or u0.shape[1] not in (1, r) \
-                        or not np.isfinite(u0).all():
-                    raise SolverError(f"initial_u must be finite with shape ({self.n_dofs},) or ({self.n_dofs}, "
-                                      f"{r}), got {np.shape(initial_u)}")
-                z0 = np.zeros((red.n_z, u0.shape[1]))
-                z0[: red.n_master] = u0[red.master_dofs]
             z, its, res = self._solve_amg(fz, zp, z0)
         else:
             b = fz[self._free] - self._kfp @ zp
-            xf, its = self._solve_free(b)
+            x0 = None if z0 is None else np.repeat(z0[self._free], r // z0.shape[1], axis=1)
+            xf, its = self._solve_free(b, x0)
             res = []
             for j in range(r):
                 nb = np.linalg.norm(b[:, j])
@@ -747,6 +751,7 @@ class LinearSolver:
                     self.tie_names[k], _squeeze(z[d[:3]], one), _squeeze(z[d[3:]], one),
                     _squeeze(rz[d[:3]], one), _squeeze(rz[d[3:]], one))
         self.last_iterations = int(max(its))
+        self.last_iteration_counts = [int(i) for i in its]
         report = SolveReport(self.method, int(max(its)), float(max(res)), self.setup_seconds,
                              time.perf_counter() - t0, int(self.memory_estimate_bytes), self.n_dofs, self.n_free,
                              r, red.n_ties, int(self.orphan_nodes.size))

@@ -34,7 +34,7 @@ from .solvers import solve
 from .topology import boundary_faces
 
 # --------------------------------------------------------------------------- NAFEMS LE10
-LE10_TARGET = -5.38  # MPa, sigma_yy at D (NAFEMS TNSB Rev. 3; biomechanics.md 6.2)
+LE10_TARGET = -5.38  # MPa, sigma_yy at D (NAFEMS, The Standard NAFEMS Benchmarks, TNSB Rev. 3, 1990)
 _LE10_C = math.sqrt(2000.0**2 - 1000.0**2)  # the two ellipses are confocal: 3250^2 - 2750^2 = 3e6 too
 _LE10_MU0 = math.acosh(2000.0 / _LE10_C)
 _LE10_MU1 = math.acosh(3250.0 / _LE10_C)
@@ -117,7 +117,7 @@ def run_le10(shape: tuple[int, int, int] = (6, 12, 4), method: str = "auto") -> 
 
 # --------------------------------------------------------------------------- Lamé cylinder
 def lame_exact(r: np.ndarray, a: float, b: float, p: float, young: float, nu: float):
-    """Plane-strain Lamé solution: (u_r mm, sigma_r, sigma_theta MPa) at radii r (biomechanics.md 6.5)."""
+    """Plane-strain Lamé solution: (u_r mm, sigma_r, sigma_theta MPa) at radii r (Timoshenko & Goodier, Theory of Elasticity, 1970)."""
     big_a = p * a * a / (b * b - a * a)
     big_b = p * a * a * b * b / (b * b - a * a)
     u_r = (1 + nu) / young * ((1 - 2 * nu) * big_a * r + big_b / r)

@@ -1,57 +1,11 @@
 """Matrix-free solver for hex8 voxel models: element-by-element products and geometric multigrid.
 
-In a voxel model every element is a translate of one box, so the stiffness of element e is
-``E_e * K_hat`` with one (24, 24) unit-modulus template ``K_hat``. :class:`VoxelSolver`
-solves ``K u = f`` with Dirichlet DOFs and rigid ties (:class:`femur_fe.fe.RigidTie`) without
-assembling ``K``:
+Every voxel element is ``E_e * K_hat`` with one (24, 24) template, so :class:`VoxelSolver`
+solves ``K u = f`` (Dirichlet DOFs, rigid ties) without assembling ``K``: matrix-free
+products preconditioned by geometric multigrid.
 
-* ``y = K x`` is computed element by element (compiled kernel ``femur_fe.fe._voxel``, OpenMP,
-  deterministic: layers of elements coloured by parity, see its module docstring);
-* conjugate gradients (float64) to ``||b - A x|| <= rtol ||b||`` on the free DOFs,
-  preconditioned by one geometric multigrid V-cycle on the voxel hierarchy: the grid is
-  coarsened 2 x 2 x 2 (not along an axis one element thick; a coarse element is active
-  when any child is; its modulus is the mean of its children, absent ones counting 0, on
-  the template of the coarse box, as in ParOSol, Flaig and Arbenz 2011, Parallel
-  Computing 37:846-854), Chebyshev
-  smoothing on the Jacobi-scaled operator (Adams et al. 2003, J Comput Phys
-  188:593-610), trilinear prolongation of the node displacements and its transpose as
-  restriction, and a sparse direct solve (SuperLU) on the coarsest level;
-* Dirichlet DOFs are eliminated (held at zero in the CG vectors, their prescribed values
-  lifted into the right-hand side); a coarse DOF is held when it interpolates to any
-  held fine DOF of the same component (ParOSol's rule);
-* a rigid tie is eliminated master-slave (``u_i = U + theta x (x_i - x_ref)``, as in
-  :class:`femur_fe.fe.LinearSolver`): the tied nodes are held in the multigrid hierarchy and
-  the free reference DOFs of the ties form a small block, solved exactly through its
-  Schur complement (``S = A_tt - A_tm M A_mt`` with M the V-cycle), so the
-  preconditioner stays symmetric and costs one V-cycle per iteration.
-
-The answer is the one of the assembled problem (:class:`femur_fe.fe.LinearSolver`) to the
-CG tolerance; ``tests/test_voxel_solver.py`` checks it against a direct solve. Memory is
-a few vectors per DOF: no element matrix and no global matrix is stored.
-
-Every compiled kernel has a NumPy twin here (``*_numpy``), tested to 1e-12.
-
-Using it in the load-case pipeline
-----------------------------------
-A case on a voxel mesh (``run --mask-mesh hex``, PMMA caps as voxels of the mask or rigid
-caps) gives the same ``fixed_dofs`` and plate :class:`femur_fe.fe.RigidTie`; the solver takes
-them as they are and returns the :class:`femur_fe.fe.Solution` of ``LinearSolver``, so
-``Analysis.solver_for`` (``femur_fe/analysis/prepare.py``, with ``from ..fe import
-VoxelSolver, is_voxel_mesh`` at the top) can switch where it applies, before the assembler is
-built (no matrix is needed)::
-
-    s = self.case.solver
-    if s.method in ("auto", "voxel") and is_voxel_mesh(self.fe_mesh):
-        solver = VoxelSolver(self.fe_mesh, self.fe_young(m), m.poisson, self.fixed_dofs,
-                             ties=[self.tie], rtol=s.rtol, maxiter=s.maxiter)
-        if m is self.model:
-            self._solver = solver
-        return solver
-
-``_plate_force_solution`` and the rest of ``solve`` are unchanged (``solver.n_dofs``,
-``solver.solve(np.zeros(n), tie_loads={self.tie.name: load})``, ``sol.u``, ``sol.reactions``,
-``sol.ties``, ``sol.report``). A new density on the same mesh is a new :class:`VoxelSolver`
-(its set-up costs a fraction of one solve: no matrix, no factorisation of the fine level).
+The method in full (equations, parameters, choices, sources): ``docs/engine.md``, section
+``femur_fe.fe.voxel_solver``.
 """
 from __future__ import annotations
 

@@ -117,21 +117,29 @@ def read_mesh(path: str | os.PathLike, *, units: str = "auto") -> Mesh:
     return _apply_units(mesh, units, str(path))
 
 
-def _apply_units(mesh: Mesh, units: str, where: str) -> Mesh:
+def unit_factor(units: str, points: np.ndarray, where: str, error: type[FemurFeError] = MeshError) -> float:
+    """Factor that takes coordinates in ``units`` to mm: ``"mm"``, ``"cm"``, ``"m"``, or ``"auto"``
+    (metres when the largest bounding-box extent of the finite ``points`` is below 1, with the
+    named warning ``mesh_units_converted``; else mm)."""
     if units == "mm":
-        return mesh
+        return 1.0
     if units in UNIT_FACTORS:
-        return mesh.scaled(UNIT_FACTORS[units])
+        return UNIT_FACTORS[units]
     if units != "auto":
-        raise MeshError(f"units must be 'mm', 'cm', 'm' or 'auto', got {units!r}")
-    pts = mesh.points[np.isfinite(mesh.points).all(axis=1)]
+        raise error(f"units must be 'mm', 'cm', 'm' or 'auto', got {units!r}")
+    pts = points[np.isfinite(points).all(axis=1)]
     if len(pts):
         extent = float((pts.max(axis=0) - pts.min(axis=0)).max())
         if 0.0 < extent < 1.0:
             warn("mesh_units_converted", f"{where}: largest extent {extent:.4g} < 1, coordinates taken as metres "
                  "and converted to mm (pass units='mm' / --units mm to keep them)", log)
-            return mesh.scaled(1000.0)
-    return mesh
+            return 1000.0
+    return 1.0
+
+
+def _apply_units(mesh: Mesh, units: str, where: str) -> Mesh:
+    factor = unit_factor(units, mesh.points, where)
+    return mesh if factor == 1.0 else mesh.scaled(factor)
 
 
 def call_reader(reader: Callable[..., Any], path: Path, *, what: str, error: type[FemurFeError],

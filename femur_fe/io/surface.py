@@ -16,10 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..diagnostics import warn
 from ..errors import SurfaceError
 from ..io.atomic import atomic_path
-from .mesh_io import UNIT_FACTORS, call_reader
+from .mesh_io import call_reader, unit_factor
 
 log = logging.getLogger(__name__)
 
@@ -286,18 +285,8 @@ def _read_meshio_surface(path: Path) -> Surface:
 
 
 def _apply_units(surf: Surface, units: str) -> Surface:
-    if units == "mm":
-        return surf
-    if units in UNIT_FACTORS:
-        return surf.scaled(UNIT_FACTORS[units])
-    if units != "auto":
-        raise SurfaceError(f"units must be 'mm', 'cm', 'm' or 'auto', got {units!r}")
-    ext = float(surf.extent.max())
-    if 0.0 < ext < 1.0:
-        warn("mesh_units_converted", f"{surf.source}: largest extent {ext:.4g} < 1, coordinates taken as metres "
-             "and converted to mm (pass units='mm' / --units mm to keep them)", log)
-        return surf.scaled(1000.0)
-    return surf
+    factor = unit_factor(units, surf.points, str(surf.source), SurfaceError)
+    return surf if factor == 1.0 else surf.scaled(factor)
 
 
 def _merge_exact_duplicates(surf: Surface, tol: float = 0.0) -> Surface:

@@ -17,6 +17,7 @@ import copy
 import dataclasses
 import difflib
 import math
+import numbers
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -271,12 +272,14 @@ def plain(v: Any) -> Any:
 
 
 def set_path(data: Mapping[str, Any], path: str, value: Any, error: type[FemurFeError] = FemurFeError, *,
-             what: str = "", create: tuple[str, ...] = ()) -> dict:
+             what: str = "", create: tuple[str, ...] = (), strict: bool = False, value_hint: str = "") -> dict:
     """A deep copy of ``data`` with ``value`` set at the dotted key ``path``.
 
     Tables are walked by key, arrays by 0-based index (``"boundary.1.fix"``). A missing
     key is refused naming the valid keys at that level, unless the path starts with one of
-    ``create`` (e.g. ``"regions"``: a new region table). ``what`` prefixes messages.
+    ``create`` (e.g. ``"regions"``: a new region table). ``strict``: the last key must exist
+    too, hold a value (not a table), and a number stays a number. ``what`` prefixes messages;
+    ``value_hint`` is appended where the path walks into a value.
     """
     out = copy.deepcopy(dict(data))
     parts = str(path).split(".")
@@ -291,7 +294,7 @@ def set_path(data: Mapping[str, Any], path: str, value: Any, error: type[FemurFe
             node = node[int(key)]
             continue
         if not isinstance(node, dict):
-            raise error(f"{pre}{path!r}: {where} is a value ({node!r}), not a table")
+            raise error(f"{pre}{path!r}: {where!r} is a value ({node!r}), not a table{value_hint}")
         if key not in node:
             if ".".join(parts[:i]) in create:
                 node[key] = {}
@@ -305,6 +308,24 @@ def set_path(data: Mapping[str, Any], path: str, value: Any, error: type[FemurFe
     if isinstance(node, list):
         raise error(f"{pre}{path!r}: cannot replace a whole array element; set its keys")
     if not isinstance(node, dict):
-        raise error(f"{pre}{path!r}: {'.'.join(parts[:-1])} is a value ({node!r}), not a table")
+        raise error(f"{pre}{path!r}: {'.'.join(parts[:-1])!r} is a value ({node!r}), not a table{value_hint}")
+    if strict:
+        where = ".".join(parts[:-1]) or "the top level"
+        if last not in node:
+            valid = sorted(map(str, node))
+            close = difflib.get_close_matches(last, valid, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise error(f"{pre}{path!r}: no key {last!r} in {where}{hint}; valid keys: {', '.join(valid) or 'none'}")
+        old = node[last]
+        if isinstance(old, dict):
+            raise error(f"{pre}{path!r} names a table, not a value; address one of its keys "
+                        f"({', '.join(sorted(map(str, old)))})")
+        if is_number(old) and not is_number(value):
+            raise error(f"{pre}{path!r}: the table holds a number ({old!r}) there, got {value!r}")
     node[last] = list(value) if isinstance(value, tuple) else value
     return out
+
+
+def is_number(v: Any) -> bool:
+    """A real number (NumPy scalars included), not a boolean."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)

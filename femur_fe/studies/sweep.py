@@ -8,36 +8,14 @@ a plain dict) plus *parameters* addressed by their TOML key path (``material.a_m
 parameters are expanded into tasks as a full ``grid``, ``random`` samples, a Latin
 hypercube (``lhs``, :class:`scipy.stats.qmc.LatinHypercube`) or an explicit ``list``.
 
-Every task has a stable id: a hash of its *resolved* inputs (the full case after the
-parameter values are applied, the content hash of the mesh file, the state, the resolved
-scenario and the task function name), so a re-run recognises finished work even if the
-spec is reordered or extended.
-
-The default task (:func:`pipeline_task`) runs one load case through
-:mod:`femur_fe.analysis.prepare`; tasks that share a density field (same bone, state, scenario,
-material) share the prepared analysis and its factorisation/AMG hierarchy in a per-worker
-cache (:func:`worker_cache`), and the engine places such tasks on one worker in a row.
-Any importable function ``f(TaskInputs) -> dict`` can be the task.
-
-Tasks run on a Dask ``LocalCluster`` (one single-threaded worker process per core) or on
-any running cluster (``scheduler="tcp://host:8786"``). Each finished task is written at
-once, atomically, as one small Parquet part file ``parts/<task_id>.parquet``; the parts are
-consolidated into ``results.parquet`` and ``results.csv`` at the end of every run. Running
-the same sweep into the same folder resumes it: tasks whose part says ``ok`` are skipped,
-failed and timed-out ones are run again. Killing a worker or the client loses no finished
-task.
-
-This module is callable: ``femur_fe.studies.sweep(spec, out="runs/s1")`` is
-:func:`run_sweep`.
-
-Units follow the rest of femur_fe (mm, N, MPa, g/cm^3); timings are in seconds.
+The method in full (equations, parameters, choices, sources): ``docs/sweeps.md``, section
+``femur_fe.studies.sweep``.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import dataclasses
-import glob as _glob
 import hashlib
 import importlib
 import itertools
@@ -67,23 +45,27 @@ from ..bone.specimen import Specimen
 from ..case.loadcase import LoadCase, load_case
 from ..case.presets import resolve_case_path
 from ..case.scenarios import scenarios_from_dict
+from ..case.sweep import (
+    BASELINE,
+    DISTRIBUTION_KEYS,
+    SPECIAL_KEYS,
+    distribution,
+    flatten_parameters,
+    plain,
+    sweep_table,
+)
 from ..errors import FemurFeError, LoadCaseError, SweepError
 from ..fe.assembly import StiffnessAssembler
 from ..fe.boxes import structured_mesh
 from ..fe.solvers import LinearSolver
 from ..io.atomic import atomic_path, write_json_atomic
 from ..io.mesh_io import read_mesh
+from ..io.tables import is_number, set_path
 from ..io.toml_io import read_toml
 from .run import case_for
 
 log = logging.getLogger(__name__)
 
-#: sweep-level inputs that are not key paths of the load case
-SPECIAL_KEYS = ("mesh", "state", "scenario")
-#: ways to expand the parameters into tasks
-METHODS = ("grid", "random", "lhs", "list")
-#: keys that make a parameter table a distribution rather than a nested key path
-DISTRIBUTION_KEYS = ("values", "choice", "linspace", "logspace", "uniform", "loguniform", "glob")
 #: status values in the results table
 STATUSES = ("ok", "failed", "timeout")
 #: the default task: one FE case through the run pipeline
@@ -91,10 +73,6 @@ DEFAULT_TASK = "femur_fe.studies.sweep:pipeline_task"
 #: the default task for a base in the :data:`COLUMN_CASE` layout
 COLUMN_TASK = "femur_fe.studies.sweep:column_task"
 
-_TOP_LEVEL_KEYS = ("name", "base", "parameters", "method", "samples", "seed", "cases", "task",
-                   "timeout_s", "retries", "description", "scenario", "bone", "allow_import")
-#: value of the ``scenario`` parameter meaning "no scenario" (the bone as it is)
-BASELINE = "baseline"
 _EVENT_TOPIC = "femur-fe-sweep"
 _UNSET = object()
 
@@ -161,127 +139,12 @@ def _is_mesh(v: Any) -> bool:
     return type(v).__name__ == "Mesh" and hasattr(v, "points") and hasattr(v, "cells")
 
 
-def _number(name: str, v: Any, what: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-        raise SweepError(f"parameter {name!r}: {what} must be a number, got {v!r}")
-    v = float(v)
-    if not math.isfinite(v):
-        raise SweepError(f"parameter {name!r}: {what} must be finite, got {v!r}")
-    return v
-
-
-def _bounds(name: str, kind: str, spec: Any) -> tuple[float, float]:
-    if not isinstance(spec, (list, tuple)) or len(spec) != 2:
-        raise SweepError(f"parameter {name!r}: {kind} needs [low, high], got {spec!r} "
-                         f"(e.g. {{ {kind} = [0.5, 2.0] }})")
-    lo, hi = (_number(name, x, f"{kind} bound") for x in spec)
-    if not hi > lo:
-        raise SweepError(f"parameter {name!r}: empty range {kind} = [{lo}, {hi}]; the high bound must "
-                         "exceed the low bound")
-    if kind == "loguniform" and lo <= 0:
-        raise SweepError(f"parameter {name!r}: loguniform needs positive bounds, got [{lo}, {hi}]; "
-                         "use uniform for ranges that include zero or negative values")
-    return lo, hi
-
-
-def _spaced(name: str, kind: str, spec: Any) -> tuple:
-    if not isinstance(spec, (list, tuple)) or len(spec) != 3:
-        raise SweepError(f"parameter {name!r}: {kind} needs [start, stop, count], got {spec!r}")
-    lo, hi = (_number(name, x, f"{kind} bound") for x in spec[:2])
-    n = spec[2]
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise SweepError(f"parameter {name!r}: {kind} count must be a positive integer, got {n!r}")
-    if kind == "logspace":
-        if lo <= 0 or hi <= 0:
-            raise SweepError(f"parameter {name!r}: logspace needs positive start and stop, got [{lo}, {hi}]")
-        vals = np.geomspace(lo, hi, int(n))
-    else:
-        vals = np.linspace(lo, hi, int(n))
-    return tuple(float(v) for v in vals)
-
-
 def make_parameter(key: str, spec: Any, *, root: Path | None = None) -> Parameter:
-    """Build a :class:`Parameter` from its spec.
-
-    ``spec`` is a list of values, a single value, or a table with one of
-    ``values``, ``choice`` (lists), ``linspace``/``logspace`` ([start, stop, count]),
-    ``uniform``/``loguniform`` ([low, high]) or, for ``mesh``, ``glob`` (pattern, relative
-    to ``root``). A ``mesh`` string with wildcards is a glob too.
-    """
-    if not isinstance(key, str) or not key or any(not part for part in key.split(".")):
-        raise SweepError(f"parameter name {key!r} is not a key path; use dotted TOML keys like 'material.a_mpa'")
-    if isinstance(spec, Parameter):
+    """Build a :class:`Parameter` from its spec (see :func:`femur_fe.case.sweep.distribution`)."""
+    if isinstance(spec, Parameter) and isinstance(key, str) and key:
         return spec
-    if isinstance(spec, Mapping):
-        kinds = [k for k in spec if k in DISTRIBUTION_KEYS]
-        extra = [k for k in spec if k not in DISTRIBUTION_KEYS]
-        if len(kinds) != 1 or extra:
-            raise SweepError(
-                f"parameter {key!r}: a table must have exactly one of {', '.join(DISTRIBUTION_KEYS)}, "
-                f"got keys {sorted(spec)}"
-            )
-        kind = kinds[0]
-        arg = spec[kind]
-        if kind in ("uniform", "loguniform"):
-            if key in SPECIAL_KEYS:
-                raise SweepError(f"parameter {key!r} is categorical; give values or choice, not {kind}")
-            lo, hi = _bounds(key, kind, arg)
-            return Parameter(key, kind, (), lo, hi)
-        if kind in ("linspace", "logspace"):
-            return Parameter(key, "values", _spaced(key, kind, arg))
-        if kind == "glob":
-            if key not in ("mesh", "bone.mesh", "bone.ct", "bone.mask"):
-                raise SweepError(f"parameter {key!r}: glob is only for files (bone.mesh, bone.ct, bone.mask; a "
-                                 "cohort folder pattern)")
-            return Parameter(key, "values", _glob_meshes(arg, root))
-        values = arg if isinstance(arg, (list, tuple)) else [arg]
-    elif isinstance(spec, (list, tuple, np.ndarray)):
-        values = list(spec)
-    else:
-        values = [spec]
-    if len(values) == 0:
-        raise SweepError(f"parameter {key!r}: empty list of values; give at least one value")
-    if key in ("scenario", "state") and not all(isinstance(v, str) for v in values):
-        raise SweepError(f"parameter {key!r}: values must be names (strings), got {list(values)!r}")
-    if key == "mesh":
-        out: list = []
-        for v in values:
-            if isinstance(v, (str, os.PathLike)) and any(c in str(v) for c in "*?["):
-                out.extend(_glob_meshes(str(v), root))
-            else:
-                out.append(v)
-        values = out
-    return Parameter(key, "values", tuple(_plain(v) for v in values))
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
-
-
-def _glob_meshes(pattern: Any, root: Path | None) -> tuple:
-    if not isinstance(pattern, str) or not pattern:
-        raise SweepError(f"parameter 'mesh': glob needs a pattern string, got {pattern!r}")
-    full = pattern if os.path.isabs(pattern) or root is None else str(root / pattern)
-    found = tuple(sorted(p for p in _glob.glob(full, recursive=True) if os.path.isfile(p)))
-    if not found:
-        raise SweepError(f"parameter 'mesh': the glob {full!r} matches no files; check the cohort folder")
-    return found
-
-
-def _flatten_parameters(tree: Mapping, prefix: str = "") -> dict[str, Any]:
-    """``{"material": {"a_mpa": [..]}}`` -> ``{"material.a_mpa": [..]}`` (distribution tables kept)."""
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and not any(d in v for d in DISTRIBUTION_KEYS):
-            if not v:
-                raise SweepError(f"parameter {key!r}: empty table; give values or a distribution")
-            out.update(_flatten_parameters(v, key + "."))
-        else:
-            out[key] = v
-    return out
+    kind, values, low, high = distribution(key, spec, root=root)
+    return Parameter(key, kind, values, low, high)
 
 
 # ============================================================================ case access
@@ -301,40 +164,10 @@ def _case_dict(case: Any) -> dict:
 def _dict_with_values(base: Mapping, values: Mapping[str, Any]) -> dict:
     """Copy of ``base`` with dotted ``values`` set; every key path must already exist."""
     out = copy.deepcopy(dict(base))
+    hint = f"; the parameter's table is not a sweep distribution; use one of {', '.join(DISTRIBUTION_KEYS)}"
     for key, value in values.items():
-        node = out
-        parts = key.split(".")
-        for i, part in enumerate(parts[:-1]):
-            if not isinstance(node, dict) and i > 0:
-                prefix, rest = ".".join(parts[:i]), ".".join(parts[i:])
-                raise SweepError(f"parameter {prefix!r} is a value of the base case and {rest!r} is not a sweep "
-                                 f"distribution; use one of {', '.join(DISTRIBUTION_KEYS)}")
-            if not isinstance(node, dict) or part not in node:
-                where = ".".join(parts[:i]) or "the top level"
-                known = sorted(node) if isinstance(node, dict) else []
-                raise SweepError(f"parameter {key!r}: no key {part!r} under {where} of the base case "
-                                 f"(known: {', '.join(map(str, known)) or 'none'}); fix the key path")
-            node = node[part]
-        if not isinstance(node, dict) and len(parts) > 1:
-            prefix = ".".join(parts[:-1])
-            raise SweepError(f"parameter {prefix!r} is a value of the base case and {parts[-1]!r} is not a sweep "
-                             f"distribution; use one of {', '.join(DISTRIBUTION_KEYS)}")
-        if not isinstance(node, dict) or parts[-1] not in node:
-            known = sorted(node) if isinstance(node, dict) else []
-            raise SweepError(f"parameter {key!r}: the base case has no key {parts[-1]!r} there "
-                             f"(known: {', '.join(map(str, known)) or 'none'}); fix the key path")
-        old = node[parts[-1]]
-        if isinstance(old, dict):
-            raise SweepError(f"parameter {key!r} names a table of the base case, not a value; "
-                             f"address one of its keys ({', '.join(sorted(old))})")
-        if _is_num(old) and not _is_num(value):
-            raise SweepError(f"parameter {key!r}: the base case holds a number ({old!r}), got {value!r}")
-        node[parts[-1]] = value
+        out = set_path(out, key, value, SweepError, what="sweep parameter", strict=True, value_hint=hint)
     return out
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
 
 def _apply(base: Any, values: Mapping[str, Any]) -> tuple[Any, dict]:
@@ -431,8 +264,14 @@ class SweepSpec:
     allow_import: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.allow_import, bool):
-            raise SweepError(f"allow_import must be true or false, got {self.allow_import!r}")
+        fields = {"name": self.name, "description": self.description, "base": self.base,
+                  "parameters": self.parameters, "method": self.method, "samples": plain(self.samples),
+                  "seed": plain(self.seed), "cases": self.cases, "task": self.task,
+                  "timeout_s": plain(self.timeout_s), "retries": plain(self.retries), "scenario": self.scenarios,
+                  "bone": self.bone, "allow_import": self.allow_import}
+        checked = sweep_table({k: v for k, v in fields.items() if v is not None})
+        self.samples, self.seed, self.retries = (checked.get(k) for k in ("samples", "seed", "retries"))
+        self.timeout_s = checked.get("timeout_s")
         if self.root is not None:
             self.root = Path(self.root)
         if isinstance(self.bone, Specimen):
@@ -448,10 +287,8 @@ class SweepSpec:
         names = [sc["name"] for sc in self.scenarios]
         if len(set(names)) != len(names) or BASELINE in names:
             raise SweepError(f"scenario names must be unique and not {BASELINE!r}, got {names}")
-        if self.method not in METHODS:
-            raise SweepError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if isinstance(self.parameters, Mapping):
-            flat = _flatten_parameters(self.parameters)
+            flat = flatten_parameters(self.parameters)
             self.parameters = tuple(make_parameter(k, v, root=self.root) for k, v in flat.items())
         else:
             self.parameters = tuple(p if isinstance(p, Parameter) else make_parameter(*p, root=self.root)
@@ -461,7 +298,7 @@ class SweepSpec:
         if dup:
             raise SweepError(f"parameters given twice: {', '.join(dup)}")
         if self.method in ("random", "lhs"):
-            if isinstance(self.samples, bool) or not isinstance(self.samples, (int, np.integer)) or self.samples < 1:
+            if self.samples is None:
                 raise SweepError(f"method {self.method!r} needs samples = a positive integer, got {self.samples!r}")
             if not self.parameters:
                 raise SweepError(f"method {self.method!r} needs at least one parameter")
@@ -484,32 +321,19 @@ class SweepSpec:
             self.cases = cases
         elif self.cases:
             raise SweepError(f"cases are only for method 'list', not {self.method!r}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer))
-                                      or self.seed < 0):
-            raise SweepError(f"seed must be a non-negative integer, got {self.seed!r}")
         if self.seed is None and self.method in ("random", "lhs"):
             self.seed = int(np.random.SeedSequence().entropy % (2**63))
             log.info("sweep %s: no seed given, drew seed %d (recorded in sweep.json and the results)",
                      self.name, self.seed)
-        if self.timeout_s is not None:
-            t = _number("timeout_s", self.timeout_s, "timeout_s")
-            if t <= 0:
-                raise SweepError(f"timeout_s must be positive (seconds) or None, got {self.timeout_s!r}")
-            self.timeout_s = t
-        if isinstance(self.retries, bool) or not isinstance(self.retries, (int, np.integer)) or self.retries < 0:
-            raise SweepError(f"retries must be a non-negative integer, got {self.retries!r}")
         if self.task is not None and not (callable(self.task) or isinstance(self.task, str)):
             raise SweepError(f"task must be a callable or 'module:function', got {self.task!r}")
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def from_dict(cls, data: Mapping, *, root: str | os.PathLike | None = None) -> "SweepSpec":
-        """Build a spec from the TOML layout (top-level keys as in :data:`_TOP_LEVEL_KEYS`)."""
-        if not isinstance(data, Mapping):
-            raise SweepError(f"a sweep spec must be a table, got {type(data).__name__}")
-        unknown = sorted(set(data) - set(_TOP_LEVEL_KEYS))
-        if unknown:
-            raise SweepError(f"unknown sweep key(s) {', '.join(unknown)}; allowed: {', '.join(_TOP_LEVEL_KEYS)}")
+    def from_dict(cls, data: Mapping, *, root: str | os.PathLike | None = None, source: str = "") -> "SweepSpec":
+        """Build a spec from the TOML layout (the keys of :func:`femur_fe.case.sweep.sweep_table`,
+        documented in ``docs/schemas.md``)."""
+        sweep_table(data, source)
         kw = dict(data)
         if "scenario" in kw:
             kw["scenarios"] = kw.pop("scenario")
@@ -521,7 +345,7 @@ class SweepSpec:
         path = Path(path)
         data = read_toml(path, SweepError, "sweep file (it does not exist)")
         data.setdefault("name", path.stem)
-        return cls.from_dict(data, root=path.resolve().parent)
+        return cls.from_dict(data, root=path.resolve().parent, source=str(path))
 
     # ------------------------------------------------------------------ description
     @property
@@ -743,7 +567,7 @@ def _flatten_values(tree: Mapping, prefix: str = "") -> dict[str, Any]:
         if isinstance(v, Mapping):
             out.update(_flatten_values(v, key + "."))
         else:
-            out[key] = _plain(v)
+            out[key] = plain(v)
     return out
 
 
@@ -1284,7 +1108,7 @@ column_task.share_key = _column_share_key  # type: ignore[attr-defined]
 
 # ============================================================================ pipeline task
 def _angle_keys(case: Any) -> dict[str, float]:
-    return {k: float(v) for k, v in dict(case.loading.angles).items() if _is_num(v)}
+    return {k: float(v) for k, v in dict(case.loading.angles).items() if is_number(v)}
 
 
 def _support_case(base: Any, case: Any) -> Any:

@@ -1,33 +1,10 @@
 """Cell-population models of bone remodeling used as therapy-driven density drivers.
 
-:class:`Komarova2003` is the osteoclast/osteoblast population ODE of Komarova et al. 2003
-(Bone 33:206, PMID 14499354; BioModels BIOMD0000000148), see biomechanics.md 4.3:
+Komarova et al. 2003 (Bone 33:206) osteoclast/osteoblast ODE (:class:`Komarova2003`),
+whose bone-mass output drives a density change per element.
 
-.. math::
-
-    \\dot x_1 = \\alpha_1 x_1^{g_{11}} x_2^{g_{21}} - \\beta_1 x_1 \\quad\\text{(osteoclasts)}
-
-    \\dot x_2 = \\alpha_2 x_1^{g_{12}} x_2^{g_{22}} - \\beta_2 x_2 \\quad\\text{(osteoblasts)}
-
-    \\dot z = -k_1 \\max(x_1 - \\bar x_1, 0) + k_2 \\max(x_2 - \\bar x_2, 0) \\quad\\text{(bone mass, \\%)}
-
-with time in days. Only cells *above* the steady state (x̄1, x̄2) resorb or form bone, so
-the steady state is a balanced remodeling state with constant bone mass.
-
-Therapies (:class:`CellTherapy`) scale the production/removal rates of the cells
-(α1, α2, β1, β2) over a time window. The bone-mass law keeps the *untreated* steady
-state (x̄1, x̄2) as its reference: the healthy set point does not move with the drug,
-so a therapy that keeps osteoblasts above x̄2 forms bone. Consequence of the model (not a
-bug, worth knowing when choosing knobs): lowering osteoclast production α1 (or raising
-their removal β1) lowers *both* populations below the reference, because osteoblast
-production is coupled to osteoclasts (g12 = 1); with the original max() law this gives no
-net change. Anabolic knobs (α2 raised, β2 lowered) give a sustained gain. Antiresorptive
-drugs are therefore better represented by the resorption factor of
-:mod:`femur_fe.therapy.remodeling` (see ``Therapy``) or by the phenomenological %/year operator
-of :mod:`femur_fe.therapy.scenarios`.
-
-The trajectory's relative bone mass z(t)/z(0) is the density driver: the scenario
-operator ``cell_model`` multiplies element densities by it (optionally weighted in space).
+The method in full (equations, parameters, choices, sources): ``docs/therapy.md``, section
+``femur_fe.therapy.cellmodels``.
 """
 from __future__ import annotations
 
@@ -142,7 +119,7 @@ class CellTrajectory:
 class Komarova2003:
     """Komarova et al. 2003 osteoclast/osteoblast/bone-mass ODE (time in days).
 
-    Defaults are the published parameters (BioModels BIOMD0000000148, biomechanics.md 4.3):
+    Defaults are the published parameters (Komarova et al. 2003, Bone 33:206; BioModels BIOMD0000000148):
     α1=3, α2=4, β1=0.2, β2=0.02, g11=0.5, g21=−0.5, g12=1, g22=0, k1=0.24, k2=0.0017.
     """
 

@@ -1,36 +1,12 @@
 """Fit remodeling rate parameters to published treatment trajectories of FE strength.
 
-Target (biomechanics.md 4.4 [V]): Keaveny et al. 2014 JBMR (FREEDOM, doi 10.1002/jbmr.2024),
+Target [V]: Keaveny et al. 2014, J Bone Miner Res 29:158 (FREEDOM, doi 10.1002/jbmr.2024),
 hip FE strength vs baseline: denosumab +5.3 % at 12 months and +8.6 % at 36 months, placebo
--5.6 % at 36 months (:data:`KEAVENY2014_HIP`).
+-5.6 % at 36 months (:data:`KEAVENY2014_HIP`). Fitted with the defaults: B = 0.0481 per month,
+p = 0.0570 per year, R = 0.634. These are FITTED model parameters, NOT MEASURED rates.
 
-Model: :class:`femur_fe.therapy.remodeling.RemodelingModel` with ``reference_stimulus = "initial"``
-and ``stimulus_error = "relative"`` (rates in 1/month, independent of load magnitude) on a
-small real FE model: one 10 mm hex8 cube of uniform density under uniaxial compression
-(force control, roller supports), so stress, strain and density stay uniform and the FE
-linear strength (strain criterion, :class:`femur_fe.therapy.sensitivity.StrengthSensitivity`) is
-exactly proportional to E(rho). Fitted unknowns:
-
-* ``B`` = formation_rate = resorption_rate (mechanical feedback, 1/month);
-* ``p`` = baseline_loss_per_year (placebo arm: net imbalance of basal turnover);
-* ``R`` = resorption_factor of the treatment arm (denosumab lowers osteoclast activity).
-
-The basal turnover r0 is NOT identifiable from strength alone, so it is an input and the
-fitted R depends on it. Default 0.30 per year: trabecular bone turns over of the order of
-25-30 %/yr, cortical ~3 %/yr **[M]** (memory, not verified). The choice is also constrained by
-the data: an antiresorptive lowers the mechanically driven resorption too (R multiplies
-the whole resorption term), and with the linearised model an exact fit of the three
-Keaveny points needs r0 of about 0.25/yr or more; r0 = 0.10/yr leaves a residual of
--1.5 percentage points at 12 months (measured with :func:`fit_rates`).
-
-Fitted with the defaults (Morgan 2003 femoral-neck law, rho0 = 0.5 g/cm^3 apparent,
-r0 = 0.30/yr; residuals < 1e-9 percentage points): B = 0.0481 per month, p = 0.0570 per
-year, R = 0.634. These are FITTED model parameters, NOT MEASURED rates.
-
-The fitted numbers are model parameters that reproduce three published strength changes
-with this model; they are **fitted, not measured** biological rates, and the placebo
-"baseline loss" is larger than the SWAN BMD loss because the mechanical feedback partly
-compensates it in the model.
+The method in full (equations, parameters, choices, sources): ``docs/therapy.md``, section
+``femur_fe.therapy.rates``.
 """
 from __future__ import annotations
 
@@ -71,7 +47,7 @@ KEAVENY2014_HIP: tuple[StrengthTarget, ...] = (
     StrengthTarget("placebo", 36.0, -5.6, "Keaveny 2014 JBMR (FREEDOM), placebo hip FE strength, 36 mo"),
 )
 
-#: assumed basal turnover per year (trabecular order of magnitude [M]); see the module doc
+#: assumed basal turnover per year (trabecular order of magnitude [M]); see ``docs/therapy.md``
 DEFAULT_BASAL_TURNOVER_PER_YEAR = 0.30
 
 
@@ -169,14 +145,14 @@ def predict(block: UniformBlock, rho0: float, targets: Sequence[StrengthTarget],
 def fit_rates(law=None, targets: Sequence[StrengthTarget] = KEAVENY2014_HIP, *, rho0: float = 0.5,
               basal_turnover_per_year: float = DEFAULT_BASAL_TURNOVER_PER_YEAR,
               x0: Sequence[float] = (0.03, 0.02, 0.3)) -> CalibrationResult:
-    """Least-squares fit of (B, p, R) to the targets (see the module doc).
+    """Least-squares fit of (B, p, R) to the targets (see ``docs/therapy.md``).
 
     Parameters
     ----------
     law : density-modulus law (default Morgan 2003 femoral neck, apparent density)
     targets : published points (default :data:`KEAVENY2014_HIP`)
     rho0 : initial uniform density, g/cm^3 of the law's type
-    basal_turnover_per_year : assumed r0 (not identifiable; see the module doc)
+    basal_turnover_per_year : assumed r0 (not identifiable; see ``docs/therapy.md``)
     x0 : start values (B per month, p per year, R)
 
     Returns a :class:`CalibrationResult`; the fitted values are FITTED, not measured.

@@ -1,66 +1,21 @@
 """Mechanobiological bone remodeling over months (strain-energy-density driven).
 
-Rate law per element (time in months, density rho in g/cm^3)::
+An explicit-Euler density update per element driven by the strain energy density per unit
+mass (Huiskes/Weinans family) with a lazy zone, a baseline loss rate and therapy activity
+factors; :class:`RemodelingModel` runs it over months on a mesh.
 
-    S   = sum_i n_i U_i / rho / sum_i n_i              stimulus, J/g (U in MPa = J/cm^3)
-    drho/dt = F(x,t) B_f (S - (1+s) k)_+               formation  (osteoblasts)
-            - R(x,t) B_r ((1-s) k - S)_+               resorption (osteoclasts)
-            + (F(x,t) f0 - R(x,t) r0) rho              basal turnover + baseline loss
-
-* S = U/rho: strain energy density per unit mass (Weinans et al. 1992 J Biomech 25:1425;
-  Huiskes family, biomechanics.md 4.1), averaged over the load cases with weights n_i
-  (e.g. daily cycles). U_i is the element's mean SED, 0.5 u_e^T K_e u_e / V_e.
-* k: reference stimulus, a number (J/g) or ``"initial"`` = each element's own stimulus at
-  t = 0 (site-specific homeostasis: the untreated mechanics are in equilibrium and only
-  changes of the state drive mechanical adaptation). s: lazy-zone half width (Huiskes).
-* B_f, B_r: formation/resorption slopes, (g/cm^3)/month per J/g (``stimulus_error =
-  "absolute"``, the Weinans form above). With ``stimulus_error = "relative"`` the
-  mechanical terms are ``B rho (S - (1 +- s) k)/k`` with B in 1/month: scale-free (no
-  dependence on load magnitude or units), so rates fitted on one model transfer to
-  another; for a uniform density change x, dx/dt = -B (b + 1) x near equilibrium under
-  force control with E ~ rho^b (time constant 1 / (B (b + 1))).
-* r0 = ``basal_turnover_per_year`` / 12: fraction of density resorbed per month by
-  non-mechanical (basal) remodeling; f0 = r0 - lambda is the matching formation, with
-  lambda = -ln(1 - p)/12 the continuous monthly rate of a net annual loss fraction p =
-  ``baseline_loss_per_year``. Without therapy and mechanics rho(t) = rho0 (1 - p)^(t/12),
-  the same compounding as the ``annual_change`` scenario operator. SWAN
-  early-postmenopausal rates (Greendale 2012, biomechanics.md 4.6 [V]): hip 1.0-1.4 %/yr,
-  spine 1.8-2.3 %/yr; presets in :data:`BASELINE_LOSS_PRESETS`.
-* F, R: osteoblast/osteoclast activity factors of the therapies, ``1 + (factor - 1) w(x)``
-  with w a spatial weight in [0, 1] (global, or the footprint of a scenario operator),
-  while the therapy is active. An antiresorptive lowers R (``resorption_factor < 1``),
-  an anabolic raises F.
-
-Numerics
---------
-* Node-based stimulus smoothing (``smoothing="node"``, default): element stimuli are
-  averaged to the nodes (volume-weighted) and back to the elements (mean of the corner
-  nodes), the node-based approach that avoids checkerboards (Jacobs et al. 1995; Mullender
-  et al. 1994 spatial influence; Garzón-Alvarado et al. 2011, biomechanics.md 4.1).
-  ``smoothing="element"`` uses the raw element stimulus (checkerboards appear).
-* Explicit Euler in months with a stability check: if a step would change some density
-  by more than ``max_step_change_g_cm3``, the step is split in halves (each re-solving the
-  FE model) up to ``max_halvings`` times; if it still changes too much, or a solve fails,
-  or densities become non-finite, the run stops, keeps the last good state and says why
-  (:attr:`RemodelingResult.stop_reason`).
-* Densities are clamped to ``[rho_min, rho_max]`` after every step.
-* Every step re-assembles K with :class:`femur_fe.fe.assembly.StiffnessAssembler` (pattern
-  reused) and solves with :class:`femur_fe.fe.solvers.LinearSolver`. The factorisation (or
-  AMG hierarchy) of an earlier step is reused as a preconditioner for conjugate gradients
-  on the new matrix (:class:`ReusingSolver`); it is rebuilt every ``rebuild_every`` steps
-  or when PCG needs more than ``max_pcg_iterations``.
+The method in full (equations, parameters, choices, sources): ``docs/therapy.md``, section
+``femur_fe.therapy.remodeling``.
 """
 from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import scipy.sparse as sp
-import scipy.sparse.linalg as spla
 
 from ..errors import FemurFeError, ScenarioError, SolverError
 from ..fe.assembly import StiffnessAssembler, element_stiffness
@@ -68,12 +23,13 @@ from ..fe.boxes import hex_grid
 from ..fe.elements import FACES
 from ..fe.loads import assemble_pressure
 from ..fe.mesh import Mesh
-from ..fe.solvers import LinearSolver
+from ..fe.recovery import node_average
+from ..fe.reuse import ReusingSolver
 from ..fe.topology import boundary_faces
 
 log = logging.getLogger(__name__)
 
-#: annual fractional BMD loss presets (SWAN, Greendale 2012 JBMR 27:111, biomechanics.md 4.6 [V];
+#: annual fractional BMD loss presets (SWAN, Greendale et al. 2012, J Bone Miner Res 27:111 [V];
 #: midpoints of hip 1.0-1.4 %/yr and spine 1.8-2.3 %/yr)
 BASELINE_LOSS_PRESETS: dict[str, float] = {"postmenopausal_hip": 0.012, "postmenopausal_spine": 0.020}
 
@@ -197,127 +153,6 @@ class ElementMatrices:
         return out
 
 
-class ReusingSolver:
-    """Solve K(E) u = f for a sequence of moduli, reusing an earlier set-up as preconditioner.
-
-    The first call (and every ``rebuild_every``-th, or when PCG needs more than
-    ``max_pcg_iterations``) builds a :class:`femur_fe.fe.solvers.LinearSolver` on the current
-    matrix. Other calls run conjugate gradients on the free DOFs of the new matrix, starting
-    from the previous solution, preconditioned by that set-up: ``M r = K_old^-1 r`` with a
-    direct factorisation (``solve`` of the old solver), one V-cycle of the old AMG hierarchy
-    (the solver's ``ml`` attribute) with AMG. Rigid ties are not supported here.
-
-    Measured (16x16x32 hex block, 28.6k DOFs, Morgan 2003 femoral-neck law, 12 monthly steps
-    of a therapy run with relative stimulus error, shared 2-core machine): rebuilding every step
-    137 s (CHOLMOD) / 117 s (AMG); one set-up reused for all steps 16 s (CHOLMOD, one PCG
-    iteration per step) / 46 s (AMG, ~10 PCG iterations per step).
-
-    Attributes
-    ----------
-    n_setups, n_pcg_solves, pcg_iterations, setup_seconds, solve_seconds : statistics
-    """
-
-    def __init__(self, assembler, fixed_dofs, points, *, method: str = "auto", rebuild_every: int = 10,
-                 max_pcg_iterations: int = 30, rtol: float = 1e-10) -> None:
-        self.assembler = assembler
-        self.fixed_dofs = np.asarray(fixed_dofs, dtype=np.int64)
-        self.points = points
-        self.method = method
-        self.rebuild_every = int(rebuild_every)
-        self.max_pcg_iterations = int(max_pcg_iterations)
-        self.rtol = float(rtol)
-        self._base = None
-        self._since = 0
-        self._last = None
-        self.n_setups = 0
-        self.n_pcg_solves = 0
-        self.n_pcg_failures = 0
-        self.pcg_iterations = 0
-        self.setup_seconds = 0.0
-        self.solve_seconds = 0.0
-        self.last_report = None
-
-    def _setup(self, k):
-        t0 = time.perf_counter()
-        self._base = LinearSolver(k, self.fixed_dofs, points=self.points, method=self.method, rtol=self.rtol)
-        self.setup_seconds += time.perf_counter() - t0
-        self.n_setups += 1
-        self._since = 0
-
-    def solve(self, young: np.ndarray, f: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, sp.csr_matrix]:
-        """Displacements (3n, r) for moduli ``young`` (m,) MPa, forces f (3n, r), fixed values g (k, r)."""
-        t0 = time.perf_counter()
-        k = self.assembler.assemble(young)
-        if self._base is None or self._since >= self.rebuild_every:
-            self._setup(k)
-            sol = self._base.solve(f, g)
-            self.last_report = sol.report
-            self.solve_seconds += time.perf_counter() - t0
-            self._since += 1
-            u = np.asarray(sol.u).reshape(f.shape)
-            self._last = (u, np.array(g, copy=True))
-            return u, k
-        u = self._pcg(k, f, g)
-        if u is None:
-            log.info("PCG with the reused preconditioner needed more than %d iterations: rebuilding",
-                     self.max_pcg_iterations)
-            self._setup(k)
-            sol = self._base.solve(f, g)
-            self.last_report = sol.report
-            u = np.asarray(sol.u).reshape(f.shape)
-        self._since += 1
-        self._last = (u, np.array(g, copy=True))
-        self.solve_seconds += time.perf_counter() - t0
-        return u, k
-
-    def _pcg(self, k: sp.csr_matrix, f: np.ndarray, g: np.ndarray) -> np.ndarray | None:
-        base = self._base
-        fixed = base.fixed_mask
-        free = ~fixed
-        n = k.shape[0]
-        if self._last is not None and self._last[1].shape == g.shape and np.array_equal(self._last[1], g):
-            u0 = self._last[0]  # the previous solution satisfies the same prescribed values
-        else:
-            u0 = np.asarray(base.solve(f, g).u).reshape(f.shape)  # satisfies the BCs, exact for K_old
-        out = np.empty_like(u0)
-        zero_g = np.zeros(self.fixed_dofs.size)
-        kff = k[free][:, free].tocsr()
-        nf = int(free.sum())
-
-        if getattr(base, "amg", None) is not None and getattr(base.red, "n_ties", 0) == 0:
-            # AMG set-up: one V-cycle of the old hierarchy (its free DOFs are ours, in order)
-            m_op = base.free_preconditioner()
-        else:
-            def prec(r):
-                full = np.zeros(n)
-                full[free] = r
-                return np.asarray(base.solve(full, zero_g).u)[free]
-
-            m_op = spla.LinearOperator((nf, nf), matvec=prec, dtype=np.float64)
-        for j in range(f.shape[1]):
-            rhs = (f[:, j] - k @ u0[:, j])[free]
-            bnorm = np.linalg.norm((f[:, j] - k @ np.where(fixed, u0[:, j], 0.0))[free])
-            if bnorm == 0 or np.linalg.norm(rhs) <= self.rtol * bnorm:
-                out[:, j] = u0[:, j]
-                continue
-            count = [0]
-
-            def cb(_x, count=count):
-                count[0] += 1
-
-            d, info = spla.cg(kff, rhs, rtol=self.rtol * bnorm / np.linalg.norm(rhs), atol=0.0,
-                              maxiter=self.max_pcg_iterations, M=m_op, callback=cb)
-            self.pcg_iterations += count[0]
-            if info != 0:
-                self.n_pcg_failures += 1
-                return None
-            uj = u0[:, j].copy()
-            uj[free] += d
-            out[:, j] = uj
-        self.n_pcg_solves += 1
-        return out
-
-
 # ============================================================================ smoothing, checks
 def cell_face_neighbours(mesh: Mesh) -> sp.csr_matrix:
     """(m, m) boolean adjacency of cells sharing a face (vertex corners compared)."""
@@ -358,32 +193,26 @@ def checkerboard_index(mesh: Mesh, density, threshold: float, neighbours: sp.csr
 
 
 class NodeSmoother:
-    """Element -> node (volume-weighted mean) -> element (mean of corner nodes) averaging."""
+    """Element -> node (volume-weighted mean, :func:`femur_fe.fe.recovery.node_average`) -> element
+    (mean of corner nodes) averaging."""
 
     def __init__(self, mesh: Mesh, volumes: np.ndarray | None = None) -> None:
-        m, k = mesh.cells.shape
-        vol = mesh.cell_volumes() if volumes is None else np.asarray(volumes, dtype=np.float64)
-        inc = sp.csr_matrix((np.ones(m * k), (mesh.cells.ravel(), np.repeat(np.arange(m), k))),
-                            shape=(mesh.n_points, m))
-        inc.data[:] = 1.0
-        wsum = inc @ vol
-        used = wsum > 0
-        scale = np.zeros(mesh.n_points)
-        scale[used] = 1.0 / wsum[used]
-        self._to_nodes = sp.diags(scale) @ inc @ sp.diags(vol)  # (n, m)
+        m = mesh.n_cells
+        self._mesh = mesh
+        self._volumes = mesh.cell_volumes() if volumes is None else np.asarray(volumes, dtype=np.float64)
         corners = mesh.corner_cells
         kc = corners.shape[1]
         self._to_cells = sp.csr_matrix((np.full(m * kc, 1.0 / kc), (np.repeat(np.arange(m), kc), corners.ravel())),
                                        shape=(m, mesh.n_points))
 
     def __call__(self, values: np.ndarray) -> np.ndarray:
-        return self._to_cells @ (self._to_nodes @ values)
+        return self._to_cells @ node_average(self._mesh, values, self._volumes)
 
 
 # ============================================================================ parameters
 @dataclass(frozen=True)
 class RemodelingParameters:
-    """Parameters of the rate law (see the module doc for the equation and units).
+    """Parameters of the rate law (see ``docs/therapy.md`` for the equation and units).
 
     Parameters
     ----------
@@ -508,7 +337,7 @@ def activity_factors(therapies: Sequence[Therapy], weights: Sequence[np.ndarray]
 
 def density_rate(params: RemodelingParameters, rho: np.ndarray, stimulus: np.ndarray, k_ref: np.ndarray,
                  f_act: np.ndarray, r_act: np.ndarray) -> np.ndarray:
-    """drho/dt in (g/cm^3)/month of the rate law (module doc)."""
+    """drho/dt in (g/cm^3)/month of the rate law (``docs/therapy.md``)."""
     s = params.lazy_zone
     up = np.maximum(stimulus - (1.0 + s) * k_ref, 0.0)
     down = np.maximum((1.0 - s) * k_ref - stimulus, 0.0)
@@ -695,7 +524,7 @@ class RemodelingModel:
         stats = {"n_setups": sv.n_setups, "n_pcg_solves": sv.n_pcg_solves, "n_pcg_failures": sv.n_pcg_failures,
                  "pcg_iterations": sv.pcg_iterations,
                  "setup_seconds": sv.setup_seconds, "solve_seconds": sv.solve_seconds,
-                 "method": sv.last_report.method if sv.last_report is not None else None}
+                 "method": sv.method}
         return RemodelingResult(np.array(times), np.array(dens), np.array(stims), np.array(masses), rho.copy(),
                                 not stop, stop, n_steps, n_sub, stats, np.array(energies), k_ref)
 
@@ -705,7 +534,7 @@ class RemodelingModel:
 
 # ============================================================================ Weinans plate
 def weinans_plate(n: int = 20, *, smoothing: str = "node") -> tuple[Mesh, BoundaryConditions, RemodelingParameters, Callable]:
-    """The Weinans 1992 plate benchmark as a thin 3-D hex slab (biomechanics.md 4.1).
+    """The Weinans 1992 plate benchmark (Weinans, Huiskes & Grootenboer 1992, J Biomech 25:1425) as a thin 3-D hex slab.
 
     1 x 1 plate, ``n`` x ``n`` cubic hex8 elements, one element thick (thickness 1/n);
     set-up of Pympo (lunabrun/Pympo ``utils/bc.py``, ``utils/inp.py`` [V-code]): bottom

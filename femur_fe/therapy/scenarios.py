@@ -1,69 +1,11 @@
 """Therapy scenarios: composable operators on the per-element density field.
 
-A :class:`Scenario` is a named list of operators applied in order to the element
-densities (g/cm^3, one value per cell of a :class:`femur_fe.Mesh`). Each operator is a
-small frozen dataclass with::
+A :class:`Scenario` is a named list of operators (uniform or compartment change, injection,
+defect fill, cortical thickening, annual change, cell model) applied in order to the element
+densities (g/cm^3); scenarios are read from ``[[scenario]]`` tables (``docs/schemas.md``).
 
-    apply(density, mesh, frame=None, t_months=None) -> new_density     # (m,) g/cm^3
-    weight(mesh, frame=None, density=None) -> (m,) in [0, 1]          # where it acts
-
-``weight`` is the operator's spatial footprint; :mod:`femur_fe.therapy.remodeling` uses it to
-make therapy terms local. Scenarios are written in TOML::
-
-    [[scenario]]
-    name = "neck_injection"
-    months = 12                      # evaluation time (months after therapy start)
-    density_type = "ash"             # bounds below depend on it
-
-    [[scenario.operator]]
-    type = "injection"
-    landmark = "femoral_neck_centre" # or center_mm = [x, y, z]
-    radius_mm = 8.0
-    shape = "gaussian"
-    peak_gain_g_cm3 = 0.15
-    maturation_months = 6
-    ramp = "logistic"
-
-Operator types (TOML ``type``): ``uniform``, ``compartment``, ``injection``,
-``defect_fill``, ``cortical_thickening``, ``annual_change``, ``cell_model``. Unknown types
-and unknown keys raise :class:`ScenarioError` listing the allowed ones.
-
-Bone mass
----------
-Mass added by a scenario: ``sum_e (rho_new - rho_old) V_e / 1000`` in g (V in mm^3, rho in
-g/cm^3). With ash density this is mineral (ash) mass; with apparent density it is wet
-tissue mass.
-
-Density bounds
---------------
-After every operator, densities are kept >= 0 and no element is raised above ``upper``
-(capped values are counted and logged, and reported in :class:`ScenarioOutcome`);
-parameters that would ask for more (e.g. a defect-fill target above ``upper``) are
-rejected. Input densities that already exceed ``upper`` (CT calibration chains can give
-ash densities of 1.3-1.4 g/cm^3 in dense cortex) are kept as they are and never raised
-further: a scenario does not rewrite the measured state. ``upper`` is the density of
-fully dense cortical bone:
-
-* apparent: **2.0 g/cm^3** (Beaupré, Orr & Carter 1990 use rho_max ≈ 2.0 g/cm^3;
-  biomechanics.md 4.2, tagged [M]; cortical apparent density is ≈ 1.8-2.0 g/cm^3);
-* ash: **1.2 g/cm^3** = 0.6 x 2.0 with the ash/apparent ratio 0.598 of Schileo et al. 2008
-  (biomechanics.md 1.1 [V]);
-* qct: **1.2 g/cm^3**, the ash bound (QCT-equivalent mineral density is close to ash
-  density, Schileo 2008 R² = 0.997 but not identical; biomechanics.md 1.1).
-
-Time
-----
-``t_months`` is months since the therapy start. Operators with a maturation ramp or a
-rate per year need it; when ``apply`` gets ``t_months=None`` the scenario's ``months`` is
-used, and if that is also missing such operators raise :class:`ScenarioError`.
-Maturation ramps (``ramp``):
-
-* ``"linear"``: f(t) = clip(t / T, 0, 1) with T = ``maturation_months``;
-* ``"logistic"``: sigma(t) = 1 / (1 + exp(-k (t - T/2))), k = 2 ln(19) / T (so sigma(0) =
-  0.05 and sigma(T) = 0.95), normalised f(t) = (sigma(t) - sigma(0)) / (sigma(T) - sigma(0))
-  and clipped to [0, 1]: S-shaped, f(0) = 0, f(T/2) = 0.5, f(T) = 1 exactly. This is the
-  usual sigmoidal shape of callus/graft mineralisation; the shape is an assumption, T is
-  a scenario parameter.
+The method in full (equations, parameters, choices, sources): ``docs/therapy.md``, section
+``femur_fe.therapy.scenarios``.
 """
 from __future__ import annotations
 
@@ -83,7 +25,7 @@ from .cellmodels import DAYS_PER_MONTH, CellTherapy, bone_mass_ratio
 
 log = logging.getLogger(__name__)
 
-#: upper density bound (fully dense cortical bone) per density type, g/cm^3 (see module doc)
+#: upper density bound (fully dense cortical bone) per density type, g/cm^3 (see ``docs/therapy.md``)
 DENSITY_UPPER_BOUND: dict[str, float] = {"apparent": 2.0, "ash": 1.2, "qct": 1.2}
 #: absolute ceiling used to check operator parameters before the density type is known
 _ABS_MAX = max(DENSITY_UPPER_BOUND.values())
@@ -92,7 +34,7 @@ _ABS_MAX = max(DENSITY_UPPER_BOUND.values())
 KNOWN_LANDMARKS = ("femoral_head_centre", "femoral_neck_centre", "intertrochanteric",
                    "vertebral_body_centre")
 
-#: SWAN early-postmenopausal annual BMD loss, %/yr (Greendale 2012, biomechanics.md 4.6 [V]):
+#: SWAN early-postmenopausal annual BMD loss, %/yr (Greendale et al. 2012, J Bone Miner Res 27:111) [V]:
 #: hip 1.0-1.4 %/yr (midpoint 1.2), spine 1.8-2.3 %/yr (rounded midpoint 2.0).
 ANNUAL_CHANGE_PRESETS: dict[str, float] = {
     "postmenopausal_hip": -1.2,
@@ -151,7 +93,7 @@ def _need_time(owner: str, t_months: float | None) -> float:
 
 
 def maturation_fraction(t_months: float, maturation_months: float | None, ramp: str = "logistic") -> float:
-    """Fraction f in [0, 1] of the final effect reached at ``t_months`` (see module doc).
+    """Fraction f in [0, 1] of the final effect reached at ``t_months`` (see ``docs/therapy.md``).
 
     ``maturation_months=None`` means an immediate effect (f = 1 at any time >= 0).
     """
@@ -370,7 +312,7 @@ def _check_compartment(owner: str, compartment, threshold, cell_set, required: b
 
 # ---------------------------------------------------------------------------------- operators
 class Operator:
-    """Base class of scenario operators (frozen dataclasses). See the module doc."""
+    """Base class of scenario operators (frozen dataclasses). See ``docs/therapy.md``."""
 
     kind: ClassVar[str] = ""
     #: True if the result depends on t_months
@@ -527,7 +469,7 @@ class DefectFill(Operator):
 
     Region: ``landmark``/``center_mm`` + ``radius_mm`` (ellipsoid, weight 1 inside) or a
     mesh ``cell_set``. In the region, rho(t) = rho_start + f(t) (target - rho_start), with
-    f the maturation ramp over ``maturation_months`` (module doc) and rho_start =
+    f the maturation ramp over ``maturation_months`` (``docs/therapy.md``) and rho_start =
     ``start_density_g_cm3`` (e.g. an empty surgical defect) or, if None, the density the
     operator receives (a lesion as imaged). Cells already denser than the target keep
     their density.
@@ -719,7 +661,7 @@ class AnnualChange(Operator):
     (``compartment`` with ``cortical_threshold_g_cm3`` or ``cortical_cell_set``). Give
     ``percent_per_year`` or a ``preset``: ``postmenopausal_hip`` (-1.2 %/yr) or
     ``postmenopausal_spine`` (-2.0 %/yr), SWAN early-postmenopausal BMD loss (Greendale et
-    al. 2012 JBMR 27:111; hip 1.0-1.4 %/yr, spine 1.8-2.3 %/yr; biomechanics.md 4.6 [V]).
+    al. 2012 JBMR 27:111; hip 1.0-1.4 %/yr, spine 1.8-2.3 %/yr) [V].
     Drug effects (e.g. an antiresorptive) have no preset: they are scenario assumptions,
     or fitted with :mod:`femur_fe.therapy.rates`.
     """
@@ -769,7 +711,7 @@ class CellModelChange(Operator):
     rho(t) = rho (1 + w (z(t)/z(0) - 1)) with z the model's bone mass under the therapy
     (factors on α1, α2, β1, β2 from ``start_months`` for ``duration_months``), w = 1
     everywhere or the weight of a region (``landmark``/``center_mm`` + ``radius_mm``,
-    ``shape``). The factors are scenario assumptions (see the cellmodels module doc for
+    ``shape``). The factors are scenario assumptions (see ``docs/therapy.md``, cell models, for
     which knobs produce a change in this model).
     """
 
@@ -915,7 +857,7 @@ class Scenario:
 
     @property
     def upper_bound(self) -> float:
-        """Upper density bound, g/cm^3, for this scenario's density type (module doc)."""
+        """Upper density bound, g/cm^3, for this scenario's density type (``docs/therapy.md``)."""
         return DENSITY_UPPER_BOUND[self.density_type]
 
     @property

@@ -4,37 +4,8 @@ Model: linear elasticity K(rho) u = f with prescribed displacements g on the fix
 (free DOFs F, prescribed P), element stiffness K_e = E(rho_e) K̂_e (constant Poisson
 ratio), so dK/drho_e = E'(rho_e) K̂_e.
 
-Measures (one load case, see :class:`StrengthProblem`):
-
-* **reaction force** F = d . r_P at the loaded nodes (r = K u - f, d the load direction
-  on the loaded nodes' fixed DOFs). Differentiating K_FF u_F = f_F - K_FP g gives
-  dF/drho_e = E'_e a_e^T K̂_e u_e with the adjoint field a = (a_F, a_P) = (-K_FF^-1 K_FP d, d),
-  i.e. the solution for zero load and prescribed values d (one extra solve with the same
-  factorisation). Under displacement control F/delta is the whole-bone stiffness.
-* **compliance** C = f^T u under force control: dC/drho_e = -E'_e u_e^T K̂_e u_e.
-* **risk** of the asymmetric max-principal-strain criterion (Schileo 2008/2014:
-  RF = max(eps1/eps_t, -eps3/eps_c), biomechanics.md 2.2) with element-centroid strains.
-  Its maximum over elements is not differentiable, so a smooth p-norm aggregate is used::
-
-      R_p = ( sum_e in I  [ (eps1_e/eps_t)_+^p + (-eps3_e/eps_c)_+^p ] )^(1/p)
-
-  over the included elements I (by default all elements not touching a loaded or fixed
-  node, as the strength criteria exclude BC artefacts). R_p >= max RF and
-  R_p <= (2 |I|)^(1/p) max RF, so R_p overestimates the peak (a conservative strength).
-  With eps = sym(sum_a u_a (x) G_a) (G_a the shape-function gradients at the centroid)
-  and dlambda_k/deps = n_k n_k^T (distinct eigenvalues), the adjoint load is
-  h_a = sum_e T_e G_{e,a}, T_e = R^(1-p) [ r1^(p-1)/eps_t n1 n1^T - r3^(p-1)/eps_c n3 n3^T ],
-  the adjoint solve K_FF lambda_F = h_F, and dR/drho_e = -E'_e lambda_e^T K̂_e u_e.
-* **linear strength** S = F / R_p (the load at which the aggregated risk reaches 1; the
-  model is linear, so S does not depend on the applied magnitude):
-  dS = dF / R_p - F dR / R_p^2.
-
-Every derivative is checked against central finite differences in tests/test_sensitivity.py.
-
-E'(rho) comes from the law's ``dyoung`` method when it has one, otherwise from a central
-difference of ``law.young`` with step 1e-6 * max(rho, 1e-3) (relative error ~1e-10 for
-smooth laws; at a modulus floor or a cortical threshold the one-sided slopes differ and the
-derivative there is the average).
+The method in full (equations, parameters, choices, sources): ``docs/therapy.md``, section
+``femur_fe.therapy.sensitivity``.
 """
 from __future__ import annotations
 
@@ -55,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 def young_and_derivative(law, rho: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(E (m,) MPa, dE/drho (m,) MPa per g/cm^3) of a law (see the module doc)."""
+    """(E (m,) MPa, dE/drho (m,) MPa per g/cm^3) of a law (see ``docs/therapy.md``)."""
     rho = np.asarray(rho, dtype=np.float64)
     young = law.young if hasattr(law, "young") else law
     e = np.asarray(young(rho), dtype=np.float64)
@@ -81,7 +52,7 @@ def centroid_strains(cells: np.ndarray, grad: np.ndarray, u: np.ndarray) -> np.n
 
 def pnorm_risk(eps: np.ndarray, include: np.ndarray, tension: float, compression: float,
                p: float) -> tuple[float, float, np.ndarray]:
-    """(R_p, max RF, dR_p/deps (m, 3, 3)) of the asymmetric principal-strain risk (module doc)."""
+    """(R_p, max RF, dR_p/deps (m, 3, 3)) of the asymmetric principal-strain risk (``docs/therapy.md``)."""
     w, v = np.linalg.eigh(eps)  # ascending
     r1 = np.maximum(w[:, 2], 0.0) / tension
     r3 = np.maximum(-w[:, 0], 0.0) / compression
@@ -317,7 +288,7 @@ class AnalysisSensitivity:
     touching a boundary-condition node, as the pipeline's criteria exclude BC artefacts),
     ``stiffness_N_per_mm`` = 1 / C with the compliance C = plate displacement per N.
     E'(rho) is the derivative of ``model.with_density(rho).young`` (law, floor and the CT
-    heterogeneity factor included), by central differences (module doc).
+    heterogeneity factor included), by central differences (``docs/therapy.md``).
 
     Same interface as :class:`StrengthSensitivity` (``evaluate``, ``volumes``), so
     :func:`optimal_placement` works on it.

@@ -1,34 +1,10 @@
 """Self-contained HTML reports: one file, images embedded as base64, tables, provenance.
 
-One call covers the three kinds of output femur_fe writes::
+One call writes the report of a run, of a comparison or of a sweep folder as a single HTML
+file with its figures embedded.
 
-    femur_fe.viz.write_report(out / "report.html", run_dirs=[out / "baseline", out / "teriparatide"],
-                          comparison=out / "comparison.json", title="Regeneration scenarios")
-
-* ``kind="run"`` (default when only ``run_dirs`` are given): for each result folder, the key
-  numbers (stiffness, strength, factor of risk, classification), the reaction forces, 3-D
-  views (von Mises, failure risk, density by default), the load-displacement curve when the
-  nonlinear analysis ran, and provenance (input files with SHA-256, femur_fe version,
-  solver report, resolved load case).
-* ``kind="comparison"`` (default when ``comparison`` is given): the set-up (bone, load case,
-  strength definition, subject, fragility threshold), the scenarios and what each changes,
-  the strength and the bone tables, bar charts of the strength change and of the strength
-  gained per gram of bone added, the strength over time with the fragility threshold
-  (``time_course``), where the strength change comes from (zones and compartments), and
-  side-by-side 3-D views with change maps of every scenario against the baseline
-  (``run_dirs[0]`` is the baseline, or the entry named ``"baseline"``), then the run
-  sections. Every scenario keeps one colour in every chart and table
-  (:func:`femur_fe.viz.palette.scenario_colours`).
-* ``kind="sweep"`` (default when ``sweep`` is given): status counts, the sensitivity table,
-  tornado chart, scatter panels, the first rows of the results and the sweep manifest.
-
-:func:`write_comparison_report` writes the comparison report of a folder written by
-:func:`femur_fe.studies.compare` (``femur-fe compare`` and ``femur-fe demo`` both end with
-it) and saves its charts as PNG files beside it.
-
-3-D views are rendered off-screen (no display needed); each rendered view and section is
-reported through ``progress`` (or logged at INFO). If the machine cannot render at all (no
-OpenGL), the report is still written, with a note saying why the views are missing.
+The method in full (equations, parameters, choices, sources): ``docs/report.md``, section
+``femur_fe.viz.report``.
 """
 from __future__ import annotations
 
