@@ -16,7 +16,7 @@ from femur_fe.bone.voxel import hexmesh_from_mask, subdivide_mask
 from femur_fe.commands.cli import main
 from femur_fe.errors import LoadCaseError
 from femur_fe.io.ct import CTImage
-from femur_fe.studies.meshcheck import check_mesh, mesh_check_warnings
+from femur_fe.studies.meshcheck import mesh_check_warnings
 
 
 @pytest.mark.parametrize("size, voxel, at_most, expected", [
