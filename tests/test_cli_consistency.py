@@ -99,8 +99,8 @@ def test_every_command_taking_a_case_resolves_presets(tmp_path, capsys, monkeypa
     checked = []
     for name, parser in sub.choices.items():
         acts = {a.dest: a for a in parser._actions}
-        if "case" not in acts or acts["case"].choices:  # verify's case is a fixed benchmark name
-            continue
+        if "case" not in acts or acts["case"].choices or acts["case"].option_strings:
+            continue  # verify's case is a fixed benchmark name; batch's --case is an option (tested in test_batch)
         argv = [name, "no_such_preset_xyz"]
         if "bundled" in acts:
             argv += ["--bundled", "vertebra"]
@@ -332,3 +332,15 @@ def test_output_into_a_closed_pipe_is_not_an_error(tmp_path):
     err = p.stderr.read()
     assert p.wait(timeout=120) == 0, err
     assert "Broken pipe" not in err and "Exception ignored" not in err
+
+
+def test_batch_case_option_resolves_presets(tmp_path, capsys, monkeypatch):
+    """`batch --case` goes through the same resolver, before any CT is read."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "scans" / "a_seg").mkdir(parents=True)
+    (tmp_path / "scans" / "a.nii.gz").write_bytes(b"")
+    (tmp_path / "scans" / "a_seg" / "vertebrae_L1.nii.gz").write_bytes(b"")
+    assert main(["batch", "scans", "--case", "no_such_preset_xyz", "-o", "out"]) == 2
+    line = _one_error_line(capsys.readouterr().err, "batch")
+    assert "no preset of that name" in line and "sideways_fall" in line, line
+    assert not (tmp_path / "out").exists()

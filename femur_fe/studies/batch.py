@@ -358,6 +358,7 @@ def run_batch(folder: str | os.PathLike, out: str | os.PathLike, *, cases=None, 
         (``scheduler="serial"`` runs in this process)
     runs : also write each bone's run folder into ``out/runs/``
     """
+    _cases_by_kind(cases)  # an unknown case is refused before the output folder is made
     out = check_batch_dir(out)
     spec = batch_spec(folder, out, cases=cases, bones=bones, calibration=calibration,
                       element_size_mm=element_size_mm, mesh_type=mesh_type, subject=subject, nonlinear=nonlinear,
