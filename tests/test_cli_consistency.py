@@ -344,3 +344,13 @@ def test_batch_case_option_resolves_presets(tmp_path, capsys, monkeypatch):
     line = _one_error_line(capsys.readouterr().err, "batch")
     assert "no preset of that name" in line and "sideways_fall" in line, line
     assert not (tmp_path / "out").exists()
+
+
+def test_hu_ct_without_calibration_names_the_flags(tmp_path, capsys, monkeypatch, shared_data):
+    """A CT declared HU with no calibration is refused naming --calibration, not a Python call."""
+    monkeypatch.chdir(tmp_path)
+    d = shared_data("ct_totalseg_example")
+    assert main(["regions", "sideways_fall", "--ct", str(d / "example_ct.nii.gz"), "--ct-unit", "HU", "--mask",
+                 str(d / "example_seg" / "femur_right.nii.gz"), "-o", "r.vtu", "-q"]) == 2
+    line = _one_error_line(capsys.readouterr().err, "regions")
+    assert "--calibration internal" in line and "with_values" not in line, line

@@ -328,7 +328,7 @@ def test_regions_cli_from_a_mask_writes_and_prints_the_landmarks(clinical_ct, tm
 
     out = tmp_path / "reg.vtu"
     ct = str(_totalseg("example_ct.nii.gz"))
-    assert main(["regions", "sideways_fall", "--ct", ct, "--ct-unit", "HU", "--mask",
+    assert main(["regions", "sideways_fall", "--ct", ct, "--calibration", "internal", "--mask",
                  str(_totalseg("example_seg", "femur_right.nii.gz")), "--size", "4",
                  "--set", "anatomy.neck_axis=[0.9, -0.19, 0.39]", "-o", str(out)]) == 0
     text = capsys.readouterr().out

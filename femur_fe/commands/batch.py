@@ -60,14 +60,22 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "verbose", 0) < 2:
         for name in ("distributed", "bokeh", "tornado"):
             logging.getLogger(name).setLevel(logging.WARNING)
-    if getattr(args, "verbose", 0) < 1:   # each bone's named warnings are in the table's warnings column
-        logging.getLogger("femur_fe").setLevel(logging.ERROR)
     scheduler = None if args.scheduler == "local" else args.scheduler
     calibration = None if args.calibration == "case" else args.calibration
-    table = run_batch(args.folder, args.out, cases=args.case, bones=args.bone, calibration=calibration,
-                      element_size_mm=args.size, mesh_type=args.mask_mesh, subject=subject_from_args(args),
-                      nonlinear=args.nonlinear, scheduler=scheduler, n_workers=args.workers,
-                      progress=not args.no_progress, timeout_s=args.timeout, runs=not args.no_runs)
+    # each bone's named warnings are in the table's warnings column: the console handlers print only
+    # errors while the batch runs (the warnings are still recorded), unless -v
+    handlers = logging.getLogger().handlers if getattr(args, "verbose", 0) < 1 else []
+    levels = [h.level for h in handlers]
+    for h in handlers:
+        h.setLevel(max(h.level, logging.ERROR))
+    try:
+        table = run_batch(args.folder, args.out, cases=args.case, bones=args.bone, calibration=calibration,
+                          element_size_mm=args.size, mesh_type=args.mask_mesh, subject=subject_from_args(args),
+                          nonlinear=args.nonlinear, scheduler=scheduler, n_workers=args.workers,
+                          progress=not args.no_progress, timeout_s=args.timeout, runs=not args.no_runs)
+    finally:
+        for h, lvl in zip(handlers, levels):
+            h.setLevel(lvl)
     for line in format_table(table):
         print(line)
     n_warned = sum(1 for w in table["warnings"] if isinstance(w, str) and w)

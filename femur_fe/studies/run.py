@@ -23,6 +23,7 @@ from ..bone.specimen import Specimen
 from ..case.loadcase import LoadCase, load_case
 from ..case.presets import resolve_case_path
 from ..case.runfile import is_run_file, load_run_file, write_run_file
+from ..errors import LoadCaseError
 from ..io.outdir import check_output_dir, output_folder, write_or_fallback
 from ..viz.qc import write_qc_picture
 
@@ -56,7 +57,16 @@ def case_for(case: LoadCase, specimen: Specimen | None) -> LoadCase:
     if specimen is None:
         return case
     values = specimen.calibration_values(case.material.calibration.ct_unit)
-    return case.with_values(values) if values else case
+    if not values:
+        return case
+    try:
+        return case.with_values(values)
+    except LoadCaseError as exc:
+        given = ", ".join(f"{k.rsplit('.', 1)[-1]} = {v!r}" for k, v in values.items())
+        msg = str(exc).split("(with_values): ", 1)[-1]
+        hint = ("; on the command line: --calibration internal (phantomless) or --calibration PHANTOM.json"
+                if "needs a calibration" in msg else "")
+        raise LoadCaseError(f"{specimen.label} sets {given}: {msg}{hint}") from None
 
 
 @dataclass
