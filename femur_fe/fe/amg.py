@@ -457,6 +457,12 @@ def _bsr_rect(a, r: int, c: int, dtype, *, temporary: bool = False) -> sp.bsr_ma
                          shape=a.shape)
 
 
+def _axpy(x: np.ndarray, y: np.ndarray, *, a: float) -> np.ndarray:
+    """``y + a x``, in place in ``y`` when it is a contiguous float64 array (BLAS daxpy: no
+    temporary vector)."""
+    return sla.blas.daxpy(x, y, a=a)
+
+
 def pcg(matvec, b: np.ndarray, precond, *, rtol: float, maxiter: int, x0: np.ndarray | None = None
         ) -> tuple[np.ndarray, int, float]:
     """Preconditioned conjugate gradients in float64: ``||b - A x|| <= rtol ||b||``.
@@ -471,14 +477,17 @@ def pcg(matvec, b: np.ndarray, precond, *, rtol: float, maxiter: int, x0: np.nda
     if nb == 0.0:
         return np.zeros_like(b), 0, 0.0
     x = np.zeros_like(b)
+    r = b.copy()
     if x0 is not None:
         x = np.array(x0, dtype=np.float64)
         ax = matvec(x)
         xax = float(x @ ax)
-        x *= float(x @ b) / xax if xax > 0 else 0.0
+        scale = float(x @ b) / xax if xax > 0 else 0.0
+        x *= scale
+        r -= scale * ax  # b - A (scale x0) without a second product
+        del ax
     its = 0
     for _restart in range(3):
-        r = b - matvec(x) if (x0 is not None or its) else b.copy()
         res = float(np.linalg.norm(r)) / nb
         if res <= rtol:
             return x, its, res
@@ -488,8 +497,8 @@ def pcg(matvec, b: np.ndarray, precond, *, rtol: float, maxiter: int, x0: np.nda
         while its < maxiter:
             q = matvec(p)
             alpha = rz / float(p @ q)
-            x += alpha * p
-            r -= alpha * q
+            x = _axpy(p, x, a=alpha)     # x += alpha p
+            r = _axpy(q, r, a=-alpha)    # r -= alpha q
             its += 1
             if float(np.linalg.norm(r)) <= rtol * nb:
                 break
@@ -498,7 +507,8 @@ def pcg(matvec, b: np.ndarray, precond, *, rtol: float, maxiter: int, x0: np.nda
             p *= rz_new / rz
             p += z
             rz = rz_new
-        res = float(np.linalg.norm(b - matvec(x))) / nb
+        r = b - matvec(x)  # the true residual; CG restarts from it if the recursive one drifted
+        res = float(np.linalg.norm(r)) / nb
         if res <= rtol or its >= maxiter:
             return x, its, res
     return x, its, res

@@ -306,7 +306,8 @@ class LinearSolver:
                         orphan.size, orphan[:5].tolist())
         self.fixed_mask = fixed
 
-        self._check_constraints(mesh)
+        if not self._checked_by(preconditioner):
+            self._check_constraints(mesh)
 
         kz = self.red.reduce_matrix(self.K)
         fz = self.red.fixed_z(fixed)
@@ -411,6 +412,21 @@ class LinearSolver:
         self.memory_estimate_bytes = int(getattr(other, "memory_estimate_bytes", 0))
 
     # ------------------------------------------------------------------ constraint check
+    def _checked_by(self, base) -> bool:
+        """True when ``base`` (a solver set up before) passed the constraint check for the very same
+        input: same fixed DOFs (orphans included), no ties, the same node coordinates and the same
+        matrix pattern. The check depends on nothing else, so new moduli need no second check."""
+        if not isinstance(base, LinearSolver) or self.red.n_ties or base.red.n_ties:
+            return False
+        if self.points is None or base.points is None or not np.array_equal(base.fixed_mask, self.fixed_mask):
+            return False
+        k, kb = self.K, base.K
+        if k.format != kb.format or (k.format == "bsr" and k.blocksize != kb.blocksize):
+            return False
+        return ((self.points is base.points or np.array_equal(self.points, base.points))
+                and (k.indptr is kb.indptr or np.array_equal(k.indptr, kb.indptr))
+                and (k.indices is kb.indices or np.array_equal(k.indices, kb.indices)))
+
     def _check_constraints(self, mesh: Mesh | None) -> None:
         """Raise UnderConstrainedError if any rigid-body mode of a part or a tie is free."""
         red = self.red
