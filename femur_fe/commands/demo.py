@@ -55,7 +55,8 @@ def run(args) -> int:
     res = compare(spec, out, overwrite=overwrite, progress=progress)  # ends with report.html (femur_fe.viz.report)
     crit = res.baseline.strength_summary.get("criterion") or {}
     print()
-    print(f"{spec.specimen.label}, {spec.case.name}: strength by {crit.get('name')} {crit.get('parameters')}")
+    params = ", ".join(f"{k} {v}" for k, v in (crit.get("parameters") or {}).items())
+    print(f"{spec.specimen.label}, {spec.case.name}: strength by {crit.get('name')}" + (f" ({params})" if params else ""))
     print(res.table())
     c = res.baseline.strength_summary.get("classification")
     if c:
