@@ -98,8 +98,10 @@ def cli(args: list[str], out: Path, row: Row | None = None) -> Outcome:
         shutil.rmtree(out)  # a run folder of this script from an earlier run
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # started in the work folder: `-m femur_fe` imports the installed package, not a source tree in the cwd
     proc = subprocess.run([sys.executable, "-m", "femur_fe.commands.cli", *args, "-o", str(out)],
-                          capture_output=True, text=True, env=env)
+                          capture_output=True, text=True, encoding="utf-8", env=env, cwd=out.parent)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)

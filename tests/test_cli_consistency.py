@@ -39,9 +39,8 @@ def _mask(name: str) -> Path:
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
+    # the installed femur_fe (with its compiled kernels), not the source tree: no PYTHONPATH to ROOT
+    return {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
 
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:

@@ -47,8 +47,10 @@ def dask_command(role: str) -> list[str]:
 
 def start(cmd: list[str], log: Path) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)   # the workers import this femur_fe
-    return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+    # the workers import the femur_fe this test imports (the installed one, with its kernels), never the
+    # source tree: its folder is left off the path and the processes start outside it
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and Path(p).resolve() != ROOT)
+    return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, cwd=log.parent,
                             start_new_session=True)
 
 
@@ -142,8 +144,9 @@ def test_sweep_on_command_line_cluster_survives_a_killed_worker(tmp_path):
         # resuming finds every task done and runs nothing
         again = subprocess.run([sys.executable, "-m", "femur_fe.commands.cli", "sweep", str(spec), "--out", str(out),
                                 "--scheduler", address, "--no-progress", "--allow-import"],
-                               capture_output=True, text=True, timeout=120,
-                               env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p)))
+                               capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                               env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+                                   p for p in sys.path if p and Path(p).resolve() != ROOT)))
         assert again.returncode == 0, again.stderr[-2000:]
         runs = json.loads((out / "sweep.json").read_text())["runs"]
         assert [r["n_to_run"] for r in runs] == [n_tasks, 0]
