@@ -15,8 +15,7 @@ from ..diagnostics import as_dicts, merged
 from ..fe.fields import element_fields
 from ..fe.mesh import Mesh
 from ..fe.recovery import node_average, strain, stress
-from ..io import write_json_atomic, write_mesh
-from ..io.results import write_fe_model
+from ..io.results import write_run_folder
 from .risk import summary_fields
 from .strengths import strengths
 
@@ -152,17 +151,4 @@ class Result:
     def write(self, out_dir) -> "Path":
         """Write ``result.vtu``, ``summary.json`` and (when the analysis is known) ``fe_model.json`` into
         ``out_dir`` (atomically); returns the folder."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        pd = {"displacement": self.displacement}
-        for k, reg in self.regions.items():
-            flag = np.zeros(self.mesh.n_points, dtype=np.uint8)
-            flag[reg.nodes] = 1
-            pd[f"region_{k}"] = flag
-        mesh = Mesh(self.mesh.points, self.mesh.cells, self.mesh.cell_type, cell_data=self.element_fields(),
-                    point_data=pd)
-        write_mesh(out / "result.vtu", mesh)
-        write_json_atomic(out / "summary.json", self.summary())
-        if self.analysis is not None:
-            write_fe_model(out, self.analysis, self)
-        return out
+        return write_run_folder(out_dir, self)

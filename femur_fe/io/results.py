@@ -1,4 +1,5 @@
-"""Read a written result folder (``result.vtu`` + ``summary.json``) back for plots and reports.
+"""The result-folder format, both ways: :func:`write_run_folder` writes it, :func:`read_result`
+reads it back for plots and reports.
 
 :func:`read_result` checks that the folder is complete: both files present, every field
 that the run pipeline writes present with the right shape, and the summary keys the
@@ -7,7 +8,7 @@ naming what is missing and which command writes it. Optional fields (``risk``: o
 failure criterion ran; ``nonlinear_curve``: only with the nonlinear analysis) are checked
 when asked for (:meth:`StoredResult.cell_field`, :meth:`StoredResult.require_summary`).
 
-Units: mm, N, MPa, g/cm^3 (as written by :meth:`femur_fe.analysis.prepare.Result.write`).
+Units: mm, N, MPa, g/cm^3.
 """
 from __future__ import annotations
 
@@ -23,8 +24,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import FemurFeError
+from ..fe.mesh import Mesh
 from . import read_mesh
-from .atomic import write_text_atomic
+from .atomic import write_json_atomic, write_text_atomic
+from .mesh_io import write_mesh
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +203,27 @@ def _frame_from_dict(d: dict, bone: str):
 # ---------------------------------------------------------------------------------------------- FE model
 def _ids(a) -> list:
     return np.asarray(a, dtype=np.int64).ravel().tolist()
+
+
+def write_run_folder(out_dir: str | os.PathLike, result: Any) -> Path:
+    """Write a run folder from a :class:`femur_fe.analysis.result.Result`: ``result.vtu`` (the
+    mesh with ``displacement`` (mm), a ``region_<name>`` 0/1 node flag per region and the element
+    fields), ``summary.json`` and, when the analysis is known, ``fe_model.json``. Each file is
+    written atomically; returns the folder."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pd = {"displacement": result.displacement}
+    for k, reg in result.regions.items():
+        flag = np.zeros(result.mesh.n_points, dtype=np.uint8)
+        flag[reg.nodes] = 1
+        pd[f"region_{k}"] = flag
+    mesh = Mesh(result.mesh.points, result.mesh.cells, result.mesh.cell_type, cell_data=result.element_fields(),
+                point_data=pd)
+    write_mesh(out / "result.vtu", mesh)
+    write_json_atomic(out / "summary.json", result.summary())
+    if result.analysis is not None:
+        write_fe_model(out, result.analysis, result)
+    return out
 
 
 def write_fe_model(out_dir: str | os.PathLike, analysis: Any, result: Any) -> Path:
