@@ -119,6 +119,21 @@ class MappingResult:
     report: MappingReport
 
 
+def _incomplete_message(report: MappingReport) -> str:
+    """The named warning of a mapping with samples outside the CT or on NaN voxels (the same text
+    for every mapping method, so that one bone mapped twice warns once)."""
+    took = {"nearest": "the nearest voxel's value", "value": f"the value {report.fill_value!r}"}.get(
+        report.policy, f"policy {report.policy!r}")
+    parts = []
+    if report.n_samples_outside:
+        parts.append(f"{report.n_samples_outside} CT samples of {report.elements_outside.size} elements "
+                     f"{_head(report.elements_outside)} lie outside the scan (the bone reaches its edge)")
+    if report.n_samples_nan:
+        parts.append(f"{report.n_samples_nan} samples of {report.elements_nan.size} elements "
+                     f"{_head(report.elements_nan)} fall on NaN voxels")
+    return "; ".join(parts) + f"; they take {took}"
+
+
 def _head(ids, n: int = 10) -> str:
     ids = np.asarray(ids).tolist()
     return "[" + ", ".join(str(i) for i in ids[:n]) + (", ...]" if len(ids) > n else "]")
@@ -398,7 +413,7 @@ def _map(mesh: Mesh, ct: CTImage, *, method: str, n_steps: int, outside: str, fi
         if outside == "error":
             raise CTError(f"{report}. Pass outside='nearest' (border/neighbour values) or outside='value' with "
                           "fill_value to accept them, or fix the mesh/CT alignment")
-        warn("ct_mapping_incomplete", f"{report}", log)
+        warn("ct_mapping_incomplete", _incomplete_message(report), log)
     if n_clamped:
         log.warning("%d of %d samples had negative density after calibration and were clamped to 0 before the "
                     "material law", n_clamped, report.n_samples)
