@@ -534,3 +534,26 @@ def test_cli_dry_run_and_run(tmp_path, capsys):
     piv = df.pivot(index="density.scale", columns="loading.angle_deg", values="stiffness_N_per_mm")
     assert (np.diff(piv.values, axis=0) > 0).all() and (np.diff(piv.values, axis=1) < 0).all()
     assert main(["sweep", str(tmp_path / "nope.toml"), "--out", str(tmp_path)]) == 2
+
+
+def test_a_task_finished_by_a_dead_worker_is_not_run_again(tmp_path):
+    """A worker can die after writing a task's part and before the scheduler hears of it; Dask then
+    runs the task again elsewhere. The second attempt finds the part of this run and returns it."""
+    from femur_fe.studies.sweep import execute_task
+
+    calls = []
+
+    def task(inputs):
+        calls.append(inputs.task_id)
+        return {"value": 1.5}
+
+    inputs = TaskInputs(task_id="abc123", index=0, params={"x": 1}, case={})
+    record = {"run": 2, "attempt": 1, "attempt_id": "first", "sweep_seed": 0, "part_dir": str(tmp_path)}
+    first = execute_task(task, inputs, record=record)
+    assert first["written"] and calls == ["abc123"]
+    again = execute_task(task, inputs, record={**record, "attempt_id": "second"})
+    assert calls == ["abc123"] and again["written"]
+    assert again["row"]["attempt_id"] == "first" and again["row"]["value"] == 1.5
+    # a part of an earlier run, or of a failed attempt, is computed again
+    execute_task(task, inputs, record={**record, "run": 3})
+    assert calls == ["abc123", "abc123"]

@@ -932,6 +932,13 @@ def execute_task(fn: Any, inputs: TaskInputs, mesh: Any = None, record: Mapping 
     """
     if mesh is not None:
         inputs.mesh = mesh
+    rec = dict(record or {})
+    part_dir = rec.get("part_dir")
+    if part_dir and os.path.isdir(part_dir):
+        done = finished_part(part_dir, inputs.task_id, rec.get("run", 0))
+        if done is not None:  # finished by a worker that died before the scheduler heard of it
+            log.info("task %s: already finished in this run (%s); not run again", inputs.task_id, done.get("worker"))
+            return {"row": done, "written": True}
     address, worker = _worker_identity()
     started = time.time()
     if worker is not None:
@@ -963,11 +970,9 @@ def execute_task(fn: Any, inputs: TaskInputs, mesh: Any = None, record: Mapping 
         "cache_hits": hits1 - hits0,
         "cache_misses": misses1 - misses0,
     })
-    rec = dict(record or {})
     row = _make_row(inputs, meta, outputs, attempts=rec.get("attempt", 1), run=rec.get("run", 0),
                     attempt_id=rec.get("attempt_id", ""), sweep_seed=rec.get("sweep_seed"))
     written = False
-    part_dir = rec.get("part_dir")
     if part_dir and os.path.isdir(part_dir):
         try:
             write_part(part_dir, row)
@@ -976,6 +981,23 @@ def execute_task(fn: Any, inputs: TaskInputs, mesh: Any = None, record: Mapping 
             log.warning("could not write the part of task %s in %s (%s); the client will", inputs.task_id,
                         part_dir, exc)
     return {"row": row, "written": written}
+
+
+def finished_part(part_dir: str | os.PathLike, task_id: str, run: int) -> dict | None:
+    """The row of ``task_id`` already written in ``part_dir`` by a successful attempt of this run
+    (a task whose worker died after writing it is then not computed twice), else None."""
+    import pandas as pd
+
+    path = Path(part_dir) / f"{task_id}.parquet"
+    if not path.is_file():
+        return None
+    try:
+        row = pd.read_parquet(path).iloc[0].to_dict()
+    except Exception:  # an unreadable part is recomputed and rewritten
+        return None
+    if row.get("status") != "ok" or int(row.get("run", -1)) != int(run):
+        return None
+    return row
 
 
 def write_part(part_dir: str | os.PathLike, row: Mapping) -> Path:
