@@ -297,7 +297,8 @@ def _parse_calibration(raw: Any, source: str, bone: str) -> Calibration:
         raise t.err("give either slope/intercept or phantom, not both")
     if ct_unit == "HU" and method == "linear" and slope is None and not phantom:
         raise t.err("ct_unit = 'HU' needs a calibration: method = 'internal' (phantomless), slope and intercept "
-                    "(with unit), or phantom = '<table>'")
+                    "(with unit), or phantom = '<table>' (command line: --calibration internal or --calibration "
+                    "PHANTOM.json)")
     if ct_unit != "HU" and (slope is not None or phantom):
         raise t.err(f"ct_unit = {ct_unit!r} is already a density: remove slope/intercept/phantom "
                     "(or set ct_unit = 'HU')")
@@ -666,11 +667,8 @@ class LoadCase:
                     d["loading"].pop("force_n", None)
             if parts == ["loading", "mode"]:
                 d["loading"].pop("displacement_mm" if value == "force" else "force_n", None)
-            d = set_path(d, path, value, LoadCaseError, what=f"with_values({path!r})", create=("regions",))
-        try:
-            return load_case(d, source=f"{self.source} (with_values)")
-        except LoadCaseError as exc:
-            raise LoadCaseError(f"with_values({dict(values)!r}): {exc}") from None
+            d = set_path(d, path, value, LoadCaseError, what=str(path), create=("regions",))
+        return load_case(d, source=f"{self.source} with {', '.join(map(str, values))} set")
 
 
 def load_case(path_or_dict: str | os.PathLike | Mapping[str, Any], *, source: str | None = None) -> LoadCase:

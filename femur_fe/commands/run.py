@@ -133,11 +133,8 @@ def case_with_sets(case_arg: str, sets: list[str], specimen: Specimen | None = N
             values.setdefault("material.calibration.ct_unit", "HU")
         try:
             case = case.with_values(values)
-        except LoadCaseError as exc:  # said in the options' words, not with_values(...)
-            msg = str(exc).removeprefix(f"with_values({values!r}): ").replace(" (with_values)", "")
-            for k in values:
-                msg = msg.replace(f"with_values({k!r})", f"--set {k}")
-            raise LoadCaseError(f"--set {' --set '.join(sets)}: {msg}") from None
+        except LoadCaseError as exc:
+            raise LoadCaseError(f"--set {' --set '.join(sets)}: {exc}") from None
     return case
 
 

@@ -63,10 +63,7 @@ def case_for(case: LoadCase, specimen: Specimen | None) -> LoadCase:
         return case.with_values(values)
     except LoadCaseError as exc:
         given = ", ".join(f"{k.rsplit('.', 1)[-1]} = {v!r}" for k, v in values.items())
-        msg = str(exc).split("(with_values): ", 1)[-1]
-        hint = ("; on the command line: --calibration internal (phantomless) or --calibration PHANTOM.json"
-                if "needs a calibration" in msg else "")
-        raise LoadCaseError(f"{specimen.label} sets {given}: {msg}{hint}") from None
+        raise LoadCaseError(f"{specimen.label} sets {given}: {exc}") from None
 
 
 @dataclass
