@@ -524,7 +524,8 @@ class Specimen:
             if ct is not None and ct.unit == "HU" and material.calibration.method == "internal":
                 # calibrate first (cached for the model below): a scan without the tissues the internal
                 # calibration needs is refused before the bone is meshed
-                cached_internal_calibration(ct, files["ct"], masks or None, dict(material.calibration.tissue_hu) or None)
+                tissue_hu = dict(material.calibration.tissue_hu) or None
+                cached_internal_calibration(ct, files["ct"], masks or None, tissue_hu)
             mesh = self.mesh(ct, progress=progress)
         if ct is not None:
             model = Model.from_ct(mesh, ct, material, outside=outside, ct_path=files["ct"], calibration_masks=masks,

@@ -227,7 +227,8 @@ def run(args) -> int:
         print(f"  reaction {reg:<18s} [{f[0]:9.1f} {f[1]:9.1f} {f[2]:9.1f}] N")
     crit = s.get("criterion") or {}
     params = ", ".join(f"{k} {v}" for k, v in (crit.get("parameters") or {}).items())
-    print(f"  linear strength     {s['strength_linear_N']:10.1f} N  ({crit.get('name')}{': ' + params if params else ''})")
+    detail = f"{crit.get('name')}: {params}" if params else f"{crit.get('name')}"
+    print(f"  linear strength     {s['strength_linear_N']:10.1f} N  ({detail})")
     if s.get("strength_nonlinear_N") is not None:
         nls = s.get("nonlinear") or {}
         how = "peak of the curve"
